@@ -1,0 +1,118 @@
+"""Registry of architecture adapters, keyed by transformer class and looked up along the MRO.
+
+Built-in adapters are imported lazily (on first lookup) so that ``import conceptattention`` stays cheap.
+
+Example:
+    >>> from conceptattention.adapters import supported_models
+    >>> "FluxTransformer2DModel" in [row["transformer"] for row in supported_models()]
+    True
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from torch import nn
+
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, common_checks
+
+
+__all__ = [
+    "ConceptAdapter",
+    "ExplainBatch",
+    "UnsupportedModelError",
+    "UnsupportedSetupError",
+    "common_checks",
+    "get_adapter",
+    "register_adapter",
+    "supported_models",
+]
+
+# transformer class name -> (module, adapter class name); filled lazily
+_BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
+    "FluxTransformer2DModel": ("conceptattention.adapters.flux", "FluxAdapter"),
+}
+_REGISTRY: dict[type | str, ConceptAdapter] = {}
+
+
+class UnsupportedModelError(TypeError):
+    """The transformer's architecture has no registered adapter."""
+
+
+def register_adapter(transformer_class: type | str, adapter: ConceptAdapter) -> None:
+    """Register ``adapter`` for a transformer class (or class name); subclasses inherit it.
+
+    Args:
+        transformer_class: A diffusers transformer class (or its name).
+        adapter: A :class:`ConceptAdapter` instance.
+
+    Example:
+        >>> from conceptattention.adapters.flux import FluxAdapter
+        >>> register_adapter("MyFluxLikeTransformer", FluxAdapter())
+    """
+    if not isinstance(adapter, ConceptAdapter):
+        raise TypeError(f"adapter must be a ConceptAdapter instance, got {type(adapter).__name__}.")
+    _REGISTRY[transformer_class] = adapter
+
+
+def _builtin(name: str) -> ConceptAdapter | None:
+    if name not in _BUILTIN_ADAPTERS:
+        return None
+    module_name, class_name = _BUILTIN_ADAPTERS[name]
+    adapter = getattr(importlib.import_module(module_name), class_name)()
+    _REGISTRY[name] = adapter
+    return adapter
+
+
+def find_transformer(model: Any) -> nn.Module:
+    """The denoiser of a pipeline (``pipe.transformer``) or the model itself."""
+    transformer = getattr(model, "transformer", None)
+    if isinstance(transformer, nn.Module):
+        return transformer
+    if isinstance(model, nn.Module):
+        return model
+    raise UnsupportedModelError(
+        f"Expected a diffusers pipeline with a `.transformer` or a transformer model, got {type(model).__name__}."
+    )
+
+
+def get_adapter(model: Any) -> ConceptAdapter:
+    """The adapter for a pipeline or transformer.
+
+    Raises:
+        UnsupportedModelError: naming the supported classes and how to register an adapter.
+    """
+    transformer = find_transformer(model)
+    for cls in type(transformer).__mro__:
+        for key in (cls, cls.__name__):
+            if key in _REGISTRY:
+                return _REGISTRY[key]
+        adapter = _builtin(cls.__name__)
+        if adapter is not None:
+            return adapter
+    supported = ", ".join(sorted(_BUILTIN_ADAPTERS) + sorted(k if isinstance(k, str) else k.__name__ for k in _REGISTRY))
+    raise UnsupportedModelError(
+        f"ConceptAttention has no adapter for {type(transformer).__name__}. Supported transformers: {supported}. "
+        "ConceptAttention needs a joint-attention (MM-DiT) model whose text stream has its own weights; to add an "
+        "architecture, subclass conceptattention.adapters.ConceptAdapter and call "
+        "conceptattention.register_adapter(YourTransformerClass, YourAdapter())."
+    )
+
+
+def supported_models() -> list[dict[str, str]]:
+    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers."""
+    rows = []
+    for transformer_name in _BUILTIN_ADAPTERS:
+        adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
+        assert adapter is not None
+        rows.append(
+            {
+                "family": adapter.name,
+                "transformer": transformer_name,
+                "pipelines": ", ".join(adapter.pipeline_classes),
+                "modality": adapter.modality,
+                "default_layers": adapter.official_default_layers,
+            }
+        )
+    return rows

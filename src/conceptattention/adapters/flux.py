@@ -1,0 +1,367 @@
+"""FLUX.1 adapter (``FluxTransformer2DModel``, ``FluxPipeline``) — method.md §6.2, diffusers-hooking.md §2-3.
+
+Concept tokens take the text stream's modules of every double-stream block: ``norm1_context`` (modulation),
+``add_{q,k,v}_proj``, ``norm_added_{q,k}``, ``to_add_out``, ``norm2_context`` and ``ff_context``. FLUX.1 text ids
+are all zero, so RoPE is the identity for concepts. Single-stream blocks are never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states, tokenize_concepts
+from ..session import EarlyExit
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+
+class FluxConceptAttnProcessor(FluxAttnProcessor):
+    """Flux double-block processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``FluxAttnProcessor.__call__``; the joint-attention path is the stock one, op for
+    op (so the image is bit-identical), and only the concept branch is new. Calls in which no concept work is needed
+    (layers after the last selected one, unrecorded steps) go straight to the stock processor.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block among the double-stream blocks.
+        block: The ``FluxTransformerBlock`` (held weakly; its text-stream norms and MLP are used).
+        transformer: The ``FluxTransformer2DModel`` (held weakly; its text/time embedders are used).
+        original: The processor being replaced (its attention backend and parallel config are kept).
+    """
+
+    def __init__(
+        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> Any:
+        session = self.session
+        if encoder_hidden_states is None or not session.needs_concepts(self.layer):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+        # ---- stock joint attention (diffusers 0.42.1 FluxAttnProcessor), keeping the pre-projection outputs ----
+        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
+            attn, hidden_states, encoder_hidden_states
+        )
+        query = query.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        key = key.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        value = value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        query = attn.norm_q(query)
+        key = attn.norm_k(key)
+        encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
+        encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
+        encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
+        encoder_query = attn.norm_added_q(encoder_query)
+        encoder_key = attn.norm_added_k(encoder_key)
+        query = torch.cat([encoder_query, query], dim=1)  # [B, T + I, H, D]
+        key = torch.cat([encoder_key, key], dim=1)  # [B, T + I, H, D]
+        value = torch.cat([encoder_value, value], dim=1)  # [B, T + I, H, D]
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3)  # [B, T + I, H·D]
+        hidden_states = hidden_states.to(query.dtype)
+        num_text = encoder_hidden_states.shape[1]
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [num_text, hidden_states.shape[1] - num_text], dim=1
+        )  # [B, T, H·D], [B, I, H·D]
+
+        # ---- concept branch ----
+        self._concept_branch(attn, hidden_states, query, key, value, num_text)
+
+        hidden_states = attn.to_out[0](hidden_states.contiguous())
+        hidden_states = attn.to_out[1](hidden_states)
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
+        return hidden_states, encoder_hidden_states
+
+    def _concept_projections(self, attn: nn.Module, concept_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
+            return attn.to_added_qkv(concept_input).chunk(3, dim=-1)
+        return attn.add_q_proj(concept_input), attn.add_k_proj(concept_input), attn.add_v_proj(concept_input)
+
+    def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept tokens after the text input layer ``[B, C, d]`` and their conditioning vector ``[B, d]``.
+
+        Computed inside the forward (after offloading hooks have moved the embedders), with the activations' dtype.
+        """
+        session, transformer = self.session, self._transformer()
+        assert session.call is not None and transformer is not None
+        inputs = session.call.inputs
+        batch = like.shape[0]
+        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
+        concepts = transformer.context_embedder(embeds)  # [C, d]
+        concepts = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+        # The concept conditioning vector, computed exactly as FluxTransformer2DModel.forward computes temb.
+        timestep = inputs["timestep"].to(like.dtype) * 1000
+        pooled = inputs["pooled_projections"]
+        if session.config.concept_conditioning == "null_pooled":
+            pooled = torch.zeros_like(pooled)
+        guidance = inputs.get("guidance")
+        if guidance is None:
+            conditioning = transformer.time_text_embed(timestep, pooled)
+        else:
+            conditioning = transformer.time_text_embed(timestep, guidance.to(like.dtype) * 1000, pooled)
+        return concepts, conditioning.expand(batch, -1)
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        image_output: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        num_text: int,
+    ) -> None:
+        session, block = self.session, self._block()
+        call = session.call
+        assert call is not None and block is not None
+        if call.concept_hidden_states is None:
+            call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(image_output)
+        concepts = call.concept_hidden_states  # [B, C, d]
+        config = session.config
+
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
+        concept_query, concept_key, concept_value = self._concept_projections(attn, normed)
+        concept_query = attn.norm_added_q(concept_query.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
+        concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
+        concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
+        # Text (and concept) position ids are zero in FLUX.1, so RoPE is the identity for concepts.
+        image_key, image_value = key[:, num_text:], value[:, num_text:]  # [B, I, H, D] (after QK-norm and RoPE)
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, self._attend
+        )
+        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=image_output,
+                image_query=query[:, num_text:] if config.space == "cross_attention" else None,
+                concept_key=concept_key,
+                image_value=image_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, I]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept residual stream exactly as FluxTransformerBlock advances the text stream.
+        concepts = concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output)
+        normed = block.norm2_context(concepts) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        concepts = concepts + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+        if concepts.dtype == torch.float16:
+            concepts = concepts.clip(-65504, 65504)
+        call.concept_hidden_states = concepts
+
+
+class FluxAdapter(ConceptAdapter):
+    """Adapter for FLUX.1 [dev]/[schnell] and every model built on ``FluxTransformer2DModel``.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> get_adapter(tiny_flux_transformer()).name
+        'flux'
+    """
+
+    name = "flux"
+    transformer_classes = ("FluxTransformer2DModel",)
+    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    modality = "image"
+    official_default_layers = "last 4 double blocks (FLUX.1: 15-18)"
+
+    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def block_path(self, index: int) -> str:
+        return f"transformer_blocks.{index}"
+
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> FluxConceptAttnProcessor:
+        return FluxConceptAttnProcessor(session, layer, block, transformer, original_processor)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn.processor
+            if type(processor) is not FluxAttnProcessor and not isinstance(processor, FluxConceptAttnProcessor):
+                raise UnsupportedSetupError(
+                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
+                    "FluxAttnProcessor (IP-Adapter or a custom processor is loaded). ConceptAttention would drop it; "
+                    "unload it (e.g. `pipe.unload_ip_adapter()`) or call `transformer.set_default_attn_processor()`."
+                )
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
+        bound = dict(zip(names, args))
+        bound.update({name: kwargs[name] for name in names if name in kwargs})
+        missing = [name for name in ("pooled_projections", "timestep", "img_ids") if bound.get(name) is None]
+        if missing:
+            raise ValueError(f"FluxTransformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them.")
+        return {name: bound.get(name) for name in ("pooled_projections", "timestep", "img_ids", "guidance")}
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        img_ids = call_inputs["img_ids"]
+        if img_ids.ndim == 3:  # deprecated batched ids
+            img_ids = img_ids[0]
+        img_ids = img_ids.detach().cpu()
+        height = int(torch.unique(img_ids[:, 1]).numel())
+        width = int(torch.unique(img_ids[:, 2]).numel())
+        if height * width != num_image_tokens:
+            raise ValueError(
+                f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} grid given by img_ids "
+                "(reference-image tokens or custom ids are not supported)."
+            )
+        return 1, height, width
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        tokenizer = getattr(pipeline, "tokenizer_2", None)
+        text_encoder = getattr(pipeline, "text_encoder_2", None)
+        if tokenizer is None or text_encoder is None:
+            raise ValueError(
+                "This Flux pipeline has no T5 text encoder (tokenizer_2/text_encoder_2) to encode concepts; pass "
+                "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
+            )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
+        input_ids, attention_mask, content_mask = tokenize_concepts(
+            tokenizer,
+            concepts,
+            max_length,
+            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
+        )
+        with torch.no_grad():
+            hidden = text_encoder(
+                input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=False
+            )[0]  # [C, L, D_text]
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
+        multiple = vae_scale * 2
+        side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
+        width, height = image_size
+        scale = math.sqrt(side * side / float(width * height))
+        height = max(multiple, int(round(height * scale / multiple)) * multiple)
+        width = max(multiple, int(round(width * scale / multiple)) * multiple)
+        return height, width
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image,
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        from diffusers import FluxPipeline
+
+        from ..images import image_to_tensor, to_rgb
+
+        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
+        if height % (vae_scale * 2) or width % (vae_scale * 2):
+            raise ValueError(
+                f"height and width must be multiples of {vae_scale * 2} for this Flux model, got {height}x{width}."
+            )
+        device = pipeline._execution_device
+        transformer = pipeline.transformer
+        vae = pipeline.vae
+        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        _, channels, latent_height, latent_width = latents.shape
+        packed = FluxPipeline._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4c]
+        num = len(seeds)
+        noise = torch.stack(
+            [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )  # [N, I, 4c], drawn on the CPU so results do not depend on the device
+        noise = noise.to(device=device, dtype=torch.float32)
+        noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # rectified flow: x_t = (1-t)x0 + t·eps
+        dtype = transformer.dtype
+        max_sequence_length = min(512, getattr(pipeline.tokenizer_2, "model_max_length", 512) or 512)
+        with torch.no_grad():
+            prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
+                prompt=caption,
+                prompt_2=None,
+                device=device,
+                num_images_per_prompt=num,
+                max_sequence_length=max_sequence_length,
+            )
+        if image_pooled == "zero":
+            pooled = torch.zeros_like(pooled)
+        elif image_pooled != "caption":
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        img_ids = FluxPipeline._prepare_latent_image_ids(num, latent_height // 2, latent_width // 2, device, dtype)
+        guidance = None
+        if getattr(transformer.config, "guidance_embeds", False):
+            guidance = torch.full((num,), float(guidance_scale), device=device, dtype=torch.float32)
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "pooled_projections": pooled.to(dtype),
+            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "img_ids": img_ids,
+            "txt_ids": text_ids,
+            "guidance": guidance,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))

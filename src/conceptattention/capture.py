@@ -1,0 +1,353 @@
+"""The ``ConceptAttention`` context manager: install concept processors, collect maps, always restore."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManager
+from torch import nn
+
+from .adapters import UnsupportedSetupError, find_transformer, get_adapter
+from .config import ConceptAttentionConfig, ConfigError
+from .encoding import ConceptError, validate_concepts
+from .maps import ConceptMaps
+from .session import ConceptSession
+
+
+_HOOK_NAME = "conceptattention_call"
+_ACTIVE_ATTRIBUTE = "_conceptattention_active"
+
+
+class NoMapsError(RuntimeError):
+    """Maps were requested before any were recorded."""
+
+
+class _NoState(BaseState):
+    def reset(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class _TransformerCallHook(ModelHook):
+    """Capture-only diffusers hook on the transformer: starts and ends a call in the session.
+
+    It is a *stateful* diffusers hook only so that diffusers hands it the pipeline's ``cache_context`` name, which
+    tells the conditional call of true classifier-free guidance (``"cond"``) from the unconditional one.
+    """
+
+    _is_stateful = True
+
+    def __init__(self, owner: ConceptAttention) -> None:
+        super().__init__()
+        self.owner = owner
+        self.context_state = StateManager(_NoState)
+
+    def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        context = self.context_state._context
+        self.owner._begin_call(args, kwargs, unconditional=context is not None and context.name == "uncond")
+        return args, kwargs
+
+    def post_forward(self, module: nn.Module, output: Any) -> Any:
+        self.owner._end_call()
+        return output
+
+    def reset_state(self, module: nn.Module) -> nn.Module:
+        return module
+
+
+class ConceptAttention:
+    """Concept saliency maps from a multi-modal diffusion transformer, for the duration of a ``with`` block.
+
+    Inside the block, every joint attention block also pushes one extra token per concept through the text
+    stream's weights; concepts attend to the image (and each other), the image and prompt never attend to the
+    concepts, so the pipeline's output is bit-identical. The maps are the softmax over concepts of the dot products
+    between image and concept attention outputs, averaged over the selected layers and steps.
+
+    Args:
+        model: A diffusers pipeline (e.g. ``FluxPipeline``) or its transformer (e.g. ``FluxTransformer2DModel``).
+        concepts: Concept strings, e.g. ``["dragon", "rock", "sky"]``. With a bare transformer, give
+            ``concept_embeds`` as well (the names then only label the maps), or only ``concept_embeds``.
+        concept_embeds: ``[C, D_text]`` precomputed concept embeddings in the text encoder's output space (FLUX.1:
+            T5, ``joint_attention_dim``); skips text encoding.
+        config: A :class:`ConceptAttentionConfig`; or pass its fields as keyword options instead.
+        **options: Fields of :class:`ConceptAttentionConfig` (``layers``, ``timesteps``, ``space``, ``softmax``...).
+
+    Raises:
+        ConceptError: empty, duplicate or empty-string concepts, or too long for the text encoder.
+        UnsupportedModelError: the transformer class has no adapter.
+        UnsupportedSetupError: cache accelerators, context parallelism, IP-Adapter processors, gradient
+            checkpointing with gradients enabled.
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing import tiny_flux_pipeline
+        >>> pipe = tiny_flux_pipeline()
+        >>> with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+        ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
+        >>> ca.maps.maps.shape[:2]
+        torch.Size([2, 1])
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        concepts: Sequence[str] | None = None,
+        *,
+        concept_embeds: torch.Tensor | None = None,
+        config: ConceptAttentionConfig | None = None,
+        **options: Any,
+    ) -> None:
+        if config is not None and options:
+            raise ConfigError("Pass either config= or keyword options, not both.")
+        self.config = config if config is not None else ConceptAttentionConfig(**options)
+        self.model = model
+        self.transformer = find_transformer(model)
+        self.pipeline = model if model is not self.transformer else None
+        self.adapter = get_adapter(self.transformer)
+        self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
+        self.effective_softmax = self.config.softmax
+        if self.config.softmax and len(self.concepts) == 1:
+            warnings.warn(
+                "Softmax over a single concept is identically 1; using the raw scores instead. Add contrasting "
+                "concepts (e.g. a background word) for a softmax-normalised map.",
+                UserWarning,
+                stacklevel=2,
+            )
+            self.effective_softmax = False
+        blocks = self.adapter.joint_blocks(self.transformer)
+        self.layers = self._resolve_layers(len(blocks))
+        self.session: ConceptSession | None = None
+        self._reduce_batch = False
+        self._stop_after_last_layer = False
+        self._saved_processors: list[tuple[nn.Module, Any]] = []
+        self._our_processors: list[Any] = []
+        self._hook: _TransformerCallHook | None = None
+        self._created_registry = False
+        self._had_instance_forward = False
+        self._active = False
+
+    # ----- validation --------------------------------------------------------------------------------------------
+
+    def _check_concepts(
+        self, concepts: Sequence[str] | None, concept_embeds: torch.Tensor | None
+    ) -> tuple[tuple[str, ...], torch.Tensor | None]:
+        if concept_embeds is not None:
+            if not isinstance(concept_embeds, torch.Tensor) or concept_embeds.ndim != 2:
+                raise ConceptError("concept_embeds must be a [C, D_text] tensor (one row per concept).")
+            if concept_embeds.shape[0] == 0:
+                raise ConceptError("concept_embeds is empty; give at least one concept.")
+            if not torch.isfinite(concept_embeds).all():
+                raise ConceptError("concept_embeds contains NaN or infinite values.")
+            if concepts is None:
+                concepts = [f"concept_{index}" for index in range(concept_embeds.shape[0])]
+            names = validate_concepts(concepts)
+            if len(names) != concept_embeds.shape[0]:
+                raise ConceptError(
+                    f"{len(names)} concept names were given for {concept_embeds.shape[0]} concept embeddings."
+                )
+            return names, concept_embeds
+        if concepts is None:
+            raise ConceptError("Give concepts (strings) or concept_embeds (a [C, D_text] tensor).")
+        names = validate_concepts(concepts)
+        if self.pipeline is None:
+            raise ConceptError(
+                "Encoding concept strings needs the pipeline's text encoder, but a bare transformer was given. Pass the "
+                "pipeline, or pass concept_embeds= (a [C, D_text] tensor of text-encoder outputs)."
+            )
+        return names, None
+
+    def _resolve_layers(self, num_blocks: int) -> tuple[int, ...]:
+        if num_blocks == 0:
+            raise ConfigError(f"{type(self.transformer).__name__} has no joint blocks.")
+        requested = self.config.layers
+        if requested is None:
+            return self.adapter.default_layers(num_blocks)
+        resolved: list[int] = []
+        paths = {self.adapter.block_path(index): index for index in range(num_blocks)}
+        for layer in requested:
+            if isinstance(layer, str):
+                if layer not in paths:
+                    raise ConfigError(
+                        f"Unknown layer {layer!r}; joint blocks are {self.adapter.block_path(0)} .. "
+                        f"{self.adapter.block_path(num_blocks - 1)}."
+                    )
+                index = paths[layer]
+            else:
+                if not -num_blocks <= layer < num_blocks:
+                    raise ConfigError(
+                        f"Layer {layer} is out of range: {type(self.transformer).__name__} has {num_blocks} joint "
+                        f"blocks (valid indices 0..{num_blocks - 1}, or negative from the end)."
+                    )
+                index = layer % num_blocks
+            if index in resolved:
+                raise ConfigError(f"Layer {layer!r} is selected twice.")
+            resolved.append(index)
+        return tuple(sorted(resolved))
+
+    # ----- install / restore ---------------------------------------------------------------------------------
+
+    def __enter__(self) -> ConceptAttention:
+        if self._active:
+            raise RuntimeError("This ConceptAttention block is already active; it cannot be entered twice.")
+        if getattr(self.transformer, _ACTIVE_ATTRIBUTE, False):
+            raise RuntimeError(
+                "Another ConceptAttention block is already active on this transformer; nested or concurrent blocks "
+                "would corrupt each other's maps. Exit the other block first."
+            )
+        self.adapter.check_model(self.transformer)
+        from .adapters import common_checks
+
+        common_checks(self.transformer)
+        embeds = self._concept_embeds
+        if embeds is None:
+            embeds = self.adapter.encode_concepts(self.pipeline, self.concepts, self.config.concept_pooling)
+        self.session = ConceptSession(
+            self.config, embeds.detach(), self.layers, self.effective_softmax, reduce_batch=self._reduce_batch
+        )
+        self.session.stop_after_last_layer = self._stop_after_last_layer
+        try:
+            self._install()
+        except BaseException:
+            self._restore()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._restore()
+        self._active = False
+
+    def _install(self) -> None:
+        assert self.session is not None
+        setattr(self.transformer, _ACTIVE_ATTRIBUTE, True)
+        for layer, block in enumerate(self.adapter.joint_blocks(self.transformer)):
+            if layer > self.session.last_layer:
+                break
+            attention = self.adapter.attention_module(block)
+            original = attention.processor
+            processor = self.adapter.make_processor(self.session, layer, block, original, self.transformer)
+            self._saved_processors.append((attention, original))
+            attention.set_processor(processor)
+            self._our_processors.append(processor)
+        self._had_instance_forward = "forward" in vars(self.transformer)
+        self._created_registry = getattr(self.transformer, "_diffusers_hook", None) is None
+        registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
+        self._hook = _TransformerCallHook(self)
+        registry.register_hook(self._hook, _HOOK_NAME)
+
+    def _restore(self) -> None:
+        """Put back every processor and remove the hook; safe to call more than once."""
+        if self.session is not None:
+            self.session.end_call()
+        for attention, original in reversed(self._saved_processors):
+            attention.set_processor(original)
+        self._saved_processors.clear()
+        self._our_processors.clear()
+        registry = getattr(self.transformer, "_diffusers_hook", None)
+        if self._hook is not None and registry is not None and registry.get_hook(_HOOK_NAME) is not None:
+            registry.remove_hook(_HOOK_NAME, recurse=False)
+            if self._created_registry and not registry._hook_order:
+                del self.transformer._diffusers_hook
+                if not self._had_instance_forward and "forward" in vars(self.transformer):
+                    del self.transformer.forward
+        self._hook = None
+        if getattr(self.transformer, _ACTIVE_ATTRIBUTE, False):
+            delattr(self.transformer, _ACTIVE_ATTRIBUTE)
+
+    # ----- per call ---------------------------------------------------------------------------------------------
+
+    def _begin_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], unconditional: bool) -> None:
+        assert self.session is not None
+        if torch.is_grad_enabled() and getattr(self.transformer, "gradient_checkpointing", False):
+            raise UnsupportedSetupError(
+                "Gradient checkpointing is on and gradients are enabled: blocks would run twice and corrupt the "
+                "concept stream. Run under torch.no_grad() or call transformer.disable_gradient_checkpointing()."
+            )
+        if getattr(self.transformer, "is_cache_enabled", False):
+            raise UnsupportedSetupError(
+                "A cache accelerator was enabled inside the ConceptAttention block; it skips blocks, so maps would be "
+                "wrong. Call transformer.disable_cache()."
+            )
+        for (attention, _), processor in zip(self._saved_processors, self._our_processors):
+            if attention.processor is not processor:
+                raise RuntimeError(
+                    f"The attention processor of a joint block was replaced inside the ConceptAttention block (now "
+                    f"{type(attention.processor).__name__}), e.g. by set_attn_processor, fuse_qkv_projections or "
+                    "load_ip_adapter. Do that before entering the block."
+                )
+        inputs = self.adapter.capture_call(self.transformer, args, kwargs)
+        call = self.session.begin_call(inputs, unconditional=unconditional)
+        hidden_states = kwargs.get("hidden_states", args[0] if args else None)
+        if call.recording and isinstance(hidden_states, torch.Tensor):
+            self.session.batch_slice = self.adapter.cfg_batch_slice(hidden_states.shape[0], inputs)
+            if self.config.batch_half == "all":
+                self.session.batch_slice = slice(None)
+
+    def _end_call(self) -> None:
+        if self.session is not None:
+            self.session.end_call()
+
+    # ----- results --------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget the maps recorded so far (e.g. between two generations in one block)."""
+        if self.session is not None:
+            self.session.reset()
+
+    def _settings(self) -> dict[str, Any]:
+        settings = self.config.to_dict()
+        settings.update(
+            {
+                "architecture": self.adapter.name,
+                "transformer_class": type(self.transformer).__name__,
+                "resolved_layers": [self.adapter.block_path(index) for index in self.layers],
+                "effective_softmax": self.effective_softmax,
+            }
+        )
+        if self.session is not None:
+            settings["recorded_steps"] = self.session.num_recorded_calls
+        return settings
+
+    @property
+    def batch_maps(self) -> list[ConceptMaps]:
+        """One :class:`ConceptMaps` per image of the batch.
+
+        Raises:
+            NoMapsError: if the pipeline has not been run inside the ``with`` block (or no step was selected).
+        """
+        session = self.session
+        if session is None or session.accumulator.count == 0 or session.grid_inputs is None:
+            raise NoMapsError(
+                "No concept maps recorded; run the pipeline inside `with ConceptAttention(...)` (and check that "
+                "`timesteps` selects steps that ran)."
+            )
+        maps, logits = session.accumulator.result()  # [B, C, I] each
+        maps, logits = maps.detach().cpu(), logits.detach().cpu()
+        frames, height, width = self.adapter.token_grid(session.grid_inputs, maps.shape[-1])
+        maps = maps.reshape(maps.shape[0], maps.shape[1], frames, height, width)  # [B, C, F, h, w]
+        logits = logits.reshape(logits.shape[0], logits.shape[1], frames, height, width)  # [B, C, F, h, w]
+        settings = self._settings()
+        return [ConceptMaps(self.concepts, maps[index], logits[index], settings) for index in range(maps.shape[0])]
+
+    @property
+    def maps(self) -> ConceptMaps:
+        """The :class:`ConceptMaps` of the (single) generated image.
+
+        Raises:
+            NoMapsError: before a run; ValueError if the batch held several images (use :attr:`batch_maps`).
+        """
+        all_maps = self.batch_maps
+        if len(all_maps) != 1:
+            raise ValueError(f"The run produced {len(all_maps)} images; use `.batch_maps` to get one map set per image.")
+        return all_maps[0]
+
+    @property
+    def per_step_scores(self) -> dict[tuple[int, int], torch.Tensor]:
+        """``{(step, layer): [B, C, I] scores}`` when the config has ``keep_per_step=True``."""
+        if self.session is None:
+            raise NoMapsError("No run yet.")
+        if not self.config.keep_per_step:
+            raise ConfigError("Per-step scores are kept only with keep_per_step=True.")
+        return dict(self.session.accumulator.per_step)

@@ -1,0 +1,1 @@
+"""The ``conceptattention`` command line."""

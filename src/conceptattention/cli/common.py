@@ -1,0 +1,186 @@
+"""Pieces shared by the CLI subcommands: model options, validation, and writing a run folder."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from ..maps import ConceptMaps
+from ..outputs import OutputExistsError, atomic_output_dir
+
+
+DISPLAY_SIDE = 384  # overlays and heatmaps are written at least this large on the longer side
+
+
+class CLIError(ValueError):
+    """A usage error reported as one line, without a traceback."""
+
+
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--device``, ``--dtype``, ``--offload``, ``--allow-pickle``."""
+    group = parser.add_argument_group("model")
+    group.add_argument(
+        "--model",
+        default=None,
+        help="'shapesworld' (default: the shipped toy model), an alias (flux-schnell, flux-dev, ...), a local "
+        "diffusers folder (works offline) or a hub id",
+    )
+    group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    group.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, else bf16)")
+    group.add_argument(
+        "--offload",
+        choices=["none", "model", "sequential"],
+        default="none",
+        help="CPU offload through diffusers: 'model' (enable_model_cpu_offload) or 'sequential' (lowest memory)",
+    )
+    group.add_argument(
+        "--allow-pickle", action="store_true", help="allow non-safetensors weights (pickle can execute code)"
+    )
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """Options of :class:`~conceptattention.ConceptAttentionConfig`."""
+    group = parser.add_argument_group("method")
+    group.add_argument("--layers", type=int, nargs="+", default=None, help="joint block indices (default: last 4)")
+    group.add_argument("--space", choices=["output", "cross_attention", "value"], default="output")
+    group.add_argument("--no-softmax", action="store_true", help="average raw scores instead of softmax over concepts")
+    group.add_argument(
+        "--concept-attention", choices=["both", "cross", "self", "none"], default="both", help="concept attention mask"
+    )
+    group.add_argument("--pooling", choices=["mean", "first", "last"], default="mean", help="multi-token concepts")
+    group.add_argument("--conditioning", choices=["null_pooled", "prompt"], default="null_pooled")
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "layers": tuple(args.layers) if args.layers else None,
+        "space": args.space,
+        "softmax": not args.no_softmax,
+        "concept_attention": args.concept_attention,
+        "concept_pooling": args.pooling,
+        "concept_conditioning": args.conditioning,
+    }
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist, unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument("--cmap", default="plasma", help="matplotlib colour map of heatmaps (default: plasma)")
+
+
+def check_output_folder(path: Path, overwrite: bool) -> None:
+    """Fail before any work if the output folder exists (and --overwrite is not given)."""
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"Output folder {str(path)!r} already exists; pass --overwrite to replace it.")
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"{str(path)!r} exists and is not a folder.")
+
+
+def check_size(name: str, value: int | None, multiple: int) -> None:
+    if value is None:
+        return
+    if value <= 0 or value % multiple:
+        raise CLIError(f"--{name} must be a positive multiple of {multiple} for this model, got {value}.")
+
+
+def call_kwargs(pipeline: Any, candidates: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``candidates`` that the pipeline's ``__call__`` accepts (None values dropped)."""
+    parameters = inspect.signature(pipeline.__call__).parameters
+    return {key: value for key, value in candidates.items() if value is not None and key in parameters}
+
+
+def slug(concept: str, taken: set[str]) -> str:
+    """A file-name-safe, unique name for a concept (``"red car"`` → ``"red_car"``)."""
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", concept).strip("._") or "concept"
+    name, suffix = base[:60], 2
+    while name in taken:
+        name = f"{base[:56]}_{suffix}"
+        suffix += 1
+    taken.add(name)
+    return name
+
+
+def display_size(size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) scaled up so that the longer side is at least DISPLAY_SIDE."""
+    width, height = size
+    scale = max(1.0, DISPLAY_SIDE / max(width, height))
+    return round(width * scale), round(height * scale)
+
+
+def environment() -> dict[str, str]:
+    import diffusers
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {
+        "conceptattention": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def write_run_folder(
+    out: Path,
+    *,
+    overwrite: bool,
+    image: Image.Image,
+    maps: ConceptMaps,
+    settings: dict[str, Any],
+    cmap: str = "plasma",
+) -> dict[str, Any]:
+    """Write image, maps, heatmaps, overlays, segmentation, grid figure and settings.json atomically.
+
+    Returns:
+        The file listing written into settings.json.
+    """
+    started = time.perf_counter()
+    files: dict[str, Any] = {"image": "image.png", "maps": "maps.safetensors", "heatmaps": {}, "overlays": {}}
+    shown = image.resize(display_size(image.size), Image.Resampling.LANCZOS)
+    with atomic_output_dir(out, overwrite=overwrite) as folder:
+        image.save(folder / "image.png")
+        maps.save(folder / "maps.safetensors")
+        (folder / "heatmaps").mkdir()
+        (folder / "overlays").mkdir()
+        taken: set[str] = set()
+        for concept in maps.concepts:
+            name = slug(concept, taken)
+            heatmap = maps.heatmap(concept, size=(shown.height, shown.width), cmap=cmap)
+            heatmap.save(folder / "heatmaps" / f"{name}.png")
+            maps.overlay(shown, concept, cmap=cmap).save(folder / "overlays" / f"{name}.png")
+            files["heatmaps"][concept] = f"heatmaps/{name}.png"
+            files["overlays"][concept] = f"overlays/{name}.png"
+        maps.segmentation_image(size=(shown.height, shown.width)).save(folder / "segmentation.png")
+        files["segmentation"] = "segmentation.png"
+        figure = maps.figure(shown, cmap=cmap)
+        figure.savefig(folder / "grid.png", dpi=100, bbox_inches="tight")
+        files["grid"] = "grid.png"
+        settings = dict(settings)
+        settings["files"] = files
+        settings["environment"] = environment()
+        settings["seconds_writing"] = round(time.perf_counter() - started, 3)
+        (folder / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    return files
+
+
+def print_summary(out: Path, maps: ConceptMaps, seconds: float) -> None:
+    print(f"wrote {out}/ ({len(maps.concepts)} concepts, maps {maps.grid_size[0]}x{maps.grid_size[1]}, {seconds:.1f} s)")
+    print(f"  grid figure: {out / 'grid.png'}")
+
+
+def fail(message: str) -> int:
+    print(f"conceptattention: error: {message}", file=sys.stderr)
+    return 2

@@ -1,0 +1,100 @@
+"""``conceptattention generate``: prompt + concepts → image, per-concept maps, overlays, grid, settings."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from .. import ConceptAttention
+from ..models import load_model
+from .common import (
+    add_method_options,
+    add_model_options,
+    add_output_options,
+    call_kwargs,
+    check_output_folder,
+    check_size,
+    method_options,
+    print_summary,
+    write_run_folder,
+)
+
+
+HELP = "generate an image from a prompt and write concept maps for it"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("generate", help=HELP, description=HELP)
+    parser.add_argument("--prompt", default=None, help="text prompt (default: the model's example prompt)")
+    parser.add_argument(
+        "--concepts", nargs="+", default=None, help="concepts to map, e.g. --concepts dragon rock sky 'red car'"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="steps to average (default: all)")
+    add_model_options(parser)
+    add_method_options(parser)
+    add_output_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    check_output_folder(args.out, args.overwrite)
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle)
+    if loaded.notice:
+        print(loaded.notice)
+    defaults = loaded.defaults
+    pipe = loaded.pipeline
+    prompt = args.prompt if args.prompt is not None else defaults.get("prompt")
+    concepts = args.concepts if args.concepts is not None else defaults.get("concepts")
+    if not prompt:
+        raise ValueError("--prompt is required for this model.")
+    if not concepts:
+        raise ValueError("--concepts is required for this model (e.g. --concepts dog grass sky).")
+    from ..adapters import get_adapter
+
+    multiple = get_adapter(pipe).size_multiple(pipe)
+    check_size("height", args.height, multiple)
+    check_size("width", args.width, multiple)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+    options = method_options(args)
+    options["timesteps"] = tuple(args.timesteps) if args.timesteps else None
+    generator_device = "cpu" if args.offload != "none" else args.device
+    kwargs = call_kwargs(
+        pipe,
+        {
+            "height": args.height or defaults.get("height"),
+            "width": args.width or defaults.get("width"),
+            "num_inference_steps": args.steps or defaults.get("num_inference_steps"),
+            "guidance_scale": args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale"),
+            "max_sequence_length": defaults.get("max_sequence_length"),
+            "generator": torch.Generator(generator_device).manual_seed(args.seed),
+        },
+    )
+    with ConceptAttention(pipe, concepts, **options) as attention:
+        image = pipe(prompt, **kwargs).images[0]
+    maps = attention.maps
+    settings = {
+        "command": "generate",
+        "model": loaded.description,
+        "prompt": prompt,
+        "concepts": list(maps.concepts),
+        "seed": args.seed,
+        "pipeline_kwargs": {k: v for k, v in kwargs.items() if k != "generator"},
+        "device": args.device,
+        "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
+        "offload": args.offload,
+        "method": maps.config,
+        "notice": loaded.notice,
+    }
+    settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
+    write_run_folder(args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap)
+    print_summary(args.out, maps, time.perf_counter() - started)
+    return 0

@@ -1,0 +1,49 @@
+"""Entry point of the ``conceptattention`` command."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from .common import fail
+
+
+# subcommand modules, in the order --help lists them
+SUBCOMMANDS = ("generate", "explain", "env")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="conceptattention",
+        description="Concept saliency maps from multi-modal diffusion transformers (ConceptAttention, ICML 2025).",
+        epilog="Run 'conceptattention <command> --help' for the options of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"conceptattention {__version__}")
+    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"{__package__}.{name.replace('-', '_')}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        return fail("interrupted; no output was written.")
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
+        return fail(str(error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

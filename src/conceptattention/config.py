@@ -1,0 +1,127 @@
+"""Configuration of a ConceptAttention run: one frozen dataclass, validated on construction.
+
+Every option of the method (``method.md`` §3) lives here so that results can be logged with ``dataclasses.asdict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+Space = Literal["output", "cross_attention", "value"]
+ConceptAttentionMode = Literal["both", "cross", "self", "none"]
+ConceptConditioning = Literal["null_pooled", "prompt"]
+ConceptPooling = Literal["mean", "first", "last"]
+NormalizationOrder = Literal["per_layer", "after_mean"]
+LayerSpec = int | str
+
+SPACES: tuple[str, ...] = ("output", "cross_attention", "value")
+CONCEPT_ATTENTION_MODES: tuple[str, ...] = ("both", "cross", "self", "none")
+CONCEPT_CONDITIONINGS: tuple[str, ...] = ("null_pooled", "prompt")
+CONCEPT_POOLINGS: tuple[str, ...] = ("mean", "first", "last")
+NORMALIZATION_ORDERS: tuple[str, ...] = ("per_layer", "after_mean")
+
+
+class ConfigError(ValueError):
+    """An invalid ConceptAttention option."""
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}.")
+
+
+@dataclass(frozen=True)
+class ConceptAttentionConfig:
+    """Options of ConceptAttention (Helbling et al., 2025). All fields are keyword-only.
+
+    Args:
+        layers: Joint (double-stream) blocks whose scores are averaged. ``None`` selects the default of the
+            architecture (FLUX.1: the last four double blocks, 15-18, as the official code). Entries are block
+            indices (negative counts from the end) or module paths such as ``"transformer_blocks.15"``.
+        timesteps: Indices of the denoising calls to aggregate (0 = first recorded transformer call).
+            ``None`` aggregates every call.
+        space: ``"output"`` (the method: attention outputs before the output projection),
+            ``"cross_attention"`` (image queries against concept keys, mean over heads) or ``"value"``.
+        softmax: Softmax over concepts (per image token). Ignored, with a warning, for a single concept.
+        temperature: Divides the scores before the softmax.
+        normalization_order: ``"per_layer"`` (paper: softmax per layer and step, then mean) or ``"after_mean"``
+            (mean of raw scores, then softmax).
+        concept_attention: Which keys the concept queries attend to: ``"both"`` (concepts and image, default),
+            ``"cross"`` (image only), ``"self"`` (concepts only) or ``"none"`` (no attention: output = values).
+        concept_conditioning: Modulation input of the concept stream: ``"null_pooled"`` (timestep and guidance
+            embedding with a zero pooled text vector, official FLUX.1) or ``"prompt"`` (the prompt's own vector).
+        concept_pooling: How a multi-token concept becomes one token: ``"mean"`` over its content tokens (default;
+            multi-word concepts work), ``"first"`` (the official code, truncates "red car" to "red") or ``"last"``.
+        cross_attention_scale: Scale ``q·k`` by ``1/sqrt(head_dim)`` in the cross-attention space.
+        keep_per_step: Keep each (layer, step) score tensor (on the host) in addition to the running mean.
+        batch_half: Under batched classifier-free guidance: ``"cond"`` reports the conditional half, ``"all"`` both.
+
+    Example:
+        >>> ConceptAttentionConfig(layers=(15, 16, 17, 18), softmax=True).space
+        'output'
+    """
+
+    layers: tuple[LayerSpec, ...] | None = None
+    timesteps: tuple[int, ...] | None = None
+    space: Space = "output"
+    softmax: bool = True
+    temperature: float = 1.0
+    normalization_order: NormalizationOrder = "per_layer"
+    concept_attention: ConceptAttentionMode = "both"
+    concept_conditioning: ConceptConditioning = "null_pooled"
+    concept_pooling: ConceptPooling = "mean"
+    cross_attention_scale: bool = True
+    keep_per_step: bool = False
+    batch_half: Literal["cond", "all"] = "cond"
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            layers = _as_tuple(self.layers, "layers")
+            if not layers:
+                raise ConfigError("layers must name at least one joint block (or be None for the default).")
+            for layer in layers:
+                if isinstance(layer, bool) or not isinstance(layer, int | str):
+                    raise ConfigError(f"layers entries must be int indices or module paths, got {layer!r}.")
+            object.__setattr__(self, "layers", layers)
+        if self.timesteps is not None:
+            timesteps = _as_tuple(self.timesteps, "timesteps")
+            if not timesteps:
+                raise ConfigError("timesteps must name at least one step (or be None for all steps).")
+            for step in timesteps:
+                if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+                    raise ConfigError(f"timesteps entries must be non-negative step indices, got {step!r}.")
+            object.__setattr__(self, "timesteps", tuple(sorted(set(timesteps))))
+        _check_choice("space", self.space, SPACES)
+        _check_choice("concept_attention", self.concept_attention, CONCEPT_ATTENTION_MODES)
+        _check_choice("concept_conditioning", self.concept_conditioning, CONCEPT_CONDITIONINGS)
+        _check_choice("concept_pooling", self.concept_pooling, CONCEPT_POOLINGS)
+        _check_choice("normalization_order", self.normalization_order, NORMALIZATION_ORDERS)
+        _check_choice("batch_half", self.batch_half, ("cond", "all"))
+        if not isinstance(self.temperature, int | float) or not self.temperature > 0:
+            raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the options."""
+        out = dataclasses.asdict(self)
+        out.pop("extra")
+        for key in ("layers", "timesteps"):
+            if out[key] is not None:
+                out[key] = list(out[key])
+        return out
+
+    def replace(self, **changes: Any) -> ConceptAttentionConfig:
+        """A copy with some options changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
+    if isinstance(value, str | int):
+        return (value,)
+    if isinstance(value, range | Sequence) or hasattr(value, "__iter__"):
+        return tuple(value)
+    raise ConfigError(f"{name} must be a sequence, got {type(value).__name__}.")

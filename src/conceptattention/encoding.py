@@ -1,0 +1,120 @@
+"""Concept text encoding helpers: validation of concept strings and pooling of token states (method.md §3.7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .config import ConceptPooling
+
+
+class ConceptError(ValueError):
+    """An invalid concept list."""
+
+
+def validate_concepts(concepts: Sequence[str] | str) -> tuple[str, ...]:
+    """Check a concept list: non-empty, strings, no empty strings, no duplicates (after stripping whitespace).
+
+    Args:
+        concepts: e.g. ``["dragon", "rock", "sky"]``.
+
+    Returns:
+        The stripped concepts as a tuple.
+
+    Raises:
+        ConceptError: with the offending entry named.
+
+    Example:
+        >>> validate_concepts([" sky", "red car"])
+        ('sky', 'red car')
+    """
+    if isinstance(concepts, str):
+        raise ConceptError(f"concepts must be a list of strings, not one string ({concepts!r}); write [{concepts!r}].")
+    concepts = list(concepts)
+    if not concepts:
+        raise ConceptError("The concept list is empty; give at least one concept, e.g. ['dog', 'grass', 'sky'].")
+    cleaned: list[str] = []
+    for index, concept in enumerate(concepts):
+        if not isinstance(concept, str):
+            raise ConceptError(f"Concept #{index} is {type(concept).__name__} ({concept!r}); concepts must be strings.")
+        stripped = " ".join(concept.split())
+        if not stripped:
+            raise ConceptError(f"Concept #{index} is empty or only whitespace; remove it.")
+        if stripped in cleaned:
+            raise ConceptError(f"Concept {stripped!r} is given twice; each concept must be unique.")
+        cleaned.append(stripped)
+    return tuple(cleaned)
+
+
+def pool_token_states(hidden_states: torch.Tensor, content_mask: torch.Tensor, pooling: ConceptPooling) -> torch.Tensor:
+    """Pool each concept's content-token states into one vector.
+
+    Args:
+        hidden_states: ``[C, L, D]`` encoder outputs of the padded batch of concepts.
+        content_mask: ``[C, L]`` bool, True on the concept's own tokens (no BOS/EOS/padding).
+        pooling: ``"mean"`` (over content tokens), ``"first"`` or ``"last"`` content token.
+
+    Returns:
+        ``[C, D]``.
+
+    Example:
+        >>> h = torch.arange(6.0).reshape(1, 3, 2)
+        >>> pool_token_states(h, torch.tensor([[True, True, False]]), "mean")
+        tensor([[1., 2.]])
+    """
+    if content_mask.shape != hidden_states.shape[:2]:
+        raise ValueError(f"content_mask {tuple(content_mask.shape)} does not match states {tuple(hidden_states.shape)}")
+    counts = content_mask.sum(dim=1)  # [C]
+    if bool((counts == 0).any()):
+        raise ConceptError("A concept has no content tokens after tokenisation (it encodes to special tokens only).")
+    if pooling == "mean":
+        weights = content_mask.to(hidden_states.dtype).unsqueeze(-1)  # [C, L, 1]
+        return (hidden_states * weights).sum(dim=1) / counts.to(hidden_states.dtype).unsqueeze(-1)  # [C, D]
+    positions = torch.arange(content_mask.shape[1], device=content_mask.device).expand_as(content_mask)  # [C, L]
+    if pooling == "first":
+        index = torch.where(content_mask, positions, content_mask.shape[1]).min(dim=1).values  # [C]
+    elif pooling == "last":
+        index = torch.where(content_mask, positions, -1).max(dim=1).values  # [C]
+    else:
+        raise ValueError(f"Unknown concept pooling {pooling!r}; expected 'mean', 'first' or 'last'.")
+    return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), index]  # [C, D]
+
+
+def tokenize_concepts(
+    tokenizer: Any, concepts: Sequence[str], max_length: int | None, special_ids: Sequence[int | None]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokenise all concepts as one padded batch, refusing (not truncating) concepts that are too long.
+
+    Args:
+        tokenizer: A Hugging Face tokenizer.
+        concepts: The concept strings.
+        max_length: The longest sequence allowed (special tokens included); None = the tokenizer's limit.
+        special_ids: Token ids that are not content (BOS, EOS, padding); None entries are ignored.
+
+    Returns:
+        ``input_ids [C, L]``, ``attention_mask [C, L]`` and ``content_mask [C, L]`` (bool).
+
+    Raises:
+        ConceptError: if a concept is longer than ``max_length`` tokens.
+    """
+    limit = max_length or getattr(tokenizer, "model_max_length", None)
+    encoded = tokenizer(list(concepts), padding="longest", truncation=False, return_tensors="pt")
+    input_ids = encoded["input_ids"]  # [C, L]
+    attention_mask = encoded.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    lengths = attention_mask.sum(dim=1)  # [C]
+    if limit is not None and limit < 10**9:
+        for concept, length in zip(concepts, lengths.tolist()):
+            if length > limit:
+                raise ConceptError(
+                    f"Concept {concept!r} is {length} tokens long; this text encoder allows at most {limit}. "
+                    "Use a shorter phrase."
+                )
+    content_mask = attention_mask.bool()
+    for token_id in special_ids:
+        if token_id is not None:
+            content_mask &= input_ids != token_id
+    return input_ids, attention_mask, content_mask

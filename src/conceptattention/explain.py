@@ -1,0 +1,129 @@
+"""The real-image path: concept maps of an existing image (method.md §5).
+
+The image is VAE-encoded, noised to one noise level with several seeded noise samples (batched into one transformer
+call), and the transformer runs only up to the last joint block that is needed; single-stream blocks, the final
+layer and the VAE decoder never run. Maps are softmax-normalised per sample and layer, then averaged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .capture import ConceptAttention
+from .config import ConceptAttentionConfig, ConfigError
+from .maps import ConceptMaps
+from .session import EarlyExit
+
+
+def explain(
+    pipeline: Any,
+    image: Image.Image | str | os.PathLike[str],
+    concepts: Sequence[str],
+    *,
+    caption: str = "",
+    noise_level: float = 0.5,
+    num_samples: int = 1,
+    seed: int = 0,
+    height: int | None = None,
+    width: int | None = None,
+    guidance_scale: float = 3.5,
+    image_pooled: str = "zero",
+    samples_per_batch: int | None = None,
+    concept_embeds: torch.Tensor | None = None,
+    config: ConceptAttentionConfig | None = None,
+    **options: Any,
+) -> ConceptMaps:
+    """Concept maps of a real image.
+
+    Args:
+        pipeline: A diffusers pipeline of a supported family (its VAE, text encoders and transformer are used).
+        image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB).
+        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
+        caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
+        noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``. The official default is 0.5.
+        num_samples: Noise samples averaged (sample ``i`` uses seed ``seed + i``).
+        seed: Seed of the first noise sample.
+        height: Model input height in pixels; default keeps the aspect ratio at the model's default area.
+        width: Model input width in pixels.
+        guidance_scale: Guidance embedding for guidance-distilled models (FLUX.1-dev); ignored otherwise.
+        image_pooled: ``"zero"`` (official: the image stream also gets a zero pooled text vector) or ``"caption"``.
+        samples_per_batch: Noise samples per transformer call (default: all in one call).
+        concept_embeds: Precomputed ``[C, D_text]`` concept embeddings instead of encoding ``concepts``.
+        config: Method options; or pass :class:`ConceptAttentionConfig` fields as keyword options.
+
+    Returns:
+        :class:`ConceptMaps` with one frame, on the model's token grid.
+
+    Raises:
+        ConfigError: invalid noise level, sample count, size, or a ``timesteps`` option (meaningless here).
+
+    Example:
+        >>> from PIL import Image
+        >>> from conceptattention import explain
+        >>> from conceptattention.testing import tiny_flux_pipeline
+        >>> maps = explain(tiny_flux_pipeline(), Image.new("RGB", (32, 32)), ["dog", "sky"], height=32, width=32)
+        >>> maps.grid_size
+        (8, 8)
+    """
+    from .images import load_image
+
+    if not isinstance(image, Image.Image):
+        image = load_image(image)
+    if not isinstance(noise_level, int | float) or not 0.0 < float(noise_level) <= 1.0:
+        raise ConfigError(f"noise_level must be in (0, 1], got {noise_level!r}.")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
+    samples_per_batch = samples_per_batch or num_samples
+    if samples_per_batch < 1:
+        raise ConfigError(f"samples_per_batch must be positive, got {samples_per_batch!r}.")
+    if (config is not None and config.timesteps is not None) or options.get("timesteps") is not None:
+        raise ConfigError("timesteps do not apply to explain(); choose the noise level with noise_level=.")
+    attention = ConceptAttention(pipeline, concepts, concept_embeds=concept_embeds, config=config, **options)
+    adapter = attention.adapter
+    if (height is None) != (width is None):
+        raise ConfigError("Give both height and width, or neither.")
+    if height is None or width is None:
+        height, width = adapter.explain_resolution(pipeline, image.size)
+    if height <= 0 or width <= 0:
+        raise ConfigError(f"height and width must be positive, got {height}x{width}.")
+
+    attention._reduce_batch = True
+    attention._stop_after_last_layer = True
+    seeds = [seed + index for index in range(num_samples)]
+    with attention, torch.no_grad():
+        for start in range(0, num_samples, samples_per_batch):
+            batch = adapter.prepare_explain(
+                pipeline,
+                image,
+                caption=caption,
+                noise_level=float(noise_level),
+                seeds=seeds[start : start + samples_per_batch],
+                height=height,
+                width=width,
+                guidance_scale=guidance_scale,
+                image_pooled=image_pooled,
+            )
+            try:
+                attention.transformer(**batch.transformer_kwargs)
+            except EarlyExit:
+                pass
+    maps = attention.maps
+    settings = dict(maps.config)
+    settings.update(
+        {
+            "path": "explain",
+            "caption": caption,
+            "noise_level": float(noise_level),
+            "num_samples": num_samples,
+            "seed": seed,
+            "height": height,
+            "width": width,
+            "image_pooled": image_pooled,
+        }
+    )
+    return ConceptMaps(maps.concepts, maps.maps, maps.logits, settings)

@@ -1,0 +1,181 @@
+"""Loading pipelines for the CLI and the app: the embedded default, local folders and hub ids.
+
+Weights load as safetensors only unless the caller opts in to pickle files, and remote code is never trusted.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+DEFAULT_MODEL = "shapesworld"
+
+#: Short names for public checkpoints (resolved to hub ids; loading them needs the weights in the local HF cache
+#: or network access).
+MODEL_ALIASES: dict[str, str] = {
+    "flux-schnell": "black-forest-labs/FLUX.1-schnell",
+    "flux-dev": "black-forest-labs/FLUX.1-dev",
+    "sd3-medium": "stabilityai/stable-diffusion-3-medium-diffusers",
+    "sd3.5-large": "stabilityai/stable-diffusion-3.5-large",
+    "sd3.5-large-turbo": "stabilityai/stable-diffusion-3.5-large-turbo",
+    "sd3.5-medium": "stabilityai/stable-diffusion-3.5-medium",
+    "cogvideox-2b": "THUDM/CogVideoX-2b",
+    "cogvideox-5b": "THUDM/CogVideoX-5b",
+}
+
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+class ModelLoadError(ValueError):
+    """A model could not be loaded; the message says why and what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline plus what the CLI needs to know about it.
+
+    Attributes:
+        pipeline: The diffusers pipeline.
+        name: What the user asked for (alias, folder or hub id).
+        description: One line for logs and settings files.
+        defaults: Generation defaults of this model (height, width, steps, guidance_scale, prompt, concepts...).
+        notice: A message to show the user (e.g. that the model is an untrained stand-in), or None.
+    """
+
+    pipeline: Any
+    name: str
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    notice: str | None = None
+
+
+def parse_dtype(name: str | None, device: str) -> torch.dtype:
+    """``"bf16"`` → ``torch.bfloat16``; None → float32 on CPU, bfloat16 elsewhere."""
+    if name is None:
+        return torch.float32 if device == "cpu" else torch.bfloat16
+    if name not in DTYPES:
+        raise ModelLoadError(f"Unknown dtype {name!r}; choose one of {', '.join(sorted(DTYPES))}.")
+    return DTYPES[name]
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and not _looks_like_hub_id(name) or Path(name).exists()
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    parts = name.split("/")
+    return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
+def load_embedded_default(device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """The model shipped with the package: ShapesWorld if its weights are installed, else a random stand-in."""
+    try:
+        from .shapesworld import load_pipeline as load_shapesworld
+        from .shapesworld import shipped_model_available
+    except ImportError:  # pragma: no cover - the subpackage is part of the distribution
+        shipped_model_available = None  # type: ignore[assignment]
+    if shipped_model_available is not None and shipped_model_available():
+        pipeline = load_shapesworld(device=device, dtype=dtype)
+        defaults = dict(getattr(pipeline, "_conceptattention_defaults", {}))
+        return LoadedModel(pipeline, DEFAULT_MODEL, "ShapesWorld toy FLUX-architecture model (shipped)", defaults)
+    from .testing import tiny_flux_pipeline
+
+    pipeline = tiny_flux_pipeline().to(device)
+    if dtype != torch.float32:
+        pipeline = pipeline.to(dtype=dtype)
+    notice = (
+        "NOTE: the shipped ShapesWorld weights are not installed, so the embedded default is a tiny FLUX pipeline "
+        "with RANDOM weights: it proves the plumbing runs, but its images and maps mean nothing."
+    )
+    defaults = {
+        "height": 64,
+        "width": 64,
+        "num_inference_steps": 4,
+        "guidance_scale": 0.0,
+        "max_sequence_length": 64,
+        "prompt": "a dragon on a rock under the sky",
+        "concepts": ["dragon", "rock", "sky"],
+    }
+    return LoadedModel(pipeline, DEFAULT_MODEL, "tiny random-weight FLUX pipeline (stand-in)", defaults, notice)
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str | torch.dtype | None = None,
+    offload: str = "none",
+    allow_pickle: bool = False,
+) -> LoadedModel:
+    """Load a pipeline by alias, local folder or hub id.
+
+    Args:
+        name: ``None``/``"shapesworld"`` for the embedded default; an alias from :data:`MODEL_ALIASES`; a local
+            diffusers folder (works offline); or a hub id (``"org/name"``).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``.
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` (default: float32 on CPU, bfloat16 elsewhere).
+        offload: ``"none"``, ``"model"`` (``enable_model_cpu_offload``) or ``"sequential"``.
+        allow_pickle: Allow ``.bin``/``.ckpt`` weights (pickle can run code; off by default).
+
+    Returns:
+        :class:`LoadedModel`.
+
+    Raises:
+        ModelLoadError: missing folder, not a diffusers pipeline, unavailable hub id, bad option.
+
+    Example:
+        >>> load_model("./no/such/folder")
+        Traceback (most recent call last):
+        ...
+        conceptattention.models.ModelLoadError: No model folder at './no/such/folder'...
+    """
+    if offload not in ("none", "model", "sequential"):
+        raise ModelLoadError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}.")
+    torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device.split(":")[0])
+    if name is None or name == DEFAULT_MODEL:
+        loaded = load_embedded_default(device=device, dtype=torch_dtype)
+        return loaded
+    from diffusers import DiffusionPipeline
+
+    source = MODEL_ALIASES.get(name, name)
+    local = Path(os.path.expanduser(source))
+    kwargs: dict[str, Any] = {"torch_dtype": torch_dtype, "trust_remote_code": False}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    if local.exists() or _looks_like_path(source):
+        if not local.is_dir():
+            raise ModelLoadError(f"No model folder at {name!r} (it does not exist or is not a folder).")
+        if not (local / "model_index.json").is_file():
+            raise ModelLoadError(
+                f"{name!r} is not a diffusers pipeline folder (no model_index.json); save one with "
+                "`pipe.save_pretrained(folder)`."
+            )
+        kwargs["local_files_only"] = True
+        source = str(local)
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as error:
+        hint = ""
+        if "safetensors" in str(error).lower() and not allow_pickle:
+            hint = " The checkpoint has no safetensors weights; pass --allow-pickle only if you trust its source."
+        raise ModelLoadError(f"Could not load {name!r}: {error}.{hint}") from error
+    if offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+    pipeline.set_progress_bar_config(disable=False)
+    return LoadedModel(pipeline, name, f"{type(pipeline).__name__} from {source}")

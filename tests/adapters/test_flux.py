@@ -1,0 +1,419 @@
+"""FLUX.1 adapter: bit-identity, restoration, refusals, and agreement with a naive reference of the method."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+from conceptattention import (
+    ConceptAttention,
+    ConceptError,
+    ConfigError,
+    NoMapsError,
+    UnsupportedModelError,
+    UnsupportedSetupError,
+    explain,
+)
+from conceptattention.testing import tiny_flux_inputs, tiny_flux_pipeline, tiny_flux_transformer
+
+from .flux_reference import naive_flux_scores
+
+
+GEN_KW = dict(height=32, width=48, num_inference_steps=3, max_sequence_length=32, output_type="pt")
+
+
+@pytest.fixture(scope="module")
+def transformer():
+    return tiny_flux_transformer(num_layers=4, num_single_layers=2)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_flux_pipeline(num_layers=4)
+
+
+def generate(pipe, prompt="a dog on a rock", seed=0, **kwargs):
+    merged = {**GEN_KW, **kwargs}
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).images
+
+
+def snapshot(transformer):
+    return dict(transformer.attn_processors)
+
+
+def assert_restored(transformer, before):
+    after = snapshot(transformer)
+    assert after.keys() == before.keys()
+    assert all(after[name] is before[name] for name in before)
+    assert not getattr(transformer, "_conceptattention_active", False)
+    registry = getattr(transformer, "_diffusers_hook", None)
+    if registry is not None:
+        assert registry.get_hook("conceptattention_call") is None
+
+
+class TestBitIdentity:
+    """With concept maps on, outputs are torch.equal to outputs without."""
+
+    def test_pipeline_output_identical(self, pipe):
+        reference = generate(pipe)
+        with ConceptAttention(pipe, ["dog", "rock", "sky"]) as ca:
+            image = generate(pipe)
+        assert torch.equal(reference, image)
+        assert ca.maps.maps.shape == (3, 1, 16, 24)
+
+    @pytest.mark.parametrize("space", ["output", "cross_attention", "value"])
+    @pytest.mark.parametrize("mode", ["both", "cross", "self", "none"])
+    def test_bare_transformer_identical(self, transformer, space, mode):
+        inputs = tiny_flux_inputs()
+        reference = transformer(**inputs)[0]
+        embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
+        with ConceptAttention(transformer, concept_embeds=embeds, space=space, concept_attention=mode, layers=[1, 3]):
+            output = transformer(**inputs)[0]
+        assert torch.equal(reference, output)
+
+    def test_guidance_model_identical_and_true_cfg(self):
+        pipe = tiny_flux_pipeline(num_layers=3, guidance_embeds=True)
+        kwargs = dict(negative_prompt="blurry", true_cfg_scale=2.0, guidance_scale=3.5)
+        reference = generate(pipe, **kwargs)
+        with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+            image = generate(pipe, **kwargs)
+        assert torch.equal(reference, image)
+        # true CFG makes two transformer calls per step; only the conditional one is recorded
+        assert ca.session.num_recorded_calls == GEN_KW["num_inference_steps"]
+
+
+class TestRestoration:
+    """Processors and hooks are always put back."""
+
+    def test_restored_after_normal_exit(self, pipe):
+        before = snapshot(pipe.transformer)
+        with ConceptAttention(pipe, ["dog", "sky"]):
+            assert any(type(p).__name__ == "FluxConceptAttnProcessor" for p in pipe.transformer.attn_processors.values())
+            generate(pipe)
+        assert_restored(pipe.transformer, before)
+
+    def test_restored_after_exception_mid_run(self, pipe):
+        before = snapshot(pipe.transformer)
+
+        def explode(*args, **kwargs):
+            raise KeyboardInterrupt("stop mid-run")
+
+        with pytest.raises(KeyboardInterrupt):
+            with ConceptAttention(pipe, ["dog", "sky"]):
+                generate(pipe, callback_on_step_end=explode)
+        assert_restored(pipe.transformer, before)
+        # and the model still works identically afterwards
+        assert torch.equal(generate(pipe), generate(pipe))
+
+    def test_restored_after_exception_in_processor(self, transformer):
+        before = snapshot(transformer)
+        inputs = tiny_flux_inputs()
+        inputs["pooled_projections"] = None  # the capture hook refuses this call
+        with pytest.raises(ValueError, match="pooled_projections"):
+            with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32)):
+                transformer(**inputs)
+        assert_restored(transformer, before)
+
+    def test_hook_registry_cleaned_when_created(self):
+        model = tiny_flux_transformer(num_layers=2)
+        assert not hasattr(model, "_diffusers_hook")
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)):
+            model(**tiny_flux_inputs())
+        assert not hasattr(model, "_diffusers_hook")
+        assert "forward" not in vars(model)
+
+    def test_reentry_raises(self, transformer):
+        ca = ConceptAttention(transformer, concept_embeds=torch.randn(2, 32))
+        with ca:
+            with pytest.raises(RuntimeError, match="already active"):
+                ca.__enter__()
+            other = ConceptAttention(transformer, concept_embeds=torch.randn(2, 32))
+            with pytest.raises(RuntimeError, match="Another ConceptAttention"):
+                other.__enter__()
+
+    def test_processor_replaced_inside_block_raises(self, transformer):
+        before = snapshot(transformer)
+        with pytest.raises(RuntimeError, match="replaced"):
+            with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32)):
+                transformer.transformer_blocks[0].attn.set_processor(FluxAttnProcessor())
+                transformer(**tiny_flux_inputs())
+        # the user's replacement is undone by the restore; the original processors are back
+        assert_restored(transformer, before)
+
+
+class TestRefusals:
+    """Clear errors instead of silently wrong maps."""
+
+    def test_maps_before_run_raise(self, transformer):
+        ca = ConceptAttention(transformer, concept_embeds=torch.randn(2, 32))
+        with pytest.raises(NoMapsError, match="run the pipeline inside"):
+            _ = ca.maps
+        with ca:
+            with pytest.raises(NoMapsError):
+                _ = ca.maps
+
+    def test_unsupported_model_names_supported_and_registration(self):
+        from diffusers import WanTransformer3DModel
+
+        torch.manual_seed(0)
+        wan = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
+            text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            rope_max_seq_len=32,
+        )
+        with pytest.raises(UnsupportedModelError, match="FluxTransformer2DModel.*register_adapter"):
+            ConceptAttention(wan, concept_embeds=torch.randn(2, 16))
+
+    def test_gradient_checkpointing_with_grad_raises(self):
+        model = tiny_flux_transformer(num_layers=2)
+        model.enable_gradient_checkpointing()
+        with pytest.raises(UnsupportedSetupError, match="Gradient checkpointing"):
+            with ConceptAttention(model, concept_embeds=torch.randn(2, 32)):
+                with torch.enable_grad():
+                    model(**tiny_flux_inputs())
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:  # fine without gradients
+            with torch.no_grad():
+                model(**tiny_flux_inputs())
+        assert ca.maps.maps.shape[0] == 2
+
+    def test_cache_accelerator_raises(self):
+        from diffusers import FirstBlockCacheConfig
+
+        model = tiny_flux_transformer(num_layers=2)
+        model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+        with pytest.raises(UnsupportedSetupError, match="disable_cache"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+        assert not any(type(p).__name__ == "FluxConceptAttnProcessor" for p in model.attn_processors.values())
+
+    def test_foreign_processor_raises(self):
+        model = tiny_flux_transformer(num_layers=2)
+
+        class CustomProcessor(FluxAttnProcessor):
+            pass
+
+        model.transformer_blocks[1].attn.set_processor(CustomProcessor())
+        with pytest.raises(UnsupportedSetupError, match="CustomProcessor"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+
+    def test_parallel_config_raises(self):
+        model = tiny_flux_transformer(num_layers=2)
+        model._parallel_config = object()
+        with pytest.raises(UnsupportedSetupError, match="parallelism"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+
+    @pytest.mark.parametrize(
+        "concepts, message",
+        [([], "empty"), (["dog", "dog"], "twice"), (["dog", "  "], "empty"), ("dog", "list of strings")],
+    )
+    def test_bad_concepts(self, pipe, concepts, message):
+        with pytest.raises(ConceptError, match=message):
+            ConceptAttention(pipe, concepts)
+
+    def test_concept_too_long(self, pipe):
+        with pytest.raises(ConceptError, match="tokens long"):
+            with ConceptAttention(pipe, ["dog", "x" * 600]):
+                pass
+
+    def test_strings_need_a_pipeline(self, transformer):
+        with pytest.raises(ConceptError, match="concept_embeds"):
+            ConceptAttention(transformer, ["dog", "sky"])
+
+    @pytest.mark.parametrize(
+        "options, message",
+        [
+            (dict(layers=[7]), "out of range"),
+            (dict(layers=["single_transformer_blocks.0"]), "Unknown layer"),
+            (dict(layers=[1, -3]), "selected twice"),
+            (dict(space="attention"), "space"),
+            (dict(concept_attention="all"), "concept_attention"),
+            (dict(timesteps=[-1]), "non-negative"),
+            (dict(temperature=0), "temperature"),
+        ],
+    )
+    def test_bad_options(self, transformer, options, message):
+        with pytest.raises(ConfigError, match=message):
+            ConceptAttention(transformer, concept_embeds=torch.randn(2, 32), **options)
+
+    def test_single_concept_softmax_warns(self, transformer):
+        with pytest.warns(UserWarning, match="single concept"):
+            ca = ConceptAttention(transformer, concept_embeds=torch.randn(1, 32))
+        with ca:
+            transformer(**tiny_flux_inputs())
+        assert not ca.maps.config["effective_softmax"]
+        assert not torch.allclose(ca.maps.maps, torch.ones_like(ca.maps.maps))
+
+
+class TestMethod:
+    """The optimised path matches the naive full-masked-attention reference."""
+
+    @pytest.mark.parametrize("space", ["output", "cross_attention", "value"])
+    @pytest.mark.parametrize("mode", ["both", "cross", "self", "none"])
+    def test_matches_naive_reference(self, transformer, space, mode):
+        inputs = tiny_flux_inputs(batch_size=2, height=3, width=5)
+        embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(2))
+        layers = [0, 2]
+        with ConceptAttention(
+            transformer, concept_embeds=embeds, space=space, concept_attention=mode, layers=layers, softmax=False
+        ) as ca:
+            transformer(**inputs)
+        reference = naive_flux_scores(transformer, inputs, embeds, layers, space=space, mode=mode)  # [L, B, C, I]
+        ours = torch.stack([m.logits for m in ca.batch_maps])  # [B, C, 1, h, w]
+        expected = reference.mean(0).reshape(ours.shape).float()
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+    def test_softmax_per_layer_then_mean(self, transformer):
+        inputs = tiny_flux_inputs(height=3, width=4)
+        embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(3))
+        with ConceptAttention(transformer, concept_embeds=embeds, layers=[1, 3]) as ca:
+            transformer(**inputs)
+        reference = naive_flux_scores(transformer, inputs, embeds, [1, 3])  # [L, B, C, I]
+        expected = torch.softmax(reference, dim=2).mean(0)[0].reshape(3, 1, 3, 4).float()
+        torch.testing.assert_close(ca.maps.maps, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ca.maps.maps.sum(0), torch.ones(1, 3, 4))
+
+    def test_prompt_conditioning(self, transformer):
+        inputs = tiny_flux_inputs(height=2, width=3)
+        embeds = torch.randn(2, 32, generator=torch.Generator().manual_seed(4))
+        with ConceptAttention(transformer, concept_embeds=embeds, layers=[2], softmax=False, concept_conditioning="prompt") as ca:
+            transformer(**inputs)
+        reference = naive_flux_scores(transformer, inputs, embeds, [2], conditioning="prompt")
+        torch.testing.assert_close(ca.maps.logits.flatten(1), reference[0, 0].float(), rtol=1e-4, atol=1e-3)
+
+    def test_layer_selection_noncontiguous_negative_and_paths(self, transformer):
+        inputs = tiny_flux_inputs()
+        embeds = torch.randn(2, 32)
+        results = []
+        for layers in ([0, 3], [0, -1], ["transformer_blocks.0", "transformer_blocks.3"]):
+            with ConceptAttention(transformer, concept_embeds=embeds, layers=layers, keep_per_step=True) as ca:
+                transformer(**inputs)
+            assert sorted(layer for _, layer in ca.per_step_scores) == [0, 3]
+            results.append(ca.maps.maps)
+        assert torch.equal(results[0], results[1]) and torch.equal(results[0], results[2])
+        assert ca.maps.config["resolved_layers"] == ["transformer_blocks.0", "transformer_blocks.3"]
+
+    def test_default_layers_are_last_four(self):
+        from conceptattention.adapters.flux import FluxAdapter
+
+        assert FluxAdapter().default_layers(19) == (15, 16, 17, 18)
+        assert FluxAdapter().default_layers(2) == (0, 1)
+
+    def test_timestep_selection(self, pipe):
+        with ConceptAttention(pipe, ["dog", "sky"], timesteps=[0, 2], keep_per_step=True) as ca:
+            generate(pipe)
+        assert sorted({step for step, _ in ca.per_step_scores}) == [0, 2]
+        with ConceptAttention(pipe, ["dog", "sky"], timesteps=[7]) as ca:
+            generate(pipe)
+        with pytest.raises(NoMapsError, match="timesteps"):
+            _ = ca.maps
+
+    def test_concept_encoding_pools_content_tokens(self, pipe):
+        from conceptattention.adapters.flux import FluxAdapter
+
+        concepts = ["red car", "sky"]
+        tokens = pipe.tokenizer_2(concepts, padding="longest", return_tensors="pt")
+        with torch.no_grad():
+            hidden = pipe.text_encoder_2(tokens.input_ids, attention_mask=tokens.attention_mask)[0]  # [C, L, D]
+        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer_2.eos_token_id)
+        encoded = {p: FluxAdapter().encode_concepts(pipe, concepts, p) for p in ("mean", "first", "last")}
+        for index in range(2):
+            positions = content[index].nonzero().flatten()
+            torch.testing.assert_close(encoded["mean"][index], hidden[index, positions].mean(0))
+            torch.testing.assert_close(encoded["first"][index], hidden[index, positions[0]])
+            torch.testing.assert_close(encoded["last"][index], hidden[index, positions[-1]])
+        # a multi-word concept is not truncated to its first token
+        assert not torch.allclose(encoded["mean"][0], encoded["first"][0])
+
+    def test_pooling_changes_maps(self, pipe):
+        maps = {}
+        for pooling in ("mean", "first"):
+            with ConceptAttention(pipe, ["red car", "sky"], concept_pooling=pooling) as ca:
+                generate(pipe)
+            maps[pooling] = ca.maps.maps
+        assert not torch.allclose(maps["mean"], maps["first"])
+
+    def test_batch_of_images_and_non_square(self, pipe):
+        with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+            generate(pipe, num_images_per_prompt=2, height=48, width=32)
+        assert len(ca.batch_maps) == 2
+        assert ca.batch_maps[0].maps.shape == (2, 1, 24, 16)
+        with pytest.raises(ValueError, match="batch_maps"):
+            _ = ca.maps
+
+    def test_deterministic(self, pipe):
+        runs = []
+        for _ in range(2):
+            with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+                generate(pipe)
+            runs.append(ca.maps.maps)
+        assert torch.equal(runs[0], runs[1])
+
+
+@pytest.fixture(scope="module")
+def image():
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    pixels = (torch.rand(40, 56, 3, generator=generator) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+class TestExplain:
+    """The real-image path."""
+
+    def test_shape_and_settings(self, pipe, image):
+        maps = explain(pipe, image, ["dog", "sky"], height=32, width=48, num_samples=2)
+        assert maps.maps.shape == (2, 1, 16, 24)
+        assert maps.config["num_samples"] == 2 and maps.config["path"] == "explain"
+        torch.testing.assert_close(maps.maps.sum(0), torch.ones(1, 16, 24))
+
+    def test_default_resolution_keeps_aspect(self, pipe, image):
+        pipe.default_sample_size = 16  # 16 latent px · vae 1 → a 16×16 area target for this tiny VAE
+        try:
+            maps = explain(pipe, image, ["dog", "sky"])
+        finally:
+            del pipe.default_sample_size
+        assert maps.config["height"] < maps.config["width"]
+
+    def test_samples_change_result_and_batching_is_exact(self, pipe, image):
+        one = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=1)
+        three = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=3)
+        chunked = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=3, samples_per_batch=2)
+        assert not torch.allclose(one.maps, three.maps)
+        torch.testing.assert_close(three.maps, chunked.maps)
+        # mean over samples of single-sample maps (seeds 0, 1, 2)
+        singles = [explain(pipe, image, ["dog", "sky"], height=32, width=32, seed=s).maps for s in range(3)]
+        torch.testing.assert_close(three.maps, torch.stack(singles).mean(0))
+
+    def test_early_exit_skips_single_blocks(self, pipe, image):
+        calls = []
+        handle = pipe.transformer.single_transformer_blocks[0].register_forward_pre_hook(lambda *a: calls.append(1))
+        try:
+            explain(pipe, image, ["dog", "sky"], height=32, width=32, layers=[1])
+        finally:
+            handle.remove()
+        assert calls == []
+
+    @pytest.mark.parametrize(
+        "kwargs, message",
+        [
+            (dict(noise_level=0.0), "noise_level"),
+            (dict(noise_level=1.5), "noise_level"),
+            (dict(num_samples=0), "num_samples"),
+            (dict(height=32), "both height and width"),
+            (dict(height=33, width=32), "multiples"),
+            (dict(timesteps=[0]), "timesteps"),
+        ],
+    )
+    def test_bad_arguments(self, pipe, image, kwargs, message):
+        with pytest.raises((ValueError,), match=message):
+            explain(pipe, image, ["dog", "sky"], **kwargs)
+
+
+def test_no_warnings_from_processors(transformer):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32)):
+            transformer(**tiny_flux_inputs())
