@@ -124,6 +124,7 @@ class ConceptAttention:
         self._saved_processors: list[tuple[nn.Module, Any]] = []
         self._our_processors: list[Any] = []
         self._hook: _TransformerCallHook | None = None
+        self._extra_handles: list[Any] = []
         self._created_registry = False
         self._had_instance_forward = False
         self._active = False
@@ -236,11 +237,15 @@ class ConceptAttention:
         registry = HookRegistry.check_if_exists_or_initialize(self.transformer)
         self._hook = _TransformerCallHook(self)
         registry.register_hook(self._hook, _HOOK_NAME)
+        self._extra_handles = list(self.adapter.install_hooks(self.transformer, self.session))
 
     def _restore(self) -> None:
         """Put back every processor and remove the hook; safe to call more than once."""
         if self.session is not None:
             self.session.end_call()
+        for handle in self._extra_handles:
+            handle.remove()
+        self._extra_handles = []
         for attention, original in reversed(self._saved_processors):
             attention.set_processor(original)
         self._saved_processors.clear()
@@ -281,7 +286,7 @@ class ConceptAttention:
         call = self.session.begin_call(inputs, unconditional=unconditional)
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         if call.recording and isinstance(hidden_states, torch.Tensor):
-            self.session.batch_slice = self.adapter.cfg_batch_slice(hidden_states.shape[0], inputs)
+            self.session.batch_slice = self.adapter.cfg_batch_slice(hidden_states.shape[0], inputs, self.pipeline)
             if self.config.batch_half == "all":
                 self.session.batch_slice = slice(None)
 

@@ -19,6 +19,7 @@ from conceptattention import (
 )
 from conceptattention.testing import tiny_flux_inputs, tiny_flux_pipeline, tiny_flux_transformer
 
+from .battery import AdapterBattery
 from .flux_reference import naive_flux_scores
 
 
@@ -417,3 +418,24 @@ def test_no_warnings_from_processors(transformer):
         warnings.simplefilter("error")
         with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32)):
             transformer(**tiny_flux_inputs())
+
+
+class TestFluxBattery(AdapterBattery):
+    """The shared adapter battery on FLUX.1."""
+
+    concept_dim = 32
+    expected_grid = (1, 4, 6)
+    pipeline_kwargs = GEN_KW
+    expected_pipeline_grid = (1, 16, 24)
+
+    def make_transformer(self):
+        return tiny_flux_transformer(num_layers=3, num_single_layers=1)
+
+    def make_inputs(self, batch_size: int = 1, seed: int = 0):
+        return tiny_flux_inputs(batch_size=batch_size, seed=seed)
+
+    def make_pipeline(self):
+        return tiny_flux_pipeline(num_layers=3)
+
+    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
+        return naive_flux_scores(transformer, inputs, embeds, layers, space=space, mode=mode)

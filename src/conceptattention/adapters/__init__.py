@@ -32,6 +32,13 @@ __all__ = [
 # transformer class name -> (module, adapter class name); filled lazily
 _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "FluxTransformer2DModel": ("conceptattention.adapters.flux", "FluxAdapter"),
+    "SD3Transformer2DModel": ("conceptattention.adapters.sd3", "SD3Adapter"),
+    "CogVideoXTransformer3DModel": ("conceptattention.adapters.cogvideox", "CogVideoXAdapter"),
+    "ChromaTransformer2DModel": ("conceptattention.adapters.chroma", "ChromaAdapter"),
+    "Flux2Transformer2DModel": ("conceptattention.adapters.flux2", "Flux2Adapter"),
+    "QwenImageTransformer2DModel": ("conceptattention.adapters.qwenimage", "QwenImageAdapter"),
+    "HunyuanVideoTransformer3DModel": ("conceptattention.adapters.hunyuan_video", "HunyuanVideoAdapter"),
+    "AuraFlowTransformer2DModel": ("conceptattention.adapters.auraflow", "AuraFlowAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -60,7 +67,13 @@ def _builtin(name: str) -> ConceptAdapter | None:
     if name not in _BUILTIN_ADAPTERS:
         return None
     module_name, class_name = _BUILTIN_ADAPTERS[name]
-    adapter = getattr(importlib.import_module(module_name), class_name)()
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        return None  # adapter module not (yet) part of this installation
+    adapter = getattr(module, class_name)()
     _REGISTRY[name] = adapter
     return adapter
 
@@ -91,7 +104,9 @@ def get_adapter(model: Any) -> ConceptAdapter:
         adapter = _builtin(cls.__name__)
         if adapter is not None:
             return adapter
-    supported = ", ".join(sorted(_BUILTIN_ADAPTERS) + sorted(k if isinstance(k, str) else k.__name__ for k in _REGISTRY))
+    names = {row["transformer"] for row in supported_models()}
+    names |= {key if isinstance(key, str) else key.__name__ for key in _REGISTRY}
+    supported = ", ".join(sorted(names))
     raise UnsupportedModelError(
         f"ConceptAttention has no adapter for {type(transformer).__name__}. Supported transformers: {supported}. "
         "ConceptAttention needs a joint-attention (MM-DiT) model whose text stream has its own weights; to add an "
@@ -105,7 +120,8 @@ def supported_models() -> list[dict[str, str]]:
     rows = []
     for transformer_name in _BUILTIN_ADAPTERS:
         adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
-        assert adapter is not None
+        if adapter is None:
+            continue
         rows.append(
             {
                 "family": adapter.name,

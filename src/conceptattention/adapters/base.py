@@ -98,9 +98,22 @@ class ConceptAdapter(ABC):
         """Image height and width must be multiples of this (VAE downsampling × patch size)."""
         return int(getattr(pipeline, "vae_scale_factor", 8)) * 2
 
-    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any]) -> slice:
-        """Rows of the batch whose maps are reported (default: all)."""
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """Rows of the batch whose maps are reported (default: all).
+
+        Pipelines that batch classifier-free guidance as ``[uncond, cond]`` return ``slice(batch_size // 2, None)``
+        while guidance is on (read from the pipeline, e.g. ``pipeline.do_classifier_free_guidance``); ``pipeline``
+        is None when a bare transformer is driven.
+        """
         return slice(None)
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Extra capture-only hooks (e.g. block pre-hooks that store a block's ``temb`` in the session).
+
+        Returns:
+            Handles with a ``remove()`` method; they are removed when the ``with`` block ends, also after errors.
+        """
+        return []
 
     # ----- text ---------------------------------------------------------------------------------------------------
 
