@@ -166,7 +166,7 @@ def load_model(
         source = str(local)
     try:
         pipeline = DiffusionPipeline.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as error:
+    except (OSError, ValueError) as error:
         hint = ""
         if "safetensors" in str(error).lower() and not allow_pickle:
             hint = " The checkpoint has no safetensors weights; pass --allow-pickle only if you trust its source."
