@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for fn in cases.values():
                 fn()
         times: dict[str, list[float]] = {name: [] for name in cases}
-        peaks: dict[str, int] = {name: 0 for name in cases}
+        peaks: dict[str, int] = dict.fromkeys(cases, 0)
         for _ in range(args.repeats):
             for name, fn in cases.items():  # interleaved, so drift affects all cases alike
                 elapsed, peak = timed(fn, device)
