@@ -27,7 +27,7 @@ import platform
 import statistics
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,26 @@ def timed(fn: Any, device: torch.device) -> tuple[float, int]:
     return elapsed, peak
 
 
+def profile_kernels(fn: Any, device: torch.device, top: int = 25) -> dict[str, Any]:
+    """GPU kernel time of one call, grouped by kernel name (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        synchronize(device)
+    rows = []
+    total_us, count = 0.0, 0
+    for event in prof.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0.0) or getattr(event, "self_cuda_time_total", 0.0)
+        if device_us <= 0 or event.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        total_us += device_us
+        count += event.count
+        rows.append({"kernel": event.key[:120], "count": event.count, "device_ms": round(device_us / 1000, 3)})
+    rows.sort(key=lambda row: -row["device_ms"])
+    return {"kernel_ms_total": round(total_us / 1000, 3), "kernel_launches": count, "top": rows[:top]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
@@ -140,6 +160,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--profile", action="store_true", help="CUDA kernel-time breakdown of one forward with/without maps")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -163,36 +184,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return model(**inputs)[0]
 
     def forward_maps() -> torch.Tensor:
-        with attention:
-            return model(**inputs)[0]
+        return model(**inputs)[0]
 
     def double_plain() -> None:
-        with stop_before_single_blocks(model):
-            try:
-                model(**inputs)
-            except _StopHere:
-                pass
+        try:
+            model(**inputs)
+        except _StopHere:
+            pass
 
     def double_maps() -> None:
-        with explain_attention:
-            try:
-                model(**inputs)
-            except EarlyExit:
-                pass
+        try:
+            model(**inputs)
+        except EarlyExit:
+            pass
 
-    cases = {"full_plain": forward_plain, "full_maps": forward_maps, "explain_plain": double_plain, "explain_maps": double_maps}
+    # each case: (forward, context it runs in); installing the processors is not part of the timed forward
+    cases = {
+        "full_plain": (forward_plain, nullcontext),
+        "full_maps": (forward_maps, lambda: attention),
+        "explain_plain": (double_plain, lambda: stop_before_single_blocks(model)),
+        "explain_maps": (double_maps, lambda: explain_attention),
+    }
     with torch.no_grad():
-        identical = torch.equal(forward_plain(), forward_maps())
+        reference = forward_plain()
+        with attention:
+            identical = torch.equal(reference, forward_maps())
         for _ in range(args.warmup):
-            for fn in cases.values():
-                fn()
+            for fn, context in cases.values():
+                with context():
+                    fn()
         times: dict[str, list[float]] = {name: [] for name in cases}
         peaks: dict[str, int] = dict.fromkeys(cases, 0)
         for _ in range(args.repeats):
-            for name, fn in cases.items():  # interleaved, so drift affects all cases alike
-                elapsed, peak = timed(fn, device)
+            for name, (fn, context) in cases.items():  # interleaved, so drift affects all cases alike
+                with context():
+                    elapsed, peak = timed(fn, device)
                 times[name].append(elapsed)
                 peaks[name] = max(peaks[name], peak)
+        install_seconds = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            with attention:
+                pass
+            install_seconds.append(time.perf_counter() - start)
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     result = {
@@ -207,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "repeats": args.repeats,
         "layers": list(attention.layers),
         "bit_identical": identical,
+        "install_and_restore_seconds": statistics.median(install_seconds),
         "median_seconds": medians,
         "full_forward_ratio": medians["full_maps"] / medians["full_plain"],
         "explain_ratio": medians["explain_maps"] / medians["explain_plain"],
@@ -215,6 +250,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result["peak_memory_bytes"] = peaks
         result["full_peak_memory_ratio"] = peaks["full_maps"] / peaks["full_plain"]
         result["explain_peak_memory_ratio"] = peaks["explain_maps"] / peaks["explain_plain"]
+    if args.profile and device.type == "cuda":
+        try:
+            result["profile"] = {}
+            for name in ("full_plain", "full_maps"):
+                fn, context = cases[name]
+                with context():
+                    result["profile"][name] = profile_kernels(fn, device)
+        except Exception as error:  # the profile is extra information; never lose the timings for it
+            result["profile"] = {"error": repr(error)}
     print(json.dumps(result, indent=2))
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=2))

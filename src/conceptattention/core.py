@@ -93,6 +93,48 @@ def concept_attention(
     raise ValueError(f"Unknown concept attention mode {mode!r}; expected 'both', 'cross', 'self' or 'none'.")
 
 
+def concept_attention_packed(
+    concept_query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    num_concepts: int,
+    mode: ConceptAttentionMode = "both",
+    attention_fn: AttentionFn = sdpa_bshd,
+) -> torch.Tensor:
+    """:func:`concept_attention` on keys and values already laid out as ``[image; concepts]``.
+
+    Adapters that append the concept keys/values to the joint attention's own concatenation get the image and
+    concept rows as one contiguous block, so no extra copy of the image keys is made.
+
+    Args:
+        concept_query: ``[B, C, H, D]``.
+        key: ``[B, I + C, H, D]``: image keys (as used by the joint attention) followed by the concept keys.
+        value: ``[B, I + C, H, D]``.
+        num_concepts: ``C``.
+        mode: ``"both"``, ``"cross"``, ``"self"`` or ``"none"`` (see :func:`concept_attention`).
+        attention_fn: ``(q, k, v) -> out`` on (B, S, H, D) tensors.
+
+    Returns:
+        ``o_c``: ``[B, C, H, D]``.
+
+    Example:
+        >>> cq = torch.randn(1, 2, 4, 8)
+        >>> kv = torch.randn(1, 18, 4, 8)
+        >>> concept_attention_packed(cq, kv, kv, num_concepts=2).shape
+        torch.Size([1, 2, 4, 8])
+    """
+    num_image = key.shape[1] - num_concepts
+    if mode == "both":
+        return attention_fn(concept_query, key, value)
+    if mode == "cross":
+        return attention_fn(concept_query, key[:, :num_image], value[:, :num_image])
+    if mode == "self":
+        return attention_fn(concept_query, key[:, num_image:], value[:, num_image:])
+    if mode == "none":
+        return value[:, num_image:]
+    raise ValueError(f"Unknown concept attention mode {mode!r}; expected 'both', 'cross', 'self' or 'none'.")
+
+
 def output_space_scores(concept_output: torch.Tensor, image_output: torch.Tensor) -> torch.Tensor:
     """Saliency logits in the attention-output space (paper §2.3 step 8): raw dot products over ``d = H·D``.
 

@@ -75,6 +75,13 @@ class TestBitIdentity:
             output = transformer(**inputs)[0]
         assert torch.equal(reference, output)
 
+    def test_batch_of_two_identical(self, transformer):
+        inputs = tiny_flux_inputs(batch_size=2, seed=3)
+        reference = transformer(**inputs)[0]
+        with ConceptAttention(transformer, concept_embeds=torch.randn(4, 32)):
+            output = transformer(**inputs)[0]
+        assert torch.equal(reference, output)
+
     def test_guidance_model_identical_and_true_cfg(self):
         pipe = tiny_flux_pipeline(num_layers=3, guidance_embeds=True)
         kwargs = dict(negative_prompt="blurry", true_cfg_scale=2.0, guidance_scale=3.5)

@@ -19,7 +19,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
+from ..core import concept_attention_packed, saliency_scores
 from ..encoding import pool_token_states, tokenize_concepts
 from ..session import EarlyExit
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
@@ -72,7 +72,22 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         if encoder_hidden_states is None or not session.needs_concepts(self.layer):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
+        # ---- concept tokens: modulation and projections with the text stream's modules ----
+        call, block = session.call, self._block()
+        assert call is not None and block is not None
+        if call.concept_hidden_states is None:
+            call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(hidden_states)
+        concepts = call.concept_hidden_states  # [B, C, d]
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
+        concept_query, concept_key, concept_value = self._concept_projections(attn, normed)
+        concept_query = attn.norm_added_q(concept_query.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
+        concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
+        concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
+        num_concepts = concept_key.shape[1]
+
         # ---- stock joint attention (diffusers 0.42.1 FluxAttnProcessor), keeping the pre-projection outputs ----
+        # The concept keys/values are appended to the stock concatenation (one copy instead of two); the joint
+        # attention reads the first T + I rows, which hold exactly the stock values.
         query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
             attn, hidden_states, encoder_hidden_states
         )
@@ -87,15 +102,17 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         encoder_query = attn.norm_added_q(encoder_query)
         encoder_key = attn.norm_added_k(encoder_key)
         query = torch.cat([encoder_query, query], dim=1)  # [B, T + I, H, D]
-        key = torch.cat([encoder_key, key], dim=1)  # [B, T + I, H, D]
-        value = torch.cat([encoder_value, value], dim=1)  # [B, T + I, H, D]
+        key = torch.cat([encoder_key, key, concept_key], dim=1)  # [B, T + I + C, H, D]
+        value = torch.cat([encoder_value, value, concept_value], dim=1)  # [B, T + I + C, H, D]
         if image_rotary_emb is not None:
             query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            # FLUX.1 text (and concept) ids are zero: the concept rows get the identity rotation
+            key = apply_rotary_emb(key, self._with_identity_rows(image_rotary_emb, num_concepts), sequence_dim=1)
+        num_joint = query.shape[1]
         hidden_states = dispatch_attention_fn(
             query,
-            key,
-            value,
+            key[:, :num_joint],
+            value[:, :num_joint],
             attn_mask=attention_mask,
             backend=self._attention_backend,
             parallel_config=self._parallel_config,
@@ -107,13 +124,48 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
             [num_text, hidden_states.shape[1] - num_text], dim=1
         )  # [B, T, H·D], [B, I, H·D]
 
-        # ---- concept branch ----
-        self._concept_branch(attn, hidden_states, query, key, value, num_text)
+        # ---- concept attention, scores, and the concept residual stream ----
+        concept_output = concept_attention_packed(
+            concept_query,
+            key[:, num_text:],  # [B, I + C, H, D]: image keys after QK-norm and RoPE, then concept keys
+            value[:, num_text:],  # [B, I + C, H, D]
+            num_concepts,
+            session.config.concept_attention,
+            self._attend,
+        )
+        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
+        self._record_and_advance(
+            attn,
+            block,
+            concepts,
+            concept_output,
+            image_output=hidden_states,
+            image_query=query[:, num_text:],
+            concept_key=concept_key,
+            image_value=value[:, num_text:num_joint],
+            concept_value=concept_value,
+            modulation=(gate_msa, shift_mlp, scale_mlp, gate_mlp),
+        )
 
         hidden_states = attn.to_out[0](hidden_states.contiguous())
         hidden_states = attn.to_out[1](hidden_states)
         encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
         return hidden_states, encoder_hidden_states
+
+    def _with_identity_rows(self, rotary_emb: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[torch.Tensor, ...]:
+        """RoPE tables extended by ``count`` identity rows (cos 1, sin 0), cached for the current call."""
+        call = self.session.call
+        assert call is not None
+        cached = call.inputs.get("_rope_with_concepts")
+        if cached is not None and cached[0] is rotary_emb[0]:
+            return cached[1]
+        cos, sin = rotary_emb  # [T + I, D] each
+        extended = (
+            torch.cat([cos, cos.new_ones(count, cos.shape[1])], dim=0),  # [T + I + C, D]
+            torch.cat([sin, sin.new_zeros(count, sin.shape[1])], dim=0),  # [T + I + C, D]
+        )
+        call.inputs["_rope_with_concepts"] = (rotary_emb[0], extended)
+        return extended
 
     def _concept_projections(self, attn: nn.Module, concept_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
@@ -144,59 +196,47 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
             conditioning = transformer.time_text_embed(timestep, guidance.to(like.dtype) * 1000, pooled)
         return concepts, conditioning.expand(batch, -1)
 
-    def _concept_branch(
+    def _record_and_advance(
         self,
         attn: nn.Module,
+        block: nn.Module,
+        concepts: torch.Tensor,
+        concept_output: torch.Tensor,
+        *,
         image_output: torch.Tensor,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-        num_text: int,
+        image_query: torch.Tensor,
+        concept_key: torch.Tensor,
+        image_value: torch.Tensor,
+        concept_value: torch.Tensor,
+        modulation: tuple[torch.Tensor, ...],
     ) -> None:
-        session, block = self.session, self._block()
-        call = session.call
-        assert call is not None and block is not None
-        if call.concept_hidden_states is None:
-            call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(image_output)
-        concepts = call.concept_hidden_states  # [B, C, d]
+        """Record the layer's scores (if selected) and advance the concept stream as the block advances text."""
+        session = self.session
         config = session.config
-
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
-        concept_query, concept_key, concept_value = self._concept_projections(attn, normed)
-        concept_query = attn.norm_added_q(concept_query.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
-        concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
-        concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
-        # Text (and concept) position ids are zero in FLUX.1, so RoPE is the identity for concepts.
-        image_key, image_value = key[:, num_text:], value[:, num_text:]  # [B, I, H, D] (after QK-norm and RoPE)
-        concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, self._attend
-        )
-        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
-
         if session.is_selected(self.layer):
             scores = saliency_scores(
                 config.space,
                 concept_output=concept_output,
                 image_output=image_output,
-                image_query=query[:, num_text:] if config.space == "cross_attention" else None,
+                image_query=image_query,
                 concept_key=concept_key,
                 image_value=image_value,
                 concept_value=concept_value,
                 scale_cross_attention=config.cross_attention_scale,
             )  # [B, C, I]
             session.record(self.layer, scores)
-
         if self.layer >= session.last_layer:
             if session.stop_after_last_layer:
                 raise EarlyExit()
             return
-        # Advance the concept residual stream exactly as FluxTransformerBlock advances the text stream.
+        gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         concepts = concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output)
         normed = block.norm2_context(concepts) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
         concepts = concepts + gate_mlp.unsqueeze(1) * block.ff_context(normed)
         if concepts.dtype == torch.float16:
             concepts = concepts.clip(-65504, 65504)
-        call.concept_hidden_states = concepts
+        assert session.call is not None
+        session.call.concept_hidden_states = concepts
 
 
 class FluxAdapter(ConceptAdapter):
