@@ -283,11 +283,12 @@ class ConceptAttention:
                     "load_ip_adapter. Do that before entering the block."
                 )
         inputs = self.adapter.capture_call(self.transformer, args, kwargs)
+        unconditional = unconditional or self.adapter.is_auxiliary_call(inputs)
         call = self.session.begin_call(inputs, unconditional=unconditional)
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
         if call.recording and isinstance(hidden_states, torch.Tensor):
             self.session.batch_slice = self.adapter.cfg_batch_slice(hidden_states.shape[0], inputs, self.pipeline)
-            if self.config.batch_half == "all":
+            if self.config.batch_half == "all" or self._reduce_batch:  # explain batches noise samples, never CFG
                 self.session.batch_slice = slice(None)
 
     def _end_call(self) -> None:

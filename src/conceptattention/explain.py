@@ -22,7 +22,7 @@ from .session import EarlyExit
 
 def explain(
     pipeline: Any,
-    image: Image.Image | str | os.PathLike[str],
+    image: Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]],
     concepts: Sequence[str],
     *,
     caption: str = "",
@@ -42,7 +42,8 @@ def explain(
 
     Args:
         pipeline: A diffusers pipeline of a supported family (its VAE, text encoders and transformer are used).
-        image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB).
+        image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB); for video
+            models, a list of frames (images or paths).
         concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
         caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
         noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``. The official default is 0.5.
@@ -72,7 +73,13 @@ def explain(
     """
     from .images import load_image
 
-    if not isinstance(image, Image.Image):
+    frames: list[Image.Image] | None = None
+    if isinstance(image, list | tuple):  # a video, as frames
+        if not image:
+            raise ConfigError("The frame list is empty.")
+        frames = [frame if isinstance(frame, Image.Image) else load_image(frame) for frame in image]
+        image = frames[0]
+    elif not isinstance(image, Image.Image):
         image = load_image(image)
     if not isinstance(noise_level, int | float) or not 0.0 < float(noise_level) <= 1.0:
         raise ConfigError(f"noise_level must be in (0, 1], got {noise_level!r}.")
@@ -85,6 +92,8 @@ def explain(
         raise ConfigError("timesteps do not apply to explain(); choose the noise level with noise_level=.")
     attention = ConceptAttention(pipeline, concepts, concept_embeds=concept_embeds, config=config, **options)
     adapter = attention.adapter
+    if frames is not None and adapter.modality != "video":
+        raise ConfigError(f"The {adapter.name!r} model takes one image, not a list of frames.")
     if (height is None) != (width is None):
         raise ConfigError("Give both height and width, or neither.")
     if height is None or width is None:
@@ -99,7 +108,7 @@ def explain(
         for start in range(0, num_samples, samples_per_batch):
             batch = adapter.prepare_explain(
                 pipeline,
-                image,
+                frames if frames is not None else image,
                 caption=caption,
                 noise_level=float(noise_level),
                 seeds=seeds[start : start + samples_per_batch],

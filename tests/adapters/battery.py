@@ -73,16 +73,21 @@ class AdapterBattery:
     def num_blocks(self, transformer: Any) -> int:
         return len(get_adapter(transformer).joint_blocks(transformer))
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture
     def transformer(self):
-        return self.make_transformer()
+        cls = type(self)
+        if "_cached_transformer" not in cls.__dict__:  # built once per test class
+            cls._cached_transformer = self.make_transformer()
+        return cls._cached_transformer
 
-    @pytest.fixture(scope="class")
+    @pytest.fixture
     def pipeline(self):
-        pipe = self.make_pipeline()
-        if pipe is None:
+        cls = type(self)
+        if "_cached_pipeline" not in cls.__dict__:
+            cls._cached_pipeline = self.make_pipeline()
+        if cls._cached_pipeline is None:
             pytest.skip("this adapter's test class provides no pipeline")  # documented per adapter
-        return pipe
+        return cls._cached_pipeline
 
     def generate(self, pipe: Any, seed: int = 0, **extra: Any) -> torch.Tensor:
         kwargs = {**self.pipeline_kwargs, **extra}

@@ -107,6 +107,10 @@ class ConceptAdapter(ABC):
         """
         return slice(None)
 
+    def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
+        """Whether a transformer call is an auxiliary guidance call to ignore (e.g. SD3 skip-layer guidance)."""
+        return False
+
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
         """Extra capture-only hooks (e.g. block pre-hooks that store a block's ``temb`` in the session).
 

@@ -1,0 +1,452 @@
+"""CogVideoX adapter (``CogVideoXTransformer3DModel``, ``CogVideoXPipeline``) — method.md §6.5,
+diffusers-hooking.md §2-4.
+
+CogVideoX is not a separate-weight MM-DiT: text and video share ``to_q/k/v``, ``norm_q/k``, ``to_out`` and ``ff``;
+only the adaptive LayerNorms give each stream its own modulation (``CogVideoXLayerNormZero`` returns a video and a
+text modulation from one ``temb``). Concepts therefore take the **text** half of ``norm1(·, concepts, temb)`` and of
+``norm2``, the shared projections, QK-norms, output projection and MLP, and the text gates — as the official
+CogVideoX ConceptAttention does, but without its padding bug: only the C real concept tokens exist, so no padding
+slot enters the attention or the softmax over concepts.
+
+Positions: the joint attention concatenates ``[text, video]``; RoPE checkpoints (CogVideoX-5b, 1.5) rotate only the
+video queries/keys, sin-cos checkpoints (CogVideoX-2b) add positions to the video patches only (the text slots get
+zero). Concepts therefore carry no position, and their keys/values are ``[concepts; video]`` with the video keys
+exactly as the joint attention used them (after QK-norm and RoPE).
+
+Conditioning: CogVideoX has no pooled text vector, so ``"prompt"`` and ``"null_pooled"`` coincide: concepts use the
+block's ``temb`` (the timestep embedding, plus ``ofs`` for image-to-video 1.5), captured by a block pre-hook.
+
+Maps are per token frame: ``[C, F, h, w]`` with ``F`` the latent frames (CogVideoX 1.0; ``(num_frames - 1)/4 + 1``)
+or ``F = latent frames / patch_size_t`` (1.5, latent frames padded to a multiple of 2 by the pipeline). See
+:mod:`conceptattention.video` to lay them over the decoded frames. Under classifier-free guidance the pipeline
+batches ``[uncond, cond]`` and the maps come from the conditional half.
+
+Concept text embeddings: each concept is encoded on its own by the pipeline's T5 (one padded, masked batch) and its
+content tokens (before ``</s>``) are pooled, never one token per concept.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+from diffusers.models.embeddings import apply_rotary_emb
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states, tokenize_concepts
+from ..session import EarlyExit
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from .sd3 import batch_halves_identical, guidance_half_slice
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+_CALL_ARGUMENTS = (
+    "hidden_states",
+    "encoder_hidden_states",
+    "timestep",
+    "timestep_cond",
+    "ofs",
+    "image_rotary_emb",
+    "attention_kwargs",
+    "return_dict",
+)
+
+
+class CogVideoXConceptAttnProcessor(CogVideoXAttnProcessor2_0):
+    """CogVideoX attention processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``CogVideoXAttnProcessor2_0.__call__``; the joint-attention path is the stock one,
+    op for op (so the video is bit-identical), and only the concept branch is new. Calls without concept work go
+    straight to the stock processor.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block.
+        block: The ``CogVideoXBlock`` (held weakly; its ``norm1``, ``norm2`` and ``ff`` are used).
+        transformer: The ``CogVideoXTransformer3DModel`` (held weakly; its ``patch_embed.text_proj`` is used).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_transformer
+        >>> model = tiny_cogvideox_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
+        ...     _ = model(**tiny_cogvideox_inputs(model))
+        >>> ca.maps.maps.shape
+        torch.Size([2, 2, 2, 3])
+    """
+
+    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.session.needs_concepts(self.layer):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if attention_mask is not None:
+            raise UnsupportedSetupError(
+                "CogVideoX was called with an attention mask; ConceptAttention supports the unmasked joint attention "
+                "that CogVideoX pipelines use. Drop the mask or run without ConceptAttention."
+            )
+
+        # ---- stock joint attention (diffusers 0.42.1 CogVideoXAttnProcessor2_0), keeping pre-projection outputs ----
+        text_seq_length = encoder_hidden_states.size(1)
+        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # [B, T + V, d]
+        batch_size, sequence_length, _ = hidden_states.shape
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query[:, :, text_seq_length:] = apply_rotary_emb(query[:, :, text_seq_length:], image_rotary_emb)
+            if not attn.is_cross_attention:
+                key[:, :, text_seq_length:] = apply_rotary_emb(key[:, :, text_seq_length:], image_rotary_emb)
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, T + V, H·D]
+
+        # ---- concept branch ----
+        self._concept_branch(attn, hidden_states[:, text_seq_length:], query, key, value, text_seq_length)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        encoder_hidden_states, hidden_states = hidden_states.split(
+            [text_seq_length, hidden_states.size(1) - text_seq_length], dim=1
+        )  # [B, T, d], [B, V, d]
+        return hidden_states, encoder_hidden_states
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        video_output: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        text_seq_length: int,
+    ) -> None:
+        session, block, transformer = self.session, self._block(), self._transformer()
+        call = session.call
+        assert call is not None and block is not None and transformer is not None
+        temb = call.inputs.get("temb")
+        if temb is None:
+            raise RuntimeError(
+                "The CogVideoX block pre-hook did not capture `temb`; the blocks were called in an unexpected way. "
+                "Report this with your diffusers version."
+            )
+        batch = video_output.shape[0]
+        if call.concept_hidden_states is None:
+            # Inside the forward (after offloading hooks moved the embedder), with the activations' dtype.
+            embeds = session.concept_embeds.to(device=video_output.device, dtype=video_output.dtype)  # [C, D_text]
+            concepts = transformer.patch_embed.text_proj(embeds)  # [C, d]
+            call.concept_hidden_states = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+        concepts = call.concept_hidden_states  # [B, C, d]
+        config = session.config
+
+        # The text half of the expert adaptive LayerNorm (the video half, computed on the same tokens, is unused).
+        _, normed, _, text_gate = block.norm1(concepts, concepts, temb)  # [B, C, d], gate [B, 1, d]
+        concept_query = attn.to_q(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_key = attn.to_k(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        if attn.norm_q is not None:
+            concept_query = attn.norm_q(concept_query)
+        if attn.norm_k is not None:
+            concept_key = attn.norm_k(concept_key)
+        # No RoPE on concepts (text positions); the video keys are those of the joint attention (after RoPE).
+        video_key = key[:, :, text_seq_length:].transpose(1, 2)  # [B, V, H, D]
+        video_value = value[:, :, text_seq_length:].transpose(1, 2)  # [B, V, H, D]
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, video_key, video_value, config.concept_attention
+        )  # [B, C, H, D]
+        concept_output = concept_output.flatten(2, 3)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            video_query = query[:, :, text_seq_length:].transpose(1, 2) if config.space == "cross_attention" else None
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=video_output,
+                image_query=video_query,  # [B, V, H, D]
+                concept_key=concept_key,
+                image_value=video_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, V]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept residual stream as CogVideoXBlock advances the text stream.
+        concepts = concepts + text_gate * attn.to_out[1](attn.to_out[0](concept_output))
+        _, normed, _, text_gate_ff = block.norm2(concepts, concepts, temb)  # [B, C, d], gate [B, 1, d]
+        call.concept_hidden_states = concepts + text_gate_ff * block.ff(normed)
+
+
+class CogVideoXAdapter(ConceptAdapter):
+    """Adapter for CogVideoX 1.0 (2b sin-cos, 5b RoPE) and 1.5 (``patch_size_t=2``) text-to-video models.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_models import tiny_cogvideox_transformer
+        >>> get_adapter(tiny_cogvideox_transformer()).modality
+        'video'
+    """
+
+    name = "cogvideox"
+    transformer_classes = ("CogVideoXTransformer3DModel",)
+    pipeline_classes = ("CogVideoXPipeline",)
+    modality = "video"
+    official_default_layers = "last 4 blocks"
+
+    # ----- structure -------------------------------------------------------------------------------------------
+
+    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def block_path(self, index: int) -> str:
+        return f"transformer_blocks.{index}"
+
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn1
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> CogVideoXConceptAttnProcessor:
+        return CogVideoXConceptAttnProcessor(session, layer, block, transformer)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn1.processor
+            if type(processor) is not CogVideoXAttnProcessor2_0 and not isinstance(
+                processor, CogVideoXConceptAttnProcessor
+            ):
+                raise UnsupportedSetupError(
+                    f"transformer_blocks.{index}.attn1 uses {type(processor).__name__}, not diffusers' "
+                    "CogVideoXAttnProcessor2_0 (fused QKV projections or a custom processor is active). "
+                    "ConceptAttention would drop it; call `transformer.unfuse_qkv_projections()` or "
+                    "`transformer.set_default_attn_processor()` first."
+                )
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Block pre-hooks that store each block's ``temb`` in the call inputs (the concept modulation input)."""
+        handles: list[Any] = []
+        for block in self.joint_blocks(transformer)[: session.last_layer + 1]:
+            signature = inspect.signature(block.forward)
+
+            def capture_temb(
+                module: nn.Module,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                signature: inspect.Signature = signature,
+            ) -> None:
+                call = session.call
+                if call is not None:
+                    # Gradient checkpointing passes positional arguments; bind them by name.
+                    call.inputs["temb"] = signature.bind(*args, **kwargs).arguments["temb"]
+
+            handles.append(block.register_forward_pre_hook(capture_temb, with_kwargs=True))
+        return handles
+
+    # ----- per call -------------------------------------------------------------------------------------------
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = dict(zip(_CALL_ARGUMENTS, args))
+        bound.update({name: kwargs[name] for name in _CALL_ARGUMENTS if name in kwargs})
+        missing = [name for name in ("hidden_states", "encoder_hidden_states", "timestep") if bound.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"CogVideoXTransformer3DModel was called without {', '.join(missing)}; ConceptAttention needs them."
+            )
+        hidden_states = bound["hidden_states"]
+        if hidden_states.ndim != 5:
+            raise ValueError(
+                f"CogVideoX expects latents [B, F, C, H, W]; got hidden_states of shape {tuple(hidden_states.shape)}."
+            )
+        config = transformer.config
+        return {
+            "identical_halves": batch_halves_identical(hidden_states),
+            "timestep": bound["timestep"],
+            "latent_shape": tuple(hidden_states.shape),
+            "patch_size": int(config.patch_size),
+            "patch_size_t": int(config.patch_size_t or 1),
+        }
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        _, latent_frames, _, latent_height, latent_width = call_inputs["latent_shape"]
+        patch, patch_t = call_inputs["patch_size"], call_inputs["patch_size_t"]
+        frames, height, width = latent_frames // patch_t, latent_height // patch, latent_width // patch
+        if frames * height * width != num_image_tokens:
+            raise ValueError(
+                f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} grid of a "
+                f"{latent_frames}x{latent_height}x{latent_width} latent video (patch {patch_t}x{patch}x{patch})."
+            )
+        return frames, height, width
+
+    def size_multiple(self, pipeline: Any) -> int:
+        return int(getattr(pipeline, "vae_scale_factor_spatial", 8)) * int(pipeline.transformer.config.patch_size)
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """The conditional half of a batched ``[uncond, cond]`` call (see :func:`guidance_half_slice`).
+
+        ``CogVideoXPipeline`` guides when its ``guidance_scale`` is above 1 and then feeds ``cat([latents] * 2)``.
+        """
+        scale = getattr(pipeline, "_guidance_scale", None) if pipeline is not None else None
+        guidance_on = isinstance(scale, int | float) and scale > 1
+        return guidance_half_slice(batch_size, call_inputs, guidance_on)
+
+    # ----- text ---------------------------------------------------------------------------------------------------
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """Pooled T5 content-token states ``[C, text_embed_dim]`` (one padded, masked batch)."""
+        tokenizer, text_encoder = getattr(pipeline, "tokenizer", None), getattr(pipeline, "text_encoder", None)
+        if tokenizer is None or text_encoder is None:
+            raise ValueError(
+                "This CogVideoX pipeline has no T5 text encoder (tokenizer/text_encoder) to encode concepts; pass "
+                "`concept_embeds=` (a [C, text_embed_dim] tensor) instead."
+            )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        max_length = int(pipeline.transformer.config.max_text_seq_length)
+        input_ids, attention_mask, content_mask = tokenize_concepts(
+            tokenizer, concepts, max_length, special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id)
+        )
+        with torch.no_grad():
+            hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D]
+
+    # ----- real videos -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        config = pipeline.transformer.config
+        vae_scale = int(getattr(pipeline, "vae_scale_factor_spatial", 8))
+        multiple = self.size_multiple(pipeline)
+        area = float(config.sample_height * vae_scale * config.sample_width * vae_scale)
+        width, height = image_size
+        scale = math.sqrt(area / float(width * height))
+        height = max(multiple, int(round(height * scale / multiple)) * multiple)
+        width = max(multiple, int(round(width * scale / multiple)) * multiple)
+        return height, width
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image | Sequence[Image.Image],
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        """Encode a video (or one image as a one-frame video), noise it DDIM-style, build one transformer call.
+
+        The frames (``1 + 4k`` of them) are VAE-encoded to latents ``[1, F_lat, c, h, w]`` scaled by the VAE's
+        scaling factor; CogVideoX 1.5 pads the latent frames to a multiple of ``patch_size_t`` at the front, as the
+        pipeline does (with copies of the first latent frame). Each seed's noise is added with
+        ``scheduler.add_noise`` at the training timestep ``round(noise_level · (num_train_timesteps - 1))``.
+        ``guidance_scale`` and ``image_pooled`` have no effect (CogVideoX has neither a guidance embedding nor a
+        pooled text vector).
+
+        Raises:
+            ValueError: for a frame count that is not ``1 + 4k``, a size that is not a multiple of
+                :meth:`size_multiple`, or an image-to-video transformer.
+        """
+        from PIL import Image as PILImage
+
+        from ..images import image_to_tensor, to_rgb
+
+        frames = [image] if isinstance(image, PILImage.Image) else list(image)
+        if not frames or not all(isinstance(frame, PILImage.Image) for frame in frames):
+            raise ValueError("Give a PIL image or a non-empty sequence of PIL images (the video frames).")
+        transformer, vae, scheduler = pipeline.transformer, pipeline.vae, pipeline.scheduler
+        config = transformer.config
+        temporal = int(getattr(pipeline, "vae_scale_factor_temporal", 4))
+        if (len(frames) - 1) % temporal:
+            raise ValueError(
+                f"A CogVideoX video needs 1 + {temporal}·k frames (e.g. 1, 9, 49); got {len(frames)}. Trim the video."
+            )
+        multiple = self.size_multiple(pipeline)
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"height and width must be multiples of {multiple} for this CogVideoX model, got {height}x{width}."
+            )
+        if config.in_channels != vae.config.latent_channels:
+            raise ValueError(
+                "This transformer takes image-conditioned latents (CogVideoX image-to-video); the real-video path "
+                "supports text-to-video checkpoints only."
+            )
+        device = pipeline._execution_device
+        pixels = torch.stack(
+            [image_to_tensor(to_rgb(frame).resize((width, height), resample=3)) for frame in frames], dim=1
+        )  # [3, F, H, W], 3 = BICUBIC
+        pixels = pixels.unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, F, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()  # [1, c, F_lat, h, w]
+        latents = latents.permute(0, 2, 1, 3, 4) * pipeline.vae_scaling_factor_image  # [1, F_lat, c, h, w]
+        patch_t = int(config.patch_size_t or 1)
+        padding = (-latents.shape[1]) % patch_t
+        if padding:
+            latents = torch.cat([latents[:, :1].expand(-1, padding, -1, -1, -1), latents], dim=1)  # [1, F', c, h, w]
+        num = len(seeds)
+        noise = torch.stack(
+            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )  # [N, F', c, h, w], drawn on the CPU so results do not depend on the device
+        noise = noise.to(device=device, dtype=torch.float32)
+        train_steps = int(scheduler.config.num_train_timesteps)
+        timestep_index = int(round(float(noise_level) * (train_steps - 1)))
+        timesteps = torch.full((num,), timestep_index, device=device, dtype=torch.long)
+        noisy = scheduler.add_noise(latents.float().expand(num, -1, -1, -1, -1), noise, timesteps)  # [N, F', c, h, w]
+        with torch.no_grad():
+            prompt_embeds, _ = pipeline.encode_prompt(
+                prompt=caption,
+                do_classifier_free_guidance=False,
+                num_videos_per_prompt=num,
+                max_sequence_length=int(config.max_text_seq_length),
+                device=device,
+            )
+        rotary = None
+        if config.use_rotary_positional_embeddings:
+            rotary = pipeline._prepare_rotary_positional_embeddings(height, width, latents.shape[1], device)
+        dtype = transformer.dtype
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "timestep": timesteps,
+            "image_rotary_emb": rotary,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))

@@ -1,0 +1,584 @@
+"""SD3 / SD3.5 adapter (``SD3Transformer2DModel``, ``StableDiffusion3Pipeline``) — method.md §6.4,
+diffusers-hooking.md §2-4.
+
+Concept tokens take the text stream's modules of every ``JointTransformerBlock``: ``norm1_context`` (modulation),
+``add_{q,k,v}_proj``, ``norm_added_{q,k}`` (SD3.5's RMS QK-norm), ``to_add_out``, ``norm2_context`` and
+``ff_context`` (chunked when ``_chunk_size`` is set). The joint attention concatenates ``[image, text]`` in the
+(B, H, S, D) layout and has no RoPE (positions are absolute sin-cos embeddings added to the image patches only), so
+concepts carry no position.
+
+Quirks handled:
+
+* **Last block** (``context_pre_only=True``): ``norm1_context`` is an ``AdaLayerNormContinuous`` (returns only the
+  normalised tokens) and there is no ``to_add_out``/``ff_context``. Concepts still compute q/k/v, attention and
+  scores there; the stream simply ends.
+* **SD3.5-medium dual attention** (``dual_attention_layers``): ``attn`` and ``attn2`` share one processor instance;
+  only ``attn`` gets the concept processor, ``attn2`` (image-only self-attention) keeps the stock one.
+* **Classifier-free guidance**: the pipeline batches ``[uncond, cond]``; concepts are expanded to the whole batch and
+  the maps come from the conditional half.
+* **Skip-layer guidance** (SD3.5-medium): the extra transformer call with ``skip_layers`` is neither recorded nor
+  counted as a step.
+
+Concept conditioning (``concept_conditioning``): ``"prompt"`` uses the ``temb`` that the block receives (the official
+SD3 ConceptAttention behaviour), captured by a block pre-hook; ``"null_pooled"`` (the library default, official for
+FLUX.1) uses ``time_text_embed(timestep, 0)``, the timestep embedding with a zero pooled CLIP vector.
+
+Concept text embeddings (``concept_text_encoder`` of :class:`SD3Adapter`): by default the CLIP stream, as the
+official SD3 code, but without its two bugs. Each concept is encoded on its own (one padded, masked batch), the
+penultimate states of CLIP-L and CLIP-G are pooled over the concept's **content tokens** (never index 0, the start
+token, which is the same vector for every concept; never the end token), concatenated (``768 + 1280 = 2048``) and
+zero-padded to ``joint_attention_dim`` exactly as the pipeline lays out a prompt's CLIP part. The CLIP stream is the
+one the official SD3 maps (and so the paper's SD3.5 figures) were computed with, and it needs no T5 (pipelines are
+often loaded without ``text_encoder_3``). ``SD3Adapter(concept_text_encoder="t5")`` pools T5 content tokens instead
+(the prompt's other half; bidirectional, so every token sees the whole concept).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import _chunked_feed_forward
+from diffusers.models.attention_processor import JointAttnProcessor2_0
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states, tokenize_concepts
+from ..session import EarlyExit
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+ConceptTextEncoder = Literal["clip", "t5"]
+
+_CALL_ARGUMENTS = (
+    "hidden_states",
+    "encoder_hidden_states",
+    "pooled_projections",
+    "timestep",
+    "block_controlnet_hidden_states",
+    "joint_attention_kwargs",
+    "return_dict",
+    "skip_layers",
+)
+
+
+def _is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
+    """Whether a transformer call is skip-layer guidance's extra call (some blocks are skipped)."""
+    skip_layers = call_inputs.get("skip_layers")
+    return skip_layers is not None and len(skip_layers) > 0
+
+
+class SD3ConceptAttnProcessor(JointAttnProcessor2_0):
+    """SD3 joint-attention processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``JointAttnProcessor2_0.__call__``; the joint-attention path is the stock one, op
+    for op (so the image is bit-identical), and only the concept branch is new. Calls without concept work (layers
+    after the last selected one, unrecorded steps, skip-layer-guidance calls, image-only self-attention) go straight
+    to the stock processor.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block among the joint blocks.
+        block: The ``JointTransformerBlock`` (held weakly; its text-stream norms and MLP are used).
+        transformer: The ``SD3Transformer2DModel`` (held weakly; its text/time embedders are used).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_transformer
+        >>> model = tiny_sd3_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 48)) as ca:
+        ...     _ = model(**tiny_sd3_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        session = self.session
+        call = session.call
+        if (
+            encoder_hidden_states is None
+            or call is None
+            or not session.needs_concepts(self.layer)
+            or _is_skip_layer_call(call.inputs)
+        ):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+
+        # ---- stock joint attention (diffusers 0.42.1 JointAttnProcessor2_0), keeping the pre-projection outputs ----
+        residual = hidden_states
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
+        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
+        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        encoder_query = attn.add_q_proj(encoder_hidden_states)
+        encoder_key = attn.add_k_proj(encoder_hidden_states)
+        encoder_value = attn.add_v_proj(encoder_hidden_states)
+        encoder_query = encoder_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+        encoder_key = encoder_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+        encoder_value = encoder_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
+        if attn.norm_added_q is not None:
+            encoder_query = attn.norm_added_q(encoder_query)
+        if attn.norm_added_k is not None:
+            encoder_key = attn.norm_added_k(encoder_key)
+        query = torch.cat([query, encoder_query], dim=2)  # [B, H, I + T, D]
+        key = torch.cat([key, encoder_key], dim=2)  # [B, H, I + T, D]
+        value = torch.cat([value, encoder_value], dim=2)  # [B, H, I + T, D]
+
+        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, I + T, H·D]
+        hidden_states = hidden_states.to(query.dtype)
+        num_image = residual.shape[1]
+        hidden_states, encoder_hidden_states = (
+            hidden_states[:, :num_image],  # [B, I, H·D]
+            hidden_states[:, num_image:],  # [B, T, H·D]
+        )
+
+        # ---- concept branch ----
+        self._concept_branch(attn, hidden_states, query, key, value, num_image)
+
+        if not attn.context_pre_only:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states, encoder_hidden_states
+
+    def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept tokens after ``context_embedder`` ``[B, C, d]`` and their conditioning vector ``[B, d]``.
+
+        Computed inside the forward (after offloading hooks have moved the embedders), with the activations' dtype.
+        """
+        session, transformer = self.session, self._transformer()
+        assert session.call is not None and transformer is not None
+        inputs = session.call.inputs
+        batch = like.shape[0]
+        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, joint_attention_dim]
+        concepts = transformer.context_embedder(embeds)  # [C, d]
+        concepts = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+        if session.config.concept_conditioning == "prompt":
+            conditioning = inputs.get("temb")
+            if conditioning is None:
+                raise RuntimeError(
+                    "The SD3 block pre-hook did not capture `temb`; the transformer blocks were called in an "
+                    "unexpected way. Use concept_conditioning='null_pooled' or report this with your diffusers version."
+                )
+        else:  # "null_pooled": the timestep embedding with a zero pooled CLIP vector
+            pooled = inputs["pooled_projections"]
+            conditioning = transformer.time_text_embed(inputs["timestep"], torch.zeros_like(pooled))  # [B, d]
+        return concepts, conditioning.expand(batch, -1)
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        image_output: torch.Tensor,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        num_image: int,
+    ) -> None:
+        session, block = self.session, self._block()
+        call = session.call
+        assert call is not None and block is not None
+        if call.concept_hidden_states is None:
+            call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(image_output)
+        concepts = call.concept_hidden_states  # [B, C, d]
+        conditioning = call.concept_conditioning  # [B, d]
+        config = session.config
+
+        if block.context_pre_only:  # last block: AdaLayerNormContinuous, no gates, no MLP
+            normed = block.norm1_context(concepts, conditioning)  # [B, C, d]
+            gate_msa = shift_mlp = scale_mlp = gate_mlp = None
+        else:
+            normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=conditioning)
+        concept_query = attn.add_q_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_key = attn.add_k_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_value = attn.add_v_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        if attn.norm_added_q is not None:
+            concept_query = attn.norm_added_q(concept_query)
+        if attn.norm_added_k is not None:
+            concept_key = attn.norm_added_k(concept_key)
+        # SD3 has no RoPE; the image keys/values are those of the joint attention (after QK-norm).
+        image_key = key[:, :, :num_image].transpose(1, 2)  # [B, I, H, D]
+        image_value = value[:, :, :num_image].transpose(1, 2)  # [B, I, H, D]
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention
+        )  # [B, C, H, D]
+        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            image_query = query[:, :, :num_image].transpose(1, 2) if config.space == "cross_attention" else None
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=image_output,
+                image_query=image_query,  # [B, I, H, D]
+                concept_key=concept_key,
+                image_value=image_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, I]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer or block.context_pre_only:
+            if self.layer >= session.last_layer and session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept residual stream exactly as JointTransformerBlock advances the text stream.
+        assert gate_msa is not None and shift_mlp is not None and scale_mlp is not None and gate_mlp is not None
+        concepts = concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output)
+        normed = block.norm2_context(concepts) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        chunk_size = block._chunk_size
+        if chunk_size is not None and normed.shape[block._chunk_dim] % chunk_size == 0:
+            # Feed-forward chunking as the block does (the MLP is token-wise, so an indivisible concept count is
+            # simply run in one piece: C tokens need no memory saving).
+            feed_forward = _chunked_feed_forward(block.ff_context, normed, block._chunk_dim, chunk_size)
+        else:
+            feed_forward = block.ff_context(normed)
+        call.concept_hidden_states = concepts + gate_mlp.unsqueeze(1) * feed_forward
+
+
+class SD3Adapter(ConceptAdapter):
+    """Adapter for Stable Diffusion 3 / 3.5 (``SD3Transformer2DModel``), incl. SD3.5's QK-norm and dual attention.
+
+    Args:
+        concept_text_encoder: ``"clip"`` (default: pooled CLIP-L ⊕ CLIP-G penultimate content-token states,
+            zero-padded to ``joint_attention_dim``, as the prompt's CLIP part) or ``"t5"`` (pooled T5 content-token
+            states). Register another instance to change it:
+            ``register_adapter("SD3Transformer2DModel", SD3Adapter("t5"))``.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_models import tiny_sd3_transformer
+        >>> get_adapter(tiny_sd3_transformer()).name
+        'sd3'
+    """
+
+    name = "sd3"
+    transformer_classes = ("SD3Transformer2DModel",)
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    modality = "image"
+    official_default_layers = "all joint blocks (official SD3.5: 0-37)"
+
+    def __init__(self, concept_text_encoder: ConceptTextEncoder = "clip") -> None:
+        if concept_text_encoder not in ("clip", "t5"):
+            raise ValueError(f"concept_text_encoder must be 'clip' or 't5', got {concept_text_encoder!r}.")
+        self.concept_text_encoder = concept_text_encoder
+
+    # ----- structure -------------------------------------------------------------------------------------------
+
+    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def block_path(self, index: int) -> str:
+        return f"transformer_blocks.{index}"
+
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn  # never attn2 (SD3.5 dual attention: image-only, shares the processor instance)
+
+    def default_layers(self, num_blocks: int) -> tuple[int, ...]:
+        """All joint blocks, as the official SD3.5 code (``layer_indices=None``)."""
+        return tuple(range(num_blocks))
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> SD3ConceptAttnProcessor:
+        return SD3ConceptAttnProcessor(session, layer, block, transformer)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn.processor
+            if type(processor) is not JointAttnProcessor2_0 and not isinstance(processor, SD3ConceptAttnProcessor):
+                raise UnsupportedSetupError(
+                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
+                    "JointAttnProcessor2_0 (IP-Adapter, PAG, fused QKV projections or a custom processor is active). "
+                    "ConceptAttention would drop it; undo it first (e.g. `pipe.unload_ip_adapter()`, "
+                    "`transformer.unfuse_qkv_projections()` or `transformer.set_default_attn_processor()`)."
+                )
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Block pre-hooks that store each block's ``temb`` in the call inputs."""
+        handles: list[Any] = []
+        for block in self.joint_blocks(transformer)[: session.last_layer + 1]:
+            signature = inspect.signature(block.forward)
+
+            def capture_temb(
+                module: nn.Module,
+                args: tuple[Any, ...],
+                kwargs: dict[str, Any],
+                signature: inspect.Signature = signature,
+            ) -> None:
+                call = session.call
+                if call is not None:
+                    # Gradient checkpointing passes positional arguments; bind them by name.
+                    call.inputs["temb"] = signature.bind(*args, **kwargs).arguments["temb"]
+
+            handles.append(block.register_forward_pre_hook(capture_temb, with_kwargs=True))
+        return handles
+
+    def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
+        """Skip-layer guidance's extra call (some blocks skipped): neither recorded nor counted as a step."""
+        return _is_skip_layer_call(call_inputs)
+
+    # ----- per call -------------------------------------------------------------------------------------------
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        bound = dict(zip(_CALL_ARGUMENTS, args))
+        bound.update({name: kwargs[name] for name in _CALL_ARGUMENTS if name in kwargs})
+        missing = [name for name in ("hidden_states", "pooled_projections", "timestep") if bound.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"SD3Transformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them."
+            )
+        hidden_states = bound["hidden_states"]
+        return {
+            "identical_halves": batch_halves_identical(hidden_states),
+            "pooled_projections": bound["pooled_projections"],
+            "timestep": bound["timestep"],
+            "skip_layers": bound.get("skip_layers"),
+            "latent_shape": tuple(hidden_states.shape),
+            "patch_size": int(transformer.config.patch_size),
+        }
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        _, _, latent_height, latent_width = call_inputs["latent_shape"]
+        patch = call_inputs["patch_size"]
+        height, width = latent_height // patch, latent_width // patch
+        if height * width != num_image_tokens:
+            raise ValueError(
+                f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} grid of a "
+                f"{latent_height}x{latent_width} latent with patch size {patch}."
+            )
+        return 1, height, width
+
+    def size_multiple(self, pipeline: Any) -> int:
+        return int(getattr(pipeline, "vae_scale_factor", 8)) * int(pipeline.transformer.config.patch_size)
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """The conditional half of a batched ``[uncond, cond]`` call of ``StableDiffusion3Pipeline``.
+
+        A call is taken as batched guidance when the pipeline has guidance on (``do_classifier_free_guidance``) and
+        the two halves of the latent batch are identical (the pipeline feeds ``cat([latents] * 2)``). The second
+        test keeps direct transformer calls (the real-image path, whose rows are different noise samples) whole
+        even when the pipeline still carries the guidance scale of an earlier generation.
+        """
+        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+
+    # ----- text ---------------------------------------------------------------------------------------------------
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """Pooled concept embeddings ``[C, joint_attention_dim]`` (see the module docstring for the streams)."""
+        device = device or getattr(pipeline, "_execution_device", None) or pipeline.transformer.device
+        joint_dim = int(pipeline.transformer.config.joint_attention_dim)
+        if self.concept_text_encoder == "t5":
+            tokenizer, text_encoder = getattr(pipeline, "tokenizer_3", None), getattr(pipeline, "text_encoder_3", None)
+            if tokenizer is None or text_encoder is None:
+                raise ValueError(
+                    "This SD3 pipeline has no T5 encoder (tokenizer_3/text_encoder_3) to encode concepts with "
+                    "SD3Adapter('t5'); use the default SD3Adapter('clip') or pass `concept_embeds=`."
+                )
+            max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
+            input_ids, attention_mask, content_mask = tokenize_concepts(
+                tokenizer, concepts, max_length, special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id)
+            )
+            with torch.no_grad():
+                hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
+            pooled = pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_t5]
+            if pooled.shape[-1] != joint_dim:
+                raise ValueError(
+                    f"The T5 width {pooled.shape[-1]} differs from the transformer's joint_attention_dim {joint_dim}."
+                )
+            return pooled
+        parts = []
+        for tokenizer_name, encoder_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
+            tokenizer, text_encoder = getattr(pipeline, tokenizer_name, None), getattr(pipeline, encoder_name, None)
+            if tokenizer is None or text_encoder is None:
+                raise ValueError(
+                    f"This SD3 pipeline has no {encoder_name} to encode concepts with CLIP; pass `concept_embeds=` "
+                    "or use SD3Adapter('t5')."
+                )
+            max_length = getattr(tokenizer, "model_max_length", 77) or 77
+            # Content tokens exclude the start token (index 0, identical for every concept) and the end token;
+            # padding is excluded by the attention mask.
+            input_ids, attention_mask, content_mask = tokenize_concepts(
+                tokenizer, concepts, max_length, special_ids=(tokenizer.bos_token_id, tokenizer.eos_token_id)
+            )
+            content_mask[:, 0] = False  # the first position is always the start token, whatever its id
+            with torch.no_grad():
+                output = text_encoder(
+                    input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True
+                )
+            hidden = output.hidden_states[-2]  # [C, L, D_clip], penultimate layer as the pipeline (clip_skip=None)
+            parts.append(pool_token_states(hidden, content_mask.to(hidden.device), pooling))  # [C, D_clip]
+        clip = torch.cat(parts, dim=-1)  # [C, D_clip_l + D_clip_g]
+        if clip.shape[-1] > joint_dim:
+            raise ValueError(
+                f"CLIP-L ⊕ CLIP-G width {clip.shape[-1]} exceeds joint_attention_dim {joint_dim}; this SD3 pipeline "
+                "is not laid out like the released ones. Use SD3Adapter('t5') or pass `concept_embeds=`."
+            )
+        return F.pad(clip, (0, joint_dim - clip.shape[-1]))  # [C, joint_attention_dim], zero-padded as the pipeline
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
+        multiple = self.size_multiple(pipeline)
+        side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
+        width, height = image_size
+        scale = math.sqrt(side * side / float(width * height))
+        height = max(multiple, int(round(height * scale / multiple)) * multiple)
+        width = max(multiple, int(round(width * scale / multiple)) * multiple)
+        return height, width
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image,
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        """VAE-encode (shift, scale), noise by flow matching ``x_t = (1 - t)·x_0 + t·ε``, timestep ``t·1000``.
+
+        ``guidance_scale`` is unused (SD3 has no guidance embedding; the real-image path runs one conditional call).
+        """
+        from ..images import image_to_tensor, to_rgb
+
+        multiple = self.size_multiple(pipeline)
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple} for this SD3 model, got {height}x{width}.")
+        if image_pooled not in ("zero", "caption"):
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        device = pipeline._execution_device
+        transformer, vae = pipeline.transformer, pipeline.vae
+        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()  # [1, c, H/s, W/s]
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = (latents - shift) * vae.config.scaling_factor
+        num = len(seeds)
+        noise = torch.stack(
+            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+        )  # [N, c, h, w], drawn on the CPU so results do not depend on the device
+        noise = noise.to(device=device, dtype=torch.float32)
+        noisy = (1.0 - noise_level) * latents.float() + noise_level * noise  # [N, c, h, w]
+        tokenizer_3 = getattr(pipeline, "tokenizer_3", None)
+        max_sequence_length = min(256, getattr(tokenizer_3, "model_max_length", 256) or 256)
+        with torch.no_grad():
+            prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
+                prompt=caption,
+                prompt_2=None,
+                prompt_3=None,
+                device=device,
+                num_images_per_prompt=num,
+                do_classifier_free_guidance=False,
+                max_sequence_length=max_sequence_length,
+            )
+        if image_pooled == "zero":
+            pooled = torch.zeros_like(pooled)
+        dtype = transformer.dtype
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "pooled_projections": pooled.to(dtype),
+            "timestep": torch.full((num,), float(noise_level) * 1000.0, device=device, dtype=dtype),
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
+
+
+def _guidance_on(pipeline: Any | None, attribute: str) -> bool:
+    """Read a pipeline's guidance switch without failing on pipelines that were never called."""
+    if pipeline is None:
+        return False
+    try:
+        return bool(getattr(pipeline, attribute))
+    except (AttributeError, TypeError):
+        return False
+
+
+def batch_halves_identical(latents: torch.Tensor) -> bool:
+    """Whether a latent batch is two identical halves, as pipelines feed it under batched guidance.
+
+    Args:
+        latents: ``[B, ...]``, the transformer's ``hidden_states``.
+
+    Returns:
+        True when ``B`` is even and ``latents[:B//2]`` equals ``latents[B//2:]`` exactly.
+
+    Example:
+        >>> batch_halves_identical(torch.cat([torch.ones(1, 4, 2, 2)] * 2))
+        True
+    """
+    batch = latents.shape[0]
+    if batch % 2:
+        return False
+    return bool(torch.equal(latents[: batch // 2], latents[batch // 2 :]))
+
+
+def guidance_half_slice(batch_size: int, call_inputs: dict[str, Any], guidance_on: bool) -> slice:
+    """Rows to report for a call of a pipeline that batches classifier-free guidance as ``[uncond, cond]``.
+
+    A call is taken as a guidance batch when guidance is on and the two halves of its latent batch are identical
+    (SD3 and CogVideoX pipelines feed ``cat([latents] * 2)``; ``call_inputs["identical_halves"]``, see
+    :func:`batch_halves_identical`). The second test keeps direct transformer calls whole (e.g. the real-image path,
+    whose rows are different noise samples) even while the pipeline still carries the guidance scale of an earlier
+    generation.
+
+    Args:
+        batch_size: Rows of the call's batch.
+        call_inputs: The captured call inputs (``skip_layers`` calls are never halved).
+        guidance_on: The pipeline's guidance switch.
+
+    Returns:
+        ``slice(batch_size // 2, None)`` for a guidance batch, else ``slice(None)``.
+
+    Example:
+        >>> guidance_half_slice(2, {"identical_halves": True}, guidance_on=True)
+        slice(1, None, None)
+        >>> guidance_half_slice(2, {"identical_halves": False}, guidance_on=True)
+        slice(None, None, None)
+    """
+    if not guidance_on or batch_size % 2 or _is_skip_layer_call(call_inputs):
+        return slice(None)
+    return slice(batch_size // 2, None) if call_inputs.get("identical_halves", False) else slice(None)

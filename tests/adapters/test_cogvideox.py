@@ -1,0 +1,238 @@
+"""CogVideoX adapter: the shared battery (1.0 sin-cos and 1.5 RoPE + ``patch_size_t=2``), a naive reference, and
+video specifics: maps per token frame derived from the call's latent shape, no padding concepts, classifier-free
+guidance halves, concept encoding, the real-video path, and GIF/MP4 outputs of a generated video.
+"""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import pytest
+import torch
+from PIL import Image
+
+from conceptattention import ConceptAttention, UnsupportedSetupError, explain
+from conceptattention.adapters.cogvideox import CogVideoXAdapter
+from conceptattention.session import EarlyExit
+from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
+from conceptattention.video import frames_grid_figure, save_overlay_video
+
+from .battery import AdapterBattery
+from .cogvideox_reference import naive_cogvideox_scores
+
+
+GEN_KW = dict(
+    height=16, width=24, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16,
+    output_type="pt",
+)
+CFG_KW = dict(guidance_scale=6.0)
+
+
+def generate(pipe, prompt="a red house by the sea", seed=0, **kwargs):
+    merged = {**GEN_KW, **kwargs}
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).frames
+
+
+def concept_embeds(count=3, seed=1):
+    return torch.randn(count, 32, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+_CONFIG_MODELS: dict[str, torch.nn.Module] = {}
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_cogvideox_pipeline("1.0")
+
+
+@pytest.fixture(scope="module")
+def pipe15():
+    return tiny_cogvideox_pipeline("1.5")
+
+
+class TestCogVideoX10Battery(AdapterBattery):
+    """The shared battery on CogVideoX 1.0 (2b-like: 3-D sin-cos positions): 2 latent frames → 2 map frames."""
+
+    concept_dim = 32
+    expected_grid = (2, 2, 3)
+    pipeline_kwargs = GEN_KW
+    pipeline_cfg_kwargs = CFG_KW
+    expected_pipeline_grid = (3, 2, 3)  # 9 frames → 3 latent frames
+    version = "1.0"
+    latent_frames = 2
+
+    def make_transformer(self):
+        return tiny_cogvideox_transformer(self.version, num_layers=3)
+
+    def make_inputs(self, batch_size: int = 1, seed: int = 0):
+        if self.version not in _CONFIG_MODELS:  # only the config (text length, widths, RoPE) is read
+            _CONFIG_MODELS[self.version] = tiny_cogvideox_transformer(self.version, num_layers=1)
+        model = _CONFIG_MODELS[self.version]
+        return tiny_cogvideox_inputs(model, batch_size=batch_size, frames=self.latent_frames, seed=seed)
+
+    def output_of(self, result):
+        return result[0]
+
+    def make_pipeline(self):
+        return tiny_cogvideox_pipeline(self.version)
+
+    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
+        return naive_cogvideox_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+
+
+class TestCogVideoX15Battery(TestCogVideoX10Battery):
+    """The shared battery on CogVideoX 1.5 (RoPE, ``patch_size_t=2``): 4 latent frames → 2 map frames; the pipeline
+    pads 3 latent frames to 4 → 2 map frames."""
+
+    expected_grid = (2, 2, 3)
+    expected_pipeline_grid = (2, 2, 3)
+    version = "1.5"
+    latent_frames = 4
+
+
+class TestMethod:
+    @pytest.mark.parametrize("version", ["1.0", "1.0-rope", "1.5"])
+    @pytest.mark.parametrize("space", ["output", "cross_attention"])
+    def test_matches_reference_all_layers(self, version, space):
+        model = tiny_cogvideox_transformer(version, num_layers=3)
+        frames = 4 if version == "1.5" else 3
+        inputs = tiny_cogvideox_inputs(model, batch_size=2, frames=frames, seed=2)
+        embeds = concept_embeds(4)
+        with ConceptAttention(model, concept_embeds=embeds, layers=[0, 1, 2], space=space, softmax=False) as ca:
+            model(**inputs)
+        reference = naive_cogvideox_scores(model, inputs, embeds, [0, 1, 2], space=space)  # [L, B, C, V]
+        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, V]
+        expected = reference.mean(0).float()
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+    @pytest.mark.parametrize(
+        "version, latent_frames, grid", [("1.0", 3, (3, 2, 3)), ("1.0", 1, (1, 2, 3)), ("1.5", 6, (3, 2, 3))]
+    )
+    def test_grid_follows_the_call_latent_shape(self, version, latent_frames, grid):
+        model = tiny_cogvideox_transformer(version)
+        inputs = tiny_cogvideox_inputs(model, frames=latent_frames, height=4, width=6)
+        with ConceptAttention(model, concept_embeds=concept_embeds()) as ca:
+            model(**inputs)
+        assert ca.maps.maps.shape == (3, *grid)
+        assert ca.maps.num_frames == grid[0]
+
+    def test_exactly_the_given_concepts_in_the_softmax(self):
+        # no padding slots: with two concepts the maps are a two-way softmax of the two concepts' logits
+        model = tiny_cogvideox_transformer()
+        inputs = tiny_cogvideox_inputs(model)
+        with ConceptAttention(model, concept_embeds=concept_embeds(2), keep_per_step=True) as ca:
+            model(**inputs)
+        per_layer = [ca.per_step_scores[(0, layer)] for layer in ca.layers]  # each [1, 2, V]
+        expected = torch.stack([torch.softmax(scores, dim=1) for scores in per_layer]).mean(0)[0]  # [2, V]
+        torch.testing.assert_close(ca.maps.maps.flatten(1), expected)
+
+
+class TestGuidanceAndEncoding:
+    def test_cfg_maps_come_from_the_conditional_half(self, pipe):
+        with ConceptAttention(pipe, ["house", "sea"], batch_half="all") as both:
+            generate(pipe, **CFG_KW)
+        with ConceptAttention(pipe, ["house", "sea"]) as conditional:
+            generate(pipe, **CFG_KW)
+        assert len(both.batch_maps) == 2 and len(conditional.batch_maps) == 1
+        torch.testing.assert_close(conditional.maps.maps, both.batch_maps[1].maps, rtol=0, atol=0)
+        assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+
+    def test_concepts_pool_t5_content_tokens(self, pipe):
+        concepts = ["red car", "sky"]
+        encoded = {p: CogVideoXAdapter().encode_concepts(pipe, concepts, p) for p in ("mean", "first", "last")}
+        tokens = pipe.tokenizer(concepts, padding="longest", return_tensors="pt")
+        with torch.no_grad():
+            hidden = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]  # [C, L, D]
+        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer.eos_token_id)
+        for index in range(2):
+            positions = content[index].nonzero().flatten()
+            torch.testing.assert_close(encoded["mean"][index], hidden[index, positions].mean(0))
+            torch.testing.assert_close(encoded["first"][index], hidden[index, positions[0]])
+            torch.testing.assert_close(encoded["last"][index], hidden[index, positions[-1]])
+        assert not torch.allclose(encoded["mean"][0], encoded["first"][0])
+
+    def test_fused_projections_refused(self):
+        model = tiny_cogvideox_transformer()
+        model.fuse_qkv_projections()
+        with pytest.raises(UnsupportedSetupError, match="FusedCogVideoXAttnProcessor2_0"):
+            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
+
+    def test_missing_timestep(self):
+        model = tiny_cogvideox_transformer()
+        inputs = tiny_cogvideox_inputs(model)
+        inputs["timestep"] = None
+        with pytest.raises(ValueError, match="timestep"):
+            with ConceptAttention(model, concept_embeds=concept_embeds()):
+                model(**inputs)
+
+
+class TestVideoOutputs:
+    def test_generated_video_to_gif_mp4_and_grid(self, pipe15, tmp_path):
+        with ConceptAttention(pipe15, ["house", "sea"]) as ca:
+            video = pipe15(
+                "a red house by the sea", generator=torch.Generator().manual_seed(0), **{**GEN_KW, "output_type": "pil"}
+            ).frames[0]
+        assert len(video) == 9 and ca.maps.num_frames == 2
+        gif = save_overlay_video(video, ca.maps, "house", tmp_path / "house.gif", fps=8)
+        mp4 = save_overlay_video(video, ca.maps, "sea", tmp_path / "sea.mp4", fps=8)
+        assert iio.imread(gif, index=None).shape == (9, 16, 24, 3)
+        assert iio.imread(mp4, index=None, plugin="FFMPEG").shape == (9, 16, 24, 3)
+        figure = frames_grid_figure(video, ca.maps, max_columns=4)
+        assert len(figure.axes) == 3 * 4
+
+
+class TestExplain:
+    """The real-video path (DDIM-style ``scheduler.add_noise``), through ``explain`` for one image."""
+
+    def test_image_as_one_frame_video(self, pipe, pipe15):
+        image = Image.fromarray((torch.rand(20, 30, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
+        maps = explain(pipe, image, ["cat", "sky"], height=16, width=24, num_samples=2)
+        assert maps.maps.shape == (2, 1, 2, 3)
+        torch.testing.assert_close(maps.maps.sum(0), torch.ones(1, 2, 3))
+        maps15 = explain(pipe15, image, ["cat", "sky"], height=16, width=24)  # 1 latent frame padded to 2
+        assert maps15.maps.shape == (2, 1, 2, 3)
+
+    def test_video_frames_and_noise(self, pipe):
+        frames = [Image.new("RGB", (24, 16), (10 * i, 50, 200 - 10 * i)) for i in range(9)]
+        adapter = CogVideoXAdapter()
+        batch = adapter.prepare_explain(
+            pipe, frames, caption="", noise_level=0.5, seeds=[0, 1], height=16, width=24, guidance_scale=0.0,
+            image_pooled="zero",
+        )
+        kwargs = batch.transformer_kwargs
+        assert kwargs["hidden_states"].shape == (2, 3, 4, 4, 6)  # [N, F_lat, c, h, w]
+        assert kwargs["timestep"].tolist() == [500, 500]
+        assert kwargs["encoder_hidden_states"].shape == (2, 16, 32)  # max_text_seq_length tokens
+        noise = torch.randn(3, 4, 4, 6, generator=torch.Generator().manual_seed(0))
+        clean = (kwargs["hidden_states"][0] - (1 - pipe.scheduler.alphas_cumprod[500]) ** 0.5 * noise)
+        clean = clean / pipe.scheduler.alphas_cumprod[500] ** 0.5
+        other = (kwargs["hidden_states"][1] - (1 - pipe.scheduler.alphas_cumprod[500]) ** 0.5 * torch.randn(
+            3, 4, 4, 6, generator=torch.Generator().manual_seed(1)
+        )) / pipe.scheduler.alphas_cumprod[500] ** 0.5
+        torch.testing.assert_close(clean, other, rtol=1e-4, atol=1e-4)  # both rows noise the same clean latents
+        attention = ConceptAttention(pipe, ["cat", "sky"])
+        attention._reduce_batch = attention._stop_after_last_layer = True
+        with attention, torch.no_grad():
+            with pytest.raises(EarlyExit):
+                pipe.transformer(**kwargs)
+        assert attention.maps.maps.shape == (2, 3, 2, 3)
+
+    @pytest.mark.parametrize(
+        "frames, size, message",
+        [(8, (16, 24), "1 \\+ 4·k frames"), (9, (12, 24), "multiples of 8"), (0, (16, 24), "non-empty")],
+    )
+    def test_bad_inputs(self, pipe, frames, size, message):
+        video = [Image.new("RGB", (24, 16)) for _ in range(frames)]
+        with pytest.raises(ValueError, match=message):
+            CogVideoXAdapter().prepare_explain(
+                pipe, video, caption="", noise_level=0.5, seeds=[0], height=size[0], width=size[1],
+                guidance_scale=0.0, image_pooled="zero",
+            )

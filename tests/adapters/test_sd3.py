@@ -1,0 +1,374 @@
+"""SD3 / SD3.5 adapter: the shared battery (SD3 and an SD3.5-like config), a naive reference, and SD3 quirks.
+
+Quirks covered: the ``context_pre_only`` last block, SD3.5 dual attention (``attn2`` keeps the shared stock
+processor), RMS QK-norm, classifier-free guidance batches (maps from the conditional half), skip-layer guidance calls
+(neither recorded nor counted), feed-forward chunking, CLIP concept embeddings that never use the start token and
+pool multi-token concepts, and the real-image path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
+
+from conceptattention import ConceptAttention, UnsupportedSetupError, explain
+from conceptattention.adapters.sd3 import SD3Adapter, SD3ConceptAttnProcessor
+from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
+
+from .battery import AdapterBattery
+from .sd3_reference import naive_sd3_scores
+
+
+GEN_KW = dict(height=32, width=48, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="pt")
+CFG_KW = dict(guidance_scale=5.0)
+
+
+def generate(pipe, prompt="a red house by the sea", seed=0, **kwargs):
+    merged = {**GEN_KW, **kwargs}
+    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).images
+
+
+def concept_embeds(count=3, seed=1):
+    return torch.randn(count, 48, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_sd3_pipeline(num_layers=3)
+
+
+@pytest.fixture(scope="module")
+def pipe35():
+    return tiny_sd3_pipeline(num_layers=3, sd35=True)
+
+
+@pytest.fixture(scope="module")
+def image():
+    from PIL import Image
+
+    pixels = (torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
+    return Image.fromarray(pixels)
+
+
+class TestSD3Battery(AdapterBattery):
+    """The shared adapter battery on SD3 (last block ``context_pre_only``; CFG on and off)."""
+
+    concept_dim = 48
+    expected_grid = (1, 4, 6)
+    pipeline_kwargs = GEN_KW
+    pipeline_cfg_kwargs = CFG_KW
+    expected_pipeline_grid = (1, 8, 12)
+    sd35 = False
+
+    def make_transformer(self):
+        return tiny_sd3_transformer(num_layers=3, sd35=self.sd35)
+
+    def make_inputs(self, batch_size: int = 1, seed: int = 0):
+        return tiny_sd3_inputs(batch_size=batch_size, seed=seed)
+
+    def make_pipeline(self):
+        return tiny_sd3_pipeline(num_layers=3, sd35=self.sd35)
+
+    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
+        return naive_sd3_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+
+
+class TestSD35Battery(TestSD3Battery):
+    """The shared battery on an SD3.5-medium-like config: RMS QK-norm and dual attention in block 0."""
+
+    sd35 = True
+
+
+class TestMethod:
+    """The optimised path matches the naive full-masked-attention reference beyond the battery's defaults."""
+
+    @pytest.mark.parametrize("sd35", [False, True])
+    @pytest.mark.parametrize("conditioning", ["null_pooled", "prompt"])
+    def test_conditioning_matches_reference(self, sd35, conditioning):
+        model = tiny_sd3_transformer(sd35=sd35)
+        inputs = tiny_sd3_inputs(batch_size=2, seed=3)
+        embeds = concept_embeds()
+        with ConceptAttention(
+            model, concept_embeds=embeds, layers=[0, 1, 2], softmax=False, concept_conditioning=conditioning
+        ) as ca:
+            model(**inputs)
+        reference = naive_sd3_scores(model, inputs, embeds, [0, 1, 2], conditioning=conditioning)  # [L, B, C, I]
+        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, I]
+        expected = reference.mean(0).float()
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+    def test_conditionings_differ(self):
+        model = tiny_sd3_transformer()
+        results = {}
+        for conditioning in ("null_pooled", "prompt"):
+            with ConceptAttention(model, concept_embeds=concept_embeds(), concept_conditioning=conditioning) as ca:
+                model(**tiny_sd3_inputs())
+            results[conditioning] = ca.maps.maps
+        assert not torch.allclose(results["null_pooled"], results["prompt"])
+
+    def test_last_block_context_pre_only_alone(self):
+        model = tiny_sd3_transformer()
+        last = model.transformer_blocks[-1]
+        assert last.context_pre_only and last.ff_context is None and last.attn.to_add_out is None
+        inputs = tiny_sd3_inputs(batch_size=2)
+        embeds = concept_embeds()
+        with ConceptAttention(model, concept_embeds=embeds, layers=[-1], softmax=False) as ca:
+            model(**inputs)
+        reference = naive_sd3_scores(model, inputs, embeds, [2])[0].float()  # [B, C, I]
+        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
+        assert ca.batch_maps[0].config["resolved_layers"] == ["transformer_blocks.2"]
+
+    def test_feed_forward_chunking_is_honoured(self):
+        model = tiny_sd3_transformer()
+        inputs = tiny_sd3_inputs(text_tokens=6)
+        with ConceptAttention(model, concept_embeds=concept_embeds(), softmax=False) as plain:
+            reference = model(**inputs)[0]
+        model.enable_forward_chunking(chunk_size=1, dim=1)
+        calls = []
+        handle = model.transformer_blocks[0].ff_context.register_forward_pre_hook(lambda *args: calls.append(1))
+        try:
+            with ConceptAttention(model, concept_embeds=concept_embeds(), softmax=False) as chunked:
+                output = model(**inputs)[0]
+        finally:
+            handle.remove()
+            model.disable_forward_chunking()
+        assert len(calls) == 6 + 3  # one chunk per prompt token and per concept token
+        torch.testing.assert_close(output, reference)
+        torch.testing.assert_close(chunked.maps.logits, plain.maps.logits, rtol=1e-5, atol=1e-5)
+
+    def test_default_layers_are_all_blocks(self):
+        assert SD3Adapter().default_layers(38) == tuple(range(38))
+        model = tiny_sd3_transformer()
+        assert ConceptAttention(model, concept_embeds=concept_embeds()).layers == (0, 1, 2)
+
+
+class TestDualAttention:
+    """SD3.5-medium: ``attn`` and ``attn2`` share one processor instance; only ``attn`` is replaced."""
+
+    def test_attn2_keeps_the_shared_stock_processor(self):
+        model = tiny_sd3_transformer(sd35=True)
+        block = model.transformer_blocks[0]
+        shared = block.attn.processor
+        assert block.attn2.processor is shared and type(shared) is JointAttnProcessor2_0
+        attn2_calls = []
+        handle = block.attn2.register_forward_hook(lambda module, args, output: attn2_calls.append(output))
+        try:
+            with ConceptAttention(model, concept_embeds=concept_embeds()):
+                assert isinstance(block.attn.processor, SD3ConceptAttnProcessor)
+                assert block.attn2.processor is shared
+                model(**tiny_sd3_inputs())
+            assert len(attn2_calls) == 1
+            model(**tiny_sd3_inputs())
+        finally:
+            handle.remove()
+        assert torch.equal(attn2_calls[0], attn2_calls[1])  # attn2 computes the same with and without concepts
+        assert block.attn.processor is shared and block.attn2.processor is shared
+
+
+class TestGuidance:
+    """Classifier-free guidance batches and skip-layer guidance."""
+
+    def test_cfg_maps_come_from_the_conditional_half(self, pipe):
+        with ConceptAttention(pipe, ["house", "sea"], batch_half="all") as both:
+            generate(pipe, **CFG_KW)
+        with ConceptAttention(pipe, ["house", "sea"]) as conditional:
+            generate(pipe, **CFG_KW)
+        assert len(both.batch_maps) == 2
+        torch.testing.assert_close(conditional.maps.maps, both.batch_maps[1].maps, rtol=0, atol=0)
+        assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+
+    def test_skip_layer_guidance_calls_are_ignored(self, pipe35):
+        kwargs = dict(
+            **CFG_KW, skip_guidance_layers=[1], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0
+        )
+        steps = GEN_KW["num_inference_steps"] + 1
+        reference = generate(pipe35, num_inference_steps=steps, **kwargs)
+        transformer = pipe35.transformer
+        main_calls, skip_calls = [], []
+
+        def grab(module, args, call_kwargs):
+            (skip_calls if call_kwargs.get("skip_layers") else main_calls).append(dict(call_kwargs))
+
+        handle = transformer.register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            with ConceptAttention(pipe35, ["house", "red car"], keep_per_step=True, softmax=False) as ca:
+                images = generate(pipe35, num_inference_steps=steps, **kwargs)
+        finally:
+            handle.remove()
+        assert torch.equal(reference, images)
+        assert len(main_calls) == steps and len(skip_calls) == steps - 1  # SLG ran, on every step after the first
+        assert ca.session.num_recorded_calls == steps
+        assert sorted({step for step, _ in ca.per_step_scores}) == list(range(steps))
+        # each recorded step equals a replay of that step's guidance call alone (its conditional half)
+        for step, call in enumerate(main_calls):
+            with ConceptAttention(
+                transformer, concept_embeds=ca.session.concept_embeds, keep_per_step=True, softmax=False
+            ) as replay:
+                transformer(**call)
+            for layer in ca.layers:
+                torch.testing.assert_close(ca.per_step_scores[(step, layer)], replay.per_step_scores[(0, layer)][1:])
+
+    def test_timestep_selection_counts_denoising_steps_only(self, pipe35):
+        kwargs = dict(
+            **CFG_KW, skip_guidance_layers=[1], skip_layer_guidance_start=0.0, skip_layer_guidance_stop=1.0
+        )
+        with ConceptAttention(pipe35, ["house", "sea"], timesteps=[2], keep_per_step=True) as ca:
+            generate(pipe35, num_inference_steps=3, **kwargs)
+        assert {step for step, _ in ca.per_step_scores} == {2}
+
+
+class TestConceptEncoding:
+    """CLIP concept embeddings: never the start token, pooled content tokens, one concept per encoder row."""
+
+    @staticmethod
+    def manual_clip(pipe, concepts, pooling):
+        parts = []
+        for tokenizer, encoder in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)):
+            tokens = tokenizer(list(concepts), padding="longest", return_tensors="pt")
+            with torch.no_grad():
+                hidden = encoder(tokens.input_ids, output_hidden_states=True).hidden_states[-2]  # [C, L, D]
+            rows = []
+            for index in range(len(concepts)):
+                end = int((tokens.input_ids[index] == tokenizer.eos_token_id).nonzero()[0])  # first end token
+                content = hidden[index, 1:end]  # positions between the start and the end token
+                rows.append({"mean": content.mean(0), "first": content[0], "last": content[-1]}[pooling])
+            parts.append(torch.stack(rows))
+        return torch.cat(parts, dim=-1)  # [C, 32]
+
+    @pytest.mark.parametrize("pooling", ["mean", "first", "last"])
+    def test_matches_manual_pooling_and_zero_padding(self, pipe, pooling):
+        concepts = ["red car", "sky"]
+        encoded = SD3Adapter().encode_concepts(pipe, concepts, pooling)
+        assert encoded.shape == (2, 48)
+        torch.testing.assert_close(encoded[:, :32], self.manual_clip(pipe, concepts, pooling))
+        assert torch.equal(encoded[:, 32:], torch.zeros(2, 16))  # CLIP-L ⊕ CLIP-G zero-padded to the T5 width
+
+    def test_start_token_never_used(self, pipe):
+        concepts = ["dog", "sky", "red car"]
+        first = SD3Adapter().encode_concepts(pipe, concepts, "first")
+        tokens = pipe.tokenizer(concepts, padding="longest", return_tensors="pt")
+        with torch.no_grad():
+            hidden = pipe.text_encoder(tokens.input_ids, output_hidden_states=True).hidden_states[-2]
+        start_state = hidden[0, 0]  # the same vector for every concept
+        for index in range(len(concepts)):
+            assert not torch.allclose(first[index, :16], start_state)
+        assert torch.cdist(first, first).add(torch.eye(3)).min() > 1e-3  # all concepts differ
+
+    def test_multi_token_concepts_are_pooled_and_independent(self, pipe):
+        adapter = SD3Adapter()
+        mean = adapter.encode_concepts(pipe, ["red car", "sky"], "mean")
+        first = adapter.encode_concepts(pipe, ["red car", "sky"], "first")
+        assert not torch.allclose(mean[0], first[0])  # "red car" is not truncated to its first token
+        alone = adapter.encode_concepts(pipe, ["sky"], "mean")
+        torch.testing.assert_close(alone[0], mean[1], rtol=1e-5, atol=1e-6)  # no dependence on other concepts
+
+    def test_t5_stream(self, pipe):
+        concepts = ["red car", "sky"]
+        encoded = SD3Adapter("t5").encode_concepts(pipe, concepts, "mean")
+        tokens = pipe.tokenizer_3(concepts, padding="longest", return_tensors="pt")
+        with torch.no_grad():
+            hidden = pipe.text_encoder_3(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer_3.eos_token_id)
+        for index in range(2):
+            torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+
+    def test_pipeline_without_t5(self):
+        pipe = tiny_sd3_pipeline(num_layers=2, with_t5=False)
+        reference = generate(pipe)
+        with ConceptAttention(pipe, ["house", "sea"]) as ca:
+            images = generate(pipe)
+        assert torch.equal(reference, images)
+        assert ca.maps.maps.shape == (2, 1, 8, 12)
+        with pytest.raises(ValueError, match="no T5 encoder"):
+            SD3Adapter("t5").encode_concepts(pipe, ["sky"], "mean")
+
+    def test_bad_text_encoder_choice(self):
+        with pytest.raises(ValueError, match="'clip' or 't5'"):
+            SD3Adapter("llama")
+
+
+class TestRefusals:
+    def test_fused_projections_refused(self):
+        model = tiny_sd3_transformer()
+        model.fuse_qkv_projections()
+        with pytest.raises(UnsupportedSetupError, match="FusedJointAttnProcessor2_0"):
+            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
+        assert not getattr(model, "_conceptattention_active", False)
+
+    def test_foreign_processor_refused(self):
+        model = tiny_sd3_transformer()
+        model.transformer_blocks[1].attn.set_processor(AttnProcessor2_0())
+        with pytest.raises(UnsupportedSetupError, match="transformer_blocks.1.attn uses AttnProcessor2_0"):
+            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
+
+    def test_missing_pooled_projections(self):
+        model = tiny_sd3_transformer()
+        inputs = tiny_sd3_inputs()
+        inputs["pooled_projections"] = None
+        with pytest.raises(ValueError, match="pooled_projections"):
+            with ConceptAttention(model, concept_embeds=concept_embeds()):
+                model(**inputs)
+
+
+class TestExplain:
+    """The real-image path: VAE shift/scale, flow-matching noise, timestep in the 0..1000 scale, early exit."""
+
+    def test_prepare_explain_inputs(self, pipe, image):
+        batch = SD3Adapter().prepare_explain(
+            pipe, image, caption="a cat", noise_level=0.25, seeds=[0, 1], height=32, width=48,
+            guidance_scale=3.5, image_pooled="zero",
+        )
+        kwargs = batch.transformer_kwargs
+        assert kwargs["hidden_states"].shape == (2, 4, 16, 24)
+        assert torch.equal(kwargs["timestep"], torch.full((2,), 250.0))
+        assert torch.equal(kwargs["pooled_projections"], torch.zeros(2, 32))
+        # x_t = (1 - t)·x_0 + t·ε with x_0 = (mode - shift)·scale
+        from conceptattention.images import image_to_tensor
+
+        pixels = image_to_tensor(image.resize((48, 32), resample=3)).unsqueeze(0)
+        with torch.no_grad():
+            clean = (pipe.vae.encode(pixels).latent_dist.mode() - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+        noise = torch.randn(4, 16, 24, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(kwargs["hidden_states"][1], 0.75 * clean[0] + 0.25 * noise)
+        caption = SD3Adapter().prepare_explain(
+            pipe, image, caption="a cat", noise_level=0.25, seeds=[0], height=32, width=48,
+            guidance_scale=3.5, image_pooled="caption",
+        )
+        assert not torch.equal(caption.transformer_kwargs["pooled_projections"], torch.zeros(1, 32))
+
+    def test_shapes_samples_and_early_exit(self, pipe, image):
+        generate(pipe, **CFG_KW)  # leaves the pipeline's guidance scale above 1: explain must not halve its batch
+        calls = []
+        handle = pipe.transformer.norm_out.register_forward_pre_hook(lambda *args: calls.append(1))
+        try:
+            two = explain(pipe, image, ["cat", "sky"], height=32, width=48, num_samples=2)
+        finally:
+            handle.remove()
+        assert calls == []  # early exit after the last joint block
+        assert two.maps.shape == (2, 1, 8, 12)
+        torch.testing.assert_close(two.maps.sum(0), torch.ones(1, 8, 12))
+        singles = [explain(pipe, image, ["cat", "sky"], height=32, width=48, seed=seed).maps for seed in (0, 1)]
+        assert not torch.allclose(singles[0], singles[1])
+        torch.testing.assert_close(two.maps, torch.stack(singles).mean(0))
+
+    def test_default_resolution_and_bad_size(self, pipe, image):
+        pipe.default_sample_size = 16  # 16 latent px · VAE 2 → a 32×32 target area
+        try:
+            maps = explain(pipe, image, ["cat", "sky"])
+        finally:
+            pipe.default_sample_size = pipe.transformer.config.sample_size
+        assert maps.config["height"] < maps.config["width"]
+        assert maps.config["height"] % 4 == 0 and maps.config["width"] % 4 == 0
+        with pytest.raises(ValueError, match="multiples of 4"):
+            explain(pipe, image, ["cat", "sky"], height=30, width=48)
