@@ -317,6 +317,33 @@ def _encode(frames: list[Image.Image], suffix: str, fps: float) -> bytes:
     return iio.imwrite("<bytes>", array, extension=".gif", duration=1000.0 / fps, loop=0)
 
 
+def save_video(frames: Sequence[Image.Image], path: str | os.PathLike[str], fps: float = 8) -> Path:
+    """Write frames as an animated GIF or an MP4 (by suffix), atomically.
+
+    Args:
+        frames: PIL images of one size.
+        path: Destination ending in ``.gif`` or ``.mp4``.
+        fps: Frames per second.
+
+    Returns:
+        The written path.
+
+    Example:
+        >>> from PIL import Image
+        >>> import tempfile, pathlib
+        >>> out = pathlib.Path(tempfile.mkdtemp()) / "clip.gif"
+        >>> save_video([Image.new("RGB", (8, 8))] * 2, out).name
+        'clip.gif'
+    """
+    from .outputs import atomic_write_bytes
+
+    frames = _check_frames(frames)
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".gif", ".mp4"):
+        raise VideoOutputError(f"Video path must end in .gif or .mp4, got {str(path)!r}.")
+    return atomic_write_bytes(path, _encode(frames, suffix, fps))
+
+
 def save_overlay_video(
     frames: Sequence[Image.Image],
     maps: ConceptMaps,

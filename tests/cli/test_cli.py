@@ -182,3 +182,45 @@ def test_help_lists_commands(capsys):
     output = capsys.readouterr().out
     for command in ("generate", "explain", "env"):
         assert command in output
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory) -> Path:
+    from conceptattention.testing_models import tiny_sd3_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-sd3"
+    tiny_sd3_pipeline().save_pretrained(folder)
+    return folder
+
+@pytest.fixture(scope="module")
+def cogvideox_dir(tmp_path_factory) -> Path:
+    from conceptattention.testing_models import tiny_cogvideox_pipeline
+
+    folder = tmp_path_factory.mktemp("models") / "tiny-cogvideox"
+    tiny_cogvideox_pipeline().save_pretrained(folder)
+    return folder
+
+
+class TestOtherFamilies:
+    """`generate`/`explain --model <folder>` for the SD3 and CogVideoX families (tiny save_pretrained folders)."""
+
+    def test_sd3_generate_and_explain(self, sd3_dir, photo, tmp_path):
+        out = tmp_path / "gen"
+        assert main(["generate", "--model", str(sd3_dir), "--prompt", "a house", "--concepts", "house", "sea",
+                     "--height", "32", "--width", "32", "--steps", "2", "--guidance-scale", "2.0", "--out", str(out)]) == 0
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["method"]["architecture"] == "sd3"
+        out = tmp_path / "explain"
+        assert main(["explain", "--model", str(sd3_dir), "--image", str(photo), "--concepts", "house", "sea",
+                     "--height", "32", "--width", "32", "--samples", "2", "--out", str(out)]) == 0
+        assert ConceptMaps.load(out / "maps.safetensors").num_concepts == 2
+
+    def test_cogvideox_generate_writes_videos(self, cogvideox_dir, tmp_path):
+        out = tmp_path / "video"
+        assert main(["generate", "--model", str(cogvideox_dir), "--prompt", "a boat", "--concepts", "boat", "sea",
+                     "--height", "16", "--width", "24", "--frames", "9", "--steps", "2", "--guidance-scale", "2.0",
+                     "--max-sequence-length", "16", "--out", str(out)]) == 0
+        for name in ("video.gif", "video.mp4", "overlays/boat.gif", "overlays/sea.mp4", "frames_grid.png"):
+            assert (out / name).is_file(), name
+        maps = ConceptMaps.load(out / "maps.safetensors")
+        assert maps.num_frames == 3

@@ -141,8 +141,13 @@ def write_run_folder(
     maps: ConceptMaps,
     settings: dict[str, Any],
     cmap: str = "plasma",
+    frames: list[Image.Image] | None = None,
+    fps: float = 8,
 ) -> dict[str, Any]:
     """Write image, maps, heatmaps, overlays, segmentation, grid figure and settings.json atomically.
+
+    For videos (``frames`` given), ``image`` is the first frame and the folder also holds ``video.gif``,
+    ``video.mp4``, one overlay GIF and MP4 per concept, and ``frames_grid.png``.
 
     Returns:
         The file listing written into settings.json.
@@ -168,11 +173,34 @@ def write_run_folder(
         figure = maps.figure(shown, cmap=cmap)
         figure.savefig(folder / "grid.png", dpi=100, bbox_inches="tight")
         files["grid"] = "grid.png"
+        if frames is not None:
+            files.update(_write_video_files(folder, frames, maps, cmap, fps))
         settings = dict(settings)
         settings["files"] = files
         settings["environment"] = environment()
         settings["seconds_writing"] = round(time.perf_counter() - started, 3)
         (folder / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
+    return files
+
+
+def _write_video_files(
+    folder: Path, frames: list[Image.Image], maps: ConceptMaps, cmap: str, fps: float
+) -> dict[str, Any]:
+    from ..video import frames_grid_figure, save_overlay_video, save_video
+
+    files: dict[str, Any] = {"video": ["video.gif", "video.mp4"], "overlay_videos": {}}
+    for suffix in ("gif", "mp4"):
+        save_video(frames, folder / f"video.{suffix}", fps=fps)
+    taken: set[str] = set()
+    for concept in maps.concepts:
+        name = slug(concept, taken)
+        paths = []
+        for suffix in ("gif", "mp4"):
+            save_overlay_video(frames, maps, concept, folder / "overlays" / f"{name}.{suffix}", fps=fps, cmap=cmap)
+            paths.append(f"overlays/{name}.{suffix}")
+        files["overlay_videos"][concept] = paths
+    frames_grid_figure(frames, maps).savefig(folder / "frames_grid.png", dpi=100, bbox_inches="tight")
+    files["frames_grid"] = "frames_grid.png"
     return files
 
 

@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="steps to average (default: all)")
+    parser.add_argument("--frames", type=int, default=None, help="video models: number of frames")
+    parser.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the model's)")
     add_model_options(parser)
     add_method_options(parser)
     add_output_options(parser)
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     multiple = get_adapter(pipe).size_multiple(pipe)
     check_size("height", args.height, multiple)
     check_size("width", args.width, multiple)
+    if args.frames is not None and args.frames < 1:
+        raise ValueError(f"--frames must be at least 1, got {args.frames}.")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be at least 1, got {args.steps}.")
     options = method_options(args)
@@ -74,12 +78,17 @@ def run(args: argparse.Namespace) -> int:
             "width": args.width or defaults.get("width"),
             "num_inference_steps": args.steps or defaults.get("num_inference_steps"),
             "guidance_scale": args.guidance_scale if args.guidance_scale is not None else defaults.get("guidance_scale"),
-            "max_sequence_length": defaults.get("max_sequence_length"),
+            "max_sequence_length": args.max_sequence_length or defaults.get("max_sequence_length"),
             "generator": torch.Generator(generator_device).manual_seed(args.seed),
         },
     )
+    video = get_adapter(pipe).modality == "video"
+    if video:
+        kwargs.update(call_kwargs(pipe, {"num_frames": args.frames or defaults.get("num_frames"), "output_type": "pil"}))
     with ConceptAttention(pipe, concepts, **options) as attention:
-        image = pipe(prompt, **kwargs).images[0]
+        result = pipe(prompt, **kwargs)
+    frames = list(result.frames[0]) if video else None
+    image = frames[0] if frames else result.images[0]
     maps = attention.maps
     settings = {
         "command": "generate",
@@ -95,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
         "notice": loaded.notice,
     }
     settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
-    write_run_folder(args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap)
+    write_run_folder(
+        args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap, frames=frames
+    )
     print_summary(args.out, maps, time.perf_counter() - started)
     return 0

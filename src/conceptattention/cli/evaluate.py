@@ -1,0 +1,174 @@
+"""``conceptattention evaluate``: zero-shot segmentation of a benchmark with one method, resumable, multi-process.
+
+Examples::
+
+    conceptattention evaluate --dataset shapesworld --data test:200 --method conceptattention --out runs/sw-ca
+    conceptattention evaluate --dataset voc --data ~/data/VOCdevkit --model flux-schnell --device cuda \\
+        --method conceptattention --layers 14 15 16 17 18 --out runs/voc-ca --resume
+    accelerate launch --num_processes 8 -m conceptattention.cli.evaluate --dataset imagenet-seg \\
+        --data gtsegs_ijcv.mat --class-names imagenet_names.json --model flux-schnell --samples 5 --out runs/in-ca
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+from ..evaluation.methods import add_method_arguments, method_from_args
+from ..evaluation.report import markdown_table, metrics_row
+from ..evaluation.runner import DATASETS, ProcessContext, build_dataset, check_output_folder, evaluate, process_context
+from .common import fail
+
+
+HELP = "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)"
+
+
+def add_dataset_options(parser: argparse.ArgumentParser) -> None:
+    """``--dataset``, ``--data`` and the dataset settings."""
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--dataset", required=True, choices=list(DATASETS), help="benchmark")
+    group.add_argument(
+        "--data",
+        default=None,
+        help="imagenet-seg: gtsegs_ijcv.mat; voc: the VOCdevkit folder; shapesworld: SPLIT[:N[:SEED]] "
+        "(default test:200)",
+    )
+    group.add_argument("--class-names", default=None, help="imagenet-seg: wnid -> name table (JSON object or TSV)")
+    group.add_argument(
+        "--background-concepts", nargs="*", default=None, help="background words added to the class (default: paper's)"
+    )
+    group.add_argument("--voc-split", default="val", help="voc: id list in ImageSets/Segmentation (default val)")
+    group.add_argument(
+        "--label-size", type=int, default=None, help="square label side (default 224; shapesworld native; 0 = native)"
+    )
+    group.add_argument("--ap-scores", choices=["normalized", "raw"], default="normalized", help="AP on which maps")
+    group.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """Model, output and run options shared by ``evaluate`` and ``ablate``."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model", default=None, help="'shapesworld' (default), an alias (flux-schnell, ...), a local folder or hub id"
+    )
+    model.add_argument(
+        "--device", default="auto", help="auto (accelerate's device per process, else cuda if available), cpu, cuda"
+    )
+    model.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: float32 on CPU, else bf16)")
+    model.add_argument("--offload", choices=["none", "model", "sequential"], default="none", help="CPU offload")
+    model.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights")
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", required=True, help="output folder")
+    existing = run.add_mutually_exclusive_group()
+    existing.add_argument("--resume", action="store_true", help="continue the run in --out, skipping images done")
+    existing.add_argument("--overwrite", action="store_true", help="delete the results in --out first")
+    run.add_argument("--batch-size", type=int, default=1, help="images per forward where the method batches images")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help=HELP, description=HELP)
+    _add_arguments(parser)
+    parser.set_defaults(run=run)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_dataset_options(parser)
+    add_method_arguments(parser)
+    add_run_options(parser)
+
+
+def resolve_device(requested: str, context: ProcessContext) -> str:
+    """The device of this process: ``auto`` picks accelerate's (multi-process) or cuda/cpu; ``cuda`` gets an index."""
+    import torch
+
+    if requested == "auto":
+        if context.device is not None:
+            return context.device
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and context.world_size > 1:
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', context.rank))}"
+    return requested
+
+
+def dataset_from_args(args: argparse.Namespace) -> Any:
+    """The dataset named on the command line (fails before any model is loaded)."""
+    label_size: int | str | None = "default" if args.label_size is None else args.label_size
+    concepts = "default" if args.background_concepts is None else list(args.background_concepts)
+    return build_dataset(
+        args.dataset,
+        args.data,
+        label_size=label_size,
+        concepts=concepts,
+        class_names=args.class_names,
+        split=args.voc_split,
+    )
+
+
+def load_pipeline(args: argparse.Namespace, context: ProcessContext) -> tuple[Any, str]:
+    """Load the model on this process's device; returns the pipeline and its description (with dtype)."""
+    from ..models import load_model
+
+    device = resolve_device(args.device, context)
+    loaded = load_model(
+        args.model, device=device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle
+    )
+    if loaded.notice and context.is_main:
+        print(loaded.notice, file=sys.stderr)
+    pipeline = loaded.pipeline
+    pipeline.set_progress_bar_config(disable=True)
+    component = getattr(pipeline, "transformer", None) or getattr(pipeline, "unet", None)
+    dtype = str(getattr(component, "dtype", "")).replace("torch.", "")
+    return pipeline, f"{loaded.description} [{dtype}]"
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    method = method_from_args(args)  # unknown methods and bad overrides fail first
+    check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    dataset = dataset_from_args(args)  # a missing dataset fails before the model loads
+    context = process_context()
+    pipeline, model_name = load_pipeline(args, context)
+    report = evaluate(
+        pipeline,
+        dataset,
+        method,
+        args.out,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        ap_scores=args.ap_scores,
+        model_name=model_name,
+        progress=not args.no_progress,
+        context=context,
+    )
+    if report is not None:
+        row = {"name": method.name, **metrics_row(report["metrics"])}
+        print(markdown_table([row]), end="")
+        overhead = 100.0 * report["timing"]["runner_overhead_fraction"]
+        print(
+            f"wrote {args.out}/report.md and report.json ({report['metrics']['num_images']} images, "
+            f"{time.perf_counter() - started:.1f} s, runner overhead {overhead:.1f}%)"
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``evaluate`` as a program (``python -m conceptattention.cli.evaluate``, e.g. under accelerate launch)."""
+    parser = argparse.ArgumentParser(prog="conceptattention evaluate", description=HELP)
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return fail("interrupted; the results so far are kept, continue with --resume.")
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
+        return fail(str(error))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
