@@ -92,7 +92,7 @@ class AdapterBattery:
     def generate(self, pipe: Any, seed: int = 0, **extra: Any) -> torch.Tensor:
         kwargs = {**self.pipeline_kwargs, **extra}
         with torch.no_grad():
-            return self.pipeline_outputs(pipe("a red house by the sea", generator=torch.Generator().manual_seed(seed), **kwargs))
+            return self.pipeline_outputs(pipe(prompt="a red house by the sea", generator=torch.Generator().manual_seed(seed), **kwargs))
 
     # ----- the battery -----
 

@@ -78,7 +78,7 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         if call.concept_hidden_states is None:
             call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(hidden_states)
         concepts = call.concept_hidden_states  # [B, C, d]
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=self._concept_conditioning())
         concept_query, concept_key, concept_value = self._concept_projections(attn, normed)
         concept_query = attn.norm_added_q(concept_query.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
         concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
@@ -166,6 +166,14 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         )
         call.inputs["_rope_with_concepts"] = (rotary_emb[0], extended)
         return extended
+
+    def _concept_conditioning(self) -> torch.Tensor:
+        """This block's modulation input of the concept stream (FLUX.1: one vector for the whole call).
+
+        Subclasses whose blocks have their own modulation (Chroma: each block's ``temb[:, 6:]``) override it.
+        """
+        assert self.session.call is not None
+        return self.session.call.concept_conditioning
 
     def _concept_projections(self, attn: nn.Module, concept_input: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):

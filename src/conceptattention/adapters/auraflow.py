@@ -1,0 +1,375 @@
+"""AuraFlow adapter (``AuraFlowTransformer2DModel``, ``AuraFlowPipeline``) — method.md §6.6.
+
+What AuraFlow needs:
+
+* **Few joint blocks.** Only the first ``num_mmdit_layers`` blocks (4 in AuraFlow v0.x) are joint MM-DiT blocks; the
+  32 single-stream blocks that follow are not used. Expect a weaker signal than FLUX.1's 19 blocks.
+* **Post-norm residual.** The text stream is updated as ``c ← norm2(c + g₁·proj(o)); c ← c₀ + g₂·mlp(c·(1+s)+b)``
+  (the attention residual survives only through the norm); the concept stream follows exactly that, with the fp32
+  LayerNorms (``norm2_context``) and fp32 LayerNorm QK-norm of the text modules.
+* **Modulation.** ``temb`` depends on the timestep only (no pooled text): the block's own ``temb`` (captured with a
+  block pre-hook) modulates the concepts; ``"null_pooled"`` and ``"prompt"`` coincide.
+* **Registers and positions.** Eight learned register tokens are prepended to the prompt; they are text-stream
+  tokens, which concepts never attend to. There is no RoPE (learned absolute positions on the image patches only).
+* **CFG.** ``AuraFlowPipeline`` batches guidance as ``[uncond, cond]``; maps are reported for the conditional half.
+* The processor calls ``F.scaled_dot_product_attention`` directly (no attention backends), with ``scale=attn.scale``;
+  the concept attention does the same.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states, tokenize_concepts
+from ..session import EarlyExit
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from .flux2 import block_input_grabbers
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+BLOCK_TEMB_KEY = "auraflow_temb"
+
+
+class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
+    """AuraFlow joint-block processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``AuraFlowAttnProcessor2_0.__call__``; the joint attention is the stock path op for
+    op, only the concept branch is new.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block among the joint (MM-DiT) blocks.
+        block: The ``AuraFlowJointTransformerBlock`` (held weakly; its text norms and MLP are used).
+        transformer: The ``AuraFlowTransformer2DModel`` (held weakly; its ``context_embedder`` embeds the concepts).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_extra import tiny_auraflow_inputs, tiny_auraflow_transformer
+        >>> model = tiny_auraflow_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
+        ...     _ = model(**tiny_auraflow_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.FloatTensor,
+        encoder_hidden_states: torch.FloatTensor = None,
+        *args: Any,
+        **kwargs: Any,
+    ) -> torch.FloatTensor:
+        if encoder_hidden_states is None or not self.session.needs_concepts(self.layer):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+        # ---- stock joint attention (diffusers 0.42.1 AuraFlowAttnProcessor2_0), pre-projection outputs ----
+        batch_size = hidden_states.shape[0]
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        encoder_hidden_states_query_proj = attn.add_q_proj(encoder_hidden_states)
+        encoder_hidden_states_key_proj = attn.add_k_proj(encoder_hidden_states)
+        encoder_hidden_states_value_proj = attn.add_v_proj(encoder_hidden_states)
+        inner_dim = key.shape[-1]
+        head_dim = inner_dim // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
+        key = key.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
+        value = value.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        encoder_hidden_states_query_proj = encoder_hidden_states_query_proj.view(
+            batch_size, -1, attn.heads, head_dim
+        )  # [B, T, H, D]
+        encoder_hidden_states_key_proj = encoder_hidden_states_key_proj.view(
+            batch_size, -1, attn.heads, head_dim
+        )  # [B, T, H, D]
+        encoder_hidden_states_value_proj = encoder_hidden_states_value_proj.view(
+            batch_size, -1, attn.heads, head_dim
+        )  # [B, T, H, D]
+        if attn.norm_added_q is not None:
+            encoder_hidden_states_query_proj = attn.norm_added_q(encoder_hidden_states_query_proj)
+        if attn.norm_added_k is not None:
+            encoder_hidden_states_key_proj = attn.norm_added_k(encoder_hidden_states_key_proj)
+        image_query, image_key, image_value = query, key, value  # [B, I, H, D], kept for the concept branch
+        query = torch.cat([encoder_hidden_states_query_proj, query], dim=1)  # [B, T + I, H, D]
+        key = torch.cat([encoder_hidden_states_key_proj, key], dim=1)  # [B, T + I, H, D]
+        value = torch.cat([encoder_hidden_states_value_proj, value], dim=1)  # [B, T + I, H, D]
+        query = query.transpose(1, 2)  # [B, H, T + I, D]
+        key = key.transpose(1, 2)  # [B, H, T + I, D]
+        value = value.transpose(1, 2)  # [B, H, T + I, D]
+        hidden_states = F.scaled_dot_product_attention(
+            query, key, value, dropout_p=0.0, scale=attn.scale, is_causal=False
+        )
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, T + I, H·D]
+        hidden_states = hidden_states.to(query.dtype)
+        hidden_states, encoder_hidden_states = (
+            hidden_states[:, encoder_hidden_states.shape[1] :],
+            hidden_states[:, : encoder_hidden_states.shape[1]],
+        )  # [B, I, H·D], [B, T, H·D]
+
+        # ---- concept branch ----
+        self._concept_branch(attn, hidden_states, image_query, image_key, image_value, head_dim)
+
+        hidden_states = attn.to_out[0](hidden_states)
+        hidden_states = attn.to_out[1](hidden_states)
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        image_output: torch.Tensor,
+        image_query: torch.Tensor,
+        image_key: torch.Tensor,
+        image_value: torch.Tensor,
+        head_dim: int,
+    ) -> None:
+        session, block, transformer = self.session, self._block(), self._transformer()
+        call = session.call
+        assert call is not None and block is not None and transformer is not None
+        captured = call.inputs.get(BLOCK_TEMB_KEY)
+        if captured is None or captured[0] != self.layer:
+            raise RuntimeError(
+                f"The temb of AuraFlow block {self.layer} was not captured (its block pre-hook did not run before the "
+                "attention). Call the transformer itself, not a block or attention module directly."
+            )
+        if call.concept_hidden_states is None:
+            embeds = session.concept_embeds.to(device=image_output.device, dtype=image_output.dtype)  # [C, D_text]
+            concepts = transformer.context_embedder(embeds)  # [C, d]
+            call.concept_hidden_states = concepts.unsqueeze(0).expand(image_output.shape[0], -1, -1)  # [B, C, d]
+        concepts = call.concept_hidden_states  # [B, C, d]
+        config = session.config
+
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=captured[1])
+        batch = normed.shape[0]
+        concept_query = attn.add_q_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        concept_key = attn.add_k_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        concept_value = attn.add_v_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        if attn.norm_added_q is not None:
+            concept_query = attn.norm_added_q(concept_query)
+        if attn.norm_added_k is not None:
+            concept_key = attn.norm_added_k(concept_key)
+
+        def attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            output = F.scaled_dot_product_attention(
+                query.transpose(1, 2),
+                key.transpose(1, 2),
+                value.transpose(1, 2),
+                scale=attn.scale,  # [B, H, S, D] each
+            )  # [B, H, C, D]
+            return output.transpose(1, 2)  # [B, C, H, D]
+
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, attend
+        )
+        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=image_output,
+                image_query=image_query,
+                concept_key=concept_key,
+                image_value=image_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, I]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept stream exactly as AuraFlowJointTransformerBlock advances the text stream (post-norm).
+        updated = block.norm2_context(concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output))
+        updated = updated * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        updated = gate_mlp.unsqueeze(1) * block.ff_context(updated)
+        call.concept_hidden_states = concepts + updated
+
+
+class AuraFlowAdapter(ConceptAdapter):
+    """Adapter for AuraFlow (``AuraFlowTransformer2DModel``): the joint MM-DiT blocks before the single-stream stack.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_extra import tiny_auraflow_transformer
+        >>> get_adapter(tiny_auraflow_transformer()).block_path(0)
+        'joint_transformer_blocks.0'
+    """
+
+    name = "auraflow"
+    transformer_classes = ("AuraFlowTransformer2DModel",)
+    pipeline_classes = ("AuraFlowPipeline",)
+    modality = "image"
+    official_default_layers = "all joint blocks (AuraFlow v0.x: 0-3; no official choice)"
+
+    def default_layers(self, num_blocks: int) -> tuple[int, ...]:
+        """Every joint block (AuraFlow has only four)."""
+        return tuple(range(num_blocks))
+
+    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.joint_transformer_blocks)
+
+    def block_path(self, index: int) -> str:
+        return f"joint_transformer_blocks.{index}"
+
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> AuraFlowConceptAttnProcessor:
+        return AuraFlowConceptAttnProcessor(session, layer, block, transformer)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn.processor
+            if type(processor) is not AuraFlowAttnProcessor2_0 and not isinstance(
+                processor, AuraFlowConceptAttnProcessor
+            ):
+                raise UnsupportedSetupError(
+                    f"joint_transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
+                    "AuraFlowAttnProcessor2_0 (e.g. after fuse_qkv_projections). ConceptAttention would drop it; call "
+                    "`transformer.unfuse_qkv_projections()` or restore the default processors first."
+                )
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "encoder_hidden_states", "timestep")
+        bound = dict(zip(names, args))
+        bound.update({name: kwargs[name] for name in names if name in kwargs})
+        if bound.get("hidden_states") is None or bound.get("timestep") is None:
+            raise ValueError("AuraFlowTransformer2DModel was called without hidden_states or timestep.")
+        patch = int(transformer.config.patch_size)
+        height, width = bound["hidden_states"].shape[-2:]
+        return {"timestep": bound["timestep"], "grid": (1, height // patch, width // patch)}
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        frames, height, width = call_inputs["grid"]
+        if frames * height * width != num_image_tokens:
+            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} patch grid.")
+        return frames, height, width
+
+    def size_multiple(self, pipeline: Any) -> int:
+        return int(getattr(pipeline, "vae_scale_factor", 8)) * int(pipeline.transformer.config.patch_size)
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """``[uncond, cond]`` batches while ``AuraFlowPipeline`` guides (``guidance_scale > 1``): the second half."""
+        if pipeline is not None and float(getattr(pipeline, "_guidance_scale", 1.0) or 1.0) > 1.0:
+            return slice(batch_size // 2, None)
+        return slice(None)
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Block pre-hooks that hand each joint block's ``temb`` to its processor."""
+        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """UMT5 states of all concepts in one masked batch (as AuraFlow encodes prompts), pooled: ``[C, 2048]``."""
+        tokenizer = getattr(pipeline, "tokenizer", None)
+        text_encoder = getattr(pipeline, "text_encoder", None)
+        if tokenizer is None or text_encoder is None:
+            raise ValueError(
+                "This AuraFlow pipeline has no UMT5 text encoder/tokenizer to encode concepts; pass `concept_embeds=` "
+                "(a [C, joint_attention_dim] tensor) instead."
+            )
+        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
+        input_ids, attention_mask, content_mask = tokenize_concepts(
+            tokenizer,
+            concepts,
+            max_length,
+            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
+        )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        with torch.no_grad():
+            hidden = text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[
+                0
+            ]  # [C, L, D]
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        multiple = self.size_multiple(pipeline)
+        side = int(pipeline.transformer.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
+        width, height = image_size
+        scale = math.sqrt(side * side / float(width * height))
+        height = max(multiple, int(round(height * scale / multiple)) * multiple)
+        width = max(multiple, int(round(width * scale / multiple)) * multiple)
+        return height, width
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image,
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        """One batched AuraFlow call on the noised image (no guidance batch; ``image_pooled`` does not apply)."""
+        from ..images import image_to_tensor, to_rgb
+
+        if image_pooled not in ("zero", "caption"):
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        multiple = self.size_multiple(pipeline)
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"height and width must be multiples of {multiple} for this AuraFlow model, got {height}x{width}."
+            )
+        device = pipeline._execution_device
+        vae, transformer = pipeline.vae, pipeline.transformer
+        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor  # [1, c, h, w]
+        num = len(seeds)
+        noise = torch.stack(
+            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        ).to(device=device, dtype=torch.float32)  # [N, c, h, w]
+        noisy = (1.0 - noise_level) * latents.float() + noise_level * noise  # rectified flow
+        with torch.no_grad():
+            prompt_embeds, *_ = pipeline.encode_prompt(
+                prompt=caption, do_classifier_free_guidance=False, num_images_per_prompt=num, device=device
+            )
+        dtype = transformer.dtype
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
+
+
+__all__ = ["AuraFlowAdapter", "AuraFlowConceptAttnProcessor"]

@@ -1,0 +1,280 @@
+"""Chroma adapter (``ChromaTransformer2DModel``, ``ChromaPipeline``) — method.md §6.6, diffusers-hooking.md §2.
+
+Chroma is FLUX.1 without the CLIP pooled vector: the same double-stream blocks and ``FluxAttnProcessor``, text ids all
+zero (RoPE is the identity for text and concepts), T5 text only. What differs, and what this adapter handles:
+
+* **Modulation.** There is no ``time_text_embed`` vector shared by all blocks: a distilled "approximator" turns the
+  timestep into one modulation row per block and stream, and every double block receives its own ``temb`` of shape
+  ``[B, 12, d]`` (``temb[:, :6]`` image, ``temb[:, 6:]`` text). The concept stream of block ``i`` is modulated by block
+  ``i``'s text slice (``concept_conditioning`` ``"per_block"`` of method.md §3.6), captured with a block pre-hook. The
+  approximator sees only the timestep (guidance is fixed at 0), so ``"null_pooled"`` and ``"prompt"`` coincide.
+* **Padding mask.** The pipeline passes an ``attention_mask`` that hides the prompt's padding from every query. The
+  joint (image/text) attention keeps it unchanged; concepts never attend to text, so their keys need no mask.
+* **True classifier-free guidance.** ``ChromaPipeline`` runs a conditional and an unconditional transformer call per
+  step without a diffusers ``cache_context``. A call that receives the very latent tensor of the previous call with a
+  different prompt tensor is the unconditional twin of that call: it is neither recorded nor counted as a step
+  (``is_auxiliary_call``). Calling a bare transformer twice on the same latent tensor with two different prompt
+  tensors inside one ``with`` block is therefore read as true CFG as well.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..config import ConceptPooling
+from ..encoding import pool_token_states, tokenize_concepts
+from .base import ExplainBatch
+from .flux import FluxAdapter, FluxConceptAttnProcessor
+from .flux2 import block_input_grabbers
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)`` of the running block.
+BLOCK_TEMB_KEY = "chroma_block_temb"
+#: Key of the captured call inputs flagging the unconditional call of the pipeline's true CFG.
+TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
+
+
+class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
+    """Chroma double-block processor: the FLUX.1 concept processor with Chroma's per-block concept modulation.
+
+    The joint attention path is the stock ``FluxAttnProcessor`` one (inherited, op for op); only the concept stream's
+    modulation input differs: block ``i``'s text slice ``temb[:, 6:]`` (``[B, 6, d]``) instead of a shared vector.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block among the double-stream blocks.
+        block: The ``ChromaTransformerBlock`` (held weakly).
+        transformer: The ``ChromaTransformer2DModel`` (held weakly; its ``context_embedder`` embeds the concepts).
+        original: The processor being replaced (its attention backend and parallel config are kept).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_transformer
+        >>> model = tiny_chroma_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
+        ...     _ = model(**tiny_chroma_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+    def _block_text_conditioning(self) -> torch.Tensor:
+        """This block's text modulation rows ``temb[:, 6:]``: ``[B, 6, d]``."""
+        call = self.session.call
+        assert call is not None
+        captured = call.inputs.get(BLOCK_TEMB_KEY)
+        if captured is None or captured[0] != self.layer:
+            raise RuntimeError(
+                f"The modulation input of Chroma block {self.layer} was not captured (its block pre-hook did not run "
+                "before the attention). Call the transformer itself, not a block or attention module directly."
+            )
+        return captured[1][:, 6:]  # [B, 6, d]
+
+    def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept tokens after ``context_embedder`` ``[B, C, d]`` and block 0's text modulation ``[B, 6, d]``."""
+        session, transformer = self.session, self._transformer()
+        assert transformer is not None
+        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
+        concepts = transformer.context_embedder(embeds)  # [C, d]
+        concepts = concepts.unsqueeze(0).expand(like.shape[0], -1, -1)  # [B, C, d]
+        return concepts, self._block_text_conditioning()
+
+    def _concept_conditioning(self) -> torch.Tensor:
+        """This block's own text modulation slice ``temb[:, 6:]`` (Chroma modulates every block separately)."""
+        return self._block_text_conditioning()
+
+
+class ChromaAdapter(FluxAdapter):
+    """Adapter for Chroma (``ChromaTransformer2DModel``): FLUX.1 blocks with per-block modulation and T5 only.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_extra import tiny_chroma_transformer
+        >>> get_adapter(tiny_chroma_transformer()).name
+        'chroma'
+    """
+
+    name = "chroma"
+    transformer_classes = ("ChromaTransformer2DModel",)
+    pipeline_classes = ("ChromaPipeline",)
+    modality = "image"
+    official_default_layers = "last 4 double blocks (Chroma1: 15-18; no official choice, FLUX.1's)"
+
+    def __init__(self) -> None:
+        # per transformer: weak references to the latent and prompt tensors of the previous call
+        self._previous_call: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, weakref.ref] | None] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> ChromaConceptAttnProcessor:
+        return ChromaConceptAttnProcessor(session, layer, block, transformer, original_processor)
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")
+        bound = dict(zip(names, args))
+        bound.update({name: kwargs[name] for name in names if name in kwargs})
+        missing = [name for name in ("timestep", "img_ids") if bound.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"ChromaTransformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them."
+            )
+        return {
+            "timestep": bound["timestep"],
+            "img_ids": bound["img_ids"],
+            TRUE_CFG_TWIN_KEY: self._is_true_cfg_twin(transformer, bound),
+        }
+
+    def _is_true_cfg_twin(self, transformer: nn.Module, bound: dict[str, Any]) -> bool:
+        """Whether this call gets the very latent tensor of the previous call with another prompt tensor.
+
+        ``ChromaPipeline`` runs true classifier-free guidance as two calls per step on the same ``latents`` object
+        (prompt, then negative prompt) without a diffusers ``cache_context``; the second one is unconditional.
+        """
+        latents, prompt = bound.get("hidden_states"), bound.get("encoder_hidden_states")
+        if not isinstance(latents, torch.Tensor) or not isinstance(prompt, torch.Tensor):
+            self._previous_call[transformer] = None
+            return False
+        previous = self._previous_call.get(transformer)
+        twin = previous is not None and previous[0]() is latents and previous[1]() is not prompt
+        # after a twin the next call starts a new step: it must bring new latents to be a twin again
+        self._previous_call[transformer] = None if twin else (weakref.ref(latents), weakref.ref(prompt))
+        return twin
+
+    def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
+        """The unconditional call of ``ChromaPipeline``'s true CFG: neither recorded nor counted as a step."""
+        return bool(call_inputs.get(TRUE_CFG_TWIN_KEY, False))
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Block pre-hooks that hand each double block's ``temb`` to its processor (and a fresh CFG-twin state)."""
+        self._previous_call[transformer] = None  # each ConceptAttention block starts without a previous call
+        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """T5 states of all concepts in one masked batch (as Chroma encodes prompts), pooled: ``[C, 4096]``."""
+        tokenizer = getattr(pipeline, "tokenizer", None)
+        text_encoder = getattr(pipeline, "text_encoder", None)
+        if tokenizer is None or text_encoder is None:
+            raise ValueError(
+                "This Chroma pipeline has no T5 text encoder (tokenizer/text_encoder) to encode concepts; pass "
+                "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
+            )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
+        input_ids, attention_mask, content_mask = tokenize_concepts(
+            tokenizer,
+            concepts,
+            max_length,
+            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
+        )
+        with torch.no_grad():
+            hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image,
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        """One batched Chroma call on the noised image (``guidance_scale`` and ``image_pooled`` do not apply)."""
+        from diffusers import ChromaPipeline
+
+        if image_pooled not in ("zero", "caption"):
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        noisy, latents_shape = packed_noisy_latents(pipeline, image, noise_level, seeds, height, width)
+        device = pipeline._execution_device
+        num = len(seeds)
+        max_sequence_length = min(512, getattr(pipeline.tokenizer, "model_max_length", 512) or 512)
+        with torch.no_grad():
+            prompt_embeds, text_ids, prompt_mask, *_ = pipeline.encode_prompt(
+                prompt=caption,
+                device=device,
+                num_images_per_prompt=num,
+                do_classifier_free_guidance=False,
+                max_sequence_length=max_sequence_length,
+            )
+        dtype = pipeline.transformer.dtype
+        attention_mask = pipeline._prepare_attention_mask(
+            batch_size=num, sequence_length=noisy.shape[1], dtype=dtype, attention_mask=prompt_mask
+        )  # [N, T + I]
+        latent_height, latent_width = latents_shape[2], latents_shape[3]
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "img_ids": ChromaPipeline._prepare_latent_image_ids(
+                num, latent_height // 2, latent_width // 2, device, dtype
+            ),
+            "txt_ids": text_ids,
+            "attention_mask": attention_mask,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=latents_shape)
+
+
+def packed_noisy_latents(
+    pipeline: Any, image: Image.Image, noise_level: float, seeds: Sequence[int], height: int, width: int
+) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """VAE-encode an image as FLUX.1-style pipelines do, pack 2×2, and noise it once per seed (rectified flow).
+
+    Args:
+        pipeline: A Flux-like pipeline (``vae`` with ``shift_factor``/``scaling_factor``, static ``_pack_latents``).
+        image: The image (resized to ``width × height``, bicubic).
+        noise_level: ``t`` of ``x_t = (1 - t)·x_0 + t·ε``.
+        seeds: One noise sample per seed, drawn on the CPU.
+        height: Pixels, a multiple of ``2·vae_scale_factor``.
+        width: Pixels, a multiple of ``2·vae_scale_factor``.
+
+    Returns:
+        ``x_t`` of shape ``[N, I, 4c]`` (float32) and the shape of the clean latents ``(1, c, h, w)``.
+
+    Raises:
+        ValueError: if the size is not a multiple of ``2·vae_scale_factor``.
+    """
+    from ..images import image_to_tensor, to_rgb
+
+    vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
+    if height % (vae_scale * 2) or width % (vae_scale * 2):
+        raise ValueError(
+            f"height and width must be multiples of {vae_scale * 2} for this model, got {height}x{width}."
+        )
+    device = pipeline._execution_device
+    vae = pipeline.vae
+    resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+    pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
+    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    _, channels, latent_height, latent_width = latents.shape
+    packed = type(pipeline)._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4c]
+    noise = torch.stack(
+        [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    )  # [N, I, 4c]
+    noise = noise.to(device=device, dtype=torch.float32)
+    noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # [N, I, 4c]
+    return noisy, tuple(latents.shape)
+
+
+__all__ = ["ChromaAdapter", "ChromaConceptAttnProcessor", "packed_noisy_latents"]

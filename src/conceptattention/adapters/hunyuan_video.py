@@ -1,0 +1,345 @@
+"""HunyuanVideo adapter (``HunyuanVideoTransformer3DModel``, ``HunyuanVideoPipeline``) — method.md §6.6.
+
+What HunyuanVideo needs:
+
+* **Token order and RoPE.** The joint attention concatenates ``[video, text]``; 3-D RoPE rotates the video only, so
+  text and concepts carry no positions. Concept keys/values are ``[concepts; video]``, the video keys taken after
+  QK-norm and RoPE from the stock computation.
+* **Text input.** Prompts enter through a token refiner (``context_embedder(x, timestep, mask)``: a timestep- and
+  mean-text-conditioned self-attention stack) before the double blocks. Concepts go through it too, each as its own
+  one-token "prompt" (so a concept does not depend on the other concepts, as with separately encoded concepts).
+* **Modulation.** ``norm1_context(c, emb=temb)`` with ``temb = time_text_embed(t, pooled CLIP, guidance)``. The
+  concept conditioning follows the config: ``"null_pooled"`` (default, as the official FLUX.1 code) recomputes
+  ``temb`` with a zero CLIP vector; ``"prompt"`` uses the prompt's own ``temb`` (recomputed with the same inputs).
+* **Padding mask.** The model masks padded prompt tokens for every query; the joint attention keeps it (stock path),
+  concepts never attend to text.
+* **Maps** are per latent frame: ``(B, C, F, h, w)``. Image-to-video with ``token_replace`` conditioning (different
+  blocks) is refused; the real-image (explain) path does not apply to this video model.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states
+from ..session import EarlyExit
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from .flux2 import templated_concept_batch
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+
+class HunyuanVideoConceptAttnProcessor(HunyuanVideoAttnProcessor2_0):
+    """HunyuanVideo double-stream processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``HunyuanVideoAttnProcessor2_0.__call__`` (double-stream branch); the joint
+    attention is the stock path op for op, only the concept branch is new.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block among the double-stream blocks.
+        block: The ``HunyuanVideoTransformerBlock`` (held weakly; its text norms and MLP are used).
+        transformer: The ``HunyuanVideoTransformer3DModel`` (held weakly; token refiner and condition embedder).
+        original: The processor being replaced (its attention backend and parallel config are kept).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_extra import tiny_hunyuan_video_inputs, tiny_hunyuan_video_transformer
+        >>> model = tiny_hunyuan_video_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
+        ...     _ = model(**tiny_hunyuan_video_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 2, 3, 4])
+    """
+
+    def __init__(
+        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is None or attn.add_q_proj is None or not self.session.needs_concepts(self.layer):
+            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+
+        # ---- stock joint attention (diffusers 0.42.1 HunyuanVideoAttnProcessor2_0), pre-projection outputs ----
+        query = attn.to_q(hidden_states)
+        key = attn.to_k(hidden_states)
+        value = attn.to_v(hidden_states)
+        query = query.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
+        key = key.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
+        value = value.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        encoder_query = attn.add_q_proj(encoder_hidden_states)
+        encoder_key = attn.add_k_proj(encoder_hidden_states)
+        encoder_value = attn.add_v_proj(encoder_hidden_states)
+        encoder_query = encoder_query.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
+        encoder_key = encoder_key.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
+        encoder_value = encoder_value.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
+        if attn.norm_added_q is not None:
+            encoder_query = attn.norm_added_q(encoder_query)
+        if attn.norm_added_k is not None:
+            encoder_key = attn.norm_added_k(encoder_key)
+        query = torch.cat([query, encoder_query], dim=1)  # [B, I + T, H, D]
+        key = torch.cat([key, encoder_key], dim=1)  # [B, I + T, H, D]
+        value = torch.cat([value, encoder_value], dim=1)  # [B, I + T, H, D]
+        hidden_states = dispatch_attention_fn(
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        hidden_states = hidden_states.flatten(2, 3)  # [B, I + T, H·D]
+        hidden_states = hidden_states.to(query.dtype)
+        num_text = encoder_hidden_states.shape[1]
+        hidden_states, encoder_hidden_states = (
+            hidden_states[:, :-num_text],
+            hidden_states[:, -num_text:],
+        )  # [B, I, H·D], [B, T, H·D]
+
+        # ---- concept branch ----
+        num_video = hidden_states.shape[1]
+        self._concept_branch(attn, hidden_states, query[:, :num_video], key[:, :num_video], value[:, :num_video])
+
+        if getattr(attn, "to_out", None) is not None:
+            hidden_states = attn.to_out[0](hidden_states)
+            hidden_states = attn.to_out[1](hidden_states)
+        if getattr(attn, "to_add_out", None) is not None:
+            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+        return hidden_states, encoder_hidden_states
+
+    def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concept tokens after the token refiner ``[B, C, d]`` and the concept ``temb`` ``[B, d]``."""
+        session, transformer = self.session, self._transformer()
+        call = session.call
+        assert call is not None and transformer is not None
+        inputs = call.inputs
+        batch = like.shape[0]
+        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
+        num_concepts = embeds.shape[0]
+        timestep = inputs["timestep"].reshape(-1).to(like.device)  # [B] or [1]
+        timestep = timestep.expand(batch) if timestep.numel() == 1 else timestep  # [B]
+        # each concept is refined as its own one-token prompt (no mask: the refiner's mean-pool is the concept)
+        single_token_prompts = (
+            embeds.unsqueeze(0).expand(batch, -1, -1).reshape(batch * num_concepts, 1, -1)
+        )  # [B·C, 1, D]
+        refined = transformer.context_embedder(single_token_prompts, timestep.repeat_interleave(num_concepts), None)
+        concepts = refined.reshape(batch, num_concepts, -1)  # [B, C, d]
+        pooled = inputs["pooled_projections"]
+        if session.config.concept_conditioning == "null_pooled":
+            pooled = torch.zeros_like(pooled)
+        conditioning, _ = transformer.time_text_embed(inputs["timestep"], pooled, inputs.get("guidance"))  # [B, d]
+        return concepts, conditioning
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        video_output: torch.Tensor,
+        video_query: torch.Tensor,
+        video_key: torch.Tensor,
+        video_value: torch.Tensor,
+    ) -> None:
+        session, block = self.session, self._block()
+        call = session.call
+        assert call is not None and block is not None
+        if call.concept_hidden_states is None:
+            call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(video_output)
+        concepts = call.concept_hidden_states  # [B, C, d]
+        config = session.config
+
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
+        concept_query = attn.add_q_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
+        concept_key = attn.add_k_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
+        concept_value = attn.add_v_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
+        if attn.norm_added_q is not None:
+            concept_query = attn.norm_added_q(concept_query)
+        if attn.norm_added_k is not None:
+            concept_key = attn.norm_added_k(concept_key)
+        # HunyuanVideo rotates only the video: text, and so concepts, carry no position
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, video_key, video_value, config.concept_attention, self._attend
+        )
+        concept_output = concept_output.flatten(2, 3).to(video_output.dtype)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=video_output,
+                image_query=video_query,
+                concept_key=concept_key,
+                image_value=video_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, F·h·w]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept residual stream exactly as HunyuanVideoTransformerBlock advances the text stream.
+        concepts = concepts + attn.to_add_out(concept_output) * gate_msa.unsqueeze(1)
+        normed = block.norm2_context(concepts)
+        normed = normed * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        concepts = concepts + gate_mlp.unsqueeze(1) * block.ff_context(normed)
+        call.concept_hidden_states = concepts
+
+
+class HunyuanVideoAdapter(ConceptAdapter):
+    """Adapter for HunyuanVideo text-to-video (``HunyuanVideoTransformer3DModel``): maps per latent frame.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_extra import tiny_hunyuan_video_transformer
+        >>> get_adapter(tiny_hunyuan_video_transformer()).modality
+        'video'
+    """
+
+    name = "hunyuan_video"
+    transformer_classes = ("HunyuanVideoTransformer3DModel",)
+    pipeline_classes = ("HunyuanVideoPipeline",)
+    modality = "video"
+    official_default_layers = "last 4 double blocks (HunyuanVideo: 16-19; no official choice)"
+
+    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
+        return list(transformer.transformer_blocks)
+
+    def block_path(self, index: int) -> str:
+        return f"transformer_blocks.{index}"
+
+    def attention_module(self, block: nn.Module) -> nn.Module:
+        return block.attn
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> HunyuanVideoConceptAttnProcessor:
+        return HunyuanVideoConceptAttnProcessor(session, layer, block, transformer, original_processor)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        if getattr(transformer.config, "image_condition_type", None) == "token_replace":
+            raise UnsupportedSetupError(
+                "This HunyuanVideo transformer uses token-replace image conditioning (image-to-video), whose blocks "
+                "modulate the first frame separately; ConceptAttention supports text-to-video HunyuanVideo only."
+            )
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn.processor
+            if type(processor) is not HunyuanVideoAttnProcessor2_0 and not isinstance(
+                processor, HunyuanVideoConceptAttnProcessor
+            ):
+                raise UnsupportedSetupError(
+                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
+                    "HunyuanVideoAttnProcessor2_0. ConceptAttention would drop it; restore the default processor."
+                )
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections")
+        bound = dict(zip(names, args))
+        bound.update({name: kwargs[name] for name in (*names, "guidance") if name in kwargs})
+        missing = [name for name in ("hidden_states", "timestep", "pooled_projections") if bound.get(name) is None]
+        if missing:
+            raise ValueError(
+                f"HunyuanVideoTransformer3DModel was called without {', '.join(missing)}; ConceptAttention needs them."
+            )
+        config = transformer.config
+        _, _, frames, height, width = bound["hidden_states"].shape
+        grid = (frames // config.patch_size_t, height // config.patch_size, width // config.patch_size)
+        return {
+            "timestep": bound["timestep"],
+            "pooled_projections": bound["pooled_projections"],
+            "guidance": bound.get("guidance"),
+            "grid": grid,
+        }
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        frames, height, width = call_inputs["grid"]
+        if frames * height * width != num_image_tokens:
+            raise ValueError(
+                f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} latent grid."
+            )
+        return frames, height, width
+
+    def size_multiple(self, pipeline: Any) -> int:
+        patch = int(getattr(getattr(pipeline, "transformer", None), "config", {}).get("patch_size", 2))
+        return int(getattr(pipeline, "vae_scale_factor_spatial", 8)) * patch
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """Concepts in HunyuanVideo's Llama prompt template, the pipeline's hidden layer (3rd from last), pooled."""
+        from diffusers.pipelines.hunyuan_video.pipeline_hunyuan_video import DEFAULT_PROMPT_TEMPLATE
+
+        text_encoder = getattr(pipeline, "text_encoder", None)
+        tokenizer = getattr(pipeline, "tokenizer", None)
+        if text_encoder is None or tokenizer is None:
+            raise ValueError(
+                "This HunyuanVideo pipeline has no Llama text encoder/tokenizer to encode concepts; pass "
+                "`concept_embeds=` (a [C, text_embed_dim] tensor) instead."
+            )
+        template = DEFAULT_PROMPT_TEMPLATE["template"]
+        empty_ids = list(tokenizer(template.format("")).input_ids)
+        input_ids, attention_mask, content_mask = templated_concept_batch(
+            [list(tokenizer(template.format(concept)).input_ids) for concept in concepts],
+            empty_ids,
+            concepts,
+            pad_id=int(tokenizer.pad_token_id or 0),
+            max_length=len(empty_ids) + 256,  # the pipeline keeps 256 tokens after the template's system part
+        )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        with torch.no_grad():
+            output = text_encoder(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True
+            )
+        hidden = output.hidden_states[-3]  # [C, L, D_text]: num_hidden_layers_to_skip=2, as the pipeline
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        raise NotImplementedError(
+            "HunyuanVideo is a text-to-video model: the real-image explain path does not apply. Generate a video "
+            "with the pipeline inside `with ConceptAttention(pipe, concepts):` to get per-frame maps."
+        )
+
+    def prepare_explain(self, pipeline: Any, image: Image.Image, **kwargs: Any) -> ExplainBatch:
+        return self.explain_resolution(pipeline, (0, 0))  # type: ignore[return-value]  # always raises
+
+
+__all__ = ["HunyuanVideoAdapter", "HunyuanVideoConceptAttnProcessor"]

@@ -1,0 +1,419 @@
+"""Qwen-Image adapter (``QwenImageTransformer2DModel``, ``QwenImagePipeline``) — method.md §6.6.
+
+What Qwen-Image needs:
+
+* **Modulation.** Each block computes ``txt_mod(temb)`` from the model-level ``temb`` (timestep only: no pooled text,
+  so ``"null_pooled"`` and ``"prompt"`` coincide). With ``zero_cond_t`` the batch of ``temb`` is doubled
+  (``[t, 0]``) and the text stream, hence the concepts, uses the first half; ``modulate_index`` only concerns the
+  image. ``temb`` is captured with a block pre-hook, and the block's own ``txt_mod``, ``txt_norm1/2``, ``_modulate``
+  and ``txt_mlp`` drive the concept stream.
+* **RoPE (MSRoPE).** Each stream is rotated before the concatenation; text positions continue after the image grid
+  (text token ``j`` uses the frequency row ``max_vid_index + j``, the same index on the three axes). Every concept
+  gets the row right after the padded prompt, ``max_vid_index + T``: no collision with any prompt position, and all
+  concepts share it (no positional bias between concepts, maps independent of concept order).
+* **Padding mask.** The processor builds the joint mask from ``encoder_hidden_states_mask``; the joint attention is
+  the stock path, and concepts never attend to text, so their keys need no mask.
+* **Refusals.** Calls with several image shapes per sample (edit / layered pipelines: condition-image tokens) and the
+  layered 3-D RoPE variant are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from diffusers.models.transformers.transformer_qwenimage import (
+    QwenDoubleStreamAttnProcessor2_0,
+    apply_rotary_emb_qwen,
+)
+from torch import nn
+
+from ..config import ConceptPooling
+from ..core import concept_attention, saliency_scores
+from ..encoding import pool_token_states
+from ..session import EarlyExit
+from .base import ExplainBatch, UnsupportedSetupError
+from .flux import FluxAdapter
+from .flux2 import block_input_grabbers, templated_concept_batch
+
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from ..session import ConceptSession
+
+#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+BLOCK_TEMB_KEY = "qwenimage_temb"
+#: Key of ``session.call.inputs`` caching the concepts' complex RoPE frequencies ``[C, D/2]``.
+CONCEPT_ROPE_KEY = "qwenimage_concept_rope"
+
+
+class QwenImageConceptAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+    """Qwen-Image double-stream processor that also advances the concept stream and records saliency scores.
+
+    Adapted from diffusers 0.42.1 ``QwenDoubleStreamAttnProcessor2_0.__call__``; the joint attention is the stock path
+    op for op, only the concept branch is new.
+
+    Args:
+        session: The shared run state.
+        layer: Index of this block.
+        block: The ``QwenImageTransformerBlock`` (held weakly; its text modulation, norms and MLP are used).
+        transformer: The ``QwenImageTransformer2DModel`` (held weakly; ``txt_norm``, ``txt_in``, ``pos_embed``).
+        original: The processor being replaced (its attention backend and parallel config are kept).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_extra import tiny_qwenimage_inputs, tiny_qwenimage_transformer
+        >>> model = tiny_qwenimage_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
+        ...     _ = model(**tiny_qwenimage_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+    def __init__(
+        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.FloatTensor,
+        encoder_hidden_states: torch.FloatTensor = None,
+        encoder_hidden_states_mask: torch.FloatTensor = None,
+        attention_mask: torch.FloatTensor | None = None,
+        image_rotary_emb: torch.Tensor | None = None,
+    ) -> torch.FloatTensor:
+        if encoder_hidden_states is None or attention_mask is not None or not self.session.needs_concepts(self.layer):
+            return super().__call__(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                encoder_hidden_states_mask,
+                attention_mask,
+                image_rotary_emb,
+            )  # the stock processor also raises the stock errors
+
+        # ---- stock joint attention (diffusers 0.42.1 QwenDoubleStreamAttnProcessor2_0), pre-projection outputs ----
+        if encoder_hidden_states_mask is not None:
+            seq_img = hidden_states.shape[1]
+            image_mask = torch.ones((hidden_states.shape[0], seq_img), dtype=torch.bool, device=hidden_states.device)
+            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)  # [B, T + I]
+            attention_mask = attention_mask[:, None, None, :]  # [B, 1, 1, T + I]
+        seq_txt = encoder_hidden_states.shape[1]
+        img_query = attn.to_q(hidden_states)
+        img_key = attn.to_k(hidden_states)
+        img_value = attn.to_v(hidden_states)
+        txt_query = attn.add_q_proj(encoder_hidden_states)
+        txt_key = attn.add_k_proj(encoder_hidden_states)
+        txt_value = attn.add_v_proj(encoder_hidden_states)
+        head_dim = attn.inner_dim // attn.heads
+        img_query = img_query.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
+        img_key = img_key.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
+        img_value = img_value.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
+        txt_query = txt_query.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
+        txt_key = txt_key.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
+        txt_value = txt_value.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
+        if attn.norm_q is not None:
+            img_query = attn.norm_q(img_query)
+        if attn.norm_k is not None:
+            img_key = attn.norm_k(img_key)
+        if attn.norm_added_q is not None:
+            txt_query = attn.norm_added_q(txt_query)
+        if attn.norm_added_k is not None:
+            txt_key = attn.norm_added_k(txt_key)
+        if image_rotary_emb is not None:
+            img_freqs, txt_freqs = image_rotary_emb
+            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
+            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
+        joint_query = torch.cat([txt_query, img_query], dim=1)  # [B, T + I, H, D]
+        joint_key = torch.cat([txt_key, img_key], dim=1)  # [B, T + I, H, D]
+        joint_value = torch.cat([txt_value, img_value], dim=1)  # [B, T + I, H, D]
+        joint_hidden_states = dispatch_attention_fn(
+            joint_query,
+            joint_key,
+            joint_value,
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=self._attention_backend,
+            parallel_config=self._parallel_config,
+        )
+        joint_hidden_states = joint_hidden_states.flatten(2, 3)  # [B, T + I, H·D]
+        joint_hidden_states = joint_hidden_states.to(joint_query.dtype)
+        txt_attn_output = joint_hidden_states[:, :seq_txt, :]  # [B, T, H·D]
+        img_attn_output = joint_hidden_states[:, seq_txt:, :]  # [B, I, H·D]
+
+        # ---- concept branch ----
+        self._concept_branch(attn, img_attn_output, img_query, img_key, img_value, head_dim, seq_txt)
+
+        img_attn_output = attn.to_out[0](img_attn_output.contiguous())
+        if len(attn.to_out) > 1:
+            img_attn_output = attn.to_out[1](img_attn_output)  # dropout
+        txt_attn_output = attn.to_add_out(txt_attn_output.contiguous())
+        return img_attn_output, txt_attn_output
+
+    def _concept_rope(self, device: torch.device, num_text: int, num_concepts: int) -> torch.Tensor:
+        """Complex RoPE frequencies ``[C, D/2]`` of the text position right after the padded prompt (cached)."""
+        call, transformer = self.session.call, self._transformer()
+        assert call is not None and transformer is not None
+        cached = call.inputs.get(CONCEPT_ROPE_KEY)
+        if cached is not None:
+            return cached
+        _, text_freqs = transformer.pos_embed(call.inputs["img_shapes"], max_txt_seq_len=num_text + 1, device=device)
+        rope = text_freqs[-1:].expand(num_concepts, -1)  # [C, D/2]: row max_vid_index + T
+        call.inputs[CONCEPT_ROPE_KEY] = rope
+        return rope
+
+    def _text_modulation(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """``txt_mod(temb)`` of this block, split for the attention and the MLP: ``[B, 3d]`` each."""
+        call = self.session.call
+        assert call is not None
+        captured = call.inputs.get(BLOCK_TEMB_KEY)
+        if captured is None or captured[0] != self.layer:
+            raise RuntimeError(
+                f"The temb of Qwen-Image block {self.layer} was not captured (its block pre-hook did not run before "
+                "the attention). Call the transformer itself, not a block or attention module directly."
+            )
+        temb = captured[1]
+        if block.zero_cond_t:  # the text stream (and so the concepts) uses the first half, as the block does
+            temb = torch.chunk(temb, 2, dim=0)[0]
+        return block.txt_mod(temb).chunk(2, dim=-1)
+
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        image_output: torch.Tensor,
+        image_query: torch.Tensor,
+        image_key: torch.Tensor,
+        image_value: torch.Tensor,
+        head_dim: int,
+        num_text: int,
+    ) -> None:
+        session, block, transformer = self.session, self._block(), self._transformer()
+        call = session.call
+        assert call is not None and block is not None and transformer is not None
+        if call.concept_hidden_states is None:
+            embeds = session.concept_embeds.to(device=image_output.device, dtype=image_output.dtype)  # [C, D_text]
+            concepts = transformer.txt_in(transformer.txt_norm(embeds))  # [C, d], as the prompt's text input layer
+            call.concept_hidden_states = concepts.unsqueeze(0).expand(image_output.shape[0], -1, -1)  # [B, C, d]
+        concepts = call.concept_hidden_states  # [B, C, d]
+        config = session.config
+        modulation_attn, modulation_mlp = self._text_modulation(block)  # [B, 3d] each
+
+        modulated, gate_attn = block._modulate(block.txt_norm1(concepts), modulation_attn)  # gate [B, 1, d]
+        concept_query = attn.add_q_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
+        concept_key = attn.add_k_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
+        concept_value = attn.add_v_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
+        if attn.norm_added_q is not None:
+            concept_query = attn.norm_added_q(concept_query)
+        if attn.norm_added_k is not None:
+            concept_key = attn.norm_added_k(concept_key)
+        rope = self._concept_rope(image_output.device, num_text, concept_query.shape[1])
+        concept_query = apply_rotary_emb_qwen(concept_query, rope, use_real=False)
+        concept_key = apply_rotary_emb_qwen(concept_key, rope, use_real=False)
+
+        concept_output = concept_attention(
+            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, self._attend
+        )
+        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
+
+        if session.is_selected(self.layer):
+            scores = saliency_scores(
+                config.space,
+                concept_output=concept_output,
+                image_output=image_output,
+                image_query=image_query,
+                concept_key=concept_key,
+                image_value=image_value,
+                concept_value=concept_value,
+                scale_cross_attention=config.cross_attention_scale,
+            )  # [B, C, I]
+            session.record(self.layer, scores)
+
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return
+        # Advance the concept residual stream exactly as QwenImageTransformerBlock advances the text stream.
+        concepts = concepts + gate_attn * attn.to_add_out(concept_output)
+        modulated, gate_mlp = block._modulate(block.txt_norm2(concepts), modulation_mlp)
+        concepts = concepts + gate_mlp * block.txt_mlp(modulated)
+        if concepts.dtype == torch.float16:
+            concepts = concepts.clip(-65504, 65504)
+        call.concept_hidden_states = concepts
+
+
+class QwenImageAdapter(FluxAdapter):
+    """Adapter for Qwen-Image (``QwenImageTransformer2DModel``, text-to-image).
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_extra import tiny_qwenimage_transformer
+        >>> get_adapter(tiny_qwenimage_transformer()).name
+        'qwenimage'
+    """
+
+    name = "qwenimage"
+    transformer_classes = ("QwenImageTransformer2DModel",)
+    pipeline_classes = ("QwenImagePipeline",)
+    modality = "image"
+    official_default_layers = "last 4 joint blocks (Qwen-Image: 56-59; no official choice)"
+
+    def make_processor(
+        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> QwenImageConceptAttnProcessor:
+        return QwenImageConceptAttnProcessor(session, layer, block, transformer, original_processor)
+
+    def check_model(self, transformer: nn.Module) -> None:
+        if getattr(transformer.config, "use_layer3d_rope", False):
+            raise UnsupportedSetupError(
+                "This Qwen-Image transformer uses the layered 3-D RoPE (Qwen-Image-Layered), whose image tokens are "
+                "layers and a condition image; ConceptAttention supports text-to-image Qwen-Image only."
+            )
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = block.attn.processor
+            if type(processor) is not QwenDoubleStreamAttnProcessor2_0 and not isinstance(
+                processor, QwenImageConceptAttnProcessor
+            ):
+                raise UnsupportedSetupError(
+                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
+                    "QwenDoubleStreamAttnProcessor2_0. ConceptAttention would drop it; restore the default processor."
+                )
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep", "img_shapes")
+        bound = dict(zip(names, args))
+        bound.update({name: kwargs[name] for name in names if name in kwargs})
+        if bound.get("img_shapes") is None:
+            raise ValueError("QwenImageTransformer2DModel was called without img_shapes; ConceptAttention needs them.")
+        img_shapes = bound["img_shapes"]
+        first = img_shapes[0] if isinstance(img_shapes, list) else img_shapes
+        shapes = first if isinstance(first, list) else [first]
+        if len(shapes) != 1:
+            raise ValueError(
+                f"This Qwen-Image call has {len(shapes)} images per sample (an edit or layered pipeline, condition "
+                "images); their tokens have no place on the output grid. Only text-to-image calls are supported."
+            )
+        return {"img_shapes": img_shapes, "grid": tuple(int(size) for size in shapes[0])}
+
+    def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
+        frames, height, width = call_inputs["grid"]
+        if frames * height * width != num_image_tokens:
+            raise ValueError(
+                f"Cannot arrange {num_image_tokens} image tokens on the {frames}x{height}x{width} grid of img_shapes."
+            )
+        return frames, height, width
+
+    def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
+        """Block pre-hooks that hand each block's ``temb`` to its processor."""
+        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """Concepts in the pipeline's prompt template, last hidden layer of Qwen2.5-VL, pooled: ``[C, 3584]``."""
+        text_encoder = getattr(pipeline, "text_encoder", None)
+        tokenizer = getattr(pipeline, "tokenizer", None)
+        template = getattr(pipeline, "prompt_template_encode", None)
+        if text_encoder is None or tokenizer is None or template is None:
+            raise ValueError(
+                "This Qwen-Image pipeline has no text encoder, tokenizer or prompt template to encode concepts; pass "
+                "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
+            )
+        max_length = int(getattr(pipeline, "tokenizer_max_length", 1024)) + int(
+            getattr(pipeline, "prompt_template_encode_start_idx", 0)
+        )
+        input_ids, attention_mask, content_mask = templated_concept_batch(
+            [list(tokenizer(template.format(concept)).input_ids) for concept in concepts],
+            list(tokenizer(template.format("")).input_ids),
+            concepts,
+            pad_id=int(tokenizer.pad_token_id or 0),
+            max_length=max_length,
+        )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        with torch.no_grad():
+            output = text_encoder(
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=True
+            )
+        hidden = output.hidden_states[-1]  # [C, L, D_text], the layer the pipeline uses for prompts
+        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def prepare_explain(
+        self,
+        pipeline: Any,
+        image: Image.Image,
+        *,
+        caption: str,
+        noise_level: float,
+        seeds: Sequence[int],
+        height: int,
+        width: int,
+        guidance_scale: float,
+        image_pooled: str,
+    ) -> ExplainBatch:
+        """One batched Qwen-Image call on the noised image (``image_pooled`` does not apply: no pooled text)."""
+        from ..images import image_to_tensor, to_rgb
+
+        if image_pooled not in ("zero", "caption"):
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
+        if height % (vae_scale * 2) or width % (vae_scale * 2):
+            raise ValueError(
+                f"height and width must be multiples of {vae_scale * 2} for Qwen-Image, got {height}x{width}."
+            )
+        device = pipeline._execution_device
+        vae, transformer = pipeline.vae, pipeline.transformer
+        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+        pixels = image_to_tensor(resized).to(device=device, dtype=vae.dtype)[None, :, None]  # [1, 3, 1, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()  # [1, z, 1, h, w]
+        channels = int(vae.config.z_dim)
+        mean = torch.tensor(vae.config.latents_mean).view(1, channels, 1, 1, 1).to(latents)  # [1, z, 1, 1, 1]
+        std = torch.tensor(vae.config.latents_std).view(1, channels, 1, 1, 1).to(latents)  # [1, z, 1, 1, 1]
+        latents = (latents - mean) / std
+        latent_height, latent_width = latents.shape[-2:]
+        packed = type(pipeline)._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4z]
+        num = len(seeds)
+        noise = torch.stack(
+            [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        ).to(device=device, dtype=torch.float32)  # [N, I, 4z]
+        noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # rectified flow
+        with torch.no_grad():
+            prompt_embeds, prompt_mask = pipeline.encode_prompt(
+                prompt=caption, device=device, num_images_per_prompt=num
+            )
+        dtype = transformer.dtype
+        guidance = None
+        if getattr(transformer.config, "guidance_embeds", False):
+            guidance = torch.full((num,), float(guidance_scale), device=device, dtype=torch.float32)
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "encoder_hidden_states_mask": prompt_mask,
+            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "img_shapes": [[(1, latent_height // 2, latent_width // 2)]] * num,
+            "guidance": guidance,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
+
+
+__all__ = ["QwenImageAdapter", "QwenImageConceptAttnProcessor"]
