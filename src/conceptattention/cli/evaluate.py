@@ -7,6 +7,11 @@ Examples::
         --method conceptattention --layers 14 15 16 17 18 --out runs/voc-ca --resume
     accelerate launch --num_processes 8 -m conceptattention.cli.evaluate --dataset imagenet-seg \\
         --data gtsegs_ijcv.mat --class-names imagenet_names.json --model flux-schnell --samples 5 --out runs/in-ca
+
+Several processes: ``accelerate launch --num_processes N -m conceptattention.cli.evaluate ...`` (or
+``accelerate launch --num_processes N $(which conceptattention) evaluate ...``) starts one process per GPU; each
+evaluates a disjoint shard and the main process merges the results. On CPUs, add ``--multi_gpu`` (accelerate's
+``--cpu`` flag starts a single process); each process then uses the CPU with a gloo process group.
 """
 
 from __future__ import annotations
@@ -65,7 +70,13 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     existing = run.add_mutually_exclusive_group()
     existing.add_argument("--resume", action="store_true", help="continue the run in --out, skipping images done")
     existing.add_argument("--overwrite", action="store_true", help="delete the results in --out first")
-    run.add_argument("--batch-size", type=int, default=1, help="images per forward where the method batches images")
+    run.add_argument(
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per forward for methods that batch images (daam); ConceptAttention methods run one forward "
+        "per image with its noise samples batched",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

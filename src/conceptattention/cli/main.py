@@ -11,7 +11,7 @@ from .common import fail
 
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("generate", "explain", "env")
+SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
-        return fail("interrupted; no output was written.")
+        return fail(
+            "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far "
+            "(continue with --resume)."
+        )
     except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
         return fail(str(error))
 
