@@ -5,6 +5,7 @@ Weights load as safetensors only unless the caller opts in to pickle files, and 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,16 +80,29 @@ def _looks_like_hub_id(name: str) -> bool:
     return len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) and not Path(name).exists()
 
 
+#: Prompt and concepts of the main job on the shipped model (all words of its vocabulary).
+SHAPESWORLD_EXAMPLE = {
+    "prompt": "a red boat on the sea under a yellow sun",
+    "concepts": ["boat", "sun", "sea", "sky"],
+}
+
+
+def shipped_model_dir() -> Path:
+    """Folder of the shipped ShapesWorld pipeline inside the package."""
+    return Path(__file__).resolve().parent / "assets" / "shapesworld"
+
+
 def load_embedded_default(device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
     """The model shipped with the package: ShapesWorld if its weights are installed, else a random stand-in."""
-    try:
+    folder = shipped_model_dir()
+    if (folder / "model_index.json").is_file():
         from .shapesworld import load_pipeline as load_shapesworld
-        from .shapesworld import shipped_model_available
-    except ImportError:  # pragma: no cover - the subpackage is part of the distribution
-        shipped_model_available = None  # type: ignore[assignment]
-    if shipped_model_available is not None and shipped_model_available():
-        pipeline = load_shapesworld(device=device, dtype=dtype)
-        defaults = dict(getattr(pipeline, "_conceptattention_defaults", {}))
+        from .shapesworld import recommended_call_kwargs
+
+        pipeline = load_shapesworld(folder, device=device, dtype=dtype)
+        pipeline.set_progress_bar_config(disable=False)
+        recommended = json.loads((folder / "shapesworld.json").read_text()).get("recommended", {})
+        defaults = {**recommended, **recommended_call_kwargs(pipeline), **SHAPESWORLD_EXAMPLE}
         return LoadedModel(pipeline, DEFAULT_MODEL, "ShapesWorld toy FLUX-architecture model (shipped)", defaults)
     from .testing import tiny_flux_pipeline
 

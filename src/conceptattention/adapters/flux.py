@@ -19,7 +19,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention_packed, saliency_scores
+from ..core import concept_attention_packed, saliency_scores, sdpa_bshd
 from ..encoding import pool_token_states, tokenize_concepts
 from ..session import EarlyExit
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
@@ -29,6 +29,17 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..session import ConceptSession
+
+
+def _native_backend_active() -> bool:
+    """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
+    from diffusers.models import attention_dispatch
+
+    registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+    if registry is None:
+        return False
+    backend, _ = registry.get_active_backend()
+    return getattr(backend, "value", backend) == "native"
 
 
 class FluxConceptAttnProcessor(FluxAttnProcessor):
@@ -58,6 +69,13 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         self._parallel_config = getattr(original, "_parallel_config", None)
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Attention of the C concept rows: the model's backend, or plain SDPA when that is PyTorch's native one.
+
+        Calling SDPA directly skips diffusers' dispatch bookkeeping, whose host-side cost matters for these
+        tiny calls (the concept branch is launch-bound on a GPU); the result is the same kernel either way.
+        """
+        if self._attention_backend is None and _native_backend_active():
+            return sdpa_bshd(query, key, value)
         return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def __call__(
