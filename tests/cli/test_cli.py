@@ -224,3 +224,11 @@ class TestOtherFamilies:
             assert (out / name).is_file(), name
         maps = ConceptMaps.load(out / "maps.safetensors")
         assert maps.num_frames == 3
+
+
+def test_train_toy_forwards_to_the_trainer(tmp_path):
+    out = tmp_path / "toy"
+    status = main(["train-toy", "--device", "cpu", "--minutes", "1", "--out", str(out), "--preset", "tiny",
+                   "--max-steps", "2", "--eval-captions", "0", "--threads", "1", "--bank-size", "64"])
+    assert status == 0
+    assert (out / "pipeline" / "model_index.json").is_file()

@@ -11,7 +11,7 @@ from .common import fail
 
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "env")
+SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "train-toy", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "train-toy":  # the trainer parses its own options (argparse cannot forward "--x" args)
+        from .train_toy import forward
+
+        return forward(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
