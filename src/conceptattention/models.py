@@ -83,7 +83,7 @@ def _looks_like_hub_id(name: str) -> bool:
 #: Prompt and concepts of the main job on the shipped model (all words of its vocabulary).
 SHAPESWORLD_EXAMPLE = {
     "prompt": "a red boat on the sea under a yellow sun",
-    "concepts": ["boat", "sun", "sea", "sky"],
+    "concepts": ["boat", "sea", "sun"],
 }
 
 

@@ -116,7 +116,7 @@ def get_adapter(model: Any) -> ConceptAdapter:
 
 
 def supported_models() -> list[dict[str, str]]:
-    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers."""
+    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers, tests."""
     rows = []
     for transformer_name in _BUILTIN_ADAPTERS:
         adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
@@ -129,6 +129,7 @@ def supported_models() -> list[dict[str, str]]:
                 "pipelines": ", ".join(adapter.pipeline_classes),
                 "modality": adapter.modality,
                 "default_layers": adapter.official_default_layers,
+                "tested": adapter.tested,
             }
         )
     return rows

@@ -48,6 +48,7 @@ class ConceptAdapter(ABC):
         pipeline_classes: Names of the diffusers pipelines that drive them.
         modality: ``"image"`` or ``"video"``.
         official_default_layers: Human-readable description of the default layer choice.
+        tested: How the adapter is tested (shown in the README's table of supported models).
     """
 
     name: str = ""
@@ -55,6 +56,7 @@ class ConceptAdapter(ABC):
     pipeline_classes: tuple[str, ...] = ()
     modality: str = "image"
     official_default_layers: str = ""
+    tested: str = "adapter battery (tiny random model + tiny offline pipeline), naive float64 reference for every space/mode"
 
     # ----- structure -------------------------------------------------------------------------------------------
 

@@ -108,6 +108,7 @@ class ChromaAdapter(FluxAdapter):
     pipeline_classes = ("ChromaPipeline",)
     modality = "image"
     official_default_layers = "last 4 double blocks (Chroma1: 15-18; no official choice, FLUX.1's)"
+    tested = "adapter battery + naive reference; guidance calls without cache context; explain path; bf16/fp16 on an H100"
 
     def __init__(self) -> None:
         # per transformer: weak references to the latent and prompt tensors of the previous call

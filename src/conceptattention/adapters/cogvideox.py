@@ -228,6 +228,7 @@ class CogVideoXAdapter(ConceptAdapter):
     pipeline_classes = ("CogVideoXPipeline",)
     modality = "video"
     official_default_layers = "last 4 blocks"
+    tested = "adapter battery + naive reference for CogVideoX 1.0 (sin-cos) and 1.5 (RoPE, patch_size_t=2); CFG; per-frame maps; real-video explain path; GIF/MP4 output; bf16/fp16 on an H100"
 
     # ----- structure -------------------------------------------------------------------------------------------
 

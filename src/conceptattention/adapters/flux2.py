@@ -264,6 +264,7 @@ class Flux2Adapter(FluxAdapter):
     pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     modality = "image"
     official_default_layers = "last 3 double blocks (FLUX.2-dev: 5-7, as the official code)"
+    tested = "adapter battery + naive reference with Flux2KleinPipeline (Qwen3 template); Flux2Pipeline bit-identity with a stand-in Mistral-template tokenizer; explain path; bf16/fp16 on an H100"
 
     def default_layers(self, num_blocks: int) -> tuple[int, ...]:
         """The last three double blocks (FLUX.2-dev: 5, 6, 7 of 8), as the official code."""

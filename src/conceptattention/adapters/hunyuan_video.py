@@ -240,6 +240,7 @@ class HunyuanVideoAdapter(ConceptAdapter):
     pipeline_classes = ("HunyuanVideoPipeline",)
     modality = "video"
     official_default_layers = "last 4 double blocks (HunyuanVideo: 16-19; no official choice)"
+    tested = "adapter battery + naive reference (both conditionings); true CFG; per-frame maps; no real-video explain path; bf16/fp16 on an H100"
 
     def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
         return list(transformer.transformer_blocks)

@@ -291,6 +291,7 @@ class SD3Adapter(ConceptAdapter):
     pipeline_classes = ("StableDiffusion3Pipeline",)
     modality = "image"
     official_default_layers = "all joint blocks (official SD3.5: 0-37)"
+    tested = "adapter battery + naive reference for SD3 and an SD3.5-like config (dual attention, RMS QK-norm); CFG; skip-layer guidance; explain path; bf16/fp16 on an H100"
 
     def __init__(self, concept_text_encoder: ConceptTextEncoder = "clip") -> None:
         if concept_text_encoder not in ("clip", "t5"):

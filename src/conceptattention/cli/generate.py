@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if video:
         kwargs.update(call_kwargs(pipe, {"num_frames": args.frames or defaults.get("num_frames"), "output_type": "pil"}))
     with ConceptAttention(pipe, concepts, **options) as attention:
-        result = pipe(prompt, **kwargs)
+        result = pipe(prompt=prompt, **kwargs)  # by keyword: some pipelines (Flux2Klein) take an image first
     frames = list(result.frames[0]) if video else None
     image = frames[0] if frames else result.images[0]
     maps = attention.maps
