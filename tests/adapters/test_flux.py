@@ -446,3 +446,34 @@ class TestFluxBattery(AdapterBattery):
 
     def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
         return naive_flux_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+
+
+class TestMemoryFeatures:
+    """diffusers' layerwise casting and group offloading (CPU→CPU here: the hook order, not device moves)."""
+
+    def run_pair(self, model):
+        inputs = tiny_flux_inputs(seed=5)
+        with torch.no_grad():
+            reference = model(**inputs)[0]
+            with ConceptAttention(model, concept_embeds=torch.randn(3, 32, generator=torch.Generator().manual_seed(0))) as ca:
+                output = model(**inputs)[0]
+        assert torch.equal(reference, output)
+        assert torch.isfinite(ca.maps.maps).all()
+        return ca.maps.maps
+
+    def test_layerwise_casting_fp8_storage(self):
+        model = tiny_flux_transformer(num_layers=3)
+        plain = self.run_pair(model)
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+        cast = self.run_pair(model)
+        assert not torch.equal(plain, cast)  # the weights really changed precision
+
+    @pytest.mark.parametrize("offload_type", ["block_level", "leaf_level"])
+    def test_group_offloading(self, offload_type):
+        from diffusers.hooks import apply_group_offloading
+
+        model = tiny_flux_transformer(num_layers=3)
+        plain = self.run_pair(model)
+        kwargs = {"num_blocks_per_group": 1} if offload_type == "block_level" else {}
+        apply_group_offloading(model, onload_device=torch.device("cpu"), offload_type=offload_type, **kwargs)
+        torch.testing.assert_close(self.run_pair(model), plain)
