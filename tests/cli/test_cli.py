@@ -232,3 +232,34 @@ def test_train_toy_forwards_to_the_trainer(tmp_path):
                    "--max-steps", "2", "--eval-captions", "0", "--threads", "1", "--bank-size", "64"])
     assert status == 0
     assert (out / "pipeline" / "model_index.json").is_file()
+
+
+FAMILY_OPTIONS = {
+    "chroma": ["--height", "32", "--width", "48", "--steps", "2", "--max-sequence-length", "32"],
+    "flux2_klein": ["--height", "32", "--width", "48", "--steps", "2", "--max-sequence-length", "64"],
+    "qwenimage": ["--height", "32", "--width", "48", "--steps", "2", "--max-sequence-length", "64"],
+    "auraflow": ["--height", "16", "--width", "24", "--steps", "2", "--max-sequence-length", "32"],
+    "hunyuan_video": ["--height", "16", "--width", "16", "--frames", "9", "--steps", "2"],
+}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILY_OPTIONS))
+def test_generate_and_explain_other_families(family, tmp_path, photo):
+    """`generate` (and `explain` for image models) with a tiny save_pretrained folder of each family, offline."""
+    from conceptattention import testing_extra
+
+    folder = tmp_path / family
+    getattr(testing_extra, f"tiny_{family}_pipeline")().save_pretrained(folder)
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(folder), "--prompt", "a house", "--concepts", "house", "sea",
+                 "--out", str(out), *FAMILY_OPTIONS[family]]) == 0
+    maps = ConceptMaps.load(out / "maps.safetensors")
+    assert maps.num_concepts == 2 and torch.isfinite(maps.maps).all()
+    if family == "hunyuan_video":
+        assert (out / "video.mp4").is_file() and (out / "overlays" / "house.gif").is_file()
+        return
+    size = FAMILY_OPTIONS[family][:4]
+    out = tmp_path / "explain"
+    assert main(["explain", "--model", str(folder), "--image", str(photo), "--concepts", "house", "sea",
+                 "--samples", "2", "--out", str(out), *size]) == 0
+    assert ConceptMaps.load(out / "maps.safetensors").num_concepts == 2
