@@ -542,8 +542,8 @@ class ConceptMaps:
             else (max(1, round(grid_height * scale)), max(1, round(grid_width * scale)))
         )
         panel_count = self.num_concepts + 1 + (image is not None)
-        columns = min(panel_count, 4)
-        rows = math.ceil(panel_count / columns)
+        rows = math.ceil(panel_count / 4)  # at most four columns, rows filled evenly
+        columns = math.ceil(panel_count / rows)
         figure = Figure(figsize=(3.2 * columns, 3.2 * rows), layout="constrained")
         panel_axes = [figure.add_subplot(rows, columns, position + 1) for position in range(panel_count)]
         for axes in panel_axes:
@@ -568,8 +568,14 @@ class ConceptMaps:
         segmentation_axes.imshow(self.segmentation_image(display_size, frame=frame), interpolation="nearest")
         segmentation_axes.set_title("segmentation")
         handles = [Patch(color=np.array(color) / 255.0, label=concept) for concept, color in self.legend()]
+        # below the panel (not beside it), so that constrained layout does not widen its column
         segmentation_axes.legend(
-            handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            ncol=min(3, len(handles)),
+            fontsize="small",
+            frameon=False,
         )
         return figure
 
