@@ -5,14 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test lint bench browser app clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch is pinned to the CPU wheel here: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,eval,video]"
+	$(BIN)/python -m pip install -q -e ".[dev,eval,video,app]"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -22,6 +22,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+browser:
+	bash scripts/install_browser.sh   # Debian's chromium, for the app's browser test (root; CI runs it)
+
+app: $(STAMP)
+	$(BIN)/conceptattention app
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -11,7 +11,7 @@ from .common import fail
 
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "train-toy", "env")
+SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "app", "train-toy", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
