@@ -12,7 +12,8 @@ Subclass contract (class attributes / methods):
     output_of(result) -> Tensor                          main output of a transformer call
     make_pipeline() -> pipeline | None                    (None: pipeline tests are skipped for this adapter)
     pipeline_kwargs: dict                                 kwargs of a short pipeline call (output_type="pt" or "latent")
-    pipeline_cfg_kwargs: dict | None                      extra kwargs that turn classifier-free guidance on
+    pipeline_cfg_kwargs: dict | None                      extra kwargs that turn classifier-free guidance on (batched or
+                                                          as separate calls, e.g. Flux true CFG)
     pipeline_outputs(result) -> Tensor                    the pipeline's image/video tensor
     expected_pipeline_grid: (frames, h, w)
     naive_scores(transformer, inputs, embeds, layers, space, mode) -> [L, B, C, I] | None (optional)

@@ -433,6 +433,7 @@ class TestFluxBattery(AdapterBattery):
     concept_dim = 32
     expected_grid = (1, 4, 6)
     pipeline_kwargs = GEN_KW
+    pipeline_cfg_kwargs = dict(negative_prompt="blurry", true_cfg_scale=2.0)  # FluxPipeline's true CFG (2 calls)
     expected_pipeline_grid = (1, 16, 24)
 
     def make_transformer(self):
