@@ -87,6 +87,18 @@ from conceptattention.evaluation.runner import (
     read_class_names,
     score_item,
 )
+from conceptattention.evaluation.shapesworld_report import (
+    CONCEPT_KINDS,
+    ConceptKindError,
+    SceneConceptSet,
+    all_background_record,
+    concept_kind,
+    kind_table,
+    per_image_auroc,
+    scene_concept_sets,
+    score_scene,
+    summarize_by_kind,
+)
 
 
 __all__ += [
@@ -123,4 +135,18 @@ __all__ += [
     "run_sweep",
     "score_item",
     "sweep_points",
+]
+
+
+__all__ += [
+    "CONCEPT_KINDS",
+    "ConceptKindError",
+    "SceneConceptSet",
+    "all_background_record",
+    "concept_kind",
+    "kind_table",
+    "per_image_auroc",
+    "scene_concept_sets",
+    "score_scene",
+    "summarize_by_kind",
 ]
