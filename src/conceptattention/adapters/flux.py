@@ -8,7 +8,6 @@ are all zero, so RoPE is the identity for concepts. Single-stream blocks are nev
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -19,10 +18,11 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention_packed, saliency_scores, sdpa_bshd
+from ..core import concept_attention_packed, saliency_scores
 from ..encoding import pool_token_states, tokenize_concepts
 from ..session import EarlyExit
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -31,18 +31,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
-def _native_backend_active() -> bool:
-    """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
-    from diffusers.models import attention_dispatch
-
-    registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
-    if registry is None:
-        return False
-    backend, _ = registry.get_active_backend()
-    return getattr(backend, "value", backend) == "native"
-
-
-class FluxConceptAttnProcessor(FluxAttnProcessor):
+class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
     """Flux double-block processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``FluxAttnProcessor.__call__``; the joint-attention path is the stock one, op for
@@ -56,27 +45,6 @@ class FluxConceptAttnProcessor(FluxAttnProcessor):
         transformer: The ``FluxTransformer2DModel`` (held weakly; its text/time embedders are used).
         original: The processor being replaced (its attention backend and parallel config are kept).
     """
-
-    def __init__(
-        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Attention of the C concept rows: the model's backend, or plain SDPA when that is PyTorch's native one.
-
-        Calling SDPA directly skips diffusers' dispatch bookkeeping, whose host-side cost matters for these
-        tiny calls (the concept branch is launch-bound on a GPU); the result is the same kernel either way.
-        """
-        if self._attention_backend is None and _native_backend_active():
-            return sdpa_bshd(query, key, value)
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def __call__(
         self,

@@ -21,7 +21,6 @@ What Flux.2 needs beyond FLUX.1:
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +40,7 @@ from ..encoding import ConceptError, pool_token_states
 from ..session import EarlyExit
 from .base import ExplainBatch, UnsupportedSetupError
 from .flux import FluxAdapter
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ BLOCK_MODULATION_KEY = "flux2_temb_mod_txt"
 CONCEPT_ROPE_KEY = "flux2_concept_rope"
 
 
-class Flux2ConceptAttnProcessor(Flux2AttnProcessor):
+class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
     """Flux.2 double-block processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``Flux2AttnProcessor.__call__``; the joint attention is the stock path op for op,
@@ -76,20 +76,6 @@ class Flux2ConceptAttnProcessor(Flux2AttnProcessor):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
-
-    def __init__(
-        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def __call__(
         self,

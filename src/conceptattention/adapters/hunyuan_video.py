@@ -19,7 +19,6 @@ What HunyuanVideo needs:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +34,7 @@ from ..encoding import pool_token_states
 from ..session import EarlyExit
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
 from .flux2 import templated_concept_batch
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
-class HunyuanVideoConceptAttnProcessor(HunyuanVideoAttnProcessor2_0):
+class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnProcessor2_0):
     """HunyuanVideo double-stream processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``HunyuanVideoAttnProcessor2_0.__call__`` (double-stream branch); the joint
@@ -65,20 +65,6 @@ class HunyuanVideoConceptAttnProcessor(HunyuanVideoAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 2, 3, 4])
     """
-
-    def __init__(
-        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def __call__(
         self,

@@ -19,7 +19,6 @@ What Qwen-Image needs:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +37,7 @@ from ..session import EarlyExit
 from .base import ExplainBatch, UnsupportedSetupError
 from .flux import FluxAdapter
 from .flux2 import block_input_grabbers, templated_concept_batch
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ BLOCK_TEMB_KEY = "qwenimage_temb"
 CONCEPT_ROPE_KEY = "qwenimage_concept_rope"
 
 
-class QwenImageConceptAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
+class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnProcessor2_0):
     """Qwen-Image double-stream processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``QwenDoubleStreamAttnProcessor2_0.__call__``; the joint attention is the stock path
@@ -73,20 +73,6 @@ class QwenImageConceptAttnProcessor(QwenDoubleStreamAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
-
-    def __init__(
-        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def __call__(
         self,

@@ -1,0 +1,60 @@
+"""State and helpers shared by the concept-attention processors of dispatch-based (diffusers ``AttentionModuleMixin``)
+attention classes: FLUX.1, Chroma, Flux.2, Qwen-Image, HunyuanVideo."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+from diffusers.models.attention_dispatch import dispatch_attention_fn
+from torch import nn
+
+from ..core import sdpa_bshd
+
+
+if TYPE_CHECKING:
+    from ..session import ConceptSession
+
+
+def native_backend_active() -> bool:
+    """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
+    from diffusers.models import attention_dispatch
+
+    registry = getattr(attention_dispatch, "_AttentionBackendRegistry", None)
+    if registry is None:
+        return False
+    backend, _ = registry.get_active_backend()
+    return getattr(backend, "value", backend) == "native"
+
+
+class ConceptProcessorMixin:
+    """Put first in the bases of a concept processor: ``class X(ConceptProcessorMixin, StockProcessor)``.
+
+    Args:
+        session: The shared run state.
+        layer: Index of the processor's block among the joint blocks.
+        block: The transformer block (held weakly; its text-stream norms and MLP are used).
+        transformer: The transformer (held weakly; its text/time embedders are used).
+        original: The processor being replaced: its attention backend and parallel config are kept, so that later
+            ``set_attention_backend`` calls reach the new processor too.
+    """
+
+    def __init__(
+        self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
+    ) -> None:
+        super().__init__()
+        self.session = session
+        self.layer = layer
+        self._block = weakref.ref(block)
+        self._transformer = weakref.ref(transformer)
+        self._attention_backend = getattr(original, "_attention_backend", None)
+        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Attention of the C concept rows on (B, S, H, D) tensors: the model's backend, or plain SDPA when that is
+        PyTorch's native one (skips diffusers' dispatch bookkeeping, whose host-side cost matters for these tiny
+        calls: the concept branch is launch-bound on a GPU). Same kernel either way."""
+        if self._attention_backend is None and native_backend_active():
+            return sdpa_bshd(query, key, value)
+        return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
