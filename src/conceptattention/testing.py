@@ -60,6 +60,57 @@ def tiny_t5_tokenizer(model_max_length: int = 128) -> Any:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
+def tiny_clip_text_model(tokenizer: Any, hidden_size: int = 32, *, with_projection: bool = False, seed: int = 0) -> Any:
+    """A 2-layer random ``CLIPTextModel`` (or ``CLIPTextModelWithProjection``) for an in-memory CLIP tokenizer.
+
+    Example:
+        >>> tiny_clip_text_model(tiny_clip_tokenizer()).config.hidden_size
+        32
+    """
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        bos_token_id=0,
+        eos_token_id=1,  # equal to the tokenizer's EOS id: the pooled output is read at the first EOS
+        pad_token_id=1,
+        projection_dim=hidden_size,
+        max_position_embeddings=77,
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+
+
+def tiny_t5_text_model(tokenizer: Any, d_model: int = 32, *, seed: int = 0) -> Any:
+    """A 2-layer random ``T5EncoderModel`` (dropout 0) for an in-memory T5 tokenizer.
+
+    Example:
+        >>> tiny_t5_text_model(tiny_t5_tokenizer()).config.d_model
+        32
+    """
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=d_model,
+        d_kv=8,
+        d_ff=37,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+    )
+    return T5EncoderModel(config).eval()
+
+
 def tiny_flux_transformer(
     num_layers: int = 4,
     num_single_layers: int = 1,
@@ -126,41 +177,10 @@ def tiny_flux_pipeline(num_layers: int = 4, guidance_embeds: bool = False, seed:
     tokens.
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
     clip_tokenizer = tiny_clip_tokenizer()
     t5_tokenizer = tiny_t5_tokenizer()
-    torch.manual_seed(seed)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tokenizer),
-            hidden_size=32,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=32,
-            max_position_embeddings=77,
-        )
-    ).eval()
-    torch.manual_seed(seed + 1)
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=len(t5_tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,
-            dropout_rate=0.0,
-        )
-    ).eval()
+    clip = tiny_clip_text_model(clip_tokenizer, seed=seed)
+    t5 = tiny_t5_text_model(t5_tokenizer, seed=seed + 1)
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL(
         sample_size=32,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .testing import _bytes_to_unicode, tiny_clip_tokenizer, tiny_t5_tokenizer
+from .testing import _bytes_to_unicode, tiny_clip_text_model, tiny_clip_tokenizer, tiny_t5_tokenizer
 
 
 #: Chat template of the tiny Qwen tokenizers: ``<|im_start|>{role}\n{content}<|im_end|>\n`` per message.
@@ -616,7 +616,7 @@ def tiny_hunyuan_video_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         4
     """
     from diffusers import AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel
+    from transformers import LlamaConfig, LlamaModel
 
     tokenizer = tiny_byte_level_tokenizer(special_tokens=LLAMA_SPECIAL_TOKENS, chat_template=None)
     clip_tokenizer = tiny_clip_tokenizer()
@@ -634,21 +634,7 @@ def tiny_hunyuan_video_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             max_position_embeddings=2048,
         )
     ).eval()
-    torch.manual_seed(seed + 2)
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(clip_tokenizer),
-            hidden_size=8,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            projection_dim=8,
-            max_position_embeddings=77,
-        )
-    ).eval()
+    clip = tiny_clip_text_model(clip_tokenizer, 8, seed=seed + 2)
     torch.manual_seed(seed + 3)
     vae = AutoencoderKLHunyuanVideo(
         in_channels=3,

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from .testing import tiny_clip_tokenizer, tiny_t5_tokenizer
+from .testing import tiny_clip_text_model, tiny_clip_tokenizer, tiny_t5_text_model, tiny_t5_tokenizer
 
 
 __all__ = [
@@ -133,45 +133,6 @@ def tiny_sd3_inputs(
     }
 
 
-def _tiny_clip_with_projection(tokenizer: Any, hidden_size: int, seed: int) -> Any:
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        projection_dim=hidden_size,
-        max_position_embeddings=77,
-    )
-    return CLIPTextModelWithProjection(config).eval()
-
-
-def _tiny_t5(tokenizer: Any, d_model: int, seed: int) -> Any:
-    from transformers import T5Config, T5EncoderModel
-
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=d_model,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        dropout_rate=0.0,
-    )
-    return T5EncoderModel(config).eval()
-
-
 def tiny_sd3_pipeline(num_layers: int = 3, sd35: bool = False, with_t5: bool = True, seed: int = 0) -> Any:
     """A complete random-weight ``StableDiffusion3Pipeline``: CLIP-L, CLIP-G, T5, VAE and transformer.
 
@@ -198,9 +159,9 @@ def tiny_sd3_pipeline(num_layers: int = 3, sd35: bool = False, with_t5: bool = T
     clip_tokenizer = tiny_clip_tokenizer()
     clip_tokenizer_2 = tiny_clip_tokenizer()
     t5_tokenizer = tiny_t5_tokenizer()
-    clip_l = _tiny_clip_with_projection(clip_tokenizer, 16, seed)
-    clip_g = _tiny_clip_with_projection(clip_tokenizer_2, 16, seed + 1)
-    t5 = _tiny_t5(t5_tokenizer, 48, seed + 2) if with_t5 else None
+    clip_l = tiny_clip_text_model(clip_tokenizer, 16, with_projection=True, seed=seed)
+    clip_g = tiny_clip_text_model(clip_tokenizer_2, 16, with_projection=True, seed=seed + 1)
+    t5 = tiny_t5_text_model(t5_tokenizer, 48, seed=seed + 2) if with_t5 else None
     torch.manual_seed(seed + 3)
     vae = AutoencoderKL(
         sample_size=32,
@@ -379,7 +340,7 @@ def tiny_cogvideox_pipeline(version: CogVideoXVersion = "1.0", num_layers: int =
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
 
     tokenizer = tiny_t5_tokenizer()
-    text_encoder = _tiny_t5(tokenizer, 32, seed)
+    text_encoder = tiny_t5_text_model(tokenizer, 32, seed=seed)
     torch.manual_seed(seed + 1)
     vae = AutoencoderKLCogVideoX(
         in_channels=3,
