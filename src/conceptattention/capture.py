@@ -11,7 +11,7 @@ from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManag
 from torch import nn
 
 from .adapters import UnsupportedSetupError, find_transformer, get_adapter
-from .config import ConceptAttentionConfig, ConfigError
+from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, validate_concepts
 from .maps import ConceptMaps
 from .session import ConceptSession
@@ -164,7 +164,9 @@ class ConceptAttention:
             raise ConfigError(f"{type(self.transformer).__name__} has no joint blocks.")
         requested = self.config.layers
         if requested is None:
-            return self.adapter.default_layers(num_blocks)
+            requested = model_defaults(self.transformer).layers  # the model's recommendation, if it carries one
+            if requested is None:
+                return self.adapter.default_layers(num_blocks)
         resolved: list[int] = []
         paths = {self.adapter.block_path(index): index for index in range(num_blocks)}
         for layer in requested:

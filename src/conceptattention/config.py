@@ -39,8 +39,9 @@ class ConceptAttentionConfig:
     """Options of ConceptAttention (Helbling et al., 2025). All fields are keyword-only.
 
     Args:
-        layers: Joint (double-stream) blocks whose scores are averaged. ``None`` selects the default of the
-            architecture (FLUX.1: the last four double blocks, 15-18, as the official code). Entries are block
+        layers: Joint (double-stream) blocks whose scores are averaged. ``None`` selects the model's recommended
+            blocks if its transformer carries them (:class:`ModelDefaults`; the shipped ShapesWorld model does), else
+            the default of the architecture (FLUX.1: the last four double blocks, 15-18, as the official code). Entries are block
             indices (negative counts from the end) or module paths such as ``"transformer_blocks.15"``.
         timesteps: Indices of the denoising calls to aggregate (0 = first recorded transformer call).
             ``None`` aggregates every call.
@@ -125,3 +126,89 @@ def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:
     if isinstance(value, range | Sequence) or hasattr(value, "__iter__"):
         return tuple(value)
     raise ConfigError(f"{name} must be a sequence, got {type(value).__name__}.")
+
+
+MODEL_DEFAULTS_ATTRIBUTE = "conceptattention_defaults"
+"""Attribute of a transformer that holds its recommended ConceptAttention settings (see :func:`model_defaults`)."""
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """Recommended ConceptAttention settings that a model carries, used where the caller leaves an option unset.
+
+    Large released models use the architecture's defaults (the adapter's :meth:`default_layers`, noise level 0.5);
+    a model whose maps were validated on other settings (e.g. the shipped ShapesWorld toy) records them on its
+    transformer with :func:`set_model_defaults`, and its loader does so from the model folder.
+
+    Args:
+        layers: Joint blocks used when ``ConceptAttentionConfig.layers`` is ``None``.
+        noise_levels: Noise levels of the real-image path used when ``explain(noise_level=None)``; several levels
+            are averaged like the steps of a generation.
+
+    Example:
+        >>> ModelDefaults(layers=(4, 5), noise_levels=(0.3, 0.7)).to_dict()
+        {'layers': [4, 5], 'noise_levels': [0.3, 0.7]}
+    """
+
+    layers: tuple[int, ...] | None = None
+    noise_levels: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            layers = _as_tuple(self.layers, "layers")
+            if not layers or not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in layers):
+                raise ConfigError(f"Model default layers must be a non-empty list of block indices, got {self.layers!r}.")
+            object.__setattr__(self, "layers", layers)
+        if self.noise_levels is not None:
+            object.__setattr__(self, "noise_levels", check_noise_levels(self.noise_levels))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelDefaults:
+        """Build from a JSON object such as ``{"layers": [4, 5], "noise_levels": [0.5]}`` (unknown keys refused)."""
+        unknown = set(data) - {"layers", "noise_levels"}
+        if unknown:
+            raise ConfigError(f"Unknown model default(s) {sorted(unknown)}; expected 'layers' and/or 'noise_levels'.")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``None`` fields left out)."""
+        return {key: list(value) for key, value in dataclasses.asdict(self).items() if value is not None}
+
+
+def check_noise_levels(noise_level: float | Sequence[float]) -> tuple[float, ...]:
+    """Validate one noise level or a non-empty sequence of distinct ones, each in ``(0, 1]``.
+
+    Example:
+        >>> check_noise_levels(0.5), check_noise_levels([0.3, 0.9])
+        ((0.5,), (0.3, 0.9))
+    """
+    levels = (noise_level,) if isinstance(noise_level, int | float) else noise_level
+    if isinstance(levels, str | bytes) or not isinstance(levels, Sequence) or not levels:
+        raise ConfigError(f"noise_level must be a number in (0, 1] or a non-empty list of them, got {noise_level!r}.")
+    out = []
+    for level in levels:
+        if isinstance(level, bool) or not isinstance(level, int | float) or not 0.0 < float(level) <= 1.0:
+            raise ConfigError(f"noise_level must be in (0, 1], got {level!r}.")
+        out.append(float(level))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"noise levels must be distinct, got {list(levels)!r}.")
+    return tuple(out)
+
+
+def model_defaults(transformer: Any) -> ModelDefaults:
+    """The recommended settings recorded on a transformer (empty :class:`ModelDefaults` if none).
+
+    Example:
+        >>> from torch import nn
+        >>> module = nn.Linear(1, 1)
+        >>> set_model_defaults(module, ModelDefaults(layers=(0,)))
+        >>> model_defaults(module).layers
+        (0,)
+    """
+    value = getattr(transformer, MODEL_DEFAULTS_ATTRIBUTE, None)
+    return value if isinstance(value, ModelDefaults) else ModelDefaults()
+
+
+def set_model_defaults(transformer: Any, defaults: ModelDefaults) -> None:
+    """Record recommended settings on a transformer (they travel with the module, not with ``save_pretrained``)."""
+    setattr(transformer, MODEL_DEFAULTS_ATTRIBUTE, defaults)

@@ -1,8 +1,9 @@
 """The real-image path: concept maps of an existing image (method.md §5).
 
-The image is VAE-encoded, noised to one noise level with several seeded noise samples (batched into one transformer
-call), and the transformer runs only up to the last joint block that is needed; single-stream blocks, the final
-layer and the VAE decoder never run. Maps are softmax-normalised per sample and layer, then averaged.
+The image is VAE-encoded, noised to one noise level (or several, averaged like the steps of a generation) with
+several seeded noise samples (batched into one transformer call per level), and the transformer runs only up to the
+last joint block that is needed; single-stream blocks, the final layer and the VAE decoder never run. Maps are
+softmax-normalised per sample, level and layer, then averaged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from PIL import Image
 
 from .capture import ConceptAttention
-from .config import ConceptAttentionConfig, ConfigError
+from .config import ConceptAttentionConfig, ConfigError, check_noise_levels, model_defaults
 from .maps import ConceptMaps
 from .session import EarlyExit
 
@@ -26,7 +27,7 @@ def explain(
     concepts: Sequence[str],
     *,
     caption: str = "",
-    noise_level: float = 0.5,
+    noise_level: float | Sequence[float] | None = None,
     num_samples: int = 1,
     seed: int = 0,
     height: int | None = None,
@@ -46,7 +47,10 @@ def explain(
             models, a list of frames (images or paths).
         concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
         caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
-        noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``. The official default is 0.5.
+        noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``; or a list of levels whose maps
+            are averaged (each with the same noise samples). ``None``: the model's recommended levels if its
+            transformer carries them (:class:`~conceptattention.config.ModelDefaults`), else 0.5 (the official
+            default).
         num_samples: Noise samples averaged (sample ``i`` uses seed ``seed + i``).
         seed: Seed of the first noise sample.
         height: Model input height in pixels; default keeps the aspect ratio at the model's default area.
@@ -81,8 +85,6 @@ def explain(
         image = frames[0]
     elif not isinstance(image, Image.Image):
         image = load_image(image)
-    if not isinstance(noise_level, int | float) or not 0.0 < float(noise_level) <= 1.0:
-        raise ConfigError(f"noise_level must be in (0, 1], got {noise_level!r}.")
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"num_samples must be a positive integer, got {num_samples!r}.")
     samples_per_batch = samples_per_batch or num_samples
@@ -92,6 +94,9 @@ def explain(
         raise ConfigError("timesteps do not apply to explain(); choose the noise level with noise_level=.")
     attention = ConceptAttention(pipeline, concepts, concept_embeds=concept_embeds, config=config, **options)
     adapter = attention.adapter
+    if noise_level is None:
+        noise_level = model_defaults(attention.transformer).noise_levels or 0.5
+    noise_levels = check_noise_levels(noise_level)
     if frames is not None and adapter.modality != "video":
         raise ConfigError(f"The {adapter.name!r} model takes one image, not a list of frames.")
     if (height is None) != (width is None):
@@ -105,12 +110,13 @@ def explain(
     attention._stop_after_last_layer = True
     seeds = [seed + index for index in range(num_samples)]
     with attention, torch.no_grad():
-        for start in range(0, num_samples, samples_per_batch):
+        batches = [(level, start) for level in noise_levels for start in range(0, num_samples, samples_per_batch)]
+        for level, start in batches:  # each level sees the same noise samples
             batch = adapter.prepare_explain(
                 pipeline,
                 frames if frames is not None else image,
                 caption=caption,
-                noise_level=float(noise_level),
+                noise_level=level,
                 seeds=seeds[start : start + samples_per_batch],
                 height=height,
                 width=width,
@@ -127,7 +133,7 @@ def explain(
         {
             "path": "explain",
             "caption": caption,
-            "noise_level": float(noise_level),
+            "noise_level": noise_levels[0] if len(noise_levels) == 1 else list(noise_levels),
             "num_samples": num_samples,
             "seed": seed,
             "height": height,

@@ -102,6 +102,7 @@ def load_embedded_default(device: str = "cpu", dtype: torch.dtype = torch.float3
         pipeline = load_shapesworld(folder, device=device, dtype=dtype)
         pipeline.set_progress_bar_config(disable=False)
         recommended = json.loads((folder / "shapesworld.json").read_text()).get("recommended", {})
+        recommended.pop("concept_attention", None)  # method settings: already recorded on the transformer
         defaults = {**recommended, **recommended_call_kwargs(pipeline), **SHAPESWORLD_EXAMPLE}
         return LoadedModel(pipeline, DEFAULT_MODEL, "ShapesWorld toy FLUX-architecture model (shipped)", defaults)
     from .testing import tiny_flux_pipeline

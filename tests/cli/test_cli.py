@@ -162,11 +162,18 @@ class TestExplain:
         assert "nope.jpg" in capsys.readouterr().err
         assert not out.exists()
 
-    def test_bad_noise_level(self, model_dir, photo, tmp_path, capsys):
+    @pytest.mark.parametrize("levels", [["0"], ["0.3", "0.3"], ["0.5", "1.5"]])
+    def test_bad_noise_level(self, model_dir, photo, tmp_path, capsys, levels):
         out = tmp_path / "run"
-        assert main(self.explain_args(model_dir, photo, out, "--noise-level", "0")) == 2
-        assert "noise_level" in capsys.readouterr().err
+        assert main(self.explain_args(model_dir, photo, out, "--noise-level", *levels)) == 2
+        assert "noise" in capsys.readouterr().err
         assert not out.exists()
+
+    def test_several_noise_levels_are_recorded(self, model_dir, photo, tmp_path):
+        out = tmp_path / "run"
+        assert main(self.explain_args(model_dir, photo, out, "--noise-level", "0.3", "0.7")) == 0
+        settings = json.loads((out / "settings.json").read_text())
+        assert settings["method"]["noise_level"] == [0.3, 0.7]
 
 
 def test_env_lists_supported_models(capsys):

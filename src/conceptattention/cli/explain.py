@@ -6,6 +6,7 @@ import argparse
 import time
 
 from .. import explain
+from ..config import check_noise_levels
 from ..images import load_image
 from ..models import load_model
 from .common import (
@@ -28,7 +29,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image", required=True, help="image file (PNG/JPEG/...; grayscale, RGBA, 16-bit accepted)")
     parser.add_argument("--concepts", nargs="+", required=True, help="concepts to map, e.g. --concepts cat sofa floor")
     parser.add_argument("--caption", default="", help="prompt given with the image (default: empty)")
-    parser.add_argument("--noise-level", type=float, default=0.5, help="rectified-flow time t in (0, 1] (default 0.5)")
+    parser.add_argument(
+        "--noise-level",
+        type=float,
+        nargs="+",
+        default=None,
+        help="rectified-flow time t in (0, 1]; several are averaged (default: the model's recommended levels, else 0.5)",
+    )
     parser.add_argument("--samples", type=int, default=4, help="noise samples to average (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=None, help="model input height (default: keep aspect ratio)")
@@ -44,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
     image = load_image(args.image)  # bad files fail before the model loads
+    if args.noise_level is not None:
+        check_noise_levels(args.noise_level)  # so do bad noise levels
     loaded = load_model(args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle)
     if loaded.notice:
         print(loaded.notice)

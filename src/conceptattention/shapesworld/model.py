@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from conceptattention.config import ConfigError, ModelDefaults, set_model_defaults
 from conceptattention.shapesworld.render import IMAGE_SIZE
 
 
@@ -365,6 +366,8 @@ def _configure(pipe: Any, config: ModelConfig) -> None:
     """Apply the settings of ``config`` to a loaded or freshly built pipeline."""
     apply_position_lever(pipe.transformer, config.rope_theta, config.image_position_scale)
     pipe.default_sample_size = config.image_size // pipe.vae_scale_factor  # instance attribute read by __call__
+    # the T5 length of training: the library's explain path and concept encoding pad to the tokenizer's maximum
+    pipe.tokenizer_2.model_max_length = config.max_sequence_length
     pipe.shapesworld_config = config
 
 
@@ -503,7 +506,10 @@ def load_pipeline(
     Returns:
         ``diffusers.FluxPipeline`` with ``pipe.shapesworld_config`` (a :class:`ModelConfig`),
         ``pipe.shapesworld_settings`` (the whole ``shapesworld.json``), the RoPE lever applied and
-        ``pipe.default_sample_size`` set so that a call without ``height``/``width`` renders at the native size.
+        ``pipe.default_sample_size`` set so that a call without ``height``/``width`` renders at the native size,
+        ``tokenizer_2.model_max_length`` set to the T5 length of training, and the folder's recommended
+        ConceptAttention layers and explain noise levels recorded on the transformer
+        (:class:`~conceptattention.config.ModelDefaults`).
         Pass ``**recommended_call_kwargs(pipe)`` to calls.
 
     Example:
@@ -536,5 +542,11 @@ def load_pipeline(
         module.eval()
     config = ModelConfig.from_json(settings.get("model", {}))
     _configure(pipe, config)
+    recommended = settings.get("recommended", {}).get("concept_attention")
+    if recommended is not None:  # layers / noise levels validated for this model (docs/shapesworld.md §5)
+        try:
+            set_model_defaults(pipe.transformer, ModelDefaults.from_dict(recommended))
+        except ConfigError as error:
+            raise ModelError(f"{folder / SETTINGS_FILE}: invalid recommended.concept_attention: {error}") from error
     pipe.shapesworld_settings = settings
     return pipe.to(device)
