@@ -118,3 +118,48 @@ def tokenize_concepts(
         if token_id is not None:
             content_mask &= input_ids != token_id
     return input_ids, attention_mask, content_mask
+
+
+def pipeline_text_encoder(pipeline: Any, tokenizer_name: str, encoder_name: str, description: str) -> tuple[Any, Any]:
+    """A pipeline's ``(tokenizer, text_encoder)`` pair for encoding concepts.
+
+    Args:
+        pipeline: The diffusers pipeline.
+        tokenizer_name: Attribute of the tokenizer (``"tokenizer_2"``).
+        encoder_name: Attribute of the text encoder (``"text_encoder_2"``).
+        description: The pipeline and encoder for the message (``"This Flux pipeline has no T5 text encoder"``).
+
+    Raises:
+        ValueError: if either is missing, pointing to ``concept_embeds=``.
+    """
+    tokenizer, text_encoder = getattr(pipeline, tokenizer_name, None), getattr(pipeline, encoder_name, None)
+    if tokenizer is None or text_encoder is None:
+        raise ValueError(
+            f"{description} ({tokenizer_name}/{encoder_name}) to encode concepts; pass `concept_embeds=` (a "
+            "[C, D_text] tensor of text-encoder outputs) instead."
+        )
+    return tokenizer, text_encoder
+
+
+def encode_masked_concepts(
+    tokenizer: Any,
+    text_encoder: Any,
+    concepts: Sequence[str],
+    pooling: ConceptPooling,
+    device: torch.device | str,
+    max_length: int | None,
+) -> torch.Tensor:
+    """All concepts in one padded, masked batch through an encoder whose first output is the token states (T5,
+    UMT5), pooled over the content tokens: ``[C, D_text]``.
+
+    Example:
+        >>> from conceptattention.testing import tiny_t5_text_model, tiny_t5_tokenizer
+        >>> tokenizer = tiny_t5_tokenizer()
+        >>> encode_masked_concepts(tokenizer, tiny_t5_text_model(tokenizer, 16), ["dog", "red car"], "mean", "cpu", 64).shape
+        torch.Size([2, 16])
+    """
+    special_ids = (tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None))
+    input_ids, attention_mask, content_mask = tokenize_concepts(tokenizer, concepts, max_length, special_ids)
+    with torch.no_grad():
+        hidden = text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
+    return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]

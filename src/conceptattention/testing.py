@@ -12,9 +12,67 @@ Example:
 from __future__ import annotations
 
 import string
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import torch
+
+
+_Built = TypeVar("_Built")
+
+#: ``AutoencoderKL`` settings shared by the tiny SD3/FLUX-style VAEs: no quant convs, SD3's latent shift and scale
+#: (those of diffusers' fast tests).
+_SD3_STYLE_VAE: dict[str, Any] = {
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+    "shift_factor": 0.0609,
+    "scaling_factor": 1.5035,
+}
+
+
+def seeded_eval(seed: int | None, build: Callable[..., _Built], /, *args: Any, **kwargs: Any) -> _Built:
+    """``build(*args, **kwargs).eval()`` right after ``torch.manual_seed(seed)``: the seeded construction of every
+    tiny component, so that its random weights depend on ``seed`` only.
+
+    Args:
+        seed: Seed of torch's global RNG; ``None`` builds from the RNG's current state (no reseeding).
+        build: A module class or factory.
+        *args: Positional arguments of ``build``.
+        **kwargs: Keyword arguments of ``build``.
+
+    Returns:
+        The built module, in eval mode.
+
+    Example:
+        >>> first, second = seeded_eval(3, torch.nn.Linear, 2, 2), seeded_eval(3, torch.nn.Linear, 2, 2)
+        >>> torch.equal(first.weight, second.weight), first.training
+        (True, False)
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    return build(*args, **kwargs).eval()
+
+
+def quiet_pipeline(pipe: Any) -> Any:
+    """Disable a diffusers pipeline's progress bar and return the pipeline (the last step of every tiny pipeline).
+
+    Example:
+        >>> quiet_pipeline(tiny_flux_pipeline())._progress_bar_config
+        {'disable': True}
+    """
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _call_inputs(
+    seed: int, batch_size: int, shapes: Mapping[str, tuple[int, ...]], timestep: float, **extra: Any
+) -> dict[str, Any]:
+    """Keyword inputs of a bare transformer call: one ``randn [batch_size, *shape]`` per entry of ``shapes``, drawn in
+    that order from a generator seeded with ``seed``, a constant ``timestep [batch_size]``, ``extra`` and
+    ``return_dict=False``."""
+    generator = torch.Generator().manual_seed(seed)
+    inputs = {name: torch.randn(batch_size, *shape, generator=generator) for name, shape in shapes.items()}
+    return {**inputs, "timestep": torch.full((batch_size,), timestep), **extra, "return_dict": False}
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -60,7 +118,9 @@ def tiny_t5_tokenizer(model_max_length: int = 128) -> Any:
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
-def tiny_clip_text_model(tokenizer: Any, hidden_size: int = 32, *, with_projection: bool = False, seed: int = 0) -> Any:
+def tiny_clip_text_model(
+    tokenizer: Any, hidden_size: int = 32, *, with_projection: bool = False, seed: int = 0
+) -> Any:
     """A 2-layer random ``CLIPTextModel`` (or ``CLIPTextModelWithProjection``) for an in-memory CLIP tokenizer.
 
     Example:
@@ -69,7 +129,6 @@ def tiny_clip_text_model(tokenizer: Any, hidden_size: int = 32, *, with_projecti
     """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
     config = CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -82,21 +141,21 @@ def tiny_clip_text_model(tokenizer: Any, hidden_size: int = 32, *, with_projecti
         projection_dim=hidden_size,
         max_position_embeddings=77,
     )
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config).eval()
+    return seeded_eval(seed, CLIPTextModelWithProjection if with_projection else CLIPTextModel, config)
 
 
-def tiny_t5_text_model(tokenizer: Any, d_model: int = 32, *, seed: int = 0) -> Any:
-    """A 2-layer random ``T5EncoderModel`` (dropout 0) for an in-memory T5 tokenizer.
+def tiny_t5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0, umt5: bool = False) -> Any:
+    """A two-layer random ``T5EncoderModel`` (or ``UMT5EncoderModel``) without dropout, in eval mode.
 
     Example:
-        >>> tiny_t5_text_model(tiny_t5_tokenizer()).config.d_model
+        >>> tiny_t5_encoder(vocab_size=192).config.d_model
         32
     """
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tokenizer),
+    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
+    config = config_class(
+        vocab_size=vocab_size,
         d_model=d_model,
         d_kv=8,
         d_ff=37,
@@ -108,7 +167,78 @@ def tiny_t5_text_model(tokenizer: Any, d_model: int = 32, *, seed: int = 0) -> A
         decoder_start_token_id=0,
         dropout_rate=0.0,
     )
-    return T5EncoderModel(config).eval()
+    return seeded_eval(seed, model_class, config)
+
+
+def tiny_t5_text_model(tokenizer: Any, d_model: int = 32, *, seed: int = 0) -> Any:
+    """A 2-layer random ``T5EncoderModel`` (dropout 0) for an in-memory T5 tokenizer.
+
+    Example:
+        >>> tiny_t5_text_model(tiny_t5_tokenizer()).config.d_model
+        32
+    """
+    return tiny_t5_encoder(len(tokenizer), d_model, seed=seed)
+
+
+def _tiny_clip(hidden_size: int, seed: int, with_projection: bool = False) -> tuple[Any, Any]:
+    """An in-memory CLIP tokenizer and its tiny random text model."""
+    tokenizer = tiny_clip_tokenizer()
+    return tokenizer, tiny_clip_text_model(tokenizer, hidden_size, with_projection=with_projection, seed=seed)
+
+
+def _tiny_t5(d_model: int, seed: int, umt5: bool = False) -> tuple[Any, Any]:
+    """An in-memory T5 tokenizer and its tiny random (UM)T5 encoder."""
+    tokenizer = tiny_t5_tokenizer()
+    return tokenizer, tiny_t5_encoder(len(tokenizer), d_model, seed=seed, umt5=umt5)
+
+
+def tiny_autoencoder_kl(
+    block_out_channels: tuple[int, ...] = (4,),
+    latent_channels: int = 1,
+    norm_num_groups: int = 1,
+    sample_size: int = 32,
+    seed: int | None = 0,
+    **config: Any,
+) -> Any:
+    """A random RGB ``AutoencoderKL`` with one ResNet per block and one level per block width, in eval mode.
+
+    Args:
+        block_out_channels: Widths of the levels; ``vae_scale_factor`` is ``2 ** (len(block_out_channels) - 1)``.
+        latent_channels: Latent channels.
+        norm_num_groups: Groups of the group norms.
+        sample_size: Sample size recorded in the config.
+        seed: Seed of the random weights (``None``: the global RNG's current state).
+        **config: Further ``AutoencoderKL`` arguments.
+
+    Returns:
+        The VAE.
+
+    Example:
+        >>> tiny_autoencoder_kl((4, 8), latent_channels=4, norm_num_groups=2).config.down_block_types
+        ('DownEncoderBlock2D', 'DownEncoderBlock2D')
+    """
+    from diffusers import AutoencoderKL
+
+    if len(block_out_channels) > 1:  # AutoencoderKL's default block types are one level
+        config["down_block_types"] = ("DownEncoderBlock2D",) * len(block_out_channels)
+        config["up_block_types"] = ("UpDecoderBlock2D",) * len(block_out_channels)
+    return seeded_eval(
+        seed,
+        AutoencoderKL,
+        sample_size=sample_size,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=norm_num_groups,
+        **config,
+    )
+
+
+def _tiny_flux_vae(latent_channels: int, seed: int) -> Any:
+    """A one-level ``AutoencoderKL`` (``vae_scale_factor`` 1), as in diffusers' Flux fast tests."""
+    return tiny_autoencoder_kl(latent_channels=latent_channels, seed=seed, **_SD3_STYLE_VAE)
 
 
 def tiny_flux_transformer(
@@ -122,12 +252,18 @@ def tiny_flux_transformer(
     guidance_embeds: bool = False,
     seed: int = 0,
 ) -> Any:
-    """A random-weight ``FluxTransformer2DModel`` small enough for CPU tests (eval mode)."""
+    """A random-weight ``FluxTransformer2DModel`` small enough for CPU tests (eval mode).
+
+    Example:
+        >>> tiny_flux_transformer().config.num_layers
+        4
+    """
     from diffusers import FluxTransformer2DModel
 
-    torch.manual_seed(seed)
     head_quarter = attention_head_dim // 4
-    return FluxTransformer2DModel(
+    return seeded_eval(
+        seed,
+        FluxTransformer2DModel,
         patch_size=1,
         in_channels=in_channels,
         num_layers=num_layers,
@@ -138,7 +274,7 @@ def tiny_flux_transformer(
         pooled_projection_dim=pooled_projection_dim,
         guidance_embeds=guidance_embeds,
         axes_dims_rope=(head_quarter, head_quarter, attention_head_dim - 2 * head_quarter),
-    ).eval()
+    )
 
 
 def tiny_flux_inputs(
@@ -152,19 +288,27 @@ def tiny_flux_inputs(
     guidance: float | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Keyword inputs for a bare ``FluxTransformer2DModel`` call on a ``height × width`` token grid."""
+    """Keyword inputs for a bare ``FluxTransformer2DModel`` call on a ``height × width`` token grid.
+
+    Example:
+        >>> tiny_flux_inputs(guidance=3.5)["hidden_states"].shape
+        torch.Size([1, 24, 4])
+    """
     from diffusers import FluxPipeline
 
-    generator = torch.Generator().manual_seed(seed)
-    inputs: dict[str, Any] = {
-        "hidden_states": torch.randn(batch_size, height * width, in_channels, generator=generator),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, joint_attention_dim, generator=generator),
-        "pooled_projections": torch.randn(batch_size, pooled_projection_dim, generator=generator),
-        "timestep": torch.full((batch_size,), 0.5),
-        "img_ids": FluxPipeline._prepare_latent_image_ids(batch_size, height, width, "cpu", torch.float32),
-        "txt_ids": torch.zeros(text_tokens, 3),
-        "return_dict": False,
+    shapes = {
+        "hidden_states": (height * width, in_channels),
+        "encoder_hidden_states": (text_tokens, joint_attention_dim),
+        "pooled_projections": (pooled_projection_dim,),
     }
+    inputs = _call_inputs(
+        seed,
+        batch_size,
+        shapes,
+        0.5,
+        img_ids=FluxPipeline._prepare_latent_image_ids(batch_size, height, width, "cpu", torch.float32),
+        txt_ids=torch.zeros(text_tokens, 3),
+    )
     if guidance is not None:
         inputs["guidance"] = torch.full((batch_size,), guidance)
     return inputs
@@ -175,35 +319,23 @@ def tiny_flux_pipeline(num_layers: int = 4, guidance_embeds: bool = False, seed:
 
     The VAE has one block level (``vae_scale_factor`` 1), so a 32×32 image has a 16×16 latent and 8×8 = 64 image
     tokens.
+
+    Example:
+        >>> tiny_flux_pipeline().vae_scale_factor
+        1
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline
-    clip_tokenizer = tiny_clip_tokenizer()
-    t5_tokenizer = tiny_t5_tokenizer()
-    clip = tiny_clip_text_model(clip_tokenizer, seed=seed)
-    t5 = tiny_t5_text_model(t5_tokenizer, seed=seed + 1)
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    ).eval()
-    transformer = tiny_flux_transformer(num_layers=num_layers, guidance_embeds=guidance_embeds, seed=seed + 3)
-    pipe = FluxPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=clip,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=t5,
-        tokenizer_2=t5_tokenizer,
-        transformer=transformer,
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
+    clip_tokenizer, clip = _tiny_clip(32, seed)
+    t5_tokenizer, t5 = _tiny_t5(32, seed + 1)
+    return quiet_pipeline(
+        FluxPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=_tiny_flux_vae(latent_channels=1, seed=seed + 2),
+            text_encoder=clip,
+            tokenizer=clip_tokenizer,
+            text_encoder_2=t5,
+            tokenizer_2=t5_tokenizer,
+            transformer=tiny_flux_transformer(num_layers=num_layers, guidance_embeds=guidance_embeds, seed=seed + 3),
+        )
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

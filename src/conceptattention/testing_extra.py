@@ -18,7 +18,17 @@ from typing import Any
 
 import torch
 
-from .testing import _bytes_to_unicode, tiny_clip_text_model, tiny_clip_tokenizer, tiny_t5_tokenizer
+from .testing import (
+    _bytes_to_unicode,
+    _call_inputs,
+    _tiny_clip,
+    _tiny_flux_vae,
+    _tiny_t5,
+    quiet_pipeline,
+    seeded_eval,
+    tiny_flux_inputs,
+)
+from .testing import tiny_t5_encoder as tiny_t5_encoder  # re-exported: it was first defined in this module
 
 
 #: Chat template of the tiny Qwen tokenizers: ``<|im_start|>{role}\n{content}<|im_end|>\n`` per message.
@@ -78,59 +88,57 @@ def tiny_byte_level_tokenizer(
     return tokenizer
 
 
-def tiny_t5_encoder(vocab_size: int, d_model: int = 32, seed: int = 0, umt5: bool = False) -> Any:
-    """A two-layer random ``T5EncoderModel`` (or ``UMT5EncoderModel``) without dropout, in eval mode.
+def _padding_mask(batch_size: int, text_tokens: int, padded: int, dtype: torch.dtype) -> torch.Tensor:
+    """A ``[B, T]`` text mask of ones whose last ``padded`` tokens are zero (none when ``padded <= 0``)."""
+    mask = torch.ones(batch_size, text_tokens, dtype=dtype)  # [B, T]
+    if padded > 0:
+        mask[:, text_tokens - padded :] = 0
+    return mask
 
-    Example:
-        >>> tiny_t5_encoder(vocab_size=192).config.d_model
-        32
-    """
-    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
-    config_class, model_class = (UMT5Config, UMT5EncoderModel) if umt5 else (T5Config, T5EncoderModel)
-    torch.manual_seed(seed)
-    config = config_class(
-        vocab_size=vocab_size,
-        d_model=d_model,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-        dropout_rate=0.0,
+#: Geometry shared by the tiny FLUX-family transformers: 4 latent channels, patch 1, 2 heads × 16.
+_FLUX_FAMILY_GEOMETRY: dict[str, Any] = {
+    "patch_size": 1,
+    "in_channels": 4,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+}
+
+
+def _flow_matching_pipeline(pipeline_class: Any, tokenizer: Any, text_encoder: Any, vae: Any, transformer: Any) -> Any:
+    """A one-text-encoder ``pipeline_class`` with the default ``FlowMatchEulerDiscreteScheduler``, progress bar off."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return quiet_pipeline(
+        pipeline_class(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
     )
-    return model_class(config).eval()
 
 
-def _tiny_flux_vae(latent_channels: int, seed: int) -> Any:
-    """A one-level ``AutoencoderKL`` (``vae_scale_factor`` 1), as in diffusers' Flux fast tests."""
-    from diffusers import AutoencoderKL
+def _tiny_flux2_vae(seed: int) -> Any:
+    """A one-level ``AutoencoderKLFlux2`` with one latent channel (``vae_scale_factor`` 1)."""
+    from diffusers import AutoencoderKLFlux2
 
-    torch.manual_seed(seed)
-    return AutoencoderKL(
+    return seeded_eval(
+        seed,
+        AutoencoderKLFlux2,
         sample_size=32,
         in_channels=3,
         out_channels=3,
+        down_block_types=("DownEncoderBlock2D",),
+        up_block_types=("UpDecoderBlock2D",),
         block_out_channels=(4,),
         layers_per_block=1,
-        latent_channels=latent_channels,
+        latent_channels=1,
         norm_num_groups=1,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    ).eval()
-
-
-def _flux_like_image_ids(height: int, width: int) -> torch.Tensor:
-    """FLUX.1-style ``[h·w, 3]`` image ids ``(0, row, column)``."""
-    ids = torch.zeros(height, width, 3)  # [h, w, 3]
-    ids[..., 1] = torch.arange(height)[:, None]
-    ids[..., 2] = torch.arange(width)[None, :]
-    return ids.reshape(height * width, 3)  # [h·w, 3]
+    )
 
 
 # ----- Chroma --------------------------------------------------------------------------------------------------------
@@ -145,20 +153,18 @@ def tiny_chroma_transformer(num_layers: int = 3, num_single_layers: int = 1, see
     """
     from diffusers import ChromaTransformer2DModel
 
-    torch.manual_seed(seed)
-    return ChromaTransformer2DModel(
-        patch_size=1,
-        in_channels=4,
+    return seeded_eval(
+        seed,
+        ChromaTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
         num_layers=num_layers,
         num_single_layers=num_single_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
         joint_attention_dim=32,
         axes_dims_rope=(4, 4, 8),
         approximator_num_channels=16,
         approximator_hidden_dim=32,
         approximator_layers=1,
-    ).eval()
+    )
 
 
 def tiny_chroma_inputs(
@@ -173,20 +179,13 @@ def tiny_chroma_inputs(
         >>> tiny_chroma_inputs()["attention_mask"].shape
         torch.Size([1, 32])
     """
-    generator = torch.Generator().manual_seed(seed)
-    text_mask = torch.ones(batch_size, text_tokens, dtype=torch.bool)  # [B, T]
-    if padded_text > 1:
-        text_mask[:, text_tokens - padded_text + 1 :] = False
+    # FLUX.1's inputs without the pooled vector (drawn last, so the other tensors are those of the same seed)
+    inputs = tiny_flux_inputs(batch_size, height, width, text_tokens, seed=seed)
+    del inputs["pooled_projections"]
+    text_mask = _padding_mask(batch_size, text_tokens, padded_text - 1, torch.bool)  # [B, T]
     image_mask = torch.ones(batch_size, height * width, dtype=torch.bool)  # [B, I]
-    return {
-        "hidden_states": torch.randn(batch_size, height * width, 4, generator=generator),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 32, generator=generator),
-        "timestep": torch.full((batch_size,), 0.5),
-        "img_ids": _flux_like_image_ids(height, width),
-        "txt_ids": torch.zeros(text_tokens, 3),
-        "attention_mask": torch.cat([text_mask, image_mask], dim=1),  # [B, T + I]
-        "return_dict": False,
-    }
+    inputs["attention_mask"] = torch.cat([text_mask, image_mask], dim=1)  # [B, T + I]
+    return inputs
 
 
 def tiny_chroma_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
@@ -198,18 +197,12 @@ def tiny_chroma_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_chroma_pipeline().vae_scale_factor
         1
     """
-    from diffusers import ChromaPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline
 
-    tokenizer = tiny_t5_tokenizer()
-    pipe = ChromaPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_tiny_flux_vae(latent_channels=1, seed=seed + 2),
-        text_encoder=tiny_t5_encoder(len(tokenizer), d_model=32, seed=seed + 1),
-        tokenizer=tokenizer,
-        transformer=tiny_chroma_transformer(num_layers=num_layers, seed=seed + 3),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    tokenizer, text_encoder = _tiny_t5(32, seed + 1)
+    vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
+    transformer = tiny_chroma_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(ChromaPipeline, tokenizer, text_encoder, vae, transformer)
 
 
 # ----- Flux.2 --------------------------------------------------------------------------------------------------------
@@ -229,19 +222,17 @@ def tiny_flux2_transformer(
     """
     from diffusers import Flux2Transformer2DModel
 
-    torch.manual_seed(seed)
-    return Flux2Transformer2DModel(
-        patch_size=1,
-        in_channels=4,
+    return seeded_eval(
+        seed,
+        Flux2Transformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
         num_layers=num_layers,
         num_single_layers=num_single_layers,
-        attention_head_dim=16,
-        num_attention_heads=2,
         joint_attention_dim=3 * FLUX2_TEXT_HIDDEN,
         timestep_guidance_channels=256,
         axes_dims_rope=(4, 4, 4, 4),
         guidance_embeds=guidance_embeds,
-    ).eval()
+    )
 
 
 def tiny_flux2_inputs(
@@ -260,17 +251,13 @@ def tiny_flux2_inputs(
     """
     from diffusers import Flux2Pipeline
 
-    generator = torch.Generator().manual_seed(seed)
-    encoder_hidden_states = torch.randn(batch_size, text_tokens, 3 * FLUX2_TEXT_HIDDEN, generator=generator)
-    latents = torch.zeros(batch_size, 4, height, width)  # [B, C, h, w], only the shape matters for the ids
-    inputs: dict[str, Any] = {
-        "hidden_states": torch.randn(batch_size, height * width, 4, generator=generator),
-        "encoder_hidden_states": encoder_hidden_states,
-        "timestep": torch.full((batch_size,), 0.5),
-        "img_ids": Flux2Pipeline._prepare_latent_ids(latents),
-        "txt_ids": Flux2Pipeline._prepare_text_ids(encoder_hidden_states),
-        "return_dict": False,
+    shapes = {  # drawn in this order
+        "encoder_hidden_states": (text_tokens, 3 * FLUX2_TEXT_HIDDEN),
+        "hidden_states": (height * width, 4),
     }
+    latents = torch.zeros(batch_size, 4, height, width)  # [B, C, h, w], only the shape matters for the ids
+    inputs = _call_inputs(seed, batch_size, shapes, 0.5, img_ids=Flux2Pipeline._prepare_latent_ids(latents))
+    inputs["txt_ids"] = Flux2Pipeline._prepare_text_ids(inputs["encoder_hidden_states"])
     if guidance is not None:
         inputs["guidance"] = torch.full((batch_size,), guidance)
     return inputs
@@ -286,12 +273,13 @@ def tiny_flux2_klein_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> type(tiny_flux2_klein_pipeline().text_encoder).__name__
         'Qwen3ForCausalLM'
     """
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline
+    from diffusers import Flux2KleinPipeline
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = tiny_byte_level_tokenizer()
-    torch.manual_seed(seed + 1)
-    text_encoder = Qwen3ForCausalLM(
+    text_encoder = seeded_eval(
+        seed + 1,
+        Qwen3ForCausalLM,
         Qwen3Config(
             vocab_size=len(tokenizer),
             hidden_size=FLUX2_TEXT_HIDDEN,
@@ -302,31 +290,11 @@ def tiny_flux2_klein_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             head_dim=4,
             max_position_embeddings=512,
             pad_token_id=0,
-        )
-    ).eval()
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKLFlux2(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
-    pipe = Flux2KleinPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=tiny_flux2_transformer(num_layers=num_layers, seed=seed + 3),
+        ),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    vae = _tiny_flux2_vae(seed + 2)
+    transformer = tiny_flux2_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(Flux2KleinPipeline, tokenizer, text_encoder, vae, transformer)
 
 
 def tiny_flux2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
@@ -341,15 +309,16 @@ def tiny_flux2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_flux2_pipeline().transformer.config.guidance_embeds
         True
     """
-    from diffusers import AutoencoderKLFlux2, FlowMatchEulerDiscreteScheduler, Flux2Pipeline
+    from diffusers import Flux2Pipeline
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
     tokenizer = tiny_byte_level_tokenizer(
         special_tokens=("<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[IMG]"),
         chat_template=MISTRAL_CHAT_TEMPLATE,
     )
-    torch.manual_seed(seed + 1)
-    text_encoder = Mistral3ForConditionalGeneration(
+    text_encoder = seeded_eval(
+        seed + 1,
+        Mistral3ForConditionalGeneration,
         Mistral3Config(
             text_config={
                 "model_type": "mistral",
@@ -375,31 +344,11 @@ def tiny_flux2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             },
             image_token_index=5,
             spatial_merge_size=1,
-        )
-    ).eval()
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKLFlux2(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",),
-        up_block_types=("UpDecoderBlock2D",),
-        block_out_channels=(4,),
-        layers_per_block=1,
-        latent_channels=1,
-        norm_num_groups=1,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
-    pipe = Flux2Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        transformer=tiny_flux2_transformer(num_layers=num_layers, guidance_embeds=True, seed=seed + 3),
+        ),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    vae = _tiny_flux2_vae(seed + 2)
+    transformer = tiny_flux2_transformer(num_layers=num_layers, guidance_embeds=True, seed=seed + 3)
+    return _flow_matching_pipeline(Flux2Pipeline, tokenizer, text_encoder, vae, transformer)
 
 
 # ----- Qwen-Image ----------------------------------------------------------------------------------------------------
@@ -414,8 +363,9 @@ def tiny_qwenimage_transformer(num_layers: int = 3, zero_cond_t: bool = False, s
     """
     from diffusers import QwenImageTransformer2DModel
 
-    torch.manual_seed(seed)
-    return QwenImageTransformer2DModel(
+    return seeded_eval(
+        seed,
+        QwenImageTransformer2DModel,
         patch_size=2,
         in_channels=16,
         out_channels=4,
@@ -426,7 +376,7 @@ def tiny_qwenimage_transformer(num_layers: int = 3, zero_cond_t: bool = False, s
         guidance_embeds=False,
         axes_dims_rope=(8, 4, 4),
         zero_cond_t=zero_cond_t,
-    ).eval()
+    )
 
 
 def tiny_qwenimage_inputs(
@@ -448,20 +398,16 @@ def tiny_qwenimage_inputs(
         >>> tiny_qwenimage_inputs()["hidden_states"].shape
         torch.Size([1, 24, 16])
     """
-    generator = torch.Generator().manual_seed(seed)
     shapes = [(1, height, width)] + ([condition_shape] if condition_shape is not None else [])
     num_image = sum(f * h * w for f, h, w in shapes)
-    mask = torch.ones(batch_size, text_tokens, dtype=torch.long)  # [B, T]
-    if padded_text > 0:
-        mask[:, text_tokens - padded_text :] = 0
-    return {
-        "hidden_states": torch.randn(batch_size, num_image, 16, generator=generator),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
-        "encoder_hidden_states_mask": mask,
-        "timestep": torch.full((batch_size,), 0.5),
-        "img_shapes": [shapes] * batch_size,
-        "return_dict": False,
-    }
+    return _call_inputs(
+        seed,
+        batch_size,
+        {"hidden_states": (num_image, 16), "encoder_hidden_states": (text_tokens, 16)},
+        0.5,
+        encoder_hidden_states_mask=_padding_mask(batch_size, text_tokens, padded_text, torch.long),
+        img_shapes=[shapes] * batch_size,
+    )
 
 
 def tiny_qwen25vl_encoder(vocab_size: int, seed: int = 0) -> Any:
@@ -473,7 +419,6 @@ def tiny_qwen25vl_encoder(vocab_size: int, seed: int = 0) -> Any:
     """
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(
         text_config={
             "hidden_size": 16,
@@ -500,7 +445,7 @@ def tiny_qwen25vl_encoder(vocab_size: int, seed: int = 0) -> Any:
         image_token_id=vocab_size + 4,
         video_token_id=vocab_size + 5,
     )
-    return Qwen2_5_VLForConditionalGeneration(config).eval()
+    return seeded_eval(seed, Qwen2_5_VLForConditionalGeneration, config)
 
 
 def tiny_qwenimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
@@ -512,11 +457,12 @@ def tiny_qwenimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_qwenimage_pipeline().vae_scale_factor
         4
     """
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline
 
     tokenizer = tiny_byte_level_tokenizer()
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKLQwenImage(
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLQwenImage,
         base_dim=24,
         z_dim=4,
         dim_mult=[1, 2, 4],
@@ -524,16 +470,10 @@ def tiny_qwenimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         temperal_downsample=[False, True],
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,
-    ).eval()
-    pipe = QwenImagePipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1),
-        tokenizer=tokenizer,
-        transformer=tiny_qwenimage_transformer(num_layers=num_layers, seed=seed + 3),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
+    transformer = tiny_qwenimage_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(QwenImagePipeline, tokenizer, text_encoder, vae, transformer)
 
 
 # ----- HunyuanVideo --------------------------------------------------------------------------------------------------
@@ -548,8 +488,9 @@ def tiny_hunyuan_video_transformer(num_layers: int = 3, num_single_layers: int =
     """
     from diffusers import HunyuanVideoTransformer3DModel
 
-    torch.manual_seed(seed)
-    return HunyuanVideoTransformer3DModel(
+    return seeded_eval(
+        seed,
+        HunyuanVideoTransformer3DModel,
         in_channels=4,
         out_channels=4,
         num_attention_heads=2,
@@ -563,7 +504,7 @@ def tiny_hunyuan_video_transformer(num_layers: int = 3, num_single_layers: int =
         text_embed_dim=16,
         pooled_projection_dim=8,
         rope_axes_dim=(2, 4, 4),
-    ).eval()
+    )
 
 
 def tiny_hunyuan_video_inputs(
@@ -581,19 +522,19 @@ def tiny_hunyuan_video_inputs(
         >>> tiny_hunyuan_video_inputs()["hidden_states"].shape
         torch.Size([1, 4, 2, 3, 4])
     """
-    generator = torch.Generator().manual_seed(seed)
-    mask = torch.ones(batch_size, text_tokens)  # [B, T]
-    if padded_text > 0:
-        mask[:, text_tokens - padded_text :] = 0
-    return {
-        "hidden_states": torch.randn(batch_size, 4, frames, height, width, generator=generator),
-        "timestep": torch.full((batch_size,), 500.0),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
-        "encoder_attention_mask": mask,
-        "pooled_projections": torch.randn(batch_size, 8, generator=generator),
-        "guidance": torch.full((batch_size,), 6000.0),
-        "return_dict": False,
+    shapes = {
+        "hidden_states": (4, frames, height, width),
+        "encoder_hidden_states": (text_tokens, 16),
+        "pooled_projections": (8,),
     }
+    return _call_inputs(
+        seed,
+        batch_size,
+        shapes,
+        500.0,
+        encoder_attention_mask=_padding_mask(batch_size, text_tokens, padded_text, torch.float32),
+        guidance=torch.full((batch_size,), 6000.0),
+    )
 
 
 #: Special tokens of the tiny Llama-style tokenizer (those of HunyuanVideo's prompt template).
@@ -619,9 +560,9 @@ def tiny_hunyuan_video_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
     from transformers import LlamaConfig, LlamaModel
 
     tokenizer = tiny_byte_level_tokenizer(special_tokens=LLAMA_SPECIAL_TOKENS, chat_template=None)
-    clip_tokenizer = tiny_clip_tokenizer()
-    torch.manual_seed(seed + 1)
-    llama = LlamaModel(
+    llama = seeded_eval(
+        seed + 1,
+        LlamaModel,
         LlamaConfig(
             vocab_size=len(tokenizer),
             hidden_size=16,
@@ -632,11 +573,12 @@ def tiny_hunyuan_video_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             bos_token_id=1,
             eos_token_id=0,
             max_position_embeddings=2048,
-        )
-    ).eval()
-    clip = tiny_clip_text_model(clip_tokenizer, 8, seed=seed + 2)
-    torch.manual_seed(seed + 3)
-    vae = AutoencoderKLHunyuanVideo(
+        ),
+    )
+    clip_tokenizer, clip = _tiny_clip(8, seed + 2)
+    vae = seeded_eval(
+        seed + 3,
+        AutoencoderKLHunyuanVideo,
         in_channels=3,
         out_channels=3,
         latent_channels=4,
@@ -650,18 +592,18 @@ def tiny_hunyuan_video_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         spatial_compression_ratio=8,
         temporal_compression_ratio=4,
         mid_block_add_attention=True,
-    ).eval()
-    pipe = HunyuanVideoPipeline(
-        text_encoder=llama,
-        tokenizer=tokenizer,
-        transformer=tiny_hunyuan_video_transformer(num_layers=num_layers, seed=seed + 4),
-        vae=vae,
-        scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
-        text_encoder_2=clip,
-        tokenizer_2=clip_tokenizer,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline(
+        HunyuanVideoPipeline(
+            text_encoder=llama,
+            tokenizer=tokenizer,
+            transformer=tiny_hunyuan_video_transformer(num_layers=num_layers, seed=seed + 4),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+            text_encoder_2=clip,
+            tokenizer_2=clip_tokenizer,
+        )
+    )
 
 
 # ----- AuraFlow ------------------------------------------------------------------------------------------------------
@@ -676,8 +618,9 @@ def tiny_auraflow_transformer(num_layers: int = 3, num_single_layers: int = 1, s
     """
     from diffusers import AuraFlowTransformer2DModel
 
-    torch.manual_seed(seed)
-    return AuraFlowTransformer2DModel(
+    return seeded_eval(
+        seed,
+        AuraFlowTransformer2DModel,
         sample_size=32,
         patch_size=2,
         in_channels=4,
@@ -689,7 +632,7 @@ def tiny_auraflow_transformer(num_layers: int = 3, num_single_layers: int = 1, s
         joint_attention_dim=32,
         out_channels=4,
         pos_embed_max_size=256,
-    ).eval()
+    )
 
 
 def tiny_auraflow_inputs(
@@ -701,13 +644,8 @@ def tiny_auraflow_inputs(
         >>> tiny_auraflow_inputs()["hidden_states"].shape
         torch.Size([1, 4, 8, 12])
     """
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(batch_size, 4, height, width, generator=generator),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 32, generator=generator),
-        "timestep": torch.full((batch_size,), 0.5),
-        "return_dict": False,
-    }
+    shapes = {"hidden_states": (4, height, width), "encoder_hidden_states": (text_tokens, 32)}
+    return _call_inputs(seed, batch_size, shapes, 0.5)
 
 
 def tiny_auraflow_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
@@ -719,15 +657,9 @@ def tiny_auraflow_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_auraflow_pipeline().transformer.config.patch_size
         2
     """
-    from diffusers import AuraFlowPipeline, FlowMatchEulerDiscreteScheduler
+    from diffusers import AuraFlowPipeline
 
-    tokenizer = tiny_t5_tokenizer()
-    pipe = AuraFlowPipeline(
-        tokenizer=tokenizer,
-        text_encoder=tiny_t5_encoder(len(tokenizer), d_model=32, seed=seed + 1, umt5=True),
-        vae=_tiny_flux_vae(latent_channels=4, seed=seed + 2),
-        transformer=tiny_auraflow_transformer(num_layers=num_layers, seed=seed + 3),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    tokenizer, text_encoder = _tiny_t5(32, seed + 1, umt5=True)
+    vae = _tiny_flux_vae(latent_channels=4, seed=seed + 2)
+    transformer = tiny_auraflow_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(AuraFlowPipeline, tokenizer, text_encoder, vae, transformer)

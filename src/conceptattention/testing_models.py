@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 import torch
 
-from .testing import tiny_clip_text_model, tiny_clip_tokenizer, tiny_t5_text_model, tiny_t5_tokenizer
+from .testing import (
+    _SD3_STYLE_VAE,
+    _call_inputs,
+    _tiny_clip,
+    _tiny_t5,
+    quiet_pipeline,
+    seeded_eval,
+    tiny_autoencoder_kl,
+)
 
 
 __all__ = [
@@ -74,9 +82,10 @@ def tiny_sd3_transformer(
     """
     from diffusers import SD3Transformer2DModel
 
-    torch.manual_seed(seed)
     inner_dim = num_attention_heads * attention_head_dim
-    return SD3Transformer2DModel(
+    return seeded_eval(
+        seed,
+        SD3Transformer2DModel,
         sample_size=16,
         patch_size=patch_size,
         in_channels=in_channels,
@@ -90,7 +99,7 @@ def tiny_sd3_transformer(
         pos_embed_max_size=32,
         dual_attention_layers=(0,) if sd35 else (),
         qk_norm="rms_norm" if sd35 else None,
-    ).eval()
+    )
 
 
 def tiny_sd3_inputs(
@@ -123,14 +132,12 @@ def tiny_sd3_inputs(
         >>> tiny_sd3_inputs(batch_size=2)["hidden_states"].shape
         torch.Size([2, 4, 8, 12])
     """
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(batch_size, in_channels, height, width, generator=generator),
-        "encoder_hidden_states": torch.randn(batch_size, text_tokens, joint_attention_dim, generator=generator),
-        "pooled_projections": torch.randn(batch_size, pooled_projection_dim, generator=generator),
-        "timestep": torch.full((batch_size,), 500.0),
-        "return_dict": False,
+    shapes = {
+        "hidden_states": (in_channels, height, width),
+        "encoder_hidden_states": (text_tokens, joint_attention_dim),
+        "pooled_projections": (pooled_projection_dim,),
     }
+    return _call_inputs(seed, batch_size, shapes, 500.0)
 
 
 def tiny_sd3_pipeline(num_layers: int = 3, sd35: bool = False, with_t5: bool = True, seed: int = 0) -> Any:
@@ -154,44 +161,25 @@ def tiny_sd3_pipeline(num_layers: int = 3, sd35: bool = False, with_t5: bool = T
         >>> tiny_sd3_pipeline().vae_scale_factor
         2
     """
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Pipeline
 
-    clip_tokenizer = tiny_clip_tokenizer()
-    clip_tokenizer_2 = tiny_clip_tokenizer()
-    t5_tokenizer = tiny_t5_tokenizer()
-    clip_l = tiny_clip_text_model(clip_tokenizer, 16, with_projection=True, seed=seed)
-    clip_g = tiny_clip_text_model(clip_tokenizer_2, 16, with_projection=True, seed=seed + 1)
-    t5 = tiny_t5_text_model(t5_tokenizer, 48, seed=seed + 2) if with_t5 else None
-    torch.manual_seed(seed + 3)
-    vae = AutoencoderKL(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=2,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    ).eval()
-    transformer = tiny_sd3_transformer(num_layers=num_layers, sd35=sd35, seed=seed + 4)
-    pipe = StableDiffusion3Pipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=vae,
-        text_encoder=clip_l,
-        tokenizer=clip_tokenizer,
-        text_encoder_2=clip_g,
-        tokenizer_2=clip_tokenizer_2,
-        text_encoder_3=t5,
-        tokenizer_3=t5_tokenizer if with_t5 else None,
-        transformer=transformer,
+    clip_tokenizer, clip_l = _tiny_clip(16, seed, with_projection=True)
+    clip_tokenizer_2, clip_g = _tiny_clip(16, seed + 1, with_projection=True)
+    t5_tokenizer, t5 = _tiny_t5(48, seed + 2) if with_t5 else (None, None)
+    vae = tiny_autoencoder_kl((4, 8), latent_channels=4, norm_num_groups=2, seed=seed + 3, **_SD3_STYLE_VAE)
+    return quiet_pipeline(
+        StableDiffusion3Pipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=clip_l,
+            tokenizer=clip_tokenizer,
+            text_encoder_2=clip_g,
+            tokenizer_2=clip_tokenizer_2,
+            text_encoder_3=t5,
+            tokenizer_3=t5_tokenizer,
+            transformer=tiny_sd3_transformer(num_layers=num_layers, sd35=sd35, seed=seed + 4),
+        )
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -227,8 +215,9 @@ def tiny_cogvideox_transformer(
 
     if version not in ("1.0", "1.0-rope", "1.5"):
         raise ValueError(f"version must be '1.0', '1.0-rope' or '1.5', got {version!r}.")
-    torch.manual_seed(seed)
-    return CogVideoXTransformer3DModel(
+    return seeded_eval(
+        seed,
+        CogVideoXTransformer3DModel,
         num_attention_heads=2,
         attention_head_dim=16,
         in_channels=4,
@@ -244,7 +233,7 @@ def tiny_cogvideox_transformer(
         temporal_compression_ratio=4,
         max_text_seq_length=max_text_seq_length,
         use_rotary_positional_embeddings=version != "1.0",
-    ).eval()
+    )
 
 
 def cogvideox_rotary_embeddings(
@@ -306,16 +295,12 @@ def tiny_cogvideox_inputs(
         torch.Size([1, 2, 4, 4, 6])
     """
     config = transformer.config
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        "hidden_states": torch.randn(batch_size, frames, config.in_channels, height, width, generator=generator),
-        "encoder_hidden_states": torch.randn(
-            batch_size, config.max_text_seq_length, config.text_embed_dim, generator=generator
-        ),
-        "timestep": torch.full((batch_size,), 500, dtype=torch.long),
-        "image_rotary_emb": cogvideox_rotary_embeddings(transformer, frames, height, width),
-        "return_dict": False,
+    shapes = {
+        "hidden_states": (frames, config.in_channels, height, width),
+        "encoder_hidden_states": (config.max_text_seq_length, config.text_embed_dim),
     }
+    rotary = cogvideox_rotary_embeddings(transformer, frames, height, width)
+    return _call_inputs(seed, batch_size, shapes, 500, image_rotary_emb=rotary)  # integer timestep: long tensor
 
 
 def tiny_cogvideox_pipeline(version: CogVideoXVersion = "1.0", num_layers: int = 2, seed: int = 0) -> Any:
@@ -339,10 +324,10 @@ def tiny_cogvideox_pipeline(version: CogVideoXVersion = "1.0", num_layers: int =
     """
     from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXPipeline
 
-    tokenizer = tiny_t5_tokenizer()
-    text_encoder = tiny_t5_text_model(tokenizer, 32, seed=seed)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKLCogVideoX(
+    tokenizer, text_encoder = _tiny_t5(32, seed)
+    vae = seeded_eval(
+        seed + 1,
+        AutoencoderKLCogVideoX,
         in_channels=3,
         out_channels=3,
         down_block_types=("CogVideoXDownBlock3D",) * 3,
@@ -352,14 +337,14 @@ def tiny_cogvideox_pipeline(version: CogVideoXVersion = "1.0", num_layers: int =
         layers_per_block=1,
         norm_num_groups=2,
         temporal_compression_ratio=4,
-    ).eval()
-    transformer = tiny_cogvideox_transformer(version, num_layers=num_layers, max_text_seq_length=16, seed=seed + 2)
-    pipe = CogVideoXPipeline(
-        tokenizer=tokenizer,
-        text_encoder=text_encoder,
-        vae=vae,
-        transformer=transformer,
-        scheduler=CogVideoXDDIMScheduler(),
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    transformer = tiny_cogvideox_transformer(version, num_layers=num_layers, max_text_seq_length=16, seed=seed + 2)
+    return quiet_pipeline(
+        CogVideoXPipeline(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=CogVideoXDDIMScheduler(),
+        )
+    )

@@ -6,6 +6,10 @@ determinism, layer and step selection, CFG handling, and agreement with a naive 
 
 Subclass contract (class attributes / methods):
     concept_dim: width of concept embeddings (the text encoder output the model's text input layer takes)
+    tiny_transformer, tiny_inputs, tiny_pipeline, naive_reference: the family's factories (plain functions set as
+        class attributes); the default make_transformer / make_inputs / make_pipeline / naive_scores call them, the
+        model and pipeline factories with ``tiny_kwargs`` (default ``num_layers=3``). A subclass may instead override
+        those methods.
     make_transformer() -> nn.Module                       (called once per class; cache it)
     make_inputs(batch_size: int, seed: int) -> dict      transformer kwargs
     expected_grid: (frames, h, w) of make_inputs' image tokens
@@ -21,16 +25,191 @@ Subclass contract (class attributes / methods):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 
-from conceptattention import ConceptAttention, get_adapter
+from conceptattention import ConceptAttention, UnsupportedSetupError, explain, get_adapter
 
 
 class _Boom(Exception):
     pass
+
+
+# ----- helpers shared by the per-family test files -----
+
+
+def seeded_embeds(count: int = 3, dim: int = 32, seed: int = 1) -> torch.Tensor:
+    """``count`` random concept embeddings of width ``dim`` from a seeded generator."""
+    return torch.randn(count, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def make_generate(
+    defaults: dict[str, Any], *, output: str = "images", prompt: str = "a red house by the sea"
+) -> Callable[..., torch.Tensor]:
+    """A module's ``generate(pipe, prompt=..., seed=0, **overrides)``: a seeded pipeline call with the module's
+    default kwargs, returning the result's ``output`` attribute (``images`` or ``frames``)."""
+
+    def generate(pipe: Any, prompt: str = prompt, seed: int = 0, **kwargs: Any) -> torch.Tensor:
+        merged = {**defaults, **kwargs}
+        return getattr(pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged), output)
+
+    return generate
+
+
+def module_fixtures(battery: type[AdapterBattery]) -> tuple[Any, Any]:
+    """Module-scoped ``transformer`` and ``pipe`` fixtures for a family file's plain test functions, built like the
+    battery class's (but separate instances: the battery's cached ones are not shared)."""
+
+    @pytest.fixture(scope="module", name="transformer")
+    def transformer_fixture() -> Any:
+        return battery().make_transformer()
+
+    @pytest.fixture(scope="module", name="pipe")
+    def pipe_fixture() -> Any:
+        return battery().make_pipeline()
+
+    return transformer_fixture, pipe_fixture
+
+
+def random_image(height: int = 40, width: int = 56, seed: int = 0) -> Any:
+    """A seeded random RGB PIL image."""
+    from PIL import Image
+
+    pixels = torch.rand(height, width, 3, generator=torch.Generator().manual_seed(seed)) * 255
+    return Image.fromarray(pixels.to(torch.uint8).numpy())
+
+
+def batch_logits(ca: ConceptAttention) -> torch.Tensor:
+    """The raw scores of every batch item of a finished run, flattened: [B, C, I]."""
+    return torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])
+
+
+def layer_logits(transformer: Any, inputs: dict[str, Any], embeds: torch.Tensor, layers: list[int], **options: Any):
+    """Raw (``softmax=False``) scores of one single-item transformer call at ``layers``, flattened: [C, I]."""
+    with ConceptAttention(transformer, concept_embeds=embeds, layers=layers, softmax=False, **options) as ca:
+        transformer(**inputs)
+    return ca.maps.logits.flatten(1)
+
+
+def assert_close_scaled(ours: torch.Tensor, expected: torch.Tensor) -> None:
+    """``assert_close`` with rtol 1e-4 and an absolute tolerance of 1e-4 of the expected values' largest magnitude."""
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+def assert_right_not_wrong(ours: torch.Tensor, right: torch.Tensor, wrong: torch.Tensor) -> None:
+    """``ours`` matches the right reference and is 100x further from a deliberately wrong variant of it (so the
+    test is sensitive to the detail the wrong variant gets wrong)."""
+    assert_close_scaled(ours, right)
+    assert (ours - wrong).abs().max() > 100 * (ours - right).abs().max()
+
+
+def assert_concepts_permute(
+    transformer: Any, inputs: dict[str, Any], embeds: torch.Tensor, layers: list[int], ours: torch.Tensor, order: list[int]
+) -> None:
+    """All concepts share one position: permuting the concepts permutes their scores ``ours`` ([C, I])."""
+    permuted = layer_logits(transformer, inputs, embeds[order], layers)
+    torch.testing.assert_close(permuted, ours[order], rtol=1e-5, atol=1e-5)
+
+
+def assert_padding_mask_kept(transformer: Any, masked: dict[str, Any], unmasked: dict[str, Any], dim: int) -> None:
+    """The prompt's padding mask matters for the output (so the check is sensitive), and with concept attention on
+    the masked call's output stays bit-identical."""
+    with torch.no_grad():
+        assert not torch.equal(transformer(**masked)[0], transformer(**unmasked)[0])
+        reference = transformer(**masked)[0]
+    with ConceptAttention(transformer, concept_embeds=torch.randn(2, dim)):
+        assert torch.equal(transformer(**masked)[0], reference)
+
+
+def assert_subclassed_processor_refused(model: Any, attn: Any, stock_processor: type, dim: int) -> None:
+    """A user's subclass of the stock processor (it may change the attention) set on ``attn`` is refused by name."""
+
+    class CustomProcessor(stock_processor):
+        pass
+
+    attn.set_processor(CustomProcessor())
+    with pytest.raises(UnsupportedSetupError, match="CustomProcessor"):
+        ConceptAttention(model, concept_embeds=torch.randn(2, dim)).__enter__()
+
+
+def assert_cfg_conditional_half(pipe: Any, generate_cfg: Callable[[Any], Any], **tolerance: Any) -> None:
+    """Under a batched classifier-free guidance call the default maps are the conditional (second) half's."""
+    with ConceptAttention(pipe, ["house", "sea"], batch_half="all") as both:
+        generate_cfg(pipe)
+    with ConceptAttention(pipe, ["house", "sea"]) as conditional:
+        generate_cfg(pipe)
+    assert len(both.batch_maps) == 2 and len(conditional.batch_maps) == 1
+    torch.testing.assert_close(conditional.maps.maps, both.batch_maps[1].maps, **tolerance)
+    assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+
+
+def t5_content_states(tokenizer: Any, encoder: Any, concepts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A T5-style encoder's states of the padded concepts [C, L, D] and the mask of their content tokens [C, L]
+    (attended and not the end token)."""
+    tokens = tokenizer(concepts, padding="longest", return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)[0]
+    content = tokens.attention_mask.bool() & (tokens.input_ids != tokenizer.eos_token_id)
+    return hidden, content
+
+
+def assert_t5_poolings(encoded: dict[str, torch.Tensor], hidden: torch.Tensor, content: torch.Tensor) -> None:
+    """``encoded[pooling]`` ("mean", "first", "last") pools each concept's content tokens, and a multi-word concept
+    is not truncated to its first token."""
+    for index in range(len(hidden)):
+        positions = content[index].nonzero().flatten()
+        torch.testing.assert_close(encoded["mean"][index], hidden[index, positions].mean(0))
+        torch.testing.assert_close(encoded["first"][index], hidden[index, positions[0]])
+        torch.testing.assert_close(encoded["last"][index], hidden[index, positions[-1]])
+    assert not torch.allclose(encoded["mean"][0], encoded["first"][0])
+
+
+def assert_mean_of_concept_span(
+    encoded_row: torch.Tensor, hidden: torch.Tensor, ids: torch.Tensor, tokenizer: Any, concept: str, start: int,
+    **tolerance: Any,
+) -> None:
+    """The concept's tokens sit at ``start`` of the templated ``ids`` [1, L] and its embedding is the mean of their
+    states ``hidden`` [L, D]."""
+    content = slice(start, start + len(tokenizer(concept).input_ids))
+    assert tokenizer.decode(ids[0, content]) == concept
+    torch.testing.assert_close(encoded_row, hidden[content].mean(0), **tolerance)
+
+
+def check_explain(
+    pipe: Any,
+    *,
+    height: int,
+    width: int,
+    grid: tuple[int, int, int],
+    skipped_block: Any,
+    layers: list[int],
+    bad_height: int | None = None,
+    bad_match: str = "multiples",
+    one_caption: str = "a house",
+) -> None:
+    """``explain`` on a random image: map shape and softmax sums with 2 samples, a different result with 1 sample,
+    a refused size (when ``bad_height`` is given), and early exit: ``skipped_block`` never runs when the last
+    selected block of ``layers`` comes before it."""
+    image = random_image()
+    concepts = ["house", "sky"]
+    two = explain(pipe, image, concepts, height=height, width=width, num_samples=2, caption="a house")
+    assert two.maps.shape == (2, *grid)
+    torch.testing.assert_close(two.maps.sum(0), torch.ones(grid))
+    one = explain(pipe, image, concepts, height=height, width=width, num_samples=1, caption=one_caption)
+    assert not torch.allclose(one.maps, two.maps)
+    if bad_height is not None:
+        with pytest.raises(ValueError, match=bad_match):
+            explain(pipe, image, concepts, height=bad_height, width=width)
+    calls = []
+    handle = skipped_block.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        explain(pipe, image, concepts, height=height, width=width, layers=layers)
+    finally:
+        handle.remove()
+    assert calls == []  # early exit after the last selected block
 
 
 class AdapterBattery:
@@ -41,31 +220,50 @@ class AdapterBattery:
     expected_pipeline_grid: tuple[int, int, int] = (1, 1, 1)
     spaces_checked: tuple[str, ...] = ("output", "cross_attention", "value")
     modes_checked: tuple[str, ...] = ("both", "cross", "self", "none")
+    tiny_transformer: Callable[..., Any] | None = None
+    tiny_inputs: Callable[..., dict[str, Any]] | None = None
+    tiny_pipeline: Callable[..., Any] | None = None
+    naive_reference: Callable[..., torch.Tensor] | None = None
+    tiny_kwargs: dict[str, Any] = {"num_layers": 3}
 
     # ----- hooks for subclasses -----
 
+    def factory(self, name: str) -> Callable[..., Any] | None:
+        """A factory class attribute as the plain function (read from the class: never bound to the instance)."""
+        return getattr(type(self), name)
+
     def make_transformer(self) -> Any:
-        raise NotImplementedError
+        build = self.factory("tiny_transformer")
+        if build is None:
+            raise NotImplementedError
+        return build(**self.tiny_kwargs)
 
     def make_inputs(self, batch_size: int = 1, seed: int = 0) -> dict[str, Any]:
-        raise NotImplementedError
+        build = self.factory("tiny_inputs")
+        if build is None:
+            raise NotImplementedError
+        return build(batch_size=batch_size, seed=seed)
 
     def output_of(self, result: Any) -> torch.Tensor:
         return result[0] if isinstance(result, tuple) else result.sample
 
     def make_pipeline(self) -> Any:
-        return None
+        build = self.factory("tiny_pipeline")
+        return None if build is None else build(**self.tiny_kwargs)
 
     def pipeline_outputs(self, result: Any) -> torch.Tensor:
         return result.images if hasattr(result, "images") else result.frames
 
     def naive_scores(self, transformer: Any, inputs: dict, embeds: torch.Tensor, layers: list[int], space: str, mode: str):
-        return None
+        reference = self.factory("naive_reference")
+        if reference is None:
+            return None
+        return reference(transformer, inputs, embeds, layers, space=space, mode=mode)
 
     # ----- helpers -----
 
     def embeds(self, count: int = 3, seed: int = 1) -> torch.Tensor:
-        return torch.randn(count, self.concept_dim, generator=torch.Generator().manual_seed(seed))
+        return seeded_embeds(count, self.concept_dim, seed)
 
     def run(self, transformer: Any, inputs: dict[str, Any]) -> torch.Tensor:
         with torch.no_grad():

@@ -10,11 +10,21 @@ attention) implements the method.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
+
+from .reference_common import (
+    Layout,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    joint_qkv,
+    per_sample,
+    residual_update,
+    rotate_rows,
+)
 
 
 def naive_flux_scores(
@@ -36,88 +46,29 @@ def naive_flux_scores(
     concept_pooled = torch.zeros_like(pooled) if conditioning == "null_pooled" else pooled
     temb_concepts = model.time_text_embed(timestep, concept_pooled)  # [B, d]
     text = model.context_embedder(inputs["encoder_hidden_states"].double())  # [B, T, d]
-    concepts = model.context_embedder(concept_embeds.double()).unsqueeze(0).repeat(batch, 1, 1)  # [B, C, d]
-    num_text, num_concepts = text.shape[1], concepts.shape[1]
+    concepts = per_sample(model.context_embedder(concept_embeds.double()), batch)  # [B, C, d]
+    layout = Layout.text_first(text.shape[1], num_image, concepts.shape[1])
+    allowed = layout.mask(mode)  # [S, S]
     ids = torch.cat([inputs["txt_ids"], inputs["img_ids"]], dim=0)  # [T + I, 3]
     cos, sin = model.pos_embed(ids)
 
-    total = num_text + num_image + num_concepts
-    allowed = torch.zeros(total, total, dtype=torch.bool)
-    text_rows = slice(0, num_text)
-    image_rows = slice(num_text, num_text + num_image)
-    concept_rows = slice(num_text + num_image, total)
-    allowed[: num_text + num_image, : num_text + num_image] = True  # text and image see text and image only
-    if mode in ("both", "cross"):
-        allowed[concept_rows, image_rows] = True
-    if mode in ("both", "self"):
-        allowed[concept_rows, concept_rows] = True
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
 
     scores = []
-    for index, block in enumerate(model.transformer_blocks):
-        if index > max(layers):
-            break
+    for index, block in blocks_until(model.transformer_blocks, layers):
         attn = block.attn
-        heads, head_dim = attn.heads, attn.head_dim
-
-        def split(x: torch.Tensor, heads: int = heads, head_dim: int = head_dim) -> torch.Tensor:
-            return x.unflatten(-1, (heads, head_dim))  # [B, S, H, D]
-
-        n_img, gate, shift2, scale2, gate2 = block.norm1(hidden, emb=temb)
-        n_txt, c_gate, c_shift2, c_scale2, c_gate2 = block.norm1_context(text, emb=temb)
-        n_con, k_gate, k_shift2, k_scale2, k_gate2 = block.norm1_context(concepts, emb=temb_concepts)
-        query = torch.cat(
-            [
-                attn.norm_added_q(split(attn.add_q_proj(n_txt))),
-                attn.norm_q(split(attn.to_q(n_img))),
-                attn.norm_added_q(split(attn.add_q_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, T + I + C, H, D]
-        key = torch.cat(
-            [
-                attn.norm_added_k(split(attn.add_k_proj(n_txt))),
-                attn.norm_k(split(attn.to_k(n_img))),
-                attn.norm_added_k(split(attn.add_k_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, T + I + C, H, D]
-        value = torch.cat(
-            [split(attn.add_v_proj(n_txt)), split(attn.to_v(n_img)), split(attn.add_v_proj(n_con))], dim=1
-        )  # [B, T + I + C, H, D]
+        n_img, *img_mod = block.norm1(hidden, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
+        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+        n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
+        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
         # RoPE on text and image rows; concepts keep position 0 (identity rotation), as FLUX.1 text tokens
-        rotated = slice(0, num_text + num_image)
-        query = torch.cat([apply_rotary_emb(query[:, rotated], (cos, sin), sequence_dim=1), query[:, concept_rows]], 1)
-        key = torch.cat([apply_rotary_emb(key[:, rotated], (cos, sin), sequence_dim=1), key[:, concept_rows]], 1)
-
-        logits = torch.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)  # [B, H, S, S]
-        logits = logits.masked_fill(~allowed, float("-inf"))
-        if mode == "none":
-            logits[:, :, concept_rows] = 0.0  # placeholder rows, replaced below
-        weights = torch.softmax(logits, dim=-1)
-        output = torch.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, S, H, D]
-        if mode == "none":
-            output[:, concept_rows] = value[:, concept_rows]
-        output = output.flatten(2, 3)  # [B, S, H·D]
-        o_txt, o_img, o_con = output[:, text_rows], output[:, image_rows], output[:, concept_rows]
-
+        query, key = rotate_rows(query, slice(0, layout.joint), rope), rotate_rows(key, slice(0, layout.joint), rope)
+        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
         if index in layers:
-            if space == "output":
-                scores.append(torch.einsum("bcd,bid->bci", o_con, o_img))
-            elif space == "cross_attention":
-                q_img, k_con = query[:, image_rows], key[:, concept_rows]
-                scores.append(torch.einsum("bihd,bchd->bci", q_img, k_con) / heads / math.sqrt(head_dim))
-            elif space == "value":
-                v_img, v_con = value[:, image_rows], value[:, concept_rows]
-                scores.append(torch.einsum("bihd,bchd->bci", v_img, v_con) / heads)
-
-        hidden = hidden + gate.unsqueeze(1) * attn.to_out[0](o_img)
-        hidden = hidden + gate2.unsqueeze(1) * block.ff(block.norm2(hidden) * (1 + scale2[:, None]) + shift2[:, None])
-        text = text + c_gate.unsqueeze(1) * attn.to_add_out(o_txt)
-        text = text + c_gate2.unsqueeze(1) * block.ff_context(
-            block.norm2_context(text) * (1 + c_scale2[:, None]) + c_shift2[:, None]
-        )
-        concepts = concepts + k_gate.unsqueeze(1) * attn.to_add_out(o_con)
-        concepts = concepts + k_gate2.unsqueeze(1) * block.ff_context(
-            block.norm2_context(concepts) * (1 + k_scale2[:, None]) + k_shift2[:, None]
-        )
+            scores.append(concept_scores(space, query, key, value, output, layout))
+        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
+        hidden = residual_update(hidden, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
+        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
+        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
     return torch.stack(scores)  # [L, B, C, I]

@@ -9,11 +9,21 @@ through the token refiner on its own, in a Python loop. No code is shared with t
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
+
+from .reference_common import (
+    Layout,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    joint_qkv,
+    key_mask,
+    residual_update,
+    rotate_rows,
+)
 
 
 def naive_hunyuan_video_scores(
@@ -47,100 +57,29 @@ def naive_hunyuan_video_scores(
         ]
         rows.append(torch.stack(refined))  # [C, d]
     concepts = torch.stack(rows)  # [B, C, d]
-    num_text, num_concepts = text.shape[1], concepts.shape[1]
+    num_text = text.shape[1]
+    layout = Layout.image_first(num_text, num_video, concepts.shape[1])  # [video, text, concepts]
 
-    total = num_video + num_text + num_concepts
-    video_rows = slice(0, num_video)
-    concept_rows = slice(num_video + num_text, total)
     valid_text = torch.arange(num_text)[None, :] < text_mask.sum(dim=1, keepdim=True)  # [B, T]
-    allowed = torch.zeros(batch, total, total, dtype=torch.bool)
-    allowed[:, : num_video + num_text, video_rows] = True
-    allowed[:, : num_video + num_text, num_video : num_video + num_text] = valid_text[:, None, :]
-    if mode in ("both", "cross"):
-        allowed[:, concept_rows, video_rows] = True
-    if mode in ("both", "self"):
-        allowed[:, concept_rows, concept_rows] = True
+    valid_keys = torch.cat([torch.ones(batch, num_video, dtype=torch.bool), valid_text], dim=1)  # [B, I + T]
+    allowed = layout.mask(mode, joint=key_mask(valid_keys))  # [B, S, S]: everyone sees the video, the unpadded text
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
 
     scores = []
-    for index, block in enumerate(model.transformer_blocks):
-        if index > max(layers):
-            break
+    for index, block in blocks_until(model.transformer_blocks, layers):
         attn = block.attn
-        heads = attn.heads
-        head_dim = attn.inner_dim // heads if hasattr(attn, "inner_dim") else video.shape[-1] // heads
-
-        def split(x: torch.Tensor, heads: int = heads) -> torch.Tensor:
-            return x.unflatten(-1, (heads, -1))  # [B, S, H, D]
-
-        n_vid, gate, shift2, scale2, gate2 = block.norm1(video, emb=temb)
-        n_txt, c_gate, c_shift2, c_scale2, c_gate2 = block.norm1_context(text, emb=temb)
-        n_con, k_gate, k_shift2, k_scale2, k_gate2 = block.norm1_context(concepts, emb=temb_concepts)
-        video_query = apply_rotary_emb(attn.norm_q(split(attn.to_q(n_vid))), (cos, sin), sequence_dim=1)
-        video_key = apply_rotary_emb(attn.norm_k(split(attn.to_k(n_vid))), (cos, sin), sequence_dim=1)
-        query = torch.cat(
-            [
-                video_query,
-                attn.norm_added_q(split(attn.add_q_proj(n_txt))),
-                attn.norm_added_q(split(attn.add_q_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, I + T + C, H, D]
-        key = torch.cat(
-            [
-                video_key,
-                attn.norm_added_k(split(attn.add_k_proj(n_txt))),
-                attn.norm_added_k(split(attn.add_k_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, I + T + C, H, D]
-        value = torch.cat(
-            [split(attn.to_v(n_vid)), split(attn.add_v_proj(n_txt)), split(attn.add_v_proj(n_con))], dim=1
-        )  # [B, I + T + C, H, D]
-
-        logits = torch.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)  # [B, H, S, S]
-        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-        if mode == "none":
-            logits[:, :, concept_rows] = 0.0  # placeholder rows, replaced below
-        weights = torch.softmax(logits, dim=-1)
-        output = torch.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, S, H, D]
-        if mode == "none":
-            output[:, concept_rows] = value[:, concept_rows]
-        output = output.flatten(2, 3)  # [B, S, H·D]
-        o_vid, o_txt, o_con = (
-            output[:, video_rows],
-            output[:, num_video : num_video + num_text],
-            output[:, concept_rows],
-        )
-
+        n_vid, *vid_mod = block.norm1(video, emb=temb)  # vid_mod: gate, shift2, scale2, gate2, each [B, d]
+        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+        n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
+        query, key, value = joint_qkv(attn, [(n_vid, False), (n_txt, True), (n_con, True)])  # [B, S, H, D]
+        query, key = rotate_rows(query, layout.image, rope), rotate_rows(key, layout.image, rope)  # video rows only
+        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
         if index in layers:
-            if space == "output":
-                scores.append(torch.einsum("bcd,bid->bci", o_con, o_vid))
-            elif space == "cross_attention":
-                scores.append(
-                    torch.einsum("bihd,bchd->bci", query[:, video_rows], key[:, concept_rows])
-                    / heads
-                    / math.sqrt(head_dim)
-                )
-            elif space == "value":
-                scores.append(torch.einsum("bihd,bchd->bci", value[:, video_rows], value[:, concept_rows]) / heads)
-
-        def update(x, o, proj, ff, norm2, g1, sh, sc, g2):
-            x = x + proj(o) * g1[:, None]
-            return x + g2[:, None] * ff(norm2(x) * (1 + sc[:, None]) + sh[:, None])
-
-        video = update(video, o_vid, attn.to_out[0], block.ff, block.norm2, gate, shift2, scale2, gate2)
-        text = update(
-            text, o_txt, attn.to_add_out, block.ff_context, block.norm2_context, c_gate, c_shift2, c_scale2, c_gate2
-        )
-        concepts = update(
-            concepts,
-            o_con,
-            attn.to_add_out,
-            block.ff_context,
-            block.norm2_context,
-            k_gate,
-            k_shift2,
-            k_scale2,
-            k_gate2,
-        )
-    return torch.stack(scores)  # [L, B, C, I]
+            scores.append(concept_scores(space, query, key, value, output, layout))
+        o_vid, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
+        video = residual_update(video, attn.to_out[0](o_vid), block.norm2, block.ff, *vid_mod)
+        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
+        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    return torch.stack(scores)  # [L, B, C, F·h·w]

@@ -10,10 +10,22 @@ the model's frequency table: image rows from the model's image frequencies, text
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import torch
+
+from .reference_common import (
+    Layout,
+    ada_norm_zero,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    joint_qkv,
+    key_mask,
+    layer_norm,
+    per_sample,
+    residual_update,
+)
 
 
 def _rotate(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
@@ -44,8 +56,9 @@ def naive_qwenimage_scores(
     temb = model.time_text_embed(timestep, hidden)  # [B or 2B, d]
     temb = temb[:batch]  # text (and, with a single image shape, the image) use the first half
     text = model.txt_in(model.txt_norm(inputs["encoder_hidden_states"].double()))  # [B, T, d]
-    concepts = model.txt_in(model.txt_norm(concept_embeds.double())).unsqueeze(0).repeat(batch, 1, 1)  # [B, C, d]
+    concepts = per_sample(model.txt_in(model.txt_norm(concept_embeds.double())), batch)  # [B, C, d]
     num_text, num_concepts = text.shape[1], concepts.shape[1]
+    layout = Layout.text_first(num_text, num_image, num_concepts)
 
     frames, grid_h, grid_w = inputs["img_shapes"][0][0]
     image_freqs, _ = model.pos_embed(inputs["img_shapes"], max_txt_seq_len=num_text, device=hidden.device)  # [I, D/2]
@@ -56,92 +69,26 @@ def naive_qwenimage_scores(
         [table[start : start + num_text], image_freqs.cpu(), table[start + position].expand(num_concepts, -1)], dim=0
     )  # [T + I + C, D/2]
 
-    total = num_text + num_image + num_concepts
-    image_rows = slice(num_text, num_text + num_image)
-    concept_rows = slice(num_text + num_image, total)
     text_keys = inputs.get("encoder_hidden_states_mask")
     text_keys = torch.ones(batch, num_text, dtype=torch.bool) if text_keys is None else text_keys.bool()  # [B, T]
-    allowed = torch.zeros(batch, total, total, dtype=torch.bool)
-    allowed[:, : num_text + num_image, :num_text] = text_keys[:, None, :]
-    allowed[:, : num_text + num_image, image_rows] = True
-    if mode in ("both", "cross"):
-        allowed[:, concept_rows, image_rows] = True
-    if mode in ("both", "self"):
-        allowed[:, concept_rows, concept_rows] = True
-
-    def layer_norm(x: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.layer_norm(x, x.shape[-1:], eps=1e-6)
-
-    def modulate(x: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shift, scale, gate = params.chunk(3, dim=-1)  # [B, d] each
-        return x * (1 + scale[:, None]) + shift[:, None], gate[:, None]
+    valid_keys = torch.cat([text_keys, torch.ones(batch, num_image, dtype=torch.bool)], dim=1)  # [B, T + I]
+    allowed = layout.mask(mode, joint=key_mask(valid_keys))  # [B, S, S]: everyone sees the unpadded text, the image
 
     scores = []
-    for index, block in enumerate(model.transformer_blocks):
-        if index > max(layers):
-            break
+    for index, block in blocks_until(model.transformer_blocks, layers):
         attn = block.attn
-        heads = attn.heads
-        head_dim = attn.inner_dim // heads
-        image_mod1, image_mod2 = block.img_mod(temb).chunk(2, dim=-1)
-        text_mod1, text_mod2 = block.txt_mod(temb).chunk(2, dim=-1)
-
-        def split(x: torch.Tensor, heads: int = heads, head_dim: int = head_dim) -> torch.Tensor:
-            return x.unflatten(-1, (heads, head_dim))  # [B, S, H, D]
-
-        n_img, g_img = modulate(layer_norm(hidden), image_mod1)
-        n_txt, g_txt = modulate(layer_norm(text), text_mod1)
-        n_con, g_con = modulate(layer_norm(concepts), text_mod1)
-        query = torch.cat(
-            [
-                attn.norm_added_q(split(attn.add_q_proj(n_txt))),
-                attn.norm_q(split(attn.to_q(n_img))),
-                attn.norm_added_q(split(attn.add_q_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, T + I + C, H, D]
-        key = torch.cat(
-            [
-                attn.norm_added_k(split(attn.add_k_proj(n_txt))),
-                attn.norm_k(split(attn.to_k(n_img))),
-                attn.norm_added_k(split(attn.add_k_proj(n_con))),
-            ],
-            dim=1,
-        )  # [B, T + I + C, H, D]
-        value = torch.cat(
-            [split(attn.add_v_proj(n_txt)), split(attn.to_v(n_img)), split(attn.add_v_proj(n_con))], dim=1
-        )  # [B, T + I + C, H, D]
+        image_mod = [*block.img_mod(temb).chunk(6, dim=-1)]  # shift, scale, gate, shift2, scale2, gate2: [B, d]
+        text_mod = [*block.txt_mod(temb).chunk(6, dim=-1)]
+        n_img, img_mod = ada_norm_zero(hidden, layer_norm, *image_mod)
+        n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_mod)
+        n_con, con_mod = ada_norm_zero(concepts, layer_norm, *text_mod)
+        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
         query, key = _rotate(query, freqs), _rotate(key, freqs)
-
-        logits = torch.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(head_dim)  # [B, H, S, S]
-        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
-        if mode == "none":
-            logits[:, :, concept_rows] = 0.0  # placeholder rows, replaced below
-        weights = torch.softmax(logits, dim=-1)
-        output = torch.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, S, H, D]
-        if mode == "none":
-            output[:, concept_rows] = value[:, concept_rows]
-        output = output.flatten(2, 3)  # [B, S, H·D]
-        o_txt, o_img, o_con = output[:, :num_text], output[:, image_rows], output[:, concept_rows]
-
+        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
         if index in layers:
-            if space == "output":
-                scores.append(torch.einsum("bcd,bid->bci", o_con, o_img))
-            elif space == "cross_attention":
-                scores.append(
-                    torch.einsum("bihd,bchd->bci", query[:, image_rows], key[:, concept_rows])
-                    / heads
-                    / math.sqrt(head_dim)
-                )
-            elif space == "value":
-                scores.append(torch.einsum("bihd,bchd->bci", value[:, image_rows], value[:, concept_rows]) / heads)
-
-        def update(x, o, proj, gate, norm_mlp_params, mlp):
-            x = x + gate * proj(o)
-            modulated, gate2 = modulate(layer_norm(x), norm_mlp_params)
-            return x + gate2 * mlp(modulated)
-
-        hidden = update(hidden, o_img, attn.to_out[0], g_img, image_mod2, block.img_mlp)
-        text = update(text, o_txt, attn.to_add_out, g_txt, text_mod2, block.txt_mlp)
-        concepts = update(concepts, o_con, attn.to_add_out, g_con, text_mod2, block.txt_mlp)
+            scores.append(concept_scores(space, query, key, value, output, layout))
+        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
+        hidden = residual_update(hidden, attn.to_out[0](o_img), layer_norm, block.img_mlp, *img_mod)
+        text = residual_update(text, attn.to_add_out(o_txt), layer_norm, block.txt_mlp, *txt_mod)
+        concepts = residual_update(concepts, attn.to_add_out(o_con), layer_norm, block.txt_mlp, *con_mod)
     return torch.stack(scores)  # [L, B, C, I]

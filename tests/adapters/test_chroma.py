@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from conceptattention import ConceptAttention, explain, get_adapter
+from conceptattention import ConceptAttention, get_adapter
 from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_padding_mask_kept,
+    assert_right_not_wrong,
+    check_explain,
+    layer_logits,
+    make_generate,
+    module_fixtures,
+    seeded_embeds,
+    t5_content_states,
+)
 from .chroma_reference import naive_chroma_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=32, output_type="pt", guidance_scale=1.0)
 CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run much faster on one thread (the test machine's cores are shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class TestChromaBattery(AdapterBattery):
@@ -33,33 +33,14 @@ class TestChromaBattery(AdapterBattery):
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = CFG_KW
     expected_pipeline_grid = (1, 16, 24)
-
-    def make_transformer(self):
-        return tiny_chroma_transformer(num_layers=3)
-
-    def make_inputs(self, batch_size: int = 1, seed: int = 0):
-        return tiny_chroma_inputs(batch_size=batch_size, seed=seed)
-
-    def make_pipeline(self):
-        return tiny_chroma_pipeline(num_layers=3)
-
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_chroma_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+    tiny_transformer = tiny_chroma_transformer
+    tiny_inputs = tiny_chroma_inputs
+    tiny_pipeline = tiny_chroma_pipeline
+    naive_reference = naive_chroma_scores
 
 
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_chroma_transformer(num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_chroma_pipeline(num_layers=3)
-
-
-def generate(pipe, seed=0, **kwargs):
-    merged = {**GEN_KW, **kwargs}
-    return pipe("a red house by the sea", generator=torch.Generator().manual_seed(seed), **merged).images
+transformer, pipe = module_fixtures(TestChromaBattery)
+generate = make_generate(GEN_KW)
 
 
 def test_registry_finds_chroma(transformer):
@@ -69,25 +50,17 @@ def test_registry_finds_chroma(transformer):
 def test_concepts_use_their_own_blocks_modulation(transformer):
     """Block i's concepts are modulated by block i's text rows; using block 0's rows everywhere would differ."""
     inputs = tiny_chroma_inputs(batch_size=1)
-    embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(5))
-    with ConceptAttention(transformer, concept_embeds=embeds, layers=[2], softmax=False) as ca:
-        transformer(**inputs)
-    ours = ca.maps.logits.flatten(1)  # [C, I]
+    embeds = seeded_embeds(3, 32, seed=5)
+    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
     right = naive_chroma_scores(transformer, inputs, embeds, [2])[0, 0].float()
     wrong = naive_chroma_scores(transformer, inputs, embeds, [2], concept_modulation_block=0)[0, 0].float()
-    torch.testing.assert_close(ours, right, rtol=1e-4, atol=1e-4 * right.abs().max().item())
-    assert (ours - wrong).abs().max() > 100 * (ours - right).abs().max()
+    assert_right_not_wrong(ours, right, wrong)
 
 
 def test_padding_mask_changes_image_not_concept_keys(transformer):
     """The prompt's padding mask matters for the image (so the test is sensitive) and outputs stay bit-identical."""
     masked = tiny_chroma_inputs(padded_text=4)
-    unmasked = dict(masked, attention_mask=None)
-    with torch.no_grad():
-        assert not torch.equal(transformer(**masked)[0], transformer(**unmasked)[0])
-    reference = transformer(**masked)[0]
-    with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32)):
-        assert torch.equal(transformer(**masked)[0], reference)
+    assert_padding_mask_kept(transformer, masked, dict(masked, attention_mask=None), dim=32)
 
 
 def test_true_cfg_records_only_conditional_calls(pipe):
@@ -120,33 +93,17 @@ def test_concept_encoding_uses_masked_t5_and_pools(pipe):
     from conceptattention.adapters.chroma import ChromaAdapter
 
     concepts = ["red car", "sky"]
-    tokens = pipe.tokenizer(concepts, padding="longest", return_tensors="pt")
-    with torch.no_grad():
-        hidden = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]  # [C, L, D]
-    content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer.eos_token_id)
+    hidden, content = t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts)  # [C, L, D], [C, L]
     encoded = ChromaAdapter().encode_concepts(pipe, concepts, "mean")
     for index in range(2):
         torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
 
 
 def test_explain_shape_and_sums(pipe):
-    from PIL import Image
-
-    image = Image.fromarray((torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
-    maps = explain(pipe, image, ["house", "sky"], height=32, width=48, num_samples=2, caption="a house")
-    assert maps.maps.shape == (2, 1, 16, 24)
-    torch.testing.assert_close(maps.maps.sum(0), torch.ones(1, 16, 24))
-    one = explain(pipe, image, ["house", "sky"], height=32, width=48, num_samples=1)
-    assert not torch.allclose(one.maps, maps.maps)
-    with pytest.raises(ValueError, match="multiples"):
-        explain(pipe, image, ["house", "sky"], height=33, width=48)
-    calls = []
-    handle = pipe.transformer.single_transformer_blocks[0].register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        explain(pipe, image, ["house", "sky"], height=32, width=48, layers=[1])
-    finally:
-        handle.remove()
-    assert calls == []  # early exit after the last selected double block
+    check_explain(
+        pipe, height=32, width=48, grid=(1, 16, 24), bad_height=33, one_caption="",
+        skipped_block=pipe.transformer.single_transformer_blocks[0], layers=[1],  # the last selected double block
+    )
 
 
 def test_conditioning_options_coincide(transformer):

@@ -5,6 +5,8 @@ guidance halves, concept encoding, the real-video path, and GIF/MP4 outputs of a
 
 from __future__ import annotations
 
+import functools
+
 import imageio.v3 as iio
 import pytest
 import torch
@@ -16,7 +18,16 @@ from conceptattention.session import EarlyExit
 from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
 from conceptattention.video import frames_grid_figure, save_overlay_video
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_cfg_conditional_half,
+    assert_close_scaled,
+    assert_t5_poolings,
+    batch_logits,
+    make_generate,
+    seeded_embeds,
+    t5_content_states,
+)
 from .cogvideox_reference import naive_cogvideox_scores
 
 
@@ -27,22 +38,8 @@ GEN_KW = dict(
 CFG_KW = dict(guidance_scale=6.0)
 
 
-def generate(pipe, prompt="a red house by the sea", seed=0, **kwargs):
-    merged = {**GEN_KW, **kwargs}
-    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).frames
-
-
-def concept_embeds(count=3, seed=1):
-    return torch.randn(count, 32, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+generate = make_generate(GEN_KW, output="frames")
+concept_embeds = functools.partial(seeded_embeds, dim=32)
 
 
 _CONFIG_MODELS: dict[str, torch.nn.Module] = {}
@@ -66,6 +63,7 @@ class TestCogVideoX10Battery(AdapterBattery):
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = CFG_KW
     expected_pipeline_grid = (3, 2, 3)  # 9 frames → 3 latent frames
+    naive_reference = naive_cogvideox_scores
     version = "1.0"
     latent_frames = 2
 
@@ -84,8 +82,6 @@ class TestCogVideoX10Battery(AdapterBattery):
     def make_pipeline(self):
         return tiny_cogvideox_pipeline(self.version)
 
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_cogvideox_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
 
 
 class TestCogVideoX15Battery(TestCogVideoX10Battery):
@@ -109,9 +105,7 @@ class TestMethod:
         with ConceptAttention(model, concept_embeds=embeds, layers=[0, 1, 2], space=space, softmax=False) as ca:
             model(**inputs)
         reference = naive_cogvideox_scores(model, inputs, embeds, [0, 1, 2], space=space)  # [L, B, C, V]
-        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, V]
-        expected = reference.mean(0).float()
-        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        assert_close_scaled(batch_logits(ca), reference.mean(0).float())  # [B, C, V]
 
     @pytest.mark.parametrize(
         "version, latent_frames, grid", [("1.0", 3, (3, 2, 3)), ("1.0", 1, (1, 2, 3)), ("1.5", 6, (3, 2, 3))]
@@ -137,27 +131,12 @@ class TestMethod:
 
 class TestGuidanceAndEncoding:
     def test_cfg_maps_come_from_the_conditional_half(self, pipe):
-        with ConceptAttention(pipe, ["house", "sea"], batch_half="all") as both:
-            generate(pipe, **CFG_KW)
-        with ConceptAttention(pipe, ["house", "sea"]) as conditional:
-            generate(pipe, **CFG_KW)
-        assert len(both.batch_maps) == 2 and len(conditional.batch_maps) == 1
-        torch.testing.assert_close(conditional.maps.maps, both.batch_maps[1].maps, rtol=0, atol=0)
-        assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+        assert_cfg_conditional_half(pipe, lambda pipe: generate(pipe, **CFG_KW), rtol=0, atol=0)
 
     def test_concepts_pool_t5_content_tokens(self, pipe):
         concepts = ["red car", "sky"]
         encoded = {p: CogVideoXAdapter().encode_concepts(pipe, concepts, p) for p in ("mean", "first", "last")}
-        tokens = pipe.tokenizer(concepts, padding="longest", return_tensors="pt")
-        with torch.no_grad():
-            hidden = pipe.text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask)[0]  # [C, L, D]
-        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer.eos_token_id)
-        for index in range(2):
-            positions = content[index].nonzero().flatten()
-            torch.testing.assert_close(encoded["mean"][index], hidden[index, positions].mean(0))
-            torch.testing.assert_close(encoded["first"][index], hidden[index, positions[0]])
-            torch.testing.assert_close(encoded["last"][index], hidden[index, positions[-1]])
-        assert not torch.allclose(encoded["mean"][0], encoded["first"][0])
+        assert_t5_poolings(encoded, *t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts))
 
     def test_fused_projections_refused(self):
         model = tiny_cogvideox_transformer()

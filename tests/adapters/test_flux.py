@@ -19,7 +19,15 @@ from conceptattention import (
 )
 from conceptattention.testing import tiny_flux_inputs, tiny_flux_pipeline, tiny_flux_transformer
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_close_scaled,
+    assert_subclassed_processor_refused,
+    assert_t5_poolings,
+    make_generate,
+    random_image,
+    t5_content_states,
+)
 from .flux_reference import naive_flux_scores
 
 
@@ -36,9 +44,7 @@ def pipe():
     return tiny_flux_pipeline(num_layers=4)
 
 
-def generate(pipe, prompt="a dog on a rock", seed=0, **kwargs):
-    merged = {**GEN_KW, **kwargs}
-    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).images
+generate = make_generate(GEN_KW, prompt="a dog on a rock")
 
 
 def snapshot(transformer):
@@ -198,13 +204,7 @@ class TestRefusals:
 
     def test_foreign_processor_raises(self):
         model = tiny_flux_transformer(num_layers=2)
-
-        class CustomProcessor(FluxAttnProcessor):
-            pass
-
-        model.transformer_blocks[1].attn.set_processor(CustomProcessor())
-        with pytest.raises(UnsupportedSetupError, match="CustomProcessor"):
-            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+        assert_subclassed_processor_refused(model, model.transformer_blocks[1].attn, FluxAttnProcessor, 32)
 
     def test_parallel_config_raises(self):
         model = tiny_flux_transformer(num_layers=2)
@@ -269,8 +269,7 @@ class TestMethod:
             transformer(**inputs)
         reference = naive_flux_scores(transformer, inputs, embeds, layers, space=space, mode=mode)  # [L, B, C, I]
         ours = torch.stack([m.logits for m in ca.batch_maps])  # [B, C, 1, h, w]
-        expected = reference.mean(0).reshape(ours.shape).float()
-        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        assert_close_scaled(ours, reference.mean(0).reshape(ours.shape).float())
 
     def test_softmax_per_layer_then_mean(self, transformer):
         inputs = tiny_flux_inputs(height=3, width=4)
@@ -321,18 +320,9 @@ class TestMethod:
         from conceptattention.adapters.flux import FluxAdapter
 
         concepts = ["red car", "sky"]
-        tokens = pipe.tokenizer_2(concepts, padding="longest", return_tensors="pt")
-        with torch.no_grad():
-            hidden = pipe.text_encoder_2(tokens.input_ids, attention_mask=tokens.attention_mask)[0]  # [C, L, D]
-        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer_2.eos_token_id)
         encoded = {p: FluxAdapter().encode_concepts(pipe, concepts, p) for p in ("mean", "first", "last")}
-        for index in range(2):
-            positions = content[index].nonzero().flatten()
-            torch.testing.assert_close(encoded["mean"][index], hidden[index, positions].mean(0))
-            torch.testing.assert_close(encoded["first"][index], hidden[index, positions[0]])
-            torch.testing.assert_close(encoded["last"][index], hidden[index, positions[-1]])
-        # a multi-word concept is not truncated to its first token
-        assert not torch.allclose(encoded["mean"][0], encoded["first"][0])
+        # content-token pooling; a multi-word concept is not truncated to its first token
+        assert_t5_poolings(encoded, *t5_content_states(pipe.tokenizer_2, pipe.text_encoder_2, concepts))
 
     def test_pooling_changes_maps(self, pipe):
         maps = {}
@@ -361,11 +351,7 @@ class TestMethod:
 
 @pytest.fixture(scope="module")
 def image():
-    from PIL import Image
-
-    generator = torch.Generator().manual_seed(0)
-    pixels = (torch.rand(40, 56, 3, generator=generator) * 255).to(torch.uint8).numpy()
-    return Image.fromarray(pixels)
+    return random_image()
 
 
 class TestExplain:
@@ -435,18 +421,13 @@ class TestFluxBattery(AdapterBattery):
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = dict(negative_prompt="blurry", true_cfg_scale=2.0)  # FluxPipeline's true CFG (2 calls)
     expected_pipeline_grid = (1, 16, 24)
+    tiny_inputs = tiny_flux_inputs
+    tiny_pipeline = tiny_flux_pipeline
+    naive_reference = naive_flux_scores
 
     def make_transformer(self):
         return tiny_flux_transformer(num_layers=3, num_single_layers=1)
 
-    def make_inputs(self, batch_size: int = 1, seed: int = 0):
-        return tiny_flux_inputs(batch_size=batch_size, seed=seed)
-
-    def make_pipeline(self):
-        return tiny_flux_pipeline(num_layers=3)
-
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_flux_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
 
 
 class TestMemoryFeatures:

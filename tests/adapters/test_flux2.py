@@ -12,7 +12,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, Flux2KVAttnProcessor
 
-from conceptattention import ConceptAttention, UnsupportedSetupError, explain, get_adapter
+from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.flux2 import Flux2Adapter, template_content_span
 from conceptattention.testing_extra import (
     tiny_flux2_inputs,
@@ -21,59 +21,39 @@ from conceptattention.testing_extra import (
     tiny_flux2_transformer,
 )
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_close_scaled,
+    assert_concepts_permute,
+    assert_mean_of_concept_span,
+    assert_right_not_wrong,
+    check_explain,
+    layer_logits,
+    module_fixtures,
+    seeded_embeds,
+)
 from .flux2_reference import naive_flux2_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=64, output_type="pt", guidance_scale=1.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run much faster on one thread (the test machine's cores are shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TestFlux2Battery(AdapterBattery):
-    """The shared adapter battery on a tiny FLUX.2 (3 double blocks) and a tiny Flux2KleinPipeline."""
+    """The shared adapter battery on a tiny FLUX.2 (3 double blocks) and a tiny Flux2KleinPipeline (whose first
+    positional argument is ``image``: the battery passes the prompt by keyword)."""
 
     concept_dim = 24
     expected_grid = (1, 4, 6)
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = dict(guidance_scale=3.0)
     expected_pipeline_grid = (1, 16, 24)
-
-    def make_transformer(self):
-        return tiny_flux2_transformer(num_layers=3)
-
-    def make_inputs(self, batch_size: int = 1, seed: int = 0):
-        return tiny_flux2_inputs(batch_size=batch_size, seed=seed)
-
-    def make_pipeline(self):
-        return tiny_flux2_klein_pipeline(num_layers=3)
-
-    def generate(self, pipe, seed: int = 0, **extra):
-        # Flux2KleinPipeline's first positional argument is `image`: the prompt goes by keyword
-        kwargs = {**self.pipeline_kwargs, **extra}
-        with torch.no_grad():
-            result = pipe(prompt="a red house by the sea", generator=torch.Generator().manual_seed(seed), **kwargs)
-        return self.pipeline_outputs(result)
-
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_flux2_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+    tiny_transformer = tiny_flux2_transformer
+    tiny_inputs = tiny_flux2_inputs
+    tiny_pipeline = tiny_flux2_klein_pipeline
+    naive_reference = naive_flux2_scores
 
 
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_flux2_transformer(num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_flux2_klein_pipeline(num_layers=3)
+transformer, pipe = module_fixtures(TestFlux2Battery)
 
 
 def test_registry_and_default_layers(transformer):
@@ -84,19 +64,12 @@ def test_registry_and_default_layers(transformer):
 
 def test_concepts_sit_after_the_prompt_and_share_one_position(transformer):
     inputs = tiny_flux2_inputs(text_tokens=6)
-    embeds = torch.randn(3, 24, generator=torch.Generator().manual_seed(3))
-    with ConceptAttention(transformer, concept_embeds=embeds, layers=[1], softmax=False) as ca:
-        transformer(**inputs)
-    ours = ca.maps.logits.flatten(1)  # [C, I]
+    embeds = seeded_embeds(3, 24, seed=3)
+    ours = layer_logits(transformer, inputs, embeds, [1])  # [C, I]
     right = naive_flux2_scores(transformer, inputs, embeds, [1])[0, 0].float()  # concepts at l = 6
     colliding = naive_flux2_scores(transformer, inputs, embeds, [1], concept_l=0)[0, 0].float()
-    torch.testing.assert_close(ours, right, rtol=1e-4, atol=1e-4 * right.abs().max().item())
-    assert (ours - colliding).abs().max() > 100 * (ours - right).abs().max()
-    # one shared position: permuting the concepts permutes the maps
-    order = [2, 0, 1]
-    with ConceptAttention(transformer, concept_embeds=embeds[order], layers=[1], softmax=False) as permuted:
-        transformer(**inputs)
-    torch.testing.assert_close(permuted.maps.logits.flatten(1), ours[order], rtol=1e-5, atol=1e-5)
+    assert_right_not_wrong(ours, right, colliding)
+    assert_concepts_permute(transformer, inputs, embeds, [1], ours, order=[2, 0, 1])
 
 
 def test_guidance_distilled_model():
@@ -107,8 +80,7 @@ def test_guidance_distilled_model():
     with ConceptAttention(model, concept_embeds=embeds, layers=[1], softmax=False) as ca:
         output = model(**inputs)[0]
     assert torch.equal(reference, output)
-    expected = naive_flux2_scores(model, inputs, embeds, [1])[0, 0].float()
-    torch.testing.assert_close(ca.maps.logits.flatten(1), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    assert_close_scaled(ca.maps.logits.flatten(1), naive_flux2_scores(model, inputs, embeds, [1])[0, 0].float())
 
 
 def test_kv_cache_processor_refused():
@@ -153,11 +125,8 @@ def test_concept_encoding_in_chat_template(pipe):
         with torch.no_grad():
             states = pipe.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states
         hidden = torch.cat([states[k] for k in (9, 18, 27)], dim=-1)[0]  # [L, 24]
-        start = chat.index(concept)
-        prefix_tokens = len(tokenizer(chat[:start]).input_ids)
-        content = slice(prefix_tokens, prefix_tokens + len(tokenizer(concept).input_ids))
-        assert tokenizer.decode(ids[0, content]) == concept
-        torch.testing.assert_close(encoded[index], hidden[content].mean(0))
+        start = len(tokenizer(chat[: chat.index(concept)]).input_ids)
+        assert_mean_of_concept_span(encoded[index], hidden, ids, tokenizer, concept, start)
 
 
 def test_pipeline_concept_strings_change_with_pooling(pipe):
@@ -170,21 +139,10 @@ def test_pipeline_concept_strings_change_with_pooling(pipe):
 
 
 def test_explain_shape_and_samples(pipe):
-    from PIL import Image
-
-    image = Image.fromarray((torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
-    two = explain(pipe, image, ["house", "sky"], height=32, width=48, num_samples=2, caption="a house")
-    assert two.maps.shape == (2, 1, 16, 24)
-    torch.testing.assert_close(two.maps.sum(0), torch.ones(1, 16, 24))
-    one = explain(pipe, image, ["house", "sky"], height=32, width=48, num_samples=1, caption="a house")
-    assert not torch.allclose(one.maps, two.maps)
-    calls = []
-    handle = pipe.transformer.single_transformer_blocks[0].register_forward_pre_hook(lambda *args: calls.append(1))
-    try:
-        explain(pipe, image, ["house", "sky"], height=32, width=48, layers=[0])
-    finally:
-        handle.remove()
-    assert calls == []  # early exit after the last selected double block
+    check_explain(
+        pipe, height=32, width=48, grid=(1, 16, 24),
+        skipped_block=pipe.transformer.single_transformer_blocks[0], layers=[0],  # the last selected double block
+    )
 
 
 def test_flux2_dev_pipeline_mistral_encoder_bit_identical_and_encoding():
@@ -211,6 +169,5 @@ def test_flux2_dev_pipeline_mistral_encoder_bit_identical_and_encoding():
         with torch.no_grad():
             states = pipe.text_encoder(input_ids=ids, output_hidden_states=True, use_cache=False).hidden_states
         hidden = torch.cat([states[k] for k in (10, 20, 30)], dim=-1)[0]  # [L, 24]
-        content = slice(len(ids[0]) - 1 - len(tokenizer(concept).input_ids), len(ids[0]) - 1)  # before [/INST]
-        assert tokenizer.decode(ids[0, content]) == concept
-        torch.testing.assert_close(encoded[index], hidden[content].mean(0))
+        start = len(ids[0]) - 1 - len(tokenizer(concept).input_ids)  # the concept ends just before [/INST]
+        assert_mean_of_concept_span(encoded[index], hidden, ids, tokenizer, concept, start)

@@ -13,7 +13,14 @@ from conceptattention.testing_extra import (
     tiny_hunyuan_video_transformer,
 )
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_close_scaled,
+    assert_mean_of_concept_span,
+    layer_logits,
+    module_fixtures,
+    seeded_embeds,
+)
 from .hunyuan_video_reference import naive_hunyuan_video_scores
 
 
@@ -28,15 +35,6 @@ GEN_KW = dict(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run much faster on one thread (the test machine's cores are shared)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 class TestHunyuanVideoBattery(AdapterBattery):
     """The shared adapter battery on a tiny HunyuanVideo (3 double blocks) and a tiny HunyuanVideoPipeline."""
 
@@ -45,28 +43,13 @@ class TestHunyuanVideoBattery(AdapterBattery):
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = dict(true_cfg_scale=2.0, negative_prompt="blurry")
     expected_pipeline_grid = (3, 2, 2)
-
-    def make_transformer(self):
-        return tiny_hunyuan_video_transformer(num_layers=3)
-
-    def make_inputs(self, batch_size: int = 1, seed: int = 0):
-        return tiny_hunyuan_video_inputs(batch_size=batch_size, seed=seed)
-
-    def make_pipeline(self):
-        return tiny_hunyuan_video_pipeline(num_layers=3)
-
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_hunyuan_video_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+    tiny_transformer = tiny_hunyuan_video_transformer
+    tiny_inputs = tiny_hunyuan_video_inputs
+    tiny_pipeline = tiny_hunyuan_video_pipeline
+    naive_reference = naive_hunyuan_video_scores
 
 
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_hunyuan_video_transformer(num_layers=3)
-
-
-@pytest.fixture(scope="module")
-def pipe():
-    return tiny_hunyuan_video_pipeline(num_layers=3)
+transformer, pipe = module_fixtures(TestHunyuanVideoBattery)
 
 
 def test_registry_and_modality(transformer):
@@ -76,18 +59,12 @@ def test_registry_and_modality(transformer):
 
 def test_prompt_conditioning_option(transformer):
     inputs = tiny_hunyuan_video_inputs()
-    embeds = torch.randn(3, 16, generator=torch.Generator().manual_seed(4))
+    embeds = seeded_embeds(3, 16, seed=4)
     logits = {}
     for conditioning in ("null_pooled", "prompt"):
-        with ConceptAttention(
-            transformer, concept_embeds=embeds, layers=[2], softmax=False, concept_conditioning=conditioning
-        ) as ca:
-            transformer(**inputs)
-        logits[conditioning] = ca.maps.logits.flatten(1)
-        expected = naive_hunyuan_video_scores(transformer, inputs, embeds, [2], conditioning=conditioning)[
-            0, 0
-        ].float()
-        torch.testing.assert_close(logits[conditioning], expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        logits[conditioning] = layer_logits(transformer, inputs, embeds, [2], concept_conditioning=conditioning)
+        expected = naive_hunyuan_video_scores(transformer, inputs, embeds, [2], conditioning=conditioning)[0, 0]
+        assert_close_scaled(logits[conditioning], expected.float())
     assert not torch.allclose(logits["null_pooled"], logits["prompt"])
 
 
@@ -135,9 +112,7 @@ def test_concept_encoding_in_llama_template(pipe):
         with torch.no_grad():
             hidden = pipe.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-3][0]  # [L, D]
         start = len(tokenizer(text[: text.rindex(concept)]).input_ids)
-        content = slice(start, start + len(tokenizer(concept).input_ids))
-        assert tokenizer.decode(ids[0, content]) == concept
-        torch.testing.assert_close(encoded[index], hidden[content].mean(0), rtol=1e-5, atol=1e-6)
+        assert_mean_of_concept_span(encoded[index], hidden, ids, tokenizer, concept, start, rtol=1e-5, atol=1e-6)
 
 
 def test_explain_is_refused_clearly(pipe):

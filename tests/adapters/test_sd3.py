@@ -8,6 +8,8 @@ pool multi-token concepts, and the real-image path.
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProcessor2_0
@@ -16,7 +18,16 @@ from conceptattention import ConceptAttention, UnsupportedSetupError, explain
 from conceptattention.adapters.sd3 import SD3Adapter, SD3ConceptAttnProcessor
 from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
 
-from .battery import AdapterBattery
+from .battery import (
+    AdapterBattery,
+    assert_cfg_conditional_half,
+    assert_close_scaled,
+    batch_logits,
+    make_generate,
+    random_image,
+    seeded_embeds,
+    t5_content_states,
+)
 from .sd3_reference import naive_sd3_scores
 
 
@@ -24,22 +35,8 @@ GEN_KW = dict(height=32, width=48, num_inference_steps=2, guidance_scale=1.0, ma
 CFG_KW = dict(guidance_scale=5.0)
 
 
-def generate(pipe, prompt="a red house by the sea", seed=0, **kwargs):
-    merged = {**GEN_KW, **kwargs}
-    return pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged).images
-
-
-def concept_embeds(count=3, seed=1):
-    return torch.randn(count, 48, generator=torch.Generator().manual_seed(seed))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+generate = make_generate(GEN_KW)
+concept_embeds = functools.partial(seeded_embeds, dim=48)
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +51,7 @@ def pipe35():
 
 @pytest.fixture(scope="module")
 def image():
-    from PIL import Image
-
-    pixels = (torch.rand(40, 56, 3, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8).numpy()
-    return Image.fromarray(pixels)
+    return random_image()
 
 
 class TestSD3Battery(AdapterBattery):
@@ -68,25 +62,17 @@ class TestSD3Battery(AdapterBattery):
     pipeline_kwargs = GEN_KW
     pipeline_cfg_kwargs = CFG_KW
     expected_pipeline_grid = (1, 8, 12)
-    sd35 = False
-
-    def make_transformer(self):
-        return tiny_sd3_transformer(num_layers=3, sd35=self.sd35)
-
-    def make_inputs(self, batch_size: int = 1, seed: int = 0):
-        return tiny_sd3_inputs(batch_size=batch_size, seed=seed)
-
-    def make_pipeline(self):
-        return tiny_sd3_pipeline(num_layers=3, sd35=self.sd35)
-
-    def naive_scores(self, transformer, inputs, embeds, layers, space, mode):
-        return naive_sd3_scores(transformer, inputs, embeds, layers, space=space, mode=mode)
+    tiny_transformer = tiny_sd3_transformer
+    tiny_inputs = tiny_sd3_inputs
+    tiny_pipeline = tiny_sd3_pipeline
+    naive_reference = naive_sd3_scores
+    tiny_kwargs = dict(num_layers=3, sd35=False)
 
 
 class TestSD35Battery(TestSD3Battery):
     """The shared battery on an SD3.5-medium-like config: RMS QK-norm and dual attention in block 0."""
 
-    sd35 = True
+    tiny_kwargs = dict(num_layers=3, sd35=True)
 
 
 class TestMethod:
@@ -103,9 +89,7 @@ class TestMethod:
         ) as ca:
             model(**inputs)
         reference = naive_sd3_scores(model, inputs, embeds, [0, 1, 2], conditioning=conditioning)  # [L, B, C, I]
-        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, I]
-        expected = reference.mean(0).float()
-        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        assert_close_scaled(batch_logits(ca), reference.mean(0).float())  # [B, C, I]
 
     def test_conditionings_differ(self):
         model = tiny_sd3_transformer()
@@ -124,9 +108,7 @@ class TestMethod:
         embeds = concept_embeds()
         with ConceptAttention(model, concept_embeds=embeds, layers=[-1], softmax=False) as ca:
             model(**inputs)
-        reference = naive_sd3_scores(model, inputs, embeds, [2])[0].float()  # [B, C, I]
-        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])
-        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4 * reference.abs().max().item())
+        assert_close_scaled(batch_logits(ca), naive_sd3_scores(model, inputs, embeds, [2])[0].float())  # [B, C, I]
         assert ca.batch_maps[0].config["resolved_layers"] == ["transformer_blocks.2"]
 
     def test_feed_forward_chunking_is_honoured(self):
@@ -180,13 +162,7 @@ class TestGuidance:
     """Classifier-free guidance batches and skip-layer guidance."""
 
     def test_cfg_maps_come_from_the_conditional_half(self, pipe):
-        with ConceptAttention(pipe, ["house", "sea"], batch_half="all") as both:
-            generate(pipe, **CFG_KW)
-        with ConceptAttention(pipe, ["house", "sea"]) as conditional:
-            generate(pipe, **CFG_KW)
-        assert len(both.batch_maps) == 2
-        torch.testing.assert_close(conditional.maps.maps, both.batch_maps[1].maps, rtol=0, atol=0)
-        assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+        assert_cfg_conditional_half(pipe, lambda pipe: generate(pipe, **CFG_KW), rtol=0, atol=0)
 
     def test_skip_layer_guidance_calls_are_ignored(self, pipe35):
         kwargs = dict(
@@ -276,10 +252,7 @@ class TestConceptEncoding:
     def test_t5_stream(self, pipe):
         concepts = ["red car", "sky"]
         encoded = SD3Adapter("t5").encode_concepts(pipe, concepts, "mean")
-        tokens = pipe.tokenizer_3(concepts, padding="longest", return_tensors="pt")
-        with torch.no_grad():
-            hidden = pipe.text_encoder_3(tokens.input_ids, attention_mask=tokens.attention_mask)[0]
-        content = tokens.attention_mask.bool() & (tokens.input_ids != pipe.tokenizer_3.eos_token_id)
+        hidden, content = t5_content_states(pipe.tokenizer_3, pipe.text_encoder_3, concepts)
         for index in range(2):
             torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
 

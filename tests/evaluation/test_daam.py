@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,102 +25,43 @@ from conceptattention.evaluation import (
     evaluate,
     get_method,
 )
-from conceptattention.testing import tiny_clip_tokenizer, tiny_flux_pipeline
+from conceptattention.testing import (
+    quiet_pipeline,
+    seeded_eval,
+    tiny_autoencoder_kl,
+    tiny_clip_tokenizer,
+    tiny_flux_pipeline,
+)
 
 
-def tiny_sd_pipeline(seed: int = 0) -> Any:
-    """A random-weight ``StableDiffusionPipeline``: 2-level UNet with cross-attention, 2-level VAE (scale 2)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_unet(seed: int, **config: Any) -> Any:
+    """A random 2-level ``UNet2DConditionModel`` (8 -> 16 channels, 4-channel latents); ``config`` adds the blocks."""
+    from diffusers import UNet2DConditionModel
 
-    tokenizer = tiny_clip_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return seeded_eval(
+        seed,
+        UNet2DConditionModel,
         sample_size=8,
         in_channels=4,
         out_channels=4,
         layers_per_block=1,
         block_out_channels=(8, 16),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=16,
         attention_head_dim=4,
         norm_num_groups=4,
-    ).eval()
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    ).eval()
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=16,
-            intermediate_size=32,
-            num_attention_heads=2,
-            num_hidden_layers=2,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            max_position_embeddings=77,
-        )
-    ).eval()
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        **config,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
-def tiny_sdxl_pipeline(seed: int = 0) -> Any:
-    """A random-weight ``StableDiffusionXLPipeline``: two CLIP encoders (concatenated), text-time conditioning."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+def tiny_vae(seed: int | None) -> Any:
+    """A random 2-level ``AutoencoderKL`` (scale 2, 4 latent channels); ``seed=None`` continues the global RNG."""
+    return tiny_autoencoder_kl((4, 8), latent_channels=4, norm_num_groups=4, sample_size=16, seed=seed)
 
-    tokenizer = tiny_clip_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(8, 16),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,  # 16 + 16: both encoders' hidden states, concatenated
-        attention_head_dim=4,
-        norm_num_groups=4,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=4,
-        projection_class_embeddings_input_dim=16 + 6 * 4,  # pooled projection + six time ids
-    ).eval()
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(4, 8),
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=16,
-    ).eval()
-    config = dict(
+
+def clip_config(tokenizer: Any, **extra: Any) -> Any:
+    """A 2-layer, 16-wide ``CLIPTextConfig`` for the in-memory CLIP tokenizer."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
         hidden_size=16,
         intermediate_size=32,
@@ -129,18 +71,74 @@ def tiny_sdxl_pipeline(seed: int = 0) -> Any:
         eos_token_id=1,
         pad_token_id=1,
         max_position_embeddings=77,
+        **extra,
     )
-    pipe = StableDiffusionXLPipeline(
-        vae=vae,
-        text_encoder=CLIPTextModel(CLIPTextConfig(**config)).eval(),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**config, projection_dim=16)).eval(),
-        tokenizer=tokenizer,
-        tokenizer_2=tiny_clip_tokenizer(),
-        unet=unet,
-        scheduler=DDIMScheduler(steps_offset=1, clip_sample=False),
+
+
+def ddim() -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(steps_offset=1, clip_sample=False)
+
+
+def tiny_sd_pipeline(seed: int = 0) -> Any:
+    """A random-weight ``StableDiffusionPipeline``: 2-level UNet with cross-attention, 2-level VAE (scale 2)."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    tokenizer = tiny_clip_tokenizer()
+    unet = tiny_unet(
+        seed,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=16,
     )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return quiet_pipeline(
+        StableDiffusionPipeline(
+            vae=tiny_vae(seed + 1),
+            text_encoder=seeded_eval(seed + 2, CLIPTextModel, clip_config(tokenizer)),
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=ddim(),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    )
+
+
+def tiny_sdxl_pipeline(seed: int = 0) -> Any:
+    """A random-weight ``StableDiffusionXLPipeline``: two CLIP encoders (concatenated), text-time conditioning.
+
+    Only the UNet is seeded: the VAE and the encoders continue the RNG after it.
+    """
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = tiny_clip_tokenizer()
+    unet = tiny_unet(
+        seed,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,  # 16 + 16: both encoders' hidden states, concatenated
+        addition_embed_type="text_time",
+        addition_time_embed_dim=4,
+        projection_class_embeddings_input_dim=16 + 6 * 4,  # pooled projection + six time ids
+    )
+    vae = tiny_vae(None)
+    text_encoder = seeded_eval(None, CLIPTextModel, clip_config(tokenizer))
+    text_encoder_2 = seeded_eval(None, CLIPTextModelWithProjection, clip_config(tokenizer, projection_dim=16))
+    return quiet_pipeline(
+        StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tiny_clip_tokenizer(),
+            unet=unet,
+            scheduler=ddim(),
+        )
+    )
 
 
 GENERATE = dict(height=16, width=24, num_inference_steps=2, output_type="np")
@@ -152,13 +150,26 @@ def pipe() -> Any:
     return tiny_sd_pipeline()
 
 
-def generate(pipe: Any, guidance_scale: float = 1.0) -> np.ndarray:
+def generate(pipe: Any, guidance_scale: float = 1.0, prompt: str = "a dog on grass", **overrides: Any) -> np.ndarray:
     generator = torch.Generator().manual_seed(0)
-    return pipe("a dog on grass", generator=generator, guidance_scale=guidance_scale, **GENERATE).images
+    return pipe(prompt, generator=generator, guidance_scale=guidance_scale, **{**GENERATE, **overrides}).images
 
 
 def cross_attention_modules(pipe: Any) -> list[Attention]:
     return [module for module in pipe.unet.modules() if isinstance(module, Attention) and module.is_cross_attention]
+
+
+@contextmanager
+def replaced_processors(modules: list[Attention], make_processor: Callable[[], Any]) -> Iterator[None]:
+    """Give each module a fresh processor from ``make_processor`` inside the block; restore the originals after."""
+    originals = [module.processor for module in modules]
+    for module in modules:
+        module.set_processor(make_processor())
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.set_processor(original)
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:
@@ -200,7 +211,6 @@ class TestRecorder:
     ) -> None:
         """Each layer's recorded probabilities equal diffusers' own ``get_attention_scores`` (classic processor)."""
         modules = cross_attention_modules(pipe)
-        originals = [module.processor for module in modules]
         captured: list[tuple[Attention, torch.Tensor]] = []
         reference = Attention.get_attention_scores
 
@@ -211,16 +221,11 @@ class TestRecorder:
             return probabilities
 
         monkeypatch.setattr(Attention, "get_attention_scores", capture)
-        for module in modules:
-            module.set_processor(AttnProcessor())
-        try:
+        with replaced_processors(modules, AttnProcessor):
             latents = torch.randn(2, 4, 8, 12, generator=torch.Generator().manual_seed(1))  # [B, c, h, w]
             text = torch.randn(2, 77, 16, generator=torch.Generator().manual_seed(2))  # [B, L, D]
             with DAAMRecorder(pipe.unet, interpolation="nearest") as recorder, torch.no_grad():
                 pipe.unet(latents, torch.tensor([500, 500]), encoder_hidden_states=text)
-        finally:
-            for module, original in zip(modules, originals):
-                module.set_processor(original)
         assert len(captured) == len(modules)
         expected = torch.zeros(2, 77, 8, 12)
         for module, probabilities in captured:
@@ -265,25 +270,19 @@ class TestRecorder:
             ) -> Any:
                 return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
-        module = cross_attention_modules(pipe)[0]
-        original = module.processor
-        module.set_processor(AdapterProcessor())
-        try:
+        with replaced_processors(cross_attention_modules(pipe)[:1], AdapterProcessor):
             with pytest.raises(DAAMError, match="ip_adapter_masks"):
                 with DAAMRecorder(pipe):
                     pass
-        finally:
-            module.set_processor(original)
         assert all(not type(m.processor).__name__.startswith("_Recording") for m in cross_attention_modules(pipe))
 
 
 class TestStableDiffusionXL:
     def test_recording_and_real_images(self) -> None:
         pipe = tiny_sdxl_pipeline()
-        kwargs = dict(height=16, width=16, num_inference_steps=2, output_type="np")  # guidance 5: batched CFG
-        plain = pipe("a dog", generator=torch.Generator().manual_seed(0), **kwargs).images
+        plain = generate(pipe, 5.0, "a dog", width=16)  # guidance 5 (SDXL's default): batched CFG
         with DAAMRecorder(pipe) as recorder:
-            recorded = pipe("a dog", generator=torch.Generator().manual_seed(0), **kwargs).images
+            recorded = generate(pipe, 5.0, "a dog", width=16)
         assert np.array_equal(plain, recorded) and recorder.heat_maps.shape == (1, 77, 8, 8)
         maps = daam_explain(pipe, [random_image(20, 30, 0)] * 2, [["dog", "sky"], ["cat"]], captions=["a dog", ""])
         assert [m.concepts for m in maps] == [("dog", "sky"), ("cat",)] and maps[0].grid_size == (6, 10)  # 12 x 20 px

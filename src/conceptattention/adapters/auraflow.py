@@ -19,7 +19,6 @@ What AuraFlow needs:
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +28,19 @@ from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
-from ..encoding import pool_token_states, tokenize_concepts
-from ..session import EarlyExit
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
-from .flux2 import block_input_grabbers
+from ..core import concept_attention
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .base import (
+    ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    flow_noised,
+    image_pixels,
+)
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -45,7 +52,7 @@ if TYPE_CHECKING:
 BLOCK_TEMB_KEY = "auraflow_temb"
 
 
-class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
+class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2_0):
     """AuraFlow joint-block processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``AuraFlowAttnProcessor2_0.__call__``; the joint attention is the stock path op for
@@ -66,13 +73,6 @@ class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
-
-    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
 
     def __call__(
         self,
@@ -150,14 +150,9 @@ class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
         head_dim: int,
     ) -> None:
         session, block, transformer = self.session, self._block(), self._transformer()
+        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of AuraFlow block")
         call = session.call
         assert call is not None and block is not None and transformer is not None
-        captured = call.inputs.get(BLOCK_TEMB_KEY)
-        if captured is None or captured[0] != self.layer:
-            raise RuntimeError(
-                f"The temb of AuraFlow block {self.layer} was not captured (its block pre-hook did not run before the "
-                "attention). Call the transformer itself, not a block or attention module directly."
-            )
         if call.concept_hidden_states is None:
             embeds = session.concept_embeds.to(device=image_output.device, dtype=image_output.dtype)  # [C, D_text]
             concepts = transformer.context_embedder(embeds)  # [C, d]
@@ -165,7 +160,7 @@ class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
         concepts = call.concept_hidden_states  # [B, C, d]
         config = session.config
 
-        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=captured[1])
+        normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=temb)
         batch = normed.shape[0]
         concept_query = attn.add_q_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
         concept_key = attn.add_k_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
@@ -189,22 +184,14 @@ class AuraFlowConceptAttnProcessor(AuraFlowAttnProcessor2_0):
         )
         concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=image_output,
-                image_query=image_query,
-                concept_key=concept_key,
-                image_value=image_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, I]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=image_query,
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        ):
             return
         # Advance the concept stream exactly as AuraFlowJointTransformerBlock advances the text stream (post-norm).
         updated = block.norm2_context(concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output))
@@ -224,6 +211,13 @@ class AuraFlowAdapter(ConceptAdapter):
     """
 
     name = "auraflow"
+    blocks_attribute = "joint_transformer_blocks"
+    processor_class = AuraFlowConceptAttnProcessor
+    stock_processor_class = AuraFlowAttnProcessor2_0
+    stock_processor_remedy = (
+        "after fuse_qkv_projections, call `transformer.unfuse_qkv_projections()` or restore the default processors "
+        "first."
+    )
     transformer_classes = ("AuraFlowTransformer2DModel",)
     pipeline_classes = ("AuraFlowPipeline",)
     modality = "image"
@@ -234,38 +228,9 @@ class AuraFlowAdapter(ConceptAdapter):
         """Every joint block (AuraFlow has only four)."""
         return tuple(range(num_blocks))
 
-    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.joint_transformer_blocks)
-
-    def block_path(self, index: int) -> str:
-        return f"joint_transformer_blocks.{index}"
-
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> AuraFlowConceptAttnProcessor:
-        return AuraFlowConceptAttnProcessor(session, layer, block, transformer)
-
-    def check_model(self, transformer: nn.Module) -> None:
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn.processor
-            if type(processor) is not AuraFlowAttnProcessor2_0 and not isinstance(
-                processor, AuraFlowConceptAttnProcessor
-            ):
-                raise UnsupportedSetupError(
-                    f"joint_transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
-                    "AuraFlowAttnProcessor2_0 (e.g. after fuse_qkv_projections). ConceptAttention would drop it; call "
-                    "`transformer.unfuse_qkv_projections()` or restore the default processors first."
-                )
-
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "timestep")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in names if name in kwargs})
-        if bound.get("hidden_states") is None or bound.get("timestep") is None:
-            raise ValueError("AuraFlowTransformer2DModel was called without hidden_states or timestep.")
+        bound = bind_call("AuraFlowTransformer2DModel", names, args, kwargs, required=("hidden_states", "timestep"))
         patch = int(transformer.config.patch_size)
         height, width = bound["hidden_states"].shape[-2:]
         return {"timestep": bound["timestep"], "grid": (1, height // patch, width // patch)}
@@ -293,26 +258,12 @@ class AuraFlowAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """UMT5 states of all concepts in one masked batch (as AuraFlow encodes prompts), pooled: ``[C, 2048]``."""
-        tokenizer = getattr(pipeline, "tokenizer", None)
-        text_encoder = getattr(pipeline, "text_encoder", None)
-        if tokenizer is None or text_encoder is None:
-            raise ValueError(
-                "This AuraFlow pipeline has no UMT5 text encoder/tokenizer to encode concepts; pass `concept_embeds=` "
-                "(a [C, joint_attention_dim] tensor) instead."
-            )
-        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
-        input_ids, attention_mask, content_mask = tokenize_concepts(
-            tokenizer,
-            concepts,
-            max_length,
-            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
+        tokenizer, text_encoder = pipeline_text_encoder(
+            pipeline, "tokenizer", "text_encoder", "This AuraFlow pipeline has no UMT5 text encoder"
         )
         device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        with torch.no_grad():
-            hidden = text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[
-                0
-            ]  # [C, L, D]
-        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
+        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 
@@ -325,49 +276,24 @@ class AuraFlowAdapter(ConceptAdapter):
         width = max(multiple, int(round(width * scale / multiple)) * multiple)
         return height, width
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched AuraFlow call on the noised image (no guidance batch; ``image_pooled`` does not apply)."""
-        from ..images import image_to_tensor, to_rgb
-
-        if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
-        multiple = self.size_multiple(pipeline)
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"height and width must be multiples of {multiple} for this AuraFlow model, got {height}x{width}."
-            )
         device = pipeline._execution_device
         vae, transformer = pipeline.vae, pipeline.transformer
-        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor  # [1, c, h, w]
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-        ).to(device=device, dtype=torch.float32)  # [N, c, h, w]
-        noisy = (1.0 - noise_level) * latents.float() + noise_level * noise  # rectified flow
+        num = len(request.seeds)
+        noisy = flow_noised(latents, request, device)  # [N, c, h, w]
         with torch.no_grad():
             prompt_embeds, *_ = pipeline.encode_prompt(
-                prompt=caption, do_classifier_free_guidance=False, num_images_per_prompt=num, device=device
+                prompt=request.caption, do_classifier_free_guidance=False, num_images_per_prompt=num, device=device
             )
         dtype = transformer.dtype
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
-            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
             "return_dict": False,
         }
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))

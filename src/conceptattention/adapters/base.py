@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,29 @@ class ExplainBatch:
     latent_shape: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class ExplainRequest:
+    """What the real-image path asks of an adapter (validated by :meth:`ConceptAdapter.prepare_explain`).
+
+    Attributes:
+        caption: Prompt given with the image.
+        noise_level: Rectified-flow time ``t`` in (0, 1] (DDPM families map it to a training timestep).
+        seeds: One noise sample per seed, drawn on the CPU.
+        height: Model input height in pixels (a multiple of the adapter's size multiple).
+        width: Model input width in pixels.
+        guidance_scale: Guidance embedding for guidance-distilled models.
+        image_pooled: ``"zero"`` or ``"caption"``: the pooled text vector of the image stream, where there is one.
+    """
+
+    caption: str
+    noise_level: float
+    seeds: tuple[int, ...]
+    height: int
+    width: int
+    guidance_scale: float = 3.5
+    image_pooled: str = "zero"
+
+
 class ConceptAdapter(ABC):
     """Architecture-specific pieces of ConceptAttention. One subclass per family, registered in the registry.
 
@@ -49,9 +73,20 @@ class ConceptAdapter(ABC):
         modality: ``"image"`` or ``"video"``.
         official_default_layers: Human-readable description of the default layer choice.
         tested: How the adapter is tested (shown in the README's table of supported models).
+        blocks_attribute: The transformer's list of joint blocks (``"transformer_blocks"``).
+        attention_attribute: The attention module of a joint block whose processor is replaced (``"attn"``).
+        processor_class: The concept processor, built as ``processor_class(session, layer, block, transformer,
+            original_processor)``.
+        stock_processor_class: The diffusers processor it replaces; :meth:`check_model` refuses any other.
+        stock_processor_remedy: What else may be installed and how to undo it (for that message).
     """
 
     name: str = ""
+    blocks_attribute: str = "transformer_blocks"
+    attention_attribute: str = "attn"
+    processor_class: type | None = None
+    stock_processor_class: type | None = None
+    stock_processor_remedy: str = ""
     transformer_classes: tuple[str, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
     modality: str = "image"
@@ -60,31 +95,64 @@ class ConceptAdapter(ABC):
 
     # ----- structure -------------------------------------------------------------------------------------------
 
-    @abstractmethod
     def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
         """The joint (double-stream) blocks in execution order."""
+        return list(getattr(transformer, self.blocks_attribute))
 
-    @abstractmethod
     def block_path(self, index: int) -> str:
         """Module path of joint block ``index`` inside the transformer (``"transformer_blocks.15"``)."""
+        return f"{self.blocks_attribute}.{index}"
 
-    @abstractmethod
     def attention_module(self, block: nn.Module) -> nn.Module:
         """The attention module of a joint block whose processor is replaced."""
+        return getattr(block, self.attention_attribute)
 
     def default_layers(self, num_blocks: int) -> tuple[int, ...]:
         """Default layer selection: the last four joint blocks (FLUX.1: 15-18, as the official code)."""
         return tuple(range(max(0, num_blocks - 4), num_blocks))
 
-    @abstractmethod
     def make_processor(
         self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
     ) -> Any:
         """Build the concept-attention processor for joint block ``layer`` (replacing ``original_processor``)."""
+        if self.processor_class is None:
+            raise NotImplementedError(f"The {self.name!r} adapter defines no processor_class.")
+        return self.processor_class(session, layer, block, transformer, original_processor)
 
     def check_model(self, transformer: nn.Module) -> None:
-        """Raise :class:`UnsupportedSetupError` for set-ups that this adapter cannot handle faithfully."""
-        return None
+        """Raise :class:`UnsupportedSetupError` for set-ups that this adapter cannot handle faithfully (by default:
+        a joint block whose attention does not run :attr:`stock_processor_class`)."""
+        if self.stock_processor_class is not None and self.processor_class is not None:
+            self.check_stock_processors(
+                transformer,
+                self.stock_processor_class,
+                self.processor_class,
+                attribute=self.attention_attribute,
+                remedy=self.stock_processor_remedy,
+            )
+
+    def check_stock_processors(
+        self, transformer: nn.Module, stock: type, concept: type, *, attribute: str = "attn", remedy: str = ""
+    ) -> None:
+        """Raise unless every joint block's attention runs diffusers' ``stock`` processor (or our ``concept`` one).
+
+        Args:
+            transformer: The transformer.
+            stock: The processor class the concept processor replaces (exact type: subclasses may change the math).
+            concept: The adapter's concept processor class (already installed: a re-entry, refused elsewhere).
+            attribute: Name of the attention module in a block, for the message (``"attn"``, ``"attn1"``).
+            remedy: What set-up replaced it and how to undo it, appended to the message.
+
+        Raises:
+            UnsupportedSetupError: naming the block, the processor found and the way out.
+        """
+        for index, block in enumerate(self.joint_blocks(transformer)):
+            processor = self.attention_module(block).processor
+            if type(processor) is not stock and not isinstance(processor, concept):
+                raise UnsupportedSetupError(
+                    f"{self.block_path(index)}.{attribute} uses {type(processor).__name__}, not diffusers' "
+                    f"{stock.__name__}. ConceptAttention would drop it; {remedy or 'restore the default processor.'}"
+                )
 
     # ----- per call -------------------------------------------------------------------------------------------
 
@@ -134,17 +202,45 @@ class ConceptAdapter(ABC):
     def prepare_explain(
         self,
         pipeline: Any,
-        image: Image.Image,
+        image: Image.Image | Sequence[Image.Image],
         *,
         caption: str,
         noise_level: float,
         seeds: Sequence[int],
         height: int,
         width: int,
-        guidance_scale: float,
-        image_pooled: str,
+        guidance_scale: float = 3.5,
+        image_pooled: str = "zero",
     ) -> ExplainBatch:
-        """Encode an image, noise it once per seed, and build one batched transformer call."""
+        """Encode an image (video models: or its frames), noise it once per seed, and build one batched call.
+
+        Validates what every family shares (``image_pooled``, the size multiple), then calls :meth:`explain_batch`.
+
+        Raises:
+            ValueError: for an unknown ``image_pooled`` or a size that is not a multiple of :meth:`size_multiple`.
+        """
+        if image_pooled not in ("zero", "caption"):
+            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        multiple = self.size_multiple(pipeline)
+        if height % multiple or width % multiple:
+            raise ValueError(
+                f"height and width must be multiples of {multiple} for this {self.name} model, got {height}x{width}."
+            )
+        request = ExplainRequest(
+            caption=caption,
+            noise_level=float(noise_level),
+            seeds=tuple(int(seed) for seed in seeds),
+            height=int(height),
+            width=int(width),
+            guidance_scale=float(guidance_scale),
+            image_pooled=image_pooled,
+        )
+        return self.explain_batch(pipeline, image, request)
+
+    def explain_batch(
+        self, pipeline: Any, image: Image.Image | Sequence[Image.Image], request: ExplainRequest
+    ) -> ExplainBatch:
+        """The family's part of :meth:`prepare_explain`: the transformer call for a validated request."""
         raise NotImplementedError(f"The {self.name!r} adapter has no real-image (explain) path yet.")
 
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
@@ -170,3 +266,144 @@ def common_checks(transformer: nn.Module) -> None:
             "Context/tensor parallelism is enabled on the transformer: image tokens are sharded across ranks, but "
             "concept attention needs every image key. Run ConceptAttention without `enable_parallelism`."
         )
+
+
+def bind_call(
+    model: str,
+    names: Sequence[str],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    required: Sequence[str],
+    keyword_only: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A transformer call's arguments by name (positional ones in ``names`` order); refuse missing required ones.
+
+    Args:
+        model: Class name, for the message.
+        names: The ``forward`` parameters that may come positionally, in order.
+        args: Positional arguments of the call.
+        kwargs: Keyword arguments of the call.
+        required: Names that must be given and not ``None``.
+        keyword_only: Further names read from ``kwargs`` only.
+
+    Raises:
+        ValueError: naming every missing argument.
+
+    Example:
+        >>> bind_call("M", ("x", "t"), (1,), {"t": 2}, required=("x", "t"))
+        {'x': 1, 't': 2}
+    """
+    bound = dict(zip(names, args))
+    bound.update({name: kwargs[name] for name in (*names, *keyword_only) if name in kwargs})
+    missing = [name for name in required if bound.get(name) is None]
+    if missing:
+        raise ValueError(f"{model} was called without {', '.join(missing)}; ConceptAttention needs them.")
+    return bound
+
+
+def block_input_grabbers(
+    blocks: Sequence[nn.Module], session: ConceptSession, argument: str, key: str, last_layer: int | None = None
+) -> list[Any]:
+    """Capture-only pre-hooks storing ``(layer, <block argument>)`` in ``session.call.inputs[key]``.
+
+    Args:
+        blocks: The joint blocks, in order.
+        session: The run state (only recorded calls are captured).
+        argument: Name of the block ``forward`` argument to capture (``"temb"``, ``"temb_mod_txt"``...).
+        key: Key in the call inputs.
+        last_layer: No hooks after this block (default: the session's last layer).
+
+    Returns:
+        The hook handles.
+
+    Example:
+        >>> from conceptattention.testing_extra import tiny_flux2_transformer
+        >>> from conceptattention.session import ConceptSession
+        >>> from conceptattention.config import ConceptAttentionConfig
+        >>> model = tiny_flux2_transformer()
+        >>> session = ConceptSession(ConceptAttentionConfig(), torch.zeros(1, 24), (0,), effective_softmax=False)
+        >>> handles = block_input_grabbers(list(model.transformer_blocks), session, "temb_mod_txt", "mod")
+        >>> len(handles)
+        1
+        >>> for handle in handles:
+        ...     handle.remove()
+    """
+    last_layer = session.last_layer if last_layer is None else last_layer
+    handles = []
+    for layer, block in enumerate(blocks):
+        if layer > last_layer:
+            break
+        handles.append(
+            block.register_forward_pre_hook(_grabber(session, layer, block, argument, key), with_kwargs=True)
+        )
+    return handles
+
+
+def _grabber(session: ConceptSession, layer: int, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
+    signature = inspect.signature(block.forward)
+
+    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        call = session.call
+        if call is None or not call.recording:
+            return
+        bound = signature.bind(*args, **kwargs)  # gradient checkpointing passes positional arguments
+        call.inputs[key] = (layer, bound.arguments[argument])
+
+    return grab
+
+
+def captured_block_input(session: ConceptSession, layer: int, key: str, what: str) -> Any:
+    """The block input that :func:`block_input_grabbers` stored for joint block ``layer``.
+
+    Args:
+        session: The run state.
+        layer: The block asking.
+        key: The call-inputs key the grabber used.
+        what: Description for the message (``"the temb of AuraFlow block"``).
+
+    Raises:
+        RuntimeError: if the block's pre-hook did not run before its attention (a block called directly).
+    """
+    call = session.call
+    captured = None if call is None else call.inputs.get(key)
+    if captured is None or captured[0] != layer:
+        raise RuntimeError(
+            f"{what} {layer} was not captured (its block pre-hook did not run before the attention). Call the "
+            "transformer itself, not a block or attention module directly."
+        )
+    return captured[1]
+
+
+def image_pixels(pipeline: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
+    """An image as the VAE takes it: RGB, resized bicubically to ``width × height``, ``[1, 3, H, W]`` in [-1, 1] on
+    the pipeline's execution device, in the VAE's dtype."""
+    from ..images import image_to_tensor, to_rgb
+
+    resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
+    return image_to_tensor(resized).unsqueeze(0).to(device=pipeline._execution_device, dtype=pipeline.vae.dtype)
+
+
+def seeded_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> torch.Tensor:
+    """One standard-normal sample of ``shape`` per seed, drawn on the CPU (device-independent results):
+    ``[N, *shape]`` float32 on ``device``.
+
+    Example:
+        >>> seeded_noise((2,), [0, 0], torch.device("cpu")).unique(dim=0).shape
+        torch.Size([1, 2])
+    """
+    samples = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+    return torch.stack(samples).to(device=device, dtype=torch.float32)  # [N, *shape]
+
+
+def flow_noised(clean: torch.Tensor, request: ExplainRequest, device: torch.device) -> torch.Tensor:
+    """Rectified flow ``x_t = (1 - t)·x_0 + t·ε`` for each seed: ``clean [1, *S]`` → ``[N, *S]`` float32."""
+    noise = seeded_noise(clean.shape[1:], request.seeds, device)  # [N, *S]
+    return (1.0 - request.noise_level) * clean.float() + request.noise_level * noise
+
+
+def guidance_tensor(transformer: nn.Module, request: ExplainRequest, num: int, device: torch.device) -> torch.Tensor | None:
+    """The guidance embedding input ``[N]`` of guidance-distilled transformers (``config.guidance_embeds``), else
+    ``None``."""
+    if not getattr(transformer.config, "guidance_embeds", False):
+        return None
+    return torch.full((num,), request.guidance_scale, device=device, dtype=torch.float32)

@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
-from ..encoding import pool_token_states, tokenize_concepts
-from .base import ExplainBatch
-from .flux import FluxAdapter, FluxConceptAttnProcessor
-from .flux2 import block_input_grabbers
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .base import ExplainBatch, ExplainRequest, bind_call, block_input_grabbers, captured_block_input
+from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 
 
 if TYPE_CHECKING:
@@ -69,15 +68,8 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
 
     def _block_text_conditioning(self) -> torch.Tensor:
         """This block's text modulation rows ``temb[:, 6:]``: ``[B, 6, d]``."""
-        call = self.session.call
-        assert call is not None
-        captured = call.inputs.get(BLOCK_TEMB_KEY)
-        if captured is None or captured[0] != self.layer:
-            raise RuntimeError(
-                f"The modulation input of Chroma block {self.layer} was not captured (its block pre-hook did not run "
-                "before the attention). Call the transformer itself, not a block or attention module directly."
-            )
-        return captured[1][:, 6:]  # [B, 6, d]
+        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The modulation input of Chroma block")
+        return temb[:, 6:]  # [B, 6, d]
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after ``context_embedder`` ``[B, C, d]`` and block 0's text modulation ``[B, 6, d]``."""
@@ -104,6 +96,7 @@ class ChromaAdapter(FluxAdapter):
     """
 
     name = "chroma"
+    processor_class = ChromaConceptAttnProcessor
     transformer_classes = ("ChromaTransformer2DModel",)
     pipeline_classes = ("ChromaPipeline",)
     modality = "image"
@@ -116,20 +109,9 @@ class ChromaAdapter(FluxAdapter):
             weakref.WeakKeyDictionary()
         )
 
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> ChromaConceptAttnProcessor:
-        return ChromaConceptAttnProcessor(session, layer, block, transformer, original_processor)
-
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in names if name in kwargs})
-        missing = [name for name in ("timestep", "img_ids") if bound.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"ChromaTransformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them."
-            )
+        bound = bind_call("ChromaTransformer2DModel", names, args, kwargs, required=("timestep", "img_ids"))
         return {
             "timestep": bound["timestep"],
             "img_ids": bound["img_ids"],
@@ -165,52 +147,26 @@ class ChromaAdapter(FluxAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """T5 states of all concepts in one masked batch (as Chroma encodes prompts), pooled: ``[C, 4096]``."""
-        tokenizer = getattr(pipeline, "tokenizer", None)
-        text_encoder = getattr(pipeline, "text_encoder", None)
-        if tokenizer is None or text_encoder is None:
-            raise ValueError(
-                "This Chroma pipeline has no T5 text encoder (tokenizer/text_encoder) to encode concepts; pass "
-                "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
-            )
+        tokenizer, text_encoder = pipeline_text_encoder(
+            pipeline, "tokenizer", "text_encoder", "This Chroma pipeline has no T5 text encoder"
+        )
         device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
         max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-        input_ids, attention_mask, content_mask = tokenize_concepts(
-            tokenizer,
-            concepts,
-            max_length,
-            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
-        )
-        with torch.no_grad():
-            hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
-        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched Chroma call on the noised image (``guidance_scale`` and ``image_pooled`` do not apply)."""
         from diffusers import ChromaPipeline
 
-        if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
-        noisy, latents_shape = packed_noisy_latents(pipeline, image, noise_level, seeds, height, width)
+        noisy, latents_shape = packed_noisy_latents(pipeline, image, request)  # [N, I, 4c]
         device = pipeline._execution_device
-        num = len(seeds)
+        num = len(request.seeds)
         max_sequence_length = min(512, getattr(pipeline.tokenizer, "model_max_length", 512) or 512)
         with torch.no_grad():
             prompt_embeds, text_ids, prompt_mask, *_ = pipeline.encode_prompt(
-                prompt=caption,
+                prompt=request.caption,
                 device=device,
                 num_images_per_prompt=num,
                 do_classifier_free_guidance=False,
@@ -224,7 +180,7 @@ class ChromaAdapter(FluxAdapter):
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
-            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
             "img_ids": ChromaPipeline._prepare_latent_image_ids(
                 num, latent_height // 2, latent_width // 2, device, dtype
             ),
@@ -235,47 +191,4 @@ class ChromaAdapter(FluxAdapter):
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=latents_shape)
 
 
-def packed_noisy_latents(
-    pipeline: Any, image: Image.Image, noise_level: float, seeds: Sequence[int], height: int, width: int
-) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """VAE-encode an image as FLUX.1-style pipelines do, pack 2×2, and noise it once per seed (rectified flow).
-
-    Args:
-        pipeline: A Flux-like pipeline (``vae`` with ``shift_factor``/``scaling_factor``, static ``_pack_latents``).
-        image: The image (resized to ``width × height``, bicubic).
-        noise_level: ``t`` of ``x_t = (1 - t)·x_0 + t·ε``.
-        seeds: One noise sample per seed, drawn on the CPU.
-        height: Pixels, a multiple of ``2·vae_scale_factor``.
-        width: Pixels, a multiple of ``2·vae_scale_factor``.
-
-    Returns:
-        ``x_t`` of shape ``[N, I, 4c]`` (float32) and the shape of the clean latents ``(1, c, h, w)``.
-
-    Raises:
-        ValueError: if the size is not a multiple of ``2·vae_scale_factor``.
-    """
-    from ..images import image_to_tensor, to_rgb
-
-    vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
-    if height % (vae_scale * 2) or width % (vae_scale * 2):
-        raise ValueError(
-            f"height and width must be multiples of {vae_scale * 2} for this model, got {height}x{width}."
-        )
-    device = pipeline._execution_device
-    vae = pipeline.vae
-    resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-    pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
-    with torch.no_grad():
-        latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
-    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-    _, channels, latent_height, latent_width = latents.shape
-    packed = type(pipeline)._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4c]
-    noise = torch.stack(
-        [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-    )  # [N, I, 4c]
-    noise = noise.to(device=device, dtype=torch.float32)
-    noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # [N, I, 4c]
-    return noisy, tuple(latents.shape)
-
-
-__all__ = ["ChromaAdapter", "ChromaConceptAttnProcessor", "packed_noisy_latents"]
+__all__ = ["ChromaAdapter", "ChromaConceptAttnProcessor"]

@@ -27,9 +27,7 @@ content tokens (before ``</s>``) are pooled, never one token per concept.
 
 from __future__ import annotations
 
-import inspect
 import math
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -40,10 +38,20 @@ from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
-from ..encoding import pool_token_states, tokenize_concepts
-from ..session import EarlyExit
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from ..core import concept_attention
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .base import (
+    ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    image_pixels,
+    seeded_noise,
+)
+from .processor import ConceptProcessorMixin
 from .sd3 import batch_halves_identical, guidance_half_slice
 
 
@@ -51,6 +59,9 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from ..session import ConceptSession
+
+BLOCK_TEMB_KEY = "cogvideox_block_temb"
+"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -64,7 +75,7 @@ _CALL_ARGUMENTS = (
 )
 
 
-class CogVideoXConceptAttnProcessor(CogVideoXAttnProcessor2_0):
+class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcessor2_0):
     """CogVideoX attention processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``CogVideoXAttnProcessor2_0.__call__``; the joint-attention path is the stock one,
@@ -86,13 +97,6 @@ class CogVideoXConceptAttnProcessor(CogVideoXAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 2, 2, 3])
     """
-
-    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
 
     def __call__(
         self,
@@ -157,12 +161,7 @@ class CogVideoXConceptAttnProcessor(CogVideoXAttnProcessor2_0):
         session, block, transformer = self.session, self._block(), self._transformer()
         call = session.call
         assert call is not None and block is not None and transformer is not None
-        temb = call.inputs.get("temb")
-        if temb is None:
-            raise RuntimeError(
-                "The CogVideoX block pre-hook did not capture `temb`; the blocks were called in an unexpected way. "
-                "Report this with your diffusers version."
-            )
+        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
         batch = video_output.shape[0]
         if call.concept_hidden_states is None:
             # Inside the forward (after offloading hooks moved the embedder), with the activations' dtype.
@@ -189,23 +188,15 @@ class CogVideoXConceptAttnProcessor(CogVideoXAttnProcessor2_0):
         )  # [B, C, H, D]
         concept_output = concept_output.flatten(2, 3)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            video_query = query[:, :, text_seq_length:].transpose(1, 2) if config.space == "cross_attention" else None
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=video_output,
-                image_query=video_query,  # [B, V, H, D]
-                concept_key=concept_key,
-                image_value=video_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, V]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        video_query = query[:, :, text_seq_length:].transpose(1, 2)  # [B, V, H, D], a view
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=video_output,
+            image_query=video_query,  # [B, V, H, D]
+            concept_key=concept_key,
+            image_value=video_value,
+            concept_value=concept_value,
+        ):
             return
         # Advance the concept residual stream as CogVideoXBlock advances the text stream.
         concepts = concepts + text_gate * attn.to_out[1](attn.to_out[0](concept_output))
@@ -224,6 +215,13 @@ class CogVideoXAdapter(ConceptAdapter):
     """
 
     name = "cogvideox"
+    attention_attribute = "attn1"
+    processor_class = CogVideoXConceptAttnProcessor
+    stock_processor_class = CogVideoXAttnProcessor2_0
+    stock_processor_remedy = (
+        "fused QKV projections or a custom processor is active: call `transformer.unfuse_qkv_projections()` or "
+        "`transformer.set_default_attn_processor()` first."
+    )
     transformer_classes = ("CogVideoXTransformer3DModel",)
     pipeline_classes = ("CogVideoXPipeline",)
     modality = "video"
@@ -232,63 +230,15 @@ class CogVideoXAdapter(ConceptAdapter):
 
     # ----- structure -------------------------------------------------------------------------------------------
 
-    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def block_path(self, index: int) -> str:
-        return f"transformer_blocks.{index}"
-
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn1
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> CogVideoXConceptAttnProcessor:
-        return CogVideoXConceptAttnProcessor(session, layer, block, transformer)
-
-    def check_model(self, transformer: nn.Module) -> None:
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn1.processor
-            if type(processor) is not CogVideoXAttnProcessor2_0 and not isinstance(
-                processor, CogVideoXConceptAttnProcessor
-            ):
-                raise UnsupportedSetupError(
-                    f"transformer_blocks.{index}.attn1 uses {type(processor).__name__}, not diffusers' "
-                    "CogVideoXAttnProcessor2_0 (fused QKV projections or a custom processor is active). "
-                    "ConceptAttention would drop it; call `transformer.unfuse_qkv_projections()` or "
-                    "`transformer.set_default_attn_processor()` first."
-                )
-
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
-        """Block pre-hooks that store each block's ``temb`` in the call inputs (the concept modulation input)."""
-        handles: list[Any] = []
-        for block in self.joint_blocks(transformer)[: session.last_layer + 1]:
-            signature = inspect.signature(block.forward)
-
-            def capture_temb(
-                module: nn.Module,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-                signature: inspect.Signature = signature,
-            ) -> None:
-                call = session.call
-                if call is not None:
-                    # Gradient checkpointing passes positional arguments; bind them by name.
-                    call.inputs["temb"] = signature.bind(*args, **kwargs).arguments["temb"]
-
-            handles.append(block.register_forward_pre_hook(capture_temb, with_kwargs=True))
-        return handles
+        """Block pre-hooks that hand each block's ``temb`` to its processor (the concept modulation input)."""
+        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
 
     # ----- per call -------------------------------------------------------------------------------------------
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        bound = dict(zip(_CALL_ARGUMENTS, args))
-        bound.update({name: kwargs[name] for name in _CALL_ARGUMENTS if name in kwargs})
-        missing = [name for name in ("hidden_states", "encoder_hidden_states", "timestep") if bound.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"CogVideoXTransformer3DModel was called without {', '.join(missing)}; ConceptAttention needs them."
-            )
+        required = ("hidden_states", "encoder_hidden_states", "timestep")
+        bound = bind_call("CogVideoXTransformer3DModel", _CALL_ARGUMENTS, args, kwargs, required)
         hidden_states = bound["hidden_states"]
         if hidden_states.ndim != 5:
             raise ValueError(
@@ -332,20 +282,12 @@ class CogVideoXAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """Pooled T5 content-token states ``[C, text_embed_dim]`` (one padded, masked batch)."""
-        tokenizer, text_encoder = getattr(pipeline, "tokenizer", None), getattr(pipeline, "text_encoder", None)
-        if tokenizer is None or text_encoder is None:
-            raise ValueError(
-                "This CogVideoX pipeline has no T5 text encoder (tokenizer/text_encoder) to encode concepts; pass "
-                "`concept_embeds=` (a [C, text_embed_dim] tensor) instead."
-            )
+        tokenizer, text_encoder = pipeline_text_encoder(
+            pipeline, "tokenizer", "text_encoder", "This CogVideoX pipeline has no T5 text encoder"
+        )
         device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
         max_length = int(pipeline.transformer.config.max_text_seq_length)
-        input_ids, attention_mask, content_mask = tokenize_concepts(
-            tokenizer, concepts, max_length, special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id)
-        )
-        with torch.no_grad():
-            hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
-        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D]
+        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real videos -------------------------------------------------------------------------------------------
 
@@ -360,18 +302,8 @@ class CogVideoXAdapter(ConceptAdapter):
         width = max(multiple, int(round(width * scale / multiple)) * multiple)
         return height, width
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image | Sequence[Image.Image],
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
+    def explain_batch(
+        self, pipeline: Any, image: Image.Image | Sequence[Image.Image], request: ExplainRequest
     ) -> ExplainBatch:
         """Encode a video (or one image as a one-frame video), noise it DDIM-style, build one transformer call.
 
@@ -388,7 +320,6 @@ class CogVideoXAdapter(ConceptAdapter):
         """
         from PIL import Image as PILImage
 
-        from ..images import image_to_tensor, to_rgb
 
         frames = [image] if isinstance(image, PILImage.Image) else list(image)
         if not frames or not all(isinstance(frame, PILImage.Image) for frame in frames):
@@ -400,11 +331,6 @@ class CogVideoXAdapter(ConceptAdapter):
             raise ValueError(
                 f"A CogVideoX video needs 1 + {temporal}·k frames (e.g. 1, 9, 49); got {len(frames)}. Trim the video."
             )
-        multiple = self.size_multiple(pipeline)
-        if height % multiple or width % multiple:
-            raise ValueError(
-                f"height and width must be multiples of {multiple} for this CogVideoX model, got {height}x{width}."
-            )
         if config.in_channels != vae.config.latent_channels:
             raise ValueError(
                 "This transformer takes image-conditioned latents (CogVideoX image-to-video); the real-video path "
@@ -412,9 +338,9 @@ class CogVideoXAdapter(ConceptAdapter):
             )
         device = pipeline._execution_device
         pixels = torch.stack(
-            [image_to_tensor(to_rgb(frame).resize((width, height), resample=3)) for frame in frames], dim=1
-        )  # [3, F, H, W], 3 = BICUBIC
-        pixels = pixels.unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, F, H, W]
+            [image_pixels(pipeline, frame, request.height, request.width)[0] for frame in frames], dim=1
+        )  # [3, F, H, W]
+        pixels = pixels.unsqueeze(0)  # [1, 3, F, H, W]
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode()  # [1, c, F_lat, h, w]
         latents = latents.permute(0, 2, 1, 3, 4) * pipeline.vae_scaling_factor_image  # [1, F_lat, c, h, w]
@@ -422,18 +348,15 @@ class CogVideoXAdapter(ConceptAdapter):
         padding = (-latents.shape[1]) % patch_t
         if padding:
             latents = torch.cat([latents[:, :1].expand(-1, padding, -1, -1, -1), latents], dim=1)  # [1, F', c, h, w]
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        )  # [N, F', c, h, w], drawn on the CPU so results do not depend on the device
-        noise = noise.to(device=device, dtype=torch.float32)
+        num = len(request.seeds)
+        noise = seeded_noise(latents.shape[1:], request.seeds, device)  # [N, F', c, h, w]
         train_steps = int(scheduler.config.num_train_timesteps)
-        timestep_index = int(round(float(noise_level) * (train_steps - 1)))
+        timestep_index = int(round(request.noise_level * (train_steps - 1)))
         timesteps = torch.full((num,), timestep_index, device=device, dtype=torch.long)
         noisy = scheduler.add_noise(latents.float().expand(num, -1, -1, -1, -1), noise, timesteps)  # [N, F', c, h, w]
         with torch.no_grad():
             prompt_embeds, _ = pipeline.encode_prompt(
-                prompt=caption,
+                prompt=request.caption,
                 do_classifier_free_guidance=False,
                 num_videos_per_prompt=num,
                 max_sequence_length=int(config.max_text_seq_length),
@@ -441,7 +364,9 @@ class CogVideoXAdapter(ConceptAdapter):
             )
         rotary = None
         if config.use_rotary_positional_embeddings:
-            rotary = pipeline._prepare_rotary_positional_embeddings(height, width, latents.shape[1], device)
+            rotary = pipeline._prepare_rotary_positional_embeddings(
+                request.height, request.width, latents.shape[1], device
+            )
         dtype = transformer.dtype
         kwargs = {
             "hidden_states": noisy.to(dtype),

@@ -18,17 +18,23 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _g
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention_packed, saliency_scores
-from ..encoding import pool_token_states, tokenize_concepts
-from ..session import EarlyExit
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from ..core import concept_attention_packed
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .base import (
+    ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
+    bind_call,
+    flow_noised,
+    guidance_tensor,
+    image_pixels,
+)
 from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..session import ConceptSession
 
 
 class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
@@ -206,22 +212,14 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
     ) -> None:
         """Record the layer's scores (if selected) and advance the concept stream as the block advances text."""
         session = self.session
-        config = session.config
-        if session.is_selected(self.layer):
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=image_output,
-                image_query=image_query,
-                concept_key=concept_key,
-                image_value=image_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, I]
-            session.record(self.layer, scores)
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=image_query,
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        ):
             return
         gate_msa, shift_mlp, scale_mlp, gate_mlp = modulation
         # the text stream's update, with fused multiply-adds (fewer small kernels than the block's own code)
@@ -245,6 +243,12 @@ class FluxAdapter(ConceptAdapter):
     """
 
     name = "flux"
+    processor_class = FluxConceptAttnProcessor
+    stock_processor_class = FluxAttnProcessor
+    stock_processor_remedy = (
+        "an IP-Adapter or a custom processor is loaded: unload it (e.g. `pipe.unload_ip_adapter()`) or call "
+        "`transformer.set_default_attn_processor()`."
+    )
     transformer_classes = ("FluxTransformer2DModel",)
     pipeline_classes = ("FluxPipeline",)
     modality = "image"
@@ -254,37 +258,10 @@ class FluxAdapter(ConceptAdapter):
         "(random bf16 weights) bit-identical on an H100"
     )
 
-    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def block_path(self, index: int) -> str:
-        return f"transformer_blocks.{index}"
-
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> FluxConceptAttnProcessor:
-        return FluxConceptAttnProcessor(session, layer, block, transformer, original_processor)
-
-    def check_model(self, transformer: nn.Module) -> None:
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn.processor
-            if type(processor) is not FluxAttnProcessor and not isinstance(processor, FluxConceptAttnProcessor):
-                raise UnsupportedSetupError(
-                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
-                    "FluxAttnProcessor (IP-Adapter or a custom processor is loaded). ConceptAttention would drop it; "
-                    "unload it (e.g. `pipe.unload_ip_adapter()`) or call `transformer.set_default_attn_processor()`."
-                )
-
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "pooled_projections", "timestep", "img_ids", "txt_ids", "guidance")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in names if name in kwargs})
-        missing = [name for name in ("pooled_projections", "timestep", "img_ids") if bound.get(name) is None]
-        if missing:
-            raise ValueError(f"FluxTransformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them.")
+        required = ("pooled_projections", "timestep", "img_ids")
+        bound = bind_call("FluxTransformer2DModel", names, args, kwargs, required)
         return {name: bound.get(name) for name in ("pooled_projections", "timestep", "img_ids", "guidance")}
 
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
@@ -304,26 +281,12 @@ class FluxAdapter(ConceptAdapter):
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
-        tokenizer = getattr(pipeline, "tokenizer_2", None)
-        text_encoder = getattr(pipeline, "text_encoder_2", None)
-        if tokenizer is None or text_encoder is None:
-            raise ValueError(
-                "This Flux pipeline has no T5 text encoder (tokenizer_2/text_encoder_2) to encode concepts; pass "
-                "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
-            )
+        tokenizer, text_encoder = pipeline_text_encoder(
+            pipeline, "tokenizer_2", "text_encoder_2", "This Flux pipeline has no T5 text encoder"
+        )
         device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
         max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-        input_ids, attention_mask, content_mask = tokenize_concepts(
-            tokenizer,
-            concepts,
-            max_length,
-            special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id, getattr(tokenizer, "bos_token_id", None)),
-        )
-        with torch.no_grad():
-            hidden = text_encoder(
-                input_ids.to(device), attention_mask=attention_mask.to(device), output_hidden_states=False
-            )[0]  # [C, L, D_text]
-        return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 
@@ -337,70 +300,56 @@ class FluxAdapter(ConceptAdapter):
         width = max(multiple, int(round(width * scale / multiple)) * multiple)
         return height, width
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         from diffusers import FluxPipeline
 
-        from ..images import image_to_tensor, to_rgb
-
-        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
-        if height % (vae_scale * 2) or width % (vae_scale * 2):
-            raise ValueError(
-                f"height and width must be multiples of {vae_scale * 2} for this Flux model, got {height}x{width}."
-            )
         device = pipeline._execution_device
         transformer = pipeline.transformer
-        vae = pipeline.vae
-        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
-        with torch.no_grad():
-            latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
-        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-        _, channels, latent_height, latent_width = latents.shape
-        packed = FluxPipeline._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4c]
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        )  # [N, I, 4c], drawn on the CPU so results do not depend on the device
-        noise = noise.to(device=device, dtype=torch.float32)
-        noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # rectified flow: x_t = (1-t)x0 + t·eps
+        noisy, latent_shape = packed_noisy_latents(pipeline, image, request)  # [N, I, 4c]
+        num = len(request.seeds)
         dtype = transformer.dtype
         max_sequence_length = min(512, getattr(pipeline.tokenizer_2, "model_max_length", 512) or 512)
         with torch.no_grad():
             prompt_embeds, pooled, text_ids = pipeline.encode_prompt(
-                prompt=caption,
+                prompt=request.caption,
                 prompt_2=None,
                 device=device,
                 num_images_per_prompt=num,
                 max_sequence_length=max_sequence_length,
             )
-        if image_pooled == "zero":
+        if request.image_pooled == "zero":
             pooled = torch.zeros_like(pooled)
-        elif image_pooled != "caption":
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+        _, _, latent_height, latent_width = latent_shape
         img_ids = FluxPipeline._prepare_latent_image_ids(num, latent_height // 2, latent_width // 2, device, dtype)
-        guidance = None
-        if getattr(transformer.config, "guidance_embeds", False):
-            guidance = torch.full((num,), float(guidance_scale), device=device, dtype=torch.float32)
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
             "pooled_projections": pooled.to(dtype),
-            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
             "img_ids": img_ids,
             "txt_ids": text_ids,
-            "guidance": guidance,
+            "guidance": guidance_tensor(transformer, request, num, device),
             "return_dict": False,
         }
-        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=latent_shape)
+
+
+def packed_noisy_latents(pipeline: Any, image: Image.Image, request: ExplainRequest) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """VAE-encode an image as FLUX.1-style pipelines do, pack 2×2, and noise it once per seed (rectified flow).
+
+    Args:
+        pipeline: A Flux-like pipeline (``vae`` with ``shift_factor``/``scaling_factor``, static ``_pack_latents``).
+        image: The image (resized to the request's size, bicubic).
+        request: Size, noise level and seeds.
+
+    Returns:
+        ``x_t`` of shape ``[N, I, 4c]`` (float32) and the shape of the clean latents ``(1, c, h, w)``.
+    """
+    vae = pipeline.vae
+    pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
+    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+    _, channels, latent_height, latent_width = latents.shape
+    packed = type(pipeline)._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4c]
+    return flow_noised(packed, request, pipeline._execution_device), tuple(latents.shape)

@@ -21,7 +21,7 @@ What Flux.2 needs beyond FLUX.1:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,10 +35,19 @@ from diffusers.models.transformers.transformer_flux2 import (
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
+from ..core import concept_attention
 from ..encoding import ConceptError, pool_token_states
-from ..session import EarlyExit
-from .base import ExplainBatch, UnsupportedSetupError
+from .base import (
+    ExplainBatch,
+    ExplainRequest,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    flow_noised,
+    guidance_tensor,
+    image_pixels,
+)
 from .flux import FluxAdapter
 from .processor import ConceptProcessorMixin
 
@@ -137,15 +146,10 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
 
     def _block_modulation(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """The text stream's ``(shift, scale, gate)`` for attention and MLP, each ``[B, 1, d]``."""
-        call = self.session.call
-        assert call is not None
-        captured = call.inputs.get(BLOCK_MODULATION_KEY)
-        if captured is None or captured[0] != self.layer:
-            raise RuntimeError(
-                f"The text modulation of Flux.2 block {self.layer} was not captured (its block pre-hook did not run "
-                "before the attention). Call the transformer itself, not a block or attention module directly."
-            )
-        return Flux2Modulation.split(captured[1], 2)
+        modulation = captured_block_input(
+            self.session, self.layer, BLOCK_MODULATION_KEY, "The text modulation of Flux.2 block"
+        )
+        return Flux2Modulation.split(modulation, 2)
 
     def _concept_rope(self, like: torch.Tensor, num_concepts: int) -> tuple[torch.Tensor, torch.Tensor]:
         """RoPE tables ``(cos, sin)`` ``[C, D]`` of the concept id ``(t₀, 0, 0, max(l) + 1)``, cached per call."""
@@ -207,22 +211,14 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         )
         concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=image_output,
-                image_query=query[:, num_text:],
-                concept_key=concept_key,
-                image_value=image_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, I]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=query[:, num_text:],
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        ):
             return
         # Advance the concept residual stream exactly as Flux2TransformerBlock advances the text stream.
         concepts = concepts + gate_msa * attn.to_add_out(concept_output)
@@ -246,6 +242,7 @@ class Flux2Adapter(FluxAdapter):
     """
 
     name = "flux2"
+    processor_class = Flux2ConceptAttnProcessor
     transformer_classes = ("Flux2Transformer2DModel",)
     pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     modality = "image"
@@ -255,11 +252,6 @@ class Flux2Adapter(FluxAdapter):
     def default_layers(self, num_blocks: int) -> tuple[int, ...]:
         """The last three double blocks (FLUX.2-dev: 5, 6, 7 of 8), as the official code."""
         return tuple(range(max(0, num_blocks - 3), num_blocks))
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> Flux2ConceptAttnProcessor:
-        return Flux2ConceptAttnProcessor(session, layer, block, transformer, original_processor)
 
     def check_model(self, transformer: nn.Module) -> None:
         for index, block in enumerate(self.joint_blocks(transformer)):
@@ -278,19 +270,13 @@ class Flux2Adapter(FluxAdapter):
             )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids", "guidance")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in names if name in kwargs})
         if kwargs.get("kv_cache_mode") is not None or kwargs.get("kv_cache") is not None:
             raise UnsupportedSetupError(
                 "Flux2Transformer2DModel was called with a reference-image KV cache (kv_cache_mode="
                 f"{kwargs.get('kv_cache_mode')!r}); ConceptAttention does not support it. Call without kv_cache_mode."
             )
-        missing = [name for name in ("timestep", "img_ids", "txt_ids") if bound.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"Flux2Transformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them."
-            )
+        names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids", "guidance")
+        bound = bind_call("Flux2Transformer2DModel", names, args, kwargs, required=("timestep", "img_ids", "txt_ids"))
         img_ids = bound["img_ids"][0] if bound["img_ids"].ndim == 3 else bound["img_ids"]
         if torch.unique(img_ids[:, 0]).numel() != 1:
             raise ValueError(
@@ -389,113 +375,34 @@ class Flux2Adapter(FluxAdapter):
 
     # ----- real images -------------------------------------------------------------------------------------------
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched Flux.2 call on the noised image (``image_pooled`` does not apply: Flux.2 has no pooled text)."""
-        from ..images import image_to_tensor, to_rgb
-
-        if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
-        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
-        if height % (vae_scale * 2) or width % (vae_scale * 2):
-            raise ValueError(
-                f"height and width must be multiples of {vae_scale * 2} for this Flux.2 model, got {height}x{width}."
-            )
         device = pipeline._execution_device
         transformer = pipeline.transformer
-        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=pipeline.vae.dtype)  # [1, 3, H, W]
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
         with torch.no_grad():
             latents = pipeline._encode_vae_image(pixels, generator=None)  # [1, 4c, h, w], patchified and normalised
         packed = type(pipeline)._pack_latents(latents)  # [1, I, 4c]
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-        ).to(device=device, dtype=torch.float32)  # [N, I, 4c]
-        noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # rectified flow
+        num = len(request.seeds)
+        noisy = flow_noised(packed, request, device)  # [N, I, 4c]
         with torch.no_grad():
             prompt_embeds, text_ids = pipeline.encode_prompt(
-                prompt=caption, device=device, num_images_per_prompt=num, max_sequence_length=512
+                prompt=request.caption, device=device, num_images_per_prompt=num, max_sequence_length=512
             )
         dtype = transformer.dtype
-        guidance = None
-        if getattr(transformer.config, "guidance_embeds", False):
-            guidance = torch.full((num,), float(guidance_scale), device=device, dtype=torch.float32)
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
-            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
             "img_ids": type(pipeline)._prepare_latent_ids(latents).to(device).expand(num, -1, -1),  # [N, I, 4]
             "txt_ids": text_ids,
-            "guidance": guidance,
+            "guidance": guidance_tensor(transformer, request, num, device),
             "return_dict": False,
         }
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
 
-# ----- helpers shared with the Qwen-Image and HunyuanVideo adapters --------------------------------------------------
-
-
-def block_input_grabbers(
-    blocks: Sequence[nn.Module], session: ConceptSession, argument: str, key: str, last_layer: int | None = None
-) -> list[Any]:
-    """Capture-only pre-hooks storing ``(layer, <block argument>)`` in ``session.call.inputs[key]``.
-
-    Args:
-        blocks: The joint blocks, in order.
-        session: The run state (only recorded calls are captured).
-        argument: Name of the block ``forward`` argument to capture (``"temb"``, ``"temb_mod_txt"``...).
-        key: Key in the call inputs.
-        last_layer: No hooks after this block (default: the session's last layer).
-
-    Returns:
-        The hook handles.
-
-    Example:
-        >>> from conceptattention.testing_extra import tiny_flux2_transformer
-        >>> from conceptattention.session import ConceptSession
-        >>> from conceptattention.config import ConceptAttentionConfig
-        >>> model = tiny_flux2_transformer()
-        >>> session = ConceptSession(ConceptAttentionConfig(), torch.zeros(1, 24), (0,), effective_softmax=False)
-        >>> handles = block_input_grabbers(list(model.transformer_blocks), session, "temb_mod_txt", "mod")
-        >>> len(handles)
-        1
-        >>> for handle in handles:
-        ...     handle.remove()
-    """
-    last_layer = session.last_layer if last_layer is None else last_layer
-    handles = []
-    for layer, block in enumerate(blocks):
-        if layer > last_layer:
-            break
-        handles.append(
-            block.register_forward_pre_hook(_grabber(session, layer, block, argument, key), with_kwargs=True)
-        )
-    return handles
-
-
-def _grabber(session: ConceptSession, layer: int, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
-    signature = inspect.signature(block.forward)
-
-    def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        call = session.call
-        if call is None or not call.recording:
-            return
-        bound = signature.bind(*args, **kwargs)  # gradient checkpointing passes positional arguments
-        call.inputs[key] = (layer, bound.arguments[argument])
-
-    return grab
+# ----- helpers shared with the Qwen-Image adapter -------------------------------------------------------------------
 
 
 def template_content_span(ids: Sequence[int], empty_ids: Sequence[int]) -> tuple[int, int]:

@@ -29,10 +29,9 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
+from ..core import concept_attention
 from ..encoding import pool_token_states
-from ..session import EarlyExit
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
 from .processor import ConceptProcessorMixin
 
@@ -40,7 +39,6 @@ from .processor import ConceptProcessorMixin
 if TYPE_CHECKING:
     from PIL import Image
 
-    from ..session import ConceptSession
 
 
 class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnProcessor2_0):
@@ -186,22 +184,14 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnPr
         )
         concept_output = concept_output.flatten(2, 3).to(video_output.dtype)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=video_output,
-                image_query=video_query,
-                concept_key=concept_key,
-                image_value=video_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, F·h·w]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=video_output,
+            image_query=video_query,
+            concept_key=concept_key,
+            image_value=video_value,
+            concept_value=concept_value,
+        ):  # scores [B, C, F·h·w]
             return
         # Advance the concept residual stream exactly as HunyuanVideoTransformerBlock advances the text stream.
         concepts = concepts + attn.to_add_out(concept_output) * gate_msa.unsqueeze(1)
@@ -222,25 +212,13 @@ class HunyuanVideoAdapter(ConceptAdapter):
     """
 
     name = "hunyuan_video"
+    processor_class = HunyuanVideoConceptAttnProcessor
+    stock_processor_class = HunyuanVideoAttnProcessor2_0
     transformer_classes = ("HunyuanVideoTransformer3DModel",)
     pipeline_classes = ("HunyuanVideoPipeline",)
     modality = "video"
     official_default_layers = "last 4 double blocks (HunyuanVideo: 16-19; no official choice)"
     tested = "adapter battery + naive reference (both conditionings); true CFG; per-frame maps; no real-video explain path; bf16/fp16 on an H100"
-
-    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def block_path(self, index: int) -> str:
-        return f"transformer_blocks.{index}"
-
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> HunyuanVideoConceptAttnProcessor:
-        return HunyuanVideoConceptAttnProcessor(session, layer, block, transformer, original_processor)
 
     def check_model(self, transformer: nn.Module) -> None:
         if getattr(transformer.config, "image_condition_type", None) == "token_replace":
@@ -248,25 +226,12 @@ class HunyuanVideoAdapter(ConceptAdapter):
                 "This HunyuanVideo transformer uses token-replace image conditioning (image-to-video), whose blocks "
                 "modulate the first frame separately; ConceptAttention supports text-to-video HunyuanVideo only."
             )
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn.processor
-            if type(processor) is not HunyuanVideoAttnProcessor2_0 and not isinstance(
-                processor, HunyuanVideoConceptAttnProcessor
-            ):
-                raise UnsupportedSetupError(
-                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
-                    "HunyuanVideoAttnProcessor2_0. ConceptAttention would drop it; restore the default processor."
-                )
+        super().check_model(transformer)
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_attention_mask", "pooled_projections")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in (*names, "guidance") if name in kwargs})
-        missing = [name for name in ("hidden_states", "timestep", "pooled_projections") if bound.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"HunyuanVideoTransformer3DModel was called without {', '.join(missing)}; ConceptAttention needs them."
-            )
+        required = ("hidden_states", "timestep", "pooled_projections")
+        bound = bind_call("HunyuanVideoTransformer3DModel", names, args, kwargs, required, keyword_only=("guidance",))
         config = transformer.config
         _, _, frames, height, width = bound["hidden_states"].shape
         grid = (frames // config.patch_size_t, height // config.patch_size, width // config.patch_size)
@@ -326,7 +291,7 @@ class HunyuanVideoAdapter(ConceptAdapter):
         )
 
     def prepare_explain(self, pipeline: Any, image: Image.Image, **kwargs: Any) -> ExplainBatch:
-        return self.explain_resolution(pipeline, (0, 0))  # type: ignore[return-value]  # always raises
+        return self.explain_resolution(pipeline, (0, 0))  # type: ignore[return-value]  # always raises, before checks
 
 
 __all__ = ["HunyuanVideoAdapter", "HunyuanVideoConceptAttnProcessor"]

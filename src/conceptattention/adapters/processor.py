@@ -1,5 +1,6 @@
-"""State and helpers shared by the concept-attention processors of dispatch-based (diffusers ``AttentionModuleMixin``)
-attention classes: FLUX.1, Chroma, Flux.2, Qwen-Image, HunyuanVideo."""
+"""State and helpers shared by every concept-attention processor (FLUX.1, Chroma, Flux.2, Qwen-Image, HunyuanVideo,
+SD3, CogVideoX, AuraFlow); the native-SDPA fast path serves the dispatch-based (diffusers ``AttentionModuleMixin``)
+ones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
-from ..core import sdpa_bshd
+from ..core import saliency_scores, sdpa_bshd
+from ..session import EarlyExit
 
 
 if TYPE_CHECKING:
@@ -58,3 +60,23 @@ class ConceptProcessorMixin:
         if self._attention_backend is None and native_backend_active():
             return sdpa_bshd(query, key, value)
         return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+
+    def _record_scores(self, **tensors: torch.Tensor) -> bool:
+        """Record this block's saliency scores if it is selected; whether the concept stream must still advance.
+
+        ``tensors`` are the :func:`~conceptattention.core.saliency_scores` inputs (``concept_output``,
+        ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``).
+
+        Raises:
+            EarlyExit: after the last needed block on the explain path (nothing later has to run).
+        """
+        session = self.session
+        config = session.config
+        if session.is_selected(self.layer):
+            scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
+            session.record(self.layer, scores)  # [B, C, I]
+        if self.layer >= session.last_layer:
+            if session.stop_after_last_layer:
+                raise EarlyExit()
+            return False
+        return True

@@ -31,12 +31,21 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
+from ..core import concept_attention
 from ..encoding import pool_token_states
-from ..session import EarlyExit
-from .base import ExplainBatch, UnsupportedSetupError
+from .base import (
+    ExplainBatch,
+    ExplainRequest,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    flow_noised,
+    guidance_tensor,
+    image_pixels,
+)
 from .flux import FluxAdapter
-from .flux2 import block_input_grabbers, templated_concept_batch
+from .flux2 import templated_concept_batch
 from .processor import ConceptProcessorMixin
 
 
@@ -168,15 +177,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
 
     def _text_modulation(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``txt_mod(temb)`` of this block, split for the attention and the MLP: ``[B, 3d]`` each."""
-        call = self.session.call
-        assert call is not None
-        captured = call.inputs.get(BLOCK_TEMB_KEY)
-        if captured is None or captured[0] != self.layer:
-            raise RuntimeError(
-                f"The temb of Qwen-Image block {self.layer} was not captured (its block pre-hook did not run before "
-                "the attention). Call the transformer itself, not a block or attention module directly."
-            )
-        temb = captured[1]
+        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The temb of Qwen-Image block")
         if block.zero_cond_t:  # the text stream (and so the concepts) uses the first half, as the block does
             temb = torch.chunk(temb, 2, dim=0)[0]
         return block.txt_mod(temb).chunk(2, dim=-1)
@@ -219,22 +220,14 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         )
         concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=image_output,
-                image_query=image_query,
-                concept_key=concept_key,
-                image_value=image_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, I]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
+        if not self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=image_query,
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        ):
             return
         # Advance the concept residual stream exactly as QwenImageTransformerBlock advances the text stream.
         concepts = concepts + gate_attn * attn.to_add_out(concept_output)
@@ -256,16 +249,14 @@ class QwenImageAdapter(FluxAdapter):
     """
 
     name = "qwenimage"
+    processor_class = QwenImageConceptAttnProcessor
+    stock_processor_class = QwenDoubleStreamAttnProcessor2_0
+    stock_processor_remedy = ""
     transformer_classes = ("QwenImageTransformer2DModel",)
     pipeline_classes = ("QwenImagePipeline",)
     modality = "image"
     official_default_layers = "last 4 joint blocks (Qwen-Image: 56-59; no official choice)"
     tested = "adapter battery + naive reference; true CFG; zero_cond_t; explain path; bf16/fp16 on an H100"
-
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> QwenImageConceptAttnProcessor:
-        return QwenImageConceptAttnProcessor(session, layer, block, transformer, original_processor)
 
     def check_model(self, transformer: nn.Module) -> None:
         if getattr(transformer.config, "use_layer3d_rope", False):
@@ -273,22 +264,11 @@ class QwenImageAdapter(FluxAdapter):
                 "This Qwen-Image transformer uses the layered 3-D RoPE (Qwen-Image-Layered), whose image tokens are "
                 "layers and a condition image; ConceptAttention supports text-to-image Qwen-Image only."
             )
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn.processor
-            if type(processor) is not QwenDoubleStreamAttnProcessor2_0 and not isinstance(
-                processor, QwenImageConceptAttnProcessor
-            ):
-                raise UnsupportedSetupError(
-                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
-                    "QwenDoubleStreamAttnProcessor2_0. ConceptAttention would drop it; restore the default processor."
-                )
+        super().check_model(transformer)
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "encoder_hidden_states_mask", "timestep", "img_shapes")
-        bound = dict(zip(names, args))
-        bound.update({name: kwargs[name] for name in names if name in kwargs})
-        if bound.get("img_shapes") is None:
-            raise ValueError("QwenImageTransformer2DModel was called without img_shapes; ConceptAttention needs them.")
+        bound = bind_call("QwenImageTransformer2DModel", names, args, kwargs, required=("img_shapes",))
         img_shapes = bound["img_shapes"]
         first = img_shapes[0] if isinstance(img_shapes, list) else img_shapes
         shapes = first if isinstance(first, list) else [first]
@@ -343,33 +323,11 @@ class QwenImageAdapter(FluxAdapter):
 
     # ----- real images -------------------------------------------------------------------------------------------
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched Qwen-Image call on the noised image (``image_pooled`` does not apply: no pooled text)."""
-        from ..images import image_to_tensor, to_rgb
-
-        if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
-        vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
-        if height % (vae_scale * 2) or width % (vae_scale * 2):
-            raise ValueError(
-                f"height and width must be multiples of {vae_scale * 2} for Qwen-Image, got {height}x{width}."
-            )
         device = pipeline._execution_device
         vae, transformer = pipeline.vae, pipeline.transformer
-        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-        pixels = image_to_tensor(resized).to(device=device, dtype=vae.dtype)[None, :, None]  # [1, 3, 1, H, W]
+        pixels = image_pixels(pipeline, image, request.height, request.width)[:, :, None]  # [1, 3, 1, H, W]
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode()  # [1, z, 1, h, w]
         channels = int(vae.config.z_dim)
@@ -378,26 +336,20 @@ class QwenImageAdapter(FluxAdapter):
         latents = (latents - mean) / std
         latent_height, latent_width = latents.shape[-2:]
         packed = type(pipeline)._pack_latents(latents, 1, channels, latent_height, latent_width)  # [1, I, 4z]
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(packed.shape[1:], generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-        ).to(device=device, dtype=torch.float32)  # [N, I, 4z]
-        noisy = (1.0 - noise_level) * packed.float() + noise_level * noise  # rectified flow
+        num = len(request.seeds)
+        noisy = flow_noised(packed, request, device)  # [N, I, 4z]
         with torch.no_grad():
             prompt_embeds, prompt_mask = pipeline.encode_prompt(
-                prompt=caption, device=device, num_images_per_prompt=num
+                prompt=request.caption, device=device, num_images_per_prompt=num
             )
         dtype = transformer.dtype
-        guidance = None
-        if getattr(transformer.config, "guidance_embeds", False):
-            guidance = torch.full((num,), float(guidance_scale), device=device, dtype=torch.float32)
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
             "encoder_hidden_states_mask": prompt_mask,
-            "timestep": torch.full((num,), float(noise_level), device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
             "img_shapes": [[(1, latent_height // 2, latent_width // 2)]] * num,
-            "guidance": guidance,
+            "guidance": guidance_tensor(transformer, request, num, device),
             "return_dict": False,
         }
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))

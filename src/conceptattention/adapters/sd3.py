@@ -35,9 +35,7 @@ often loaded without ``text_encoder_3``). ``SD3Adapter(concept_text_encoder="t5"
 
 from __future__ import annotations
 
-import inspect
 import math
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -48,10 +46,19 @@ from diffusers.models.attention_processor import JointAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention, saliency_scores
-from ..encoding import pool_token_states, tokenize_concepts
-from ..session import EarlyExit
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError
+from ..core import concept_attention
+from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
+from .base import (
+    ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    flow_noised,
+    image_pixels,
+)
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -60,6 +67,9 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 ConceptTextEncoder = Literal["clip", "t5"]
+
+BLOCK_TEMB_KEY = "sd3_block_temb"
+"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -79,7 +89,7 @@ def _is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
     return skip_layers is not None and len(skip_layers) > 0
 
 
-class SD3ConceptAttnProcessor(JointAttnProcessor2_0):
+class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
     """SD3 joint-attention processor that also advances the concept stream and records saliency scores.
 
     Adapted from diffusers 0.42.1 ``JointAttnProcessor2_0.__call__``; the joint-attention path is the stock one, op
@@ -102,13 +112,6 @@ class SD3ConceptAttnProcessor(JointAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
-
-    def __init__(self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module) -> None:
-        super().__init__()
-        self.session = session
-        self.layer = layer
-        self._block = weakref.ref(block)
-        self._transformer = weakref.ref(transformer)
 
     def __call__(
         self,
@@ -189,12 +192,7 @@ class SD3ConceptAttnProcessor(JointAttnProcessor2_0):
         concepts = transformer.context_embedder(embeds)  # [C, d]
         concepts = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
         if session.config.concept_conditioning == "prompt":
-            conditioning = inputs.get("temb")
-            if conditioning is None:
-                raise RuntimeError(
-                    "The SD3 block pre-hook did not capture `temb`; the transformer blocks were called in an "
-                    "unexpected way. Use concept_conditioning='null_pooled' or report this with your diffusers version."
-                )
+            conditioning = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of SD3 block")
         else:  # "null_pooled": the timestep embedding with a zero pooled CLIP vector
             pooled = inputs["pooled_projections"]
             conditioning = transformer.time_text_embed(inputs["timestep"], torch.zeros_like(pooled))  # [B, d]
@@ -238,23 +236,15 @@ class SD3ConceptAttnProcessor(JointAttnProcessor2_0):
         )  # [B, C, H, D]
         concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
 
-        if session.is_selected(self.layer):
-            image_query = query[:, :, :num_image].transpose(1, 2) if config.space == "cross_attention" else None
-            scores = saliency_scores(
-                config.space,
-                concept_output=concept_output,
-                image_output=image_output,
-                image_query=image_query,  # [B, I, H, D]
-                concept_key=concept_key,
-                image_value=image_value,
-                concept_value=concept_value,
-                scale_cross_attention=config.cross_attention_scale,
-            )  # [B, C, I]
-            session.record(self.layer, scores)
-
-        if self.layer >= session.last_layer or block.context_pre_only:
-            if self.layer >= session.last_layer and session.stop_after_last_layer:
-                raise EarlyExit()
+        advance = self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=query[:, :, :num_image].transpose(1, 2),  # [B, I, H, D], a view
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        )
+        if not advance or block.context_pre_only:
             return
         # Advance the concept residual stream exactly as JointTransformerBlock advances the text stream.
         assert gate_msa is not None and shift_mlp is not None and scale_mlp is not None and gate_mlp is not None
@@ -287,6 +277,14 @@ class SD3Adapter(ConceptAdapter):
     """
 
     name = "sd3"
+    attention_attribute = "attn"  # never attn2 (SD3.5 dual attention: image-only, shares the processor instance)
+    processor_class = SD3ConceptAttnProcessor
+    stock_processor_class = JointAttnProcessor2_0
+    stock_processor_remedy = (
+        "IP-Adapter, PAG, fused QKV projections or a custom processor is active: undo it first (e.g. "
+        "`pipe.unload_ip_adapter()`, `transformer.unfuse_qkv_projections()` or "
+        "`transformer.set_default_attn_processor()`)."
+    )
     transformer_classes = ("SD3Transformer2DModel",)
     pipeline_classes = ("StableDiffusion3Pipeline",)
     modality = "image"
@@ -300,54 +298,13 @@ class SD3Adapter(ConceptAdapter):
 
     # ----- structure -------------------------------------------------------------------------------------------
 
-    def joint_blocks(self, transformer: nn.Module) -> list[nn.Module]:
-        return list(transformer.transformer_blocks)
-
-    def block_path(self, index: int) -> str:
-        return f"transformer_blocks.{index}"
-
-    def attention_module(self, block: nn.Module) -> nn.Module:
-        return block.attn  # never attn2 (SD3.5 dual attention: image-only, shares the processor instance)
-
     def default_layers(self, num_blocks: int) -> tuple[int, ...]:
         """All joint blocks, as the official SD3.5 code (``layer_indices=None``)."""
         return tuple(range(num_blocks))
 
-    def make_processor(
-        self, session: ConceptSession, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
-    ) -> SD3ConceptAttnProcessor:
-        return SD3ConceptAttnProcessor(session, layer, block, transformer)
-
-    def check_model(self, transformer: nn.Module) -> None:
-        for index, block in enumerate(self.joint_blocks(transformer)):
-            processor = block.attn.processor
-            if type(processor) is not JointAttnProcessor2_0 and not isinstance(processor, SD3ConceptAttnProcessor):
-                raise UnsupportedSetupError(
-                    f"transformer_blocks.{index}.attn uses {type(processor).__name__}, not diffusers' "
-                    "JointAttnProcessor2_0 (IP-Adapter, PAG, fused QKV projections or a custom processor is active). "
-                    "ConceptAttention would drop it; undo it first (e.g. `pipe.unload_ip_adapter()`, "
-                    "`transformer.unfuse_qkv_projections()` or `transformer.set_default_attn_processor()`)."
-                )
-
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
-        """Block pre-hooks that store each block's ``temb`` in the call inputs."""
-        handles: list[Any] = []
-        for block in self.joint_blocks(transformer)[: session.last_layer + 1]:
-            signature = inspect.signature(block.forward)
-
-            def capture_temb(
-                module: nn.Module,
-                args: tuple[Any, ...],
-                kwargs: dict[str, Any],
-                signature: inspect.Signature = signature,
-            ) -> None:
-                call = session.call
-                if call is not None:
-                    # Gradient checkpointing passes positional arguments; bind them by name.
-                    call.inputs["temb"] = signature.bind(*args, **kwargs).arguments["temb"]
-
-            handles.append(block.register_forward_pre_hook(capture_temb, with_kwargs=True))
-        return handles
+        """Block pre-hooks that hand each block's ``temb`` to its processor."""
+        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
 
     def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
         """Skip-layer guidance's extra call (some blocks skipped): neither recorded nor counted as a step."""
@@ -356,13 +313,8 @@ class SD3Adapter(ConceptAdapter):
     # ----- per call -------------------------------------------------------------------------------------------
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        bound = dict(zip(_CALL_ARGUMENTS, args))
-        bound.update({name: kwargs[name] for name in _CALL_ARGUMENTS if name in kwargs})
-        missing = [name for name in ("hidden_states", "pooled_projections", "timestep") if bound.get(name) is None]
-        if missing:
-            raise ValueError(
-                f"SD3Transformer2DModel was called without {', '.join(missing)}; ConceptAttention needs them."
-            )
+        required = ("hidden_states", "pooled_projections", "timestep")
+        bound = bind_call("SD3Transformer2DModel", _CALL_ARGUMENTS, args, kwargs, required)
         hidden_states = bound["hidden_states"]
         return {
             "identical_halves": batch_halves_identical(hidden_states),
@@ -413,12 +365,7 @@ class SD3Adapter(ConceptAdapter):
                     "SD3Adapter('t5'); use the default SD3Adapter('clip') or pass `concept_embeds=`."
                 )
             max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-            input_ids, attention_mask, content_mask = tokenize_concepts(
-                tokenizer, concepts, max_length, special_ids=(tokenizer.eos_token_id, tokenizer.pad_token_id)
-            )
-            with torch.no_grad():
-                hidden = text_encoder(input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
-            pooled = pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_t5]
+            pooled = encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_t5]
             if pooled.shape[-1] != joint_dim:
                 raise ValueError(
                     f"The T5 width {pooled.shape[-1]} differs from the transformer's joint_attention_dim {joint_dim}."
@@ -465,49 +412,25 @@ class SD3Adapter(ConceptAdapter):
         width = max(multiple, int(round(width * scale / multiple)) * multiple)
         return height, width
 
-    def prepare_explain(
-        self,
-        pipeline: Any,
-        image: Image.Image,
-        *,
-        caption: str,
-        noise_level: float,
-        seeds: Sequence[int],
-        height: int,
-        width: int,
-        guidance_scale: float,
-        image_pooled: str,
-    ) -> ExplainBatch:
+    def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """VAE-encode (shift, scale), noise by flow matching ``x_t = (1 - t)·x_0 + t·ε``, timestep ``t·1000``.
 
         ``guidance_scale`` is unused (SD3 has no guidance embedding; the real-image path runs one conditional call).
         """
-        from ..images import image_to_tensor, to_rgb
-
-        multiple = self.size_multiple(pipeline)
-        if height % multiple or width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple} for this SD3 model, got {height}x{width}.")
-        if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
         device = pipeline._execution_device
         transformer, vae = pipeline.transformer, pipeline.vae
-        resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-        pixels = image_to_tensor(resized).unsqueeze(0).to(device=device, dtype=vae.dtype)  # [1, 3, H, W]
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode()  # [1, c, H/s, W/s]
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = (latents - shift) * vae.config.scaling_factor
-        num = len(seeds)
-        noise = torch.stack(
-            [torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(int(s))) for s in seeds]
-        )  # [N, c, h, w], drawn on the CPU so results do not depend on the device
-        noise = noise.to(device=device, dtype=torch.float32)
-        noisy = (1.0 - noise_level) * latents.float() + noise_level * noise  # [N, c, h, w]
+        num = len(request.seeds)
+        noisy = flow_noised(latents, request, device)  # [N, c, h, w]
         tokenizer_3 = getattr(pipeline, "tokenizer_3", None)
         max_sequence_length = min(256, getattr(tokenizer_3, "model_max_length", 256) or 256)
         with torch.no_grad():
             prompt_embeds, _, pooled, _ = pipeline.encode_prompt(
-                prompt=caption,
+                prompt=request.caption,
                 prompt_2=None,
                 prompt_3=None,
                 device=device,
@@ -515,14 +438,14 @@ class SD3Adapter(ConceptAdapter):
                 do_classifier_free_guidance=False,
                 max_sequence_length=max_sequence_length,
             )
-        if image_pooled == "zero":
+        if request.image_pooled == "zero":
             pooled = torch.zeros_like(pooled)
         dtype = transformer.dtype
         kwargs = {
             "hidden_states": noisy.to(dtype),
             "encoder_hidden_states": prompt_embeds.to(dtype),
             "pooled_projections": pooled.to(dtype),
-            "timestep": torch.full((num,), float(noise_level) * 1000.0, device=device, dtype=dtype),
+            "timestep": torch.full((num,), request.noise_level * 1000.0, device=device, dtype=dtype),
             "return_dict": False,
         }
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
