@@ -73,11 +73,9 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after ``context_embedder`` ``[B, C, d]`` and block 0's text modulation ``[B, 6, d]``."""
-        session, transformer = self.session, self._transformer()
+        transformer = self._transformer()
         assert transformer is not None
-        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
-        concepts = transformer.context_embedder(embeds)  # [C, d]
-        concepts = concepts.unsqueeze(0).expand(like.shape[0], -1, -1)  # [B, C, d]
+        concepts = self._concept_tokens(like, transformer.context_embedder)  # [B, C, d]
         return concepts, self._block_text_conditioning()
 
     def _concept_conditioning(self) -> torch.Tensor:

@@ -162,12 +162,8 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         call = session.call
         assert call is not None and block is not None and transformer is not None
         temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
-        batch = video_output.shape[0]
         if call.concept_hidden_states is None:
-            # Inside the forward (after offloading hooks moved the embedder), with the activations' dtype.
-            embeds = session.concept_embeds.to(device=video_output.device, dtype=video_output.dtype)  # [C, D_text]
-            concepts = transformer.patch_embed.text_proj(embeds)  # [C, d]
-            call.concept_hidden_states = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+            call.concept_hidden_states = self._concept_tokens(video_output, transformer.patch_embed.text_proj)
         concepts = call.concept_hidden_states  # [B, C, d]
         config = session.config
 

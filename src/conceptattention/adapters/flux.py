@@ -181,9 +181,7 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
         assert session.call is not None and transformer is not None
         inputs = session.call.inputs
         batch = like.shape[0]
-        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
-        concepts = transformer.context_embedder(embeds)  # [C, d]
-        concepts = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+        concepts = self._concept_tokens(like, transformer.context_embedder)  # [B, C, d]
         # The concept conditioning vector, computed exactly as FluxTransformer2DModel.forward computes temb.
         timestep = inputs["timestep"].to(like.dtype) * 1000
         pooled = inputs["pooled_projections"]

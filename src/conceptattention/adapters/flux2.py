@@ -182,9 +182,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         call = session.call
         assert call is not None and block is not None and transformer is not None
         if call.concept_hidden_states is None:
-            embeds = session.concept_embeds.to(device=image_output.device, dtype=image_output.dtype)  # [C, D_text]
-            concepts = transformer.context_embedder(embeds)  # [C, d]
-            call.concept_hidden_states = concepts.unsqueeze(0).expand(image_output.shape[0], -1, -1)  # [B, C, d]
+            call.concept_hidden_states = self._concept_tokens(image_output, transformer.context_embedder)  # [B, C, d]
         concepts = call.concept_hidden_states  # [B, C, d]
         config = session.config
         (shift_msa, scale_msa, gate_msa), (shift_mlp, scale_mlp, gate_mlp) = self._block_modulation()  # [B, 1, d]

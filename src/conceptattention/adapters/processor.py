@@ -5,6 +5,7 @@ ones."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -80,3 +81,10 @@ class ConceptProcessorMixin:
                 raise EarlyExit()
             return False
         return True
+
+    def _concept_tokens(self, like: torch.Tensor, text_input: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """The concept embeddings ``[C, D_text]`` through the model's text input layer (``context_embedder``...),
+        broadcast over the batch of ``like``: ``[B, C, d]``. Called inside the forward (after offloading hooks have
+        moved the embedders), in the activations' dtype."""
+        embeds = self.session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, D_text]
+        return text_input(embeds).unsqueeze(0).expand(like.shape[0], -1, -1)  # [C, d] -> [B, C, d]

@@ -196,9 +196,10 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         call = session.call
         assert call is not None and block is not None and transformer is not None
         if call.concept_hidden_states is None:
-            embeds = session.concept_embeds.to(device=image_output.device, dtype=image_output.dtype)  # [C, D_text]
-            concepts = transformer.txt_in(transformer.txt_norm(embeds))  # [C, d], as the prompt's text input layer
-            call.concept_hidden_states = concepts.unsqueeze(0).expand(image_output.shape[0], -1, -1)  # [B, C, d]
+            def text_input(embeds: torch.Tensor) -> torch.Tensor:  # the prompt's text input layer
+                return transformer.txt_in(transformer.txt_norm(embeds))
+
+            call.concept_hidden_states = self._concept_tokens(image_output, text_input)  # [B, C, d]
         concepts = call.concept_hidden_states  # [B, C, d]
         config = session.config
         modulation_attn, modulation_mlp = self._text_modulation(block)  # [B, 3d] each

@@ -188,9 +188,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         assert session.call is not None and transformer is not None
         inputs = session.call.inputs
         batch = like.shape[0]
-        embeds = session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, joint_attention_dim]
-        concepts = transformer.context_embedder(embeds)  # [C, d]
-        concepts = concepts.unsqueeze(0).expand(batch, -1, -1)  # [B, C, d]
+        concepts = self._concept_tokens(like, transformer.context_embedder)  # [B, C, d]
         if session.config.concept_conditioning == "prompt":
             conditioning = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of SD3 block")
         else:  # "null_pooled": the timestep embedding with a zero pooled CLIP vector
