@@ -57,7 +57,38 @@ class _TransformerCallHook(ModelHook):
         return module
 
 
-class ConceptAttention:
+class ProcessorSwap:
+    """Activation and exit of a context manager that swaps attention processors and hooks into a model.
+
+    Subclasses set ``_active = False`` in ``__init__`` and define ``_install`` (swap in processors and hooks) and
+    ``_restore`` (put the originals back; safe to call more than once and after a partial ``_install``). Their
+    ``__enter__`` runs its checks, then :meth:`_activate`. Shared by :class:`ConceptAttention` and
+    :class:`~conceptattention.evaluation.daam.DAAMRecorder`.
+    """
+
+    _active: bool
+
+    def _install(self) -> None:
+        raise NotImplementedError
+
+    def _restore(self) -> None:
+        raise NotImplementedError
+
+    def _activate(self) -> None:
+        """Install; if that fails part-way, restore what was installed and re-raise."""
+        try:
+            self._install()
+        except BaseException:
+            self._restore()
+            raise
+        self._active = True
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._restore()
+        self._active = False
+
+
+class ConceptAttention(ProcessorSwap):
     """Concept saliency maps from a multi-modal diffusion transformer, for the duration of a ``with`` block.
 
     Inside the block, every joint attention block also pushes one extra token per concept through the text
@@ -210,17 +241,8 @@ class ConceptAttention:
             self.config, embeds.detach(), self.layers, self.effective_softmax, reduce_batch=self._reduce_batch
         )
         self.session.stop_after_last_layer = self._stop_after_last_layer
-        try:
-            self._install()
-        except BaseException:
-            self._restore()
-            raise
-        self._active = True
+        self._activate()
         return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._restore()
-        self._active = False
 
     def _install(self) -> None:
         assert self.session is not None

@@ -10,10 +10,11 @@ from __future__ import annotations
 import html
 import inspect
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import SPACES
-from .service import MapService, Outcome, run_safely
+from .service import MapResult, MapService, Outcome, run_safely
 
 
 if TYPE_CHECKING:
@@ -145,7 +146,9 @@ def build_app(service: MapService) -> gradio.Blocks:
     layer_choices = [(str(index), index) for index in range(service.layer_count)]
     default_concepts = ", ".join(service.defaults.get("concepts") or [])
 
-    def notify(outcome: Outcome) -> tuple[Any, ...]:
+    def respond(request: Callable[[], MapResult]) -> tuple[Any, ...]:
+        """Run one model request; an error also pops up as a warning. Returns the output components' values."""
+        outcome = run_safely(request)
         if outcome.error is not None:
             gr.Warning(html.escape(outcome.error))
         return outcome_to_outputs(outcome)
@@ -163,21 +166,19 @@ def build_app(service: MapService) -> gradio.Blocks:
         space: Any,
         softmax: Any,
     ) -> tuple[Any, ...]:
-        return notify(
-            run_safely(
-                lambda: service.generate(
-                    prompt=prompt,
-                    concepts=concepts,
-                    seed=seed,
-                    steps=steps,
-                    height=image_height,
-                    width=image_width,
-                    guidance_scale=guidance_scale,
-                    frames=frame_count,
-                    layers=layers,
-                    space=space,
-                    softmax=softmax,
-                )
+        return respond(
+            lambda: service.generate(
+                prompt=prompt,
+                concepts=concepts,
+                seed=seed,
+                steps=steps,
+                height=image_height,
+                width=image_width,
+                guidance_scale=guidance_scale,
+                frames=frame_count,
+                layers=layers,
+                space=space,
+                softmax=softmax,
             )
         )
 
@@ -192,19 +193,17 @@ def build_app(service: MapService) -> gradio.Blocks:
         space: Any,
         softmax: Any,
     ) -> tuple[Any, ...]:
-        return notify(
-            run_safely(
-                lambda: service.explain(
-                    image_path=image_path,
-                    concepts=concepts,
-                    caption=caption,
-                    noise_level=noise_level,
-                    samples=samples,
-                    seed=seed,
-                    layers=layers,
-                    space=space,
-                    softmax=softmax,
-                )
+        return respond(
+            lambda: service.explain(
+                image_path=image_path,
+                concepts=concepts,
+                caption=caption,
+                noise_level=noise_level,
+                samples=samples,
+                seed=seed,
+                layers=layers,
+                space=space,
+                softmax=softmax,
             )
         )
 
@@ -308,24 +307,24 @@ def build_app(service: MapService) -> gradio.Blocks:
         method_inputs = [layers, space, softmax]
         generate_inputs = [prompt, generate_concepts, seed, steps, image_height, image_width, guidance_scale, frames]
         explain_inputs = [upload, explain_concepts, caption, noise_level, samples, explain_seed]
-        gr.on(
-            triggers=[generate_button.click, prompt.submit, generate_concepts.submit],
-            fn=on_generate,
-            inputs=generate_inputs + method_inputs,
-            outputs=outputs,
-            api_name="generate",
-            concurrency_id=CONCURRENCY_ID,
-            concurrency_limit=1,
-        )
-        gr.on(
-            triggers=[explain_button.click, explain_concepts.submit],
-            fn=on_explain,
-            inputs=explain_inputs + method_inputs,
-            outputs=outputs,
-            api_name="explain",
-            concurrency_id=CONCURRENCY_ID,
-            concurrency_limit=1,
-        )
+        for triggers, handler, inputs, api_name in (
+            (
+                [generate_button.click, prompt.submit, generate_concepts.submit],
+                on_generate,
+                generate_inputs,
+                "generate",
+            ),
+            ([explain_button.click, explain_concepts.submit], on_explain, explain_inputs, "explain"),
+        ):
+            gr.on(
+                triggers=triggers,
+                fn=handler,
+                inputs=inputs + method_inputs,
+                outputs=outputs,
+                api_name=api_name,
+                concurrency_id=CONCURRENCY_ID,
+                concurrency_limit=1,
+            )
     return demo
 
 

@@ -17,9 +17,8 @@ import time
 from ..evaluation.ablate import DEFAULT_NOISE_LEVELS, SWEEPS, check_sweep_folder, run_sweep
 from ..evaluation.methods import add_method_arguments, get_method, method_overrides
 from ..evaluation.report import markdown_table
-from ..evaluation.runner import process_context
-from .common import fail
-from .evaluate import add_dataset_options, add_run_options, dataset_from_args, load_pipeline
+from .common import run_as_program
+from .evaluate import add_dataset_options, add_run_options, load_run_inputs
 
 
 HELP = "run an ablation sweep of the paper (table3: spaces ± softmax, table4: cross/self, figure7: layers, noise)"
@@ -48,13 +47,17 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
 
 
+def _program_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conceptattention ablate", description=HELP)
+    _add_arguments(parser)
+    return parser
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     base = get_method("conceptattention", **method_overrides(args))
     check_sweep_folder(args.out, args.sweep, resume=args.resume, overwrite=args.overwrite)
-    dataset = dataset_from_args(args)
-    context = process_context()
-    pipeline, model_name = load_pipeline(args, context)
+    dataset, pipeline, options = load_run_inputs(args)
     summary = run_sweep(
         pipeline,
         dataset,
@@ -63,14 +66,7 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         layers=args.sweep_layers,
         noise_levels=args.noise_levels,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        ap_scores=args.ap_scores,
-        model_name=model_name,
-        progress=not args.no_progress,
-        context=context,
+        **options,
     )
     if summary is not None:
         for rows in summary["series"].values():
@@ -81,15 +77,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ablate`` as a program (``python -m conceptattention.cli.ablate``, e.g. under accelerate launch)."""
-    parser = argparse.ArgumentParser(prog="conceptattention ablate", description=HELP)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except KeyboardInterrupt:
-        return fail("interrupted; finished configurations are kept, continue with --resume.")
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
-        return fail(str(error))
+    return run_as_program(
+        _program_parser, run, "interrupted; finished configurations are kept, continue with --resume.", argv
+    )
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from ..maps import ConceptMaps
+from ..models import LoadedModel, load_model
 from ..outputs import OutputExistsError, atomic_output_dir
 
 
@@ -23,6 +25,10 @@ DISPLAY_SIDE = 384  # overlays and heatmaps are written at least this large on t
 
 class CLIError(ValueError):
     """A usage error reported as one line, without a traceback."""
+
+
+RUN_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError)
+"""Errors of a subcommand reported as one ``conceptattention: error: ...`` line (exit status 2), without a traceback."""
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -60,6 +66,25 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--conditioning", choices=["null_pooled", "prompt"], default="null_pooled")
 
 
+def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
+    """Load the model of ``--model``, ``--device``, ``--dtype``, ``--offload`` and print its notice, if any."""
+    loaded = load_model(
+        args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle
+    )
+    if loaded.notice:
+        print(loaded.notice)
+    return loaded
+
+
+def check_sizes(args: argparse.Namespace, pipeline: Any) -> None:
+    """Check ``--height`` and ``--width`` against the size multiple of the pipeline's adapter."""
+    from ..adapters import get_adapter
+
+    multiple = get_adapter(pipeline).size_multiple(pipeline)
+    check_size("height", args.height, multiple)
+    check_size("width", args.width, multiple)
+
+
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "layers": tuple(args.layers) if args.layers else None,
@@ -75,6 +100,25 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder (must not exist, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument("--cmap", default="plasma", help="matplotlib colour map of heatmaps (default: plasma)")
+
+
+def add_map_command_options(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int]) -> None:
+    """The model, method and output options of ``generate`` and ``explain``, and their ``run``."""
+    add_model_options(parser)
+    add_method_options(parser)
+    add_output_options(parser)
+    parser.set_defaults(run=run)
+
+
+def map_command_settings(args: argparse.Namespace, loaded: LoadedModel, maps: ConceptMaps) -> dict[str, Any]:
+    """The device, dtype, offload, method and notice entries of a ``generate`` / ``explain`` settings.json."""
+    return {
+        "device": args.device,
+        "dtype": str(loaded.pipeline.transformer.dtype).replace("torch.", ""),
+        "offload": args.offload,
+        "method": maps.config,
+        "notice": loaded.notice,
+    }
 
 
 def check_output_folder(path: Path, overwrite: bool) -> None:
@@ -209,6 +253,77 @@ def print_summary(out: Path, maps: ConceptMaps, seconds: float) -> None:
     print(f"  grid figure: {out / 'grid.png'}")
 
 
+def finish_map_command(
+    args: argparse.Namespace,
+    *,
+    image: Image.Image,
+    maps: ConceptMaps,
+    settings: dict[str, Any],
+    started: float,
+    frames: list[Image.Image] | None = None,
+) -> int:
+    """Write the run folder of ``generate`` / ``explain`` (``--out``, ``--overwrite``, ``--cmap``), print the summary.
+
+    Args:
+        args: The parsed options.
+        image: The image (the first frame of a video).
+        maps: Its concept maps.
+        settings: The settings.json entries.
+        started: ``time.perf_counter()`` at the start of the command.
+        frames: Video frames, if any.
+
+    Returns:
+        The exit status, 0.
+    """
+    write_run_folder(
+        args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap, frames=frames
+    )
+    print_summary(args.out, maps, time.perf_counter() - started)
+    return 0
+
+
 def fail(message: str) -> int:
     print(f"conceptattention: error: {message}", file=sys.stderr)
     return 2
+
+
+def run_reporting_errors(
+    run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, interrupted_message: str
+) -> int:
+    """Run a subcommand; Ctrl+C and :data:`RUN_ERRORS` become one error line and exit status 2.
+
+    Args:
+        run: The subcommand's ``run(args)``; ``None`` counts as success.
+        args: Its parsed options.
+        interrupted_message: What to print on Ctrl+C (what was kept, how to continue).
+
+    Returns:
+        The exit status: ``run``'s, else 2 after an error.
+    """
+    try:
+        return int(run(args) or 0)
+    except KeyboardInterrupt:
+        return fail(interrupted_message)
+    except RUN_ERRORS as error:
+        return fail(str(error))
+
+
+def run_as_program(
+    build_parser: Callable[[], argparse.ArgumentParser],
+    run: Callable[[argparse.Namespace], int | None],
+    interrupted_message: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """Run one subcommand as a program of its own (``python -m conceptattention.cli.evaluate``, accelerate launch).
+
+    Args:
+        build_parser: Makes the program's argument parser.
+        run: The subcommand's ``run(args)``.
+        interrupted_message: What to print on Ctrl+C.
+        argv: Command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status (0 ok, 2 usage or input error).
+    """
+    args = build_parser().parse_args(argv)
+    return run_reporting_errors(run, args, interrupted_message)

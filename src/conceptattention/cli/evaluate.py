@@ -25,7 +25,7 @@ from typing import Any
 from ..evaluation.methods import add_method_arguments, method_from_args
 from ..evaluation.report import markdown_table, metrics_row
 from ..evaluation.runner import DATASETS, ProcessContext, build_dataset, check_output_folder, evaluate, process_context
-from .common import fail
+from .common import run_as_program
 
 
 HELP = "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)"
@@ -92,6 +92,12 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_options(parser)
 
 
+def _program_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conceptattention evaluate", description=HELP)
+    _add_arguments(parser)
+    return parser
+
+
 def resolve_device(requested: str, context: ProcessContext) -> str:
     """The device of this process: ``auto`` picks accelerate's (multi-process) or cuda/cpu; ``cuda`` gets an index."""
     import torch
@@ -136,27 +142,39 @@ def load_pipeline(args: argparse.Namespace, context: ProcessContext) -> tuple[An
     return pipeline, f"{loaded.description} [{dtype}]"
 
 
+def load_run_inputs(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """The dataset, the pipeline and the runner options of ``evaluate`` and ``ablate`` (after their cheap checks).
+
+    The dataset is built first, so that a missing dataset fails before the model loads.
+
+    Returns:
+        ``(dataset, pipeline, options)``; ``options`` are the keyword arguments shared by
+        :func:`~conceptattention.evaluation.runner.evaluate` and :func:`~conceptattention.evaluation.ablate.run_sweep`
+        (``limit``, ``batch_size``, ``resume``, ``overwrite``, ``ap_scores``, ``model_name``, ``progress``,
+        ``context``).
+    """
+    dataset = dataset_from_args(args)
+    context = process_context()
+    pipeline, model_name = load_pipeline(args, context)
+    options = {
+        "limit": args.limit,
+        "batch_size": args.batch_size,
+        "resume": args.resume,
+        "overwrite": args.overwrite,
+        "ap_scores": args.ap_scores,
+        "model_name": model_name,
+        "progress": not args.no_progress,
+        "context": context,
+    }
+    return dataset, pipeline, options
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     method = method_from_args(args)  # unknown methods and bad overrides fail first
     check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
-    dataset = dataset_from_args(args)  # a missing dataset fails before the model loads
-    context = process_context()
-    pipeline, model_name = load_pipeline(args, context)
-    report = evaluate(
-        pipeline,
-        dataset,
-        method,
-        args.out,
-        limit=args.limit,
-        batch_size=args.batch_size,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        ap_scores=args.ap_scores,
-        model_name=model_name,
-        progress=not args.no_progress,
-        context=context,
-    )
+    dataset, pipeline, options = load_run_inputs(args)
+    report = evaluate(pipeline, dataset, method, args.out, **options)
     if report is not None:
         row = {"name": method.name, **metrics_row(report["metrics"])}
         print(markdown_table([row]), end="")
@@ -170,15 +188,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``evaluate`` as a program (``python -m conceptattention.cli.evaluate``, e.g. under accelerate launch)."""
-    parser = argparse.ArgumentParser(prog="conceptattention evaluate", description=HELP)
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(run(args) or 0)
-    except KeyboardInterrupt:
-        return fail("interrupted; the results so far are kept, continue with --resume.")
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
-        return fail(str(error))
+    return run_as_program(
+        _program_parser, run, "interrupted; the results so far are kept, continue with --resume.", argv
+    )
 
 
 if __name__ == "__main__":

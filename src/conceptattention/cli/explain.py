@@ -8,16 +8,14 @@ import time
 from .. import explain
 from ..config import check_noise_levels
 from ..images import load_image
-from ..models import load_model
 from .common import (
-    add_method_options,
-    add_model_options,
-    add_output_options,
+    add_map_command_options,
     check_output_folder,
-    check_size,
+    check_sizes,
+    finish_map_command,
+    load_model_from_args,
+    map_command_settings,
     method_options,
-    print_summary,
-    write_run_folder,
 )
 
 
@@ -41,10 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help="model input height (default: keep aspect ratio)")
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--guidance-scale", type=float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
-    add_model_options(parser)
-    add_method_options(parser)
-    add_output_options(parser)
-    parser.set_defaults(run=run)
+    add_map_command_options(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,15 +48,9 @@ def run(args: argparse.Namespace) -> int:
     image = load_image(args.image)  # bad files fail before the model loads
     if args.noise_level is not None:
         check_noise_levels(args.noise_level)  # so do bad noise levels
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle)
-    if loaded.notice:
-        print(loaded.notice)
+    loaded = load_model_from_args(args)
     pipe = loaded.pipeline
-    from ..adapters import get_adapter
-
-    multiple = get_adapter(pipe).size_multiple(pipe)
-    check_size("height", args.height, multiple)
-    check_size("width", args.width, multiple)
+    check_sizes(args, pipe)
     maps = explain(
         pipe,
         image,
@@ -80,12 +69,6 @@ def run(args: argparse.Namespace) -> int:
         "model": loaded.description,
         "image": str(args.image),
         "concepts": list(maps.concepts),
-        "device": args.device,
-        "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
-        "offload": args.offload,
-        "method": maps.config,
-        "notice": loaded.notice,
+        **map_command_settings(args, loaded, maps),
     }
-    write_run_folder(args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap)
-    print_summary(args.out, maps, time.perf_counter() - started)
-    return 0
+    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started)

@@ -7,18 +7,16 @@ import time
 
 import torch
 
-from .. import ConceptAttention
-from ..models import load_model
+from .. import ConceptAttention, get_adapter
 from .common import (
-    add_method_options,
-    add_model_options,
-    add_output_options,
+    add_map_command_options,
     call_kwargs,
     check_output_folder,
-    check_size,
+    check_sizes,
+    finish_map_command,
+    load_model_from_args,
+    map_command_settings,
     method_options,
-    print_summary,
-    write_run_folder,
 )
 
 
@@ -39,18 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="steps to average (default: all)")
     parser.add_argument("--frames", type=int, default=None, help="video models: number of frames")
     parser.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the model's)")
-    add_model_options(parser)
-    add_method_options(parser)
-    add_output_options(parser)
-    parser.set_defaults(run=run)
+    add_map_command_options(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
-    loaded = load_model(args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle)
-    if loaded.notice:
-        print(loaded.notice)
+    loaded = load_model_from_args(args)
     defaults = loaded.defaults
     pipe = loaded.pipeline
     prompt = args.prompt if args.prompt is not None else defaults.get("prompt")
@@ -59,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is required for this model.")
     if not concepts:
         raise ValueError("--concepts is required for this model (e.g. --concepts dog grass sky).")
-    from ..adapters import get_adapter
-
-    multiple = get_adapter(pipe).size_multiple(pipe)
-    check_size("height", args.height, multiple)
-    check_size("width", args.width, multiple)
+    check_sizes(args, pipe)
     if args.frames is not None and args.frames < 1:
         raise ValueError(f"--frames must be at least 1, got {args.frames}.")
     if args.steps is not None and args.steps < 1:
@@ -97,15 +86,7 @@ def run(args: argparse.Namespace) -> int:
         "concepts": list(maps.concepts),
         "seed": args.seed,
         "pipeline_kwargs": {k: v for k, v in kwargs.items() if k != "generator"},
-        "device": args.device,
-        "dtype": str(pipe.transformer.dtype).replace("torch.", ""),
-        "offload": args.offload,
-        "method": maps.config,
-        "notice": loaded.notice,
+        **map_command_settings(args, loaded, maps),
     }
     settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
-    write_run_folder(
-        args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap, frames=frames
-    )
-    print_summary(args.out, maps, time.perf_counter() - started)
-    return 0
+    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, frames=frames)

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-from .common import fail
+from .common import run_reporting_errors
 
 
 # subcommand modules, in the order --help lists them
@@ -42,15 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    try:
-        return int(args.run(args) or 0)
-    except KeyboardInterrupt:
-        return fail(
-            "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far "
-            "(continue with --resume)."
-        )
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError) as error:
-        return fail(str(error))
+    return run_reporting_errors(
+        args.run,
+        args,
+        "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far "
+        "(continue with --resume).",
+    )
 
 
 if __name__ == "__main__":

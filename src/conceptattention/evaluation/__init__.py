@@ -3,8 +3,20 @@
 Metrics follow the Chefer et al. (2021) standard used by ImageNet-Segmentation papers; the numbers produced by the
 official ConceptAttention harness are available only under explicitly named ``paper_compatible_*`` keys. Loaders read
 user-supplied files (nothing is downloaded).
+
+``__all__`` gathers the public names of the submodules (all of them for datasets, metrics, runner, daam and the
+ShapesWorld report; the library entry points of ablate and methods, without their command-line helpers).
 """
 
+from conceptattention.evaluation import daam, datasets, metrics, runner, shapesworld_report
+from conceptattention.evaluation.ablate import DEFAULT_NOISE_LEVELS, SWEEPS, SweepPoint, run_sweep, sweep_points
+from conceptattention.evaluation.daam import (
+    DAAMError,
+    DAAMRecorder,
+    concept_token_positions,
+    daam_explain,
+    daam_prompt,
+)
 from conceptattention.evaluation.datasets import (
     IMAGENET_BACKGROUND_CONCEPTS,
     VOC_BACKGROUND_CONCEPTS,
@@ -15,6 +27,14 @@ from conceptattention.evaluation.datasets import (
     ImageNetSegmentation,
     PascalVOCSingleClass,
     SegmentationSample,
+)
+from conceptattention.evaluation.methods import (
+    METHODS,
+    MapRequest,
+    Method,
+    MethodError,
+    UnknownMethodError,
+    get_method,
 )
 from conceptattention.evaluation.metrics import (
     MetricInputError,
@@ -27,46 +47,6 @@ from conceptattention.evaluation.metrics import (
     normalize_saliency,
     per_image_counts,
     pooled_average_precision,
-)
-
-
-__all__ = [
-    "IMAGENET_BACKGROUND_CONCEPTS",
-    "VOC_BACKGROUND_CONCEPTS",
-    "VOC_CLASS_NAMES",
-    "VOC_CLASS_RENAMES",
-    "DatasetFormatError",
-    "DatasetNotFoundError",
-    "ImageNetSegmentation",
-    "MetricInputError",
-    "MulticlassSegmentationMetrics",
-    "PascalVOCSingleClass",
-    "SegmentationMetrics",
-    "SegmentationSample",
-    "aggregate",
-    "aggregate_multiclass",
-    "binarize_saliency",
-    "multiclass_per_image_counts",
-    "normalize_saliency",
-    "per_image_counts",
-    "pooled_average_precision",
-]
-
-from conceptattention.evaluation.ablate import DEFAULT_NOISE_LEVELS, SWEEPS, SweepPoint, run_sweep, sweep_points
-from conceptattention.evaluation.daam import (
-    DAAMError,
-    DAAMRecorder,
-    concept_token_positions,
-    daam_explain,
-    daam_prompt,
-)
-from conceptattention.evaluation.methods import (
-    METHODS,
-    MapRequest,
-    Method,
-    MethodError,
-    UnknownMethodError,
-    get_method,
 )
 from conceptattention.evaluation.runner import (
     DATASETS,
@@ -101,52 +81,11 @@ from conceptattention.evaluation.shapesworld_report import (
 )
 
 
-__all__ += [
-    "DATASETS",
-    "DEFAULT_NOISE_LEVELS",
-    "METHODS",
-    "SWEEPS",
-    "DAAMError",
-    "DAAMRecorder",
-    "EvaluationDataset",
-    "EvaluationItem",
-    "ImageNetSegEvaluation",
-    "MapRequest",
-    "Method",
-    "MethodError",
-    "ProcessContext",
-    "ResultsFileError",
-    "RunMismatchError",
-    "ShapesWorldEvaluation",
-    "SweepPoint",
-    "UnknownMethodError",
-    "VOCEvaluation",
-    "build_dataset",
-    "build_report",
-    "check_output_folder",
-    "concept_token_positions",
-    "daam_explain",
-    "daam_prompt",
-    "evaluate",
-    "get_method",
-    "load_results",
-    "process_context",
-    "read_class_names",
-    "run_sweep",
-    "score_item",
-    "sweep_points",
-]
-
-
-__all__ += [
-    "CONCEPT_KINDS",
-    "ConceptKindError",
-    "SceneConceptSet",
-    "all_background_record",
-    "concept_kind",
-    "kind_table",
-    "per_image_auroc",
-    "scene_concept_sets",
-    "score_scene",
-    "summarize_by_kind",
-]
+__all__: list[str] = []
+__all__ += datasets.__all__
+__all__ += metrics.__all__
+__all__ += ["DEFAULT_NOISE_LEVELS", "SWEEPS", "SweepPoint", "run_sweep", "sweep_points"]
+__all__ += ["METHODS", "MapRequest", "Method", "MethodError", "UnknownMethodError", "get_method"]
+__all__ += daam.__all__
+__all__ += runner.__all__
+__all__ += shapesworld_report.__all__

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +24,15 @@ from typing import Any
 from conceptattention import get_adapter
 from conceptattention.evaluation.methods import Method, MethodError
 from conceptattention.evaluation.report import environment_info, git_revision, markdown_table, metrics_row, plot_sweep
-from conceptattention.evaluation.runner import EvaluationDataset, ProcessContext, RunMismatchError, evaluate
-from conceptattention.outputs import OutputExistsError, OutputPathError, atomic_write_json, atomic_write_text
+from conceptattention.evaluation.runner import (
+    EvaluationDataset,
+    ProcessContext,
+    RunMismatchError,
+    check_reusable_folder,
+    evaluate,
+    removed_on_failure,
+)
+from conceptattention.outputs import atomic_write_json, atomic_write_text
 
 
 __all__ = [
@@ -154,25 +160,16 @@ def check_sweep_folder(out: str | os.PathLike[str], sweep: str, *, resume: bool,
         >>> check_sweep_folder("no/such/folder", "table3", resume=False, overwrite=False)  # a new folder is fine
     """
     folder = Path(out)
-    if resume and overwrite:
-        raise ValueError(
-            "--resume and --overwrite exclude each other: resume keeps the results, overwrite drops them."
-        )
-    if not os.path.lexists(folder):
-        return
-    if not folder.is_dir():
-        raise OutputPathError(f"The output path '{folder}' exists and is not a folder; choose another --out.")
-    if overwrite:
-        return
-    if not resume:
-        raise OutputExistsError(
-            f"The sweep folder '{folder}' already exists; pass --resume to continue the sweep in it (finished "
-            "configurations are not recomputed), or --overwrite to start over."
-        )
-    marker = folder / "sweep.json"
-    if not marker.is_file():
-        if any(folder.iterdir()):
-            raise RunMismatchError(f"'{folder}' has no sweep.json: it is not a sweep folder. Choose another --out.")
+    marker = check_reusable_folder(
+        folder,
+        "sweep.json",
+        resume=resume,
+        overwrite=overwrite,
+        exists_message=f"The sweep folder '{folder}' already exists; pass --resume to continue the sweep in it "
+        "(finished configurations are not recomputed), or --overwrite to start over.",
+        foreign_message=f"'{folder}' has no sweep.json: it is not a sweep folder. Choose another --out.",
+    )
+    if marker is None:
         return
     stored = json.loads(marker.read_text(encoding="utf-8")).get("sweep")
     if stored != sweep:
@@ -242,15 +239,15 @@ def run_sweep(
     if context.is_main:
         atomic_write_json(folder / "sweep.json", {"sweep": sweep, "points": [point.label for point in points]})
     context.barrier()
-    try:
-        options = {"limit": limit, "batch_size": batch_size, "ap_scores": ap_scores, "model_name": model_name}
+    options = {"limit": limit, "batch_size": batch_size, "ap_scores": ap_scores, "model_name": model_name}
+
+    def has_results() -> bool:
+        return any(folder.glob("*/results/rank-*.jsonl"))
+
+    with removed_on_failure(folder, created=context.is_main and created, has_results=has_results):
         return _run_points(
             pipeline, dataset, sweep, base, folder, points, resume, overwrite, progress, context, options
         )
-    except BaseException:
-        if context.is_main and created and not any(folder.glob("*/results/rank-*.jsonl")):
-            shutil.rmtree(folder, ignore_errors=True)  # nothing was computed: leave no partial output behind
-        raise
 
 
 def _run_points(

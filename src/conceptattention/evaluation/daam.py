@@ -32,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from conceptattention import ConceptMaps
+from conceptattention.capture import ProcessorSwap
 
 
 __all__ = [
@@ -249,7 +250,7 @@ class _RecordingProcessor:
         return logits.softmax(dim=-1).mean(dim=1)  # [B, heads, N, L] -> [B, N, L]
 
 
-class DAAMRecorder:
+class DAAMRecorder(ProcessorSwap):
     """Record DAAM heat maps of every prompt token while a UNet runs, for the duration of a ``with`` block.
 
     Per recorded UNet call and selected cross-attention layer, the softmax attention probabilities (averaged over
@@ -339,21 +340,16 @@ class DAAMRecorder:
                     "(e.g. an IP-Adapter); the DAAM recorder supports the standard processors only. Unload the "
                     "adapter first."
                 )
-        try:
-            for layer, module in enumerate(self._modules):
-                original = module.processor
-                self._saved.append((module, original))
-                module.set_processor(_RecordingProcessor(self, layer, original))
-            self._hook = self.unet.register_forward_pre_hook(self._begin_call, with_kwargs=True)
-        except BaseException:
-            self._restore()
-            raise
-        self._active = True
+        self._activate()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
-        self._restore()
-        self._active = False
+    def _install(self) -> None:
+        """Wrap every cross-attention processor in a recording one and hook the UNet's calls."""
+        for layer, module in enumerate(self._modules):
+            original = module.processor
+            self._saved.append((module, original))
+            module.set_processor(_RecordingProcessor(self, layer, original))
+        self._hook = self.unet.register_forward_pre_hook(self._begin_call, with_kwargs=True)
 
     def _restore(self) -> None:
         """Put back every original processor and remove the call hook; safe to call more than once."""

@@ -471,7 +471,31 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-class SegmentationMetrics:
+class _RecordAccumulator:
+    """The per-image record store shared by :class:`SegmentationMetrics` and :class:`MulticlassSegmentationMetrics`."""
+
+    def __init__(self) -> None:
+        self._records: list[dict[str, Any]] = []
+
+    def _store(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Appends one image's record; returns a copy of it."""
+        self._records.append(record)
+        return dict(record)
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """Copies of the per-image records, in update order."""
+        return [dict(record) for record in self._records]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def reset(self) -> None:
+        """Forgets every image."""
+        self._records.clear()
+
+
+class SegmentationMetrics(_RecordAccumulator):
     """Accumulates fg/bg segmentation metrics over a dataset (Chefer-standard definitions).
 
     Each :meth:`update` appends one per-image record (ints and one float). :meth:`compute` aggregates them, so the
@@ -490,9 +514,9 @@ class SegmentationMetrics:
     """
 
     def __init__(self, *, threshold: Threshold = "mean", ap_scores: APScores = "normalized") -> None:
+        super().__init__()
         self.threshold = _check_threshold(threshold)
         self.ap_scores = _check_ap_scores(ap_scores)
-        self._records: list[dict[str, Any]] = []
 
     def update(
         self,
@@ -521,24 +545,11 @@ class SegmentationMetrics:
             ap_scores=self.ap_scores,
             image_id=image_id,
         )
-        self._records.append(record)
-        return dict(record)
+        return self._store(record)
 
     def compute(self) -> dict[str, Any]:
         """Returns the dataset metrics of every image seen so far (see :func:`aggregate`)."""
         return aggregate(self._records)
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        """Copies of the per-image records, in update order."""
-        return [dict(record) for record in self._records]
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def reset(self) -> None:
-        """Forgets every image."""
-        self._records.clear()
 
     def merge(self, other: SegmentationMetrics) -> None:
         """Appends another accumulator's records (e.g. from another process); settings must match."""
@@ -721,7 +732,7 @@ def _multiclass_record_size(record: Mapping[str, Any], position: int) -> int:
     return sizes.pop()
 
 
-class MulticlassSegmentationMetrics:
+class MulticlassSegmentationMetrics(_RecordAccumulator):
     """Accumulates multi-class (argmax) segmentation metrics, e.g. for ShapesWorld or VOC multi-class.
 
     Args:
@@ -741,9 +752,9 @@ class MulticlassSegmentationMetrics:
             raise MetricInputError(f"`num_classes` must be a positive int, got {num_classes!r}.")
         if class_names is not None and len(class_names) != num_classes:
             raise MetricInputError(f"Got {len(class_names)} class names for num_classes={num_classes}.")
+        super().__init__()
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
-        self._records: list[dict[str, Any]] = []
 
     def update(
         self,
@@ -763,24 +774,11 @@ class MulticlassSegmentationMetrics:
             The stored record (see :func:`multiclass_per_image_counts`).
         """
         record = multiclass_per_image_counts(prediction, target, self.num_classes, image_id=image_id)
-        self._records.append(record)
-        return dict(record)
+        return self._store(record)
 
     def compute(self) -> dict[str, Any]:
         """Returns the dataset metrics of every image seen so far (see :func:`aggregate_multiclass`)."""
         return aggregate_multiclass(self._records, self.class_names)
-
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        """Copies of the per-image records, in update order."""
-        return [dict(record) for record in self._records]
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def reset(self) -> None:
-        """Forgets every image."""
-        self._records.clear()
 
     def merge(self, other: MulticlassSegmentationMetrics) -> None:
         """Appends another accumulator's records; the class count must match."""

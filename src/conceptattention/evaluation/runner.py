@@ -37,8 +37,9 @@ import shutil
 import time
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from conceptattention.evaluation.datasets import DatasetFormatError, ImageNetSegmentation, PascalVOCSingleClass
+from conceptattention.evaluation.datasets import (
+    DatasetFormatError,
+    ImageNetSegmentation,
+    PascalVOCSingleClass,
+    SegmentationSample,
+)
 from conceptattention.evaluation.methods import MapRequest, Method
 from conceptattention.evaluation.metrics import (
     aggregate,
@@ -190,6 +196,19 @@ def _caption_for(class_name: str) -> str:
     return f"a {class_name}"
 
 
+def _single_class_item(index: int, sample: SegmentationSample) -> EvaluationItem:
+    """An ImageNet-Segmentation or PascalVOC sample as an item: its class scored fg/bg against its target ``[H, W]``."""
+    return EvaluationItem(
+        index=index,
+        id=sample.id,
+        image=sample.image,
+        concepts=tuple(sample.concepts),
+        caption=_caption_for(sample.class_name),
+        binary_targets=((sample.class_name, sample.target),),
+        class_name=sample.class_name,
+    )
+
+
 class ImageNetSegEvaluation(EvaluationDataset):
     """ImageNet-Segmentation (``gtsegs_ijcv.mat``): the class name against its mask, mean threshold.
 
@@ -237,16 +256,7 @@ class ImageNetSegEvaluation(EvaluationDataset):
         return self.ids()[index]
 
     def item(self, index: int) -> EvaluationItem:
-        sample = self.loader[index]
-        return EvaluationItem(
-            index=index,
-            id=sample.id,
-            image=sample.image,
-            concepts=tuple(sample.concepts),
-            caption=_caption_for(sample.class_name),
-            binary_targets=((sample.class_name, sample.target),),
-            class_name=sample.class_name,
-        )
+        return _single_class_item(index, self.loader[index])
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -298,16 +308,7 @@ class VOCEvaluation(EvaluationDataset):
         return self.loader.ids[index]
 
     def item(self, index: int) -> EvaluationItem:
-        sample = self.loader[index]
-        return EvaluationItem(
-            index=index,
-            id=sample.id,
-            image=sample.image,
-            concepts=tuple(sample.concepts),
-            caption=_caption_for(sample.class_name),
-            binary_targets=((sample.class_name, sample.target),),
-            class_name=sample.class_name,
-        )
+        return _single_class_item(index, self.loader[index])
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -765,31 +766,61 @@ def check_output_folder(out: str | os.PathLike[str], *, resume: bool, overwrite:
     _check_output(Path(out), None, resume=resume, overwrite=overwrite)
 
 
-def _check_output(out: Path, identity: dict[str, Any] | None, *, resume: bool, overwrite: bool) -> None:
-    """Refuse unusable output folders before anything is written (run by every process)."""
+def check_reusable_folder(
+    out: Path, marker: str, *, resume: bool, overwrite: bool, exists_message: str, foreign_message: str
+) -> Path | None:
+    """The checks shared by run and sweep folders, before anything is written (run by every process).
+
+    Args:
+        out: The output folder.
+        marker: The JSON file that identifies the folder's contents (``run.json``, ``sweep.json``).
+        resume: Continue in an existing folder.
+        overwrite: Replace an existing folder's results.
+        exists_message: The error for an existing folder without ``resume`` or ``overwrite``.
+        foreign_message: The error for a non-empty folder without ``marker`` when resuming.
+
+    Returns:
+        The marker file to compare with the requested configuration (resuming into a folder that has one), else
+        ``None``: nothing more to check.
+
+    Raises:
+        ValueError: ``resume`` and ``overwrite`` together.
+        OutputPathError: ``out`` is a file.
+        OutputExistsError: ``out`` exists and neither ``resume`` nor ``overwrite`` is given.
+        RunMismatchError: ``resume`` into a non-empty folder without ``marker``.
+    """
     if resume and overwrite:
         raise ValueError(
             "--resume and --overwrite exclude each other: resume keeps the results, overwrite drops them."
         )
     if not os.path.lexists(out):
-        return
+        return None
     if not out.is_dir():
         raise OutputPathError(f"The output path '{out}' exists and is not a folder; choose another --out.")
     if overwrite:
-        return
+        return None
     if not resume:
-        raise OutputExistsError(
-            f"The output folder '{out}' already exists; pass --resume to continue the run in it, or --overwrite to "
-            "start over."
-        )
-    run_file = out / "run.json"
-    if not run_file.is_file():
+        raise OutputExistsError(exists_message)
+    marker_file = out / marker
+    if not marker_file.is_file():
         if any(out.iterdir()):
-            raise RunMismatchError(
-                f"'{out}' exists but has no run.json: it is not an evaluation folder. Choose another --out."
-            )
-        return
-    if identity is None:
+            raise RunMismatchError(foreign_message)
+        return None
+    return marker_file
+
+
+def _check_output(out: Path, identity: dict[str, Any] | None, *, resume: bool, overwrite: bool) -> None:
+    """Refuse unusable output folders before anything is written (run by every process)."""
+    run_file = check_reusable_folder(
+        out,
+        "run.json",
+        resume=resume,
+        overwrite=overwrite,
+        exists_message=f"The output folder '{out}' already exists; pass --resume to continue the run in it, or "
+        "--overwrite to start over.",
+        foreign_message=f"'{out}' exists but has no run.json: it is not an evaluation folder. Choose another --out.",
+    )
+    if run_file is None or identity is None:
         return
     try:
         stored = json.loads(run_file.read_text(encoding="utf-8"))
@@ -817,6 +848,25 @@ def _prepare_output(out: Path, identity: dict[str, Any], *, overwrite: bool) -> 
     for path in _results_folder(out).glob("rank-*.jsonl"):
         _cut_torn_tail(path)
     return created
+
+
+@contextmanager
+def removed_on_failure(folder: Path, *, created: bool, has_results: Callable[[], bool]) -> Iterator[None]:
+    """Delete ``folder`` when the body fails, if this process created it and no result was written into it.
+
+    Nothing was computed then, so no partial output is left behind; the error propagates.
+
+    Args:
+        folder: The output folder.
+        created: Whether this process created it (false on processes other than the main one).
+        has_results: Whether any result has been written into it (asked only after a failure).
+    """
+    try:
+        yield
+    except BaseException:
+        if created and not has_results():
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def _has_results(out: Path) -> bool:
@@ -909,12 +959,8 @@ def evaluate(
     context.barrier()
     created = _prepare_output(out, identity, overwrite=overwrite) if context.is_main else False
     context.barrier()
-    try:
+    with removed_on_failure(out, created=context.is_main and created, has_results=lambda: _has_results(out)):
         return _run(pipeline, dataset, method, out, identity, rule, limit, batch_size, ap_scores, progress, context)
-    except BaseException:
-        if context.is_main and created and not _has_results(out):
-            shutil.rmtree(out, ignore_errors=True)  # nothing was computed: leave no partial output behind
-        raise
 
 
 def _run(
