@@ -398,7 +398,7 @@ class TestMethods:
         assert (method.config.layers, method.num_samples, method.config.space) == ((1, 2), 3, "value")
 
     def test_errors(self, pipe: Any) -> None:
-        with pytest.raises(UnknownMethodError, match="choose one of: conceptattention"):
+        with pytest.raises(UnknownMethodError, match="choose one of: all-background, colour-prior, conceptattention"):
             get_method("gradcam")
         with pytest.raises(MethodError, match="noise_level"):
             get_method("conceptattention", noise_level=0.0)

@@ -3,6 +3,8 @@
 Examples::
 
     conceptattention evaluate --dataset shapesworld --data test:200 --method conceptattention --out runs/sw-ca
+    conceptattention evaluate --dataset shapesworld --data test:150 --protocol per-kind --method conceptattention \
+        --also cross-attention colour-prior layout-prior all-background --out runs/sw-per-kind
     conceptattention evaluate --dataset voc --data ~/data/VOCdevkit --model flux-schnell --device cuda \\
         --method conceptattention --layers 14 15 16 17 18 --out runs/voc-ca --resume
     accelerate launch --num_processes 8 -m conceptattention.cli.evaluate --dataset imagenet-seg \\
@@ -22,7 +24,7 @@ import sys
 import time
 from typing import Any
 
-from ..evaluation.methods import add_method_arguments, method_from_args
+from ..evaluation.methods import add_method_arguments, get_method, method_from_args, method_overrides
 from ..evaluation.report import markdown_table, metrics_row
 from ..evaluation.runner import DATASETS, ProcessContext, build_dataset, check_output_folder, evaluate, process_context
 from .common import run_as_program
@@ -51,6 +53,34 @@ def add_dataset_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--ap-scores", choices=["normalized", "raw"], default="normalized", help="AP on which maps")
     group.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    group.add_argument(
+        "--data-version",
+        choices=["v1", "v2"],
+        default=None,
+        help="shapesworld: scene distribution (default: the one the model was trained on, from its shapesworld.json)",
+    )
+
+
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """``--protocol`` and the options of the ShapesWorld per-kind protocol."""
+    group = parser.add_argument_group("ShapesWorld per-kind protocol (--protocol per-kind)")
+    group.add_argument(
+        "--protocol",
+        choices=["standard", "per-kind"],
+        default="standard",
+        help="standard: the dataset's benchmark protocol; per-kind (shapesworld): object / colour / background "
+        "scored separately with absent concepts in the list and 95%% bootstrap intervals, several methods at once",
+    )
+    group.add_argument(
+        "--also",
+        nargs="+",
+        default=[],
+        metavar="METHOD",
+        help="per-kind: more methods on the same scenes, e.g. cross-attention colour-prior layout-prior all-background",
+    )
+    group.add_argument("--distractors", type=int, default=2, help="per-kind: absent objects / colours per scene (2)")
+    group.add_argument("--bootstrap", type=int, default=1000, help="per-kind: bootstrap resamples (default 1000)")
+    group.add_argument("--bootstrap-seed", type=int, default=0, help="per-kind: bootstrap seed (default 0)")
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_dataset_options(parser)
     add_method_arguments(parser)
+    add_protocol_options(parser)
     add_run_options(parser)
 
 
@@ -111,6 +142,27 @@ def resolve_device(requested: str, context: ProcessContext) -> str:
     return requested
 
 
+def shapesworld_data_version(args: argparse.Namespace) -> str:
+    """``--data-version``, else the data version recorded by the model (``shapesworld.json``), else ``"v1"``.
+
+    Read from the model folder without loading the model: the shipped model for ``--model`` unset or
+    ``shapesworld``, a local folder that has a ``shapesworld.json``; any other model gets ``"v1"``.
+    """
+    requested = getattr(args, "data_version", None)
+    if requested:
+        return requested
+    from pathlib import Path
+
+    from ..models import shipped_model_dir
+    from ..shapesworld.model import SETTINGS_FILE, data_version
+
+    model = getattr(args, "model", None)
+    folder = shipped_model_dir() if model in (None, "shapesworld") else Path(os.path.expanduser(model))
+    if not (folder / SETTINGS_FILE).is_file():
+        return "v1"
+    return data_version(folder)
+
+
 def dataset_from_args(args: argparse.Namespace) -> Any:
     """The dataset named on the command line (fails before any model is loaded)."""
     label_size: int | str | None = "default" if args.label_size is None else args.label_size
@@ -122,6 +174,7 @@ def dataset_from_args(args: argparse.Namespace) -> Any:
         concepts=concepts,
         class_names=args.class_names,
         split=args.voc_split,
+        version=shapesworld_data_version(args) if args.dataset == "shapesworld" else "v1",
     )
 
 
@@ -169,8 +222,68 @@ def load_run_inputs(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]
     return dataset, pipeline, options
 
 
+def per_kind_methods(args: argparse.Namespace) -> list[Any]:
+    """``--method`` and ``--also`` with the command line's overrides; the model's noise levels unless given."""
+    overrides = method_overrides(args)
+    methods = []
+    for name in [args.method, *args.also]:
+        method = get_method(name, **overrides)
+        if "noise_level" not in overrides and method.kind == "conceptattention":
+            method = method.replace(noise_level=None)  # the model's recommended levels (explain's default)
+        methods.append(method)
+    return methods
+
+
+def run_per_kind_protocol(args: argparse.Namespace, started: float) -> int:
+    """``--protocol per-kind``: every method on the same ShapesWorld scenes, one report with intervals."""
+    from ..evaluation.runner import _parse_shapesworld_spec
+    from ..evaluation.shapesworld_protocol import metrics_table, run_per_kind
+    from ..shapesworld import ShapesWorldDataset
+
+    if args.dataset != "shapesworld":
+        raise ValueError(f"--protocol per-kind is for --dataset shapesworld, got --dataset {args.dataset}.")
+    methods = per_kind_methods(args)  # unknown methods and bad overrides fail first
+    if args.distractors < 0 or args.bootstrap < 1:
+        raise ValueError("--distractors must be >= 0 and --bootstrap >= 1.")
+    split, count, seed = _parse_shapesworld_spec(args.data)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+        count = min(count, args.limit)
+    size = None if args.label_size in (None, 0) else args.label_size
+    version = shapesworld_data_version(args)
+    dataset = ShapesWorldDataset(split, seed=seed, n=count, version=version, **({"size": size} if size else {}))
+    check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
+    pipeline, model_name = None, None
+    if any(method.needs_model for method in methods):
+        pipeline, model_name = load_pipeline(args, process_context())
+    report = run_per_kind(
+        pipeline,
+        dataset,
+        methods,
+        args.out,
+        num_distractors=args.distractors,
+        resamples=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        model_name=model_name,
+        progress=not args.no_progress,
+    )
+    print(metrics_table(report["metrics"]), end="")
+    print(
+        f"wrote {args.out}/report.md and report.json ({report['num_scenes']} {version} scenes, "
+        f"{time.perf_counter() - started:.1f} s)"
+    )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
+    if getattr(args, "protocol", "standard") == "per-kind":
+        return run_per_kind_protocol(args, started)
+    if getattr(args, "also", None):
+        raise ValueError("--also compares methods in the per-kind protocol only; add --protocol per-kind.")
     method = method_from_args(args)  # unknown methods and bad overrides fail first
     check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     dataset, pipeline, options = load_run_inputs(args)

@@ -11,7 +11,9 @@ UNet pipelines) and how maps become a prediction:
   except for DAAM, whose baseline protocol is always ``mean``.
 
 Built-in methods (:data:`METHODS`) differ only in their options; every option can be overridden
-(:func:`get_method`, or ``--layers``, ``--noise-level``, ``--samples`` ... on the command line).
+(:func:`get_method`, or ``--layers``, ``--noise-level``, ``--samples`` ... on the command line). Three of them use
+no model (ShapesWorld only, :mod:`conceptattention.evaluation.baselines`): ``colour-prior``, ``layout-prior`` and
+``all-background``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptattention import ConceptAttention, ConceptAttentionConfig, ConceptMaps, ConfigError, explain
+from conceptattention.evaluation.baselines import BASELINES, BaselineError, baseline_maps
 
 
 __all__ = [
@@ -40,7 +43,8 @@ __all__ = [
     "method_from_args",
 ]
 
-MethodKind = Literal["conceptattention", "daam"]
+MethodKind = Literal["conceptattention", "daam", "colour-prior", "layout-prior", "all-background"]
+METHOD_KINDS: tuple[str, ...] = ("conceptattention", "daam", *BASELINES)
 Prediction = Literal["auto", "mean", "argmax"]
 CaptionMode = Literal["dataset", "empty"]
 Upsampling = Literal["bilinear", "nearest"]
@@ -67,6 +71,7 @@ class MapRequest:
         concepts: The concept list (the target class among them).
         caption: The dataset's caption for the image (e.g. ``"a dog"``); used when the method's ``caption`` is
             ``"dataset"``.
+        data_version: ShapesWorld data version of the image (the colour prior's palette); ignored otherwise.
 
     Example:
         >>> MapRequest(Image.new("RGB", (8, 8)), ("dog", "sky"), "a dog").concepts
@@ -76,6 +81,7 @@ class MapRequest:
     image: Image.Image
     concepts: tuple[str, ...]
     caption: str = ""
+    data_version: str = "v1"
 
 
 @dataclass(frozen=True)
@@ -84,12 +90,15 @@ class Method:
 
     Args:
         name: Label used in reports and folder names.
-        kind: ``"conceptattention"`` (an MM-DiT pipeline through :func:`conceptattention.explain`) or ``"daam"``
-            (a UNet pipeline through :func:`conceptattention.evaluation.daam.daam_explain`).
+        kind: ``"conceptattention"`` (an MM-DiT pipeline through :func:`conceptattention.explain`), ``"daam"``
+            (a UNet pipeline through :func:`conceptattention.evaluation.daam.daam_explain`), or one of the model-free
+            ShapesWorld baselines ``"colour-prior"``, ``"layout-prior"``, ``"all-background"``
+            (:mod:`conceptattention.evaluation.baselines`; no pipeline is needed).
         config: ConceptAttention options (space, softmax, concept attention mask, layers, pooling ...); ignored by
             DAAM except ``layers`` (indices of cross-attention layers).
         noise_level: Noise level of the real-image path (rectified-flow time for MM-DiTs; fraction of the DDPM
-            schedule for DAAM).
+            schedule for DAAM); ``None`` for ConceptAttention methods: the model's recommended levels (as
+            :func:`conceptattention.explain`), 0.5 when the model records none.
         num_samples: Noise samples averaged per image (batched into one forward).
         seed: Seed of the first noise sample (the same for every image).
         caption: ``"dataset"`` (the dataset's caption, e.g. ``"a dog"``, as the paper) or ``"empty"``.
@@ -111,7 +120,7 @@ class Method:
     name: str
     kind: MethodKind = "conceptattention"
     config: ConceptAttentionConfig = field(default_factory=ConceptAttentionConfig)
-    noise_level: float = 0.5
+    noise_level: float | None = 0.5
     num_samples: int = 1
     seed: int = 0
     caption: CaptionMode = "dataset"
@@ -125,7 +134,7 @@ class Method:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
             raise MethodError(f"A method name must be a non-empty string without '/', got {self.name!r}.")
-        _check_choice("kind", self.kind, ("conceptattention", "daam"))
+        _check_choice("kind", self.kind, METHOD_KINDS)
         _check_choice("prediction", self.prediction, PREDICTIONS)
         _check_choice("caption", self.caption, CAPTION_MODES)
         _check_choice("upsample", self.upsample, UPSAMPLINGS)
@@ -133,10 +142,13 @@ class Method:
             raise MethodError(f"config must be a ConceptAttentionConfig, got {type(self.config).__name__}.")
         if self.config.timesteps is not None:
             raise MethodError("timesteps do not apply to real-image evaluation; choose the noise level instead.")
-        if isinstance(self.noise_level, bool) or not isinstance(self.noise_level, int | float):
-            raise MethodError(f"noise_level must be a number in (0, 1], got {self.noise_level!r}.")
-        if not 0.0 < float(self.noise_level) <= 1.0:
-            raise MethodError(f"noise_level must be in (0, 1], got {self.noise_level!r}.")
+        if self.noise_level is None and self.kind == "daam":
+            raise MethodError("DAAM needs a noise_level in (0, 1]; None (the model's levels) is for MM-DiT models.")
+        if self.noise_level is not None:
+            if isinstance(self.noise_level, bool) or not isinstance(self.noise_level, int | float):
+                raise MethodError(f"noise_level must be a number in (0, 1] or None, got {self.noise_level!r}.")
+            if not 0.0 < float(self.noise_level) <= 1.0:
+                raise MethodError(f"noise_level must be in (0, 1], got {self.noise_level!r}.")
         if isinstance(self.num_samples, bool) or not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise MethodError(f"num_samples must be a positive integer, got {self.num_samples!r}.")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -151,7 +163,8 @@ class Method:
             raise MethodError(f"blur_kernel must be a positive odd integer, got {self.blur_kernel!r}.")
         if self.blur_kernel % 2 == 0:
             raise MethodError(f"blur_kernel must be odd, got {self.blur_kernel}.")
-        object.__setattr__(self, "noise_level", float(self.noise_level))
+        if self.noise_level is not None:
+            object.__setattr__(self, "noise_level", float(self.noise_level))
         object.__setattr__(self, "blur_sigma", float(self.blur_sigma))
 
     # ----- description --------------------------------------------------------------------------------------
@@ -197,6 +210,11 @@ class Method:
             return "mean"
         return dataset_protocol
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether the method runs a model (the ShapesWorld baselines do not)."""
+        return self.kind not in BASELINES
+
     # ----- running ----------------------------------------------------------------------------------------------
 
     @property
@@ -211,6 +229,8 @@ class Method:
             MethodError: A UNet pipeline for a ConceptAttention method, an MM-DiT for DAAM, layers out of range,
                 an unsupported model.
         """
+        if not self.needs_model:
+            return
         is_unet = getattr(pipeline, "unet", None) is not None
         if self.kind == "daam":
             from conceptattention.evaluation.daam import DAAMError, DAAMRecorder
@@ -248,6 +268,8 @@ class Method:
         Returns:
             Maps on the model's token (or latent) grid, concepts in request order.
         """
+        if not self.needs_model:
+            return [self._baseline(request) for request in requests]
         if self.kind == "daam":
             from conceptattention.evaluation.daam import daam_explain
 
@@ -268,6 +290,18 @@ class Method:
         else:
             concept_maps = [self._explain(pipeline, request) for request in requests]
         return [self._blur(maps.maps[:, 0]) for maps in concept_maps]  # [C, 1, h, w] -> [C, h, w]
+
+    def _baseline(self, request: MapRequest) -> torch.Tensor:
+        """Baseline maps ``[C, H, W]`` at the image's resolution (blurred if configured)."""
+        import numpy as np
+
+        array = np.asarray(request.image.convert("RGB"), dtype=np.float32) / 255.0  # [H, W, 3]
+        image = torch.from_numpy(array).permute(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+        try:
+            maps = baseline_maps(self.kind, image, request.concepts, request.data_version)
+        except BaselineError as error:
+            raise MethodError(str(error)) from error
+        return self._blur(maps)
 
     def _caption(self, request: MapRequest) -> str:
         return request.caption if self.caption == "dataset" else ""
@@ -350,6 +384,21 @@ METHODS: dict[str, Method] = {
             "daam",
             kind="daam",
             description="DAAM-style baseline for UNet pipelines: summed cross-attention of the concept's prompt tokens",
+        ),
+        Method(
+            "colour-prior",
+            kind="colour-prior",
+            description="no model, no caption (ShapesWorld): each pixel to the concept whose typical RGB is nearest",
+        ),
+        Method(
+            "layout-prior",
+            kind="layout-prior",
+            description="no model, no caption (ShapesWorld): top half sky, bottom half ground, objects nothing",
+        ),
+        Method(
+            "all-background",
+            kind="all-background",
+            description="no model (ShapesWorld): every map 0 (no foreground; argmax ties give no concept)",
         ),
     )
 }

@@ -345,6 +345,7 @@ class ShapesWorldEvaluation(EvaluationDataset):
         num_images: Number of scenes.
         seed: Seed of the split's random stream.
         size: Render (and label) resolution; ``None`` for the native 32 x 32.
+        version: ShapesWorld data version (``"v1"``, the shipped model's, or ``"v2"``).
 
     Example:
         >>> item = ShapesWorldEvaluation("test", num_images=2).item(0)
@@ -362,6 +363,7 @@ class ShapesWorldEvaluation(EvaluationDataset):
         num_images: int = _SHAPESWORLD_DEFAULT_IMAGES,
         seed: int = 0,
         size: int | None = None,
+        version: str = "v1",
     ) -> None:
         dataset_class, backgrounds, objects = _shapesworld_api()
         self._backgrounds, self._objects = backgrounds, objects
@@ -369,13 +371,13 @@ class ShapesWorldEvaluation(EvaluationDataset):
         self.split, self.seed = split, seed
         try:
             self._data = (
-                dataset_class(split, seed=seed, n=num_images)
+                dataset_class(split, seed=seed, n=num_images, version=version)
                 if size is None
-                else dataset_class(split, seed=seed, n=num_images, size=size)
+                else dataset_class(split, seed=seed, n=num_images, size=size, version=version)
             )
         except ValueError as error:
             raise DatasetFormatError(f"Invalid ShapesWorld data: {error}") from error
-        self.size = size
+        self.size, self.version = size, version
 
     def __len__(self) -> int:
         return len(self._data)
@@ -383,7 +385,8 @@ class ShapesWorldEvaluation(EvaluationDataset):
     def item_id(self, index: int) -> str:
         if not 0 <= index < len(self):
             raise IndexError(f"Index {index} is out of range for {len(self)} scenes.")
-        return f"{self.split}-{self.seed}-{index:06d}"
+        prefix = "" if self.version == "v1" else f"{self.version}-"
+        return f"{prefix}{self.split}-{self.seed}-{index:06d}"
 
     def item(self, index: int) -> EvaluationItem:
         sample = self._data[index]
@@ -412,7 +415,8 @@ class ShapesWorldEvaluation(EvaluationDataset):
         )
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "split": self.split, "seed": self.seed, "size": self.size}
+        described = {"name": self.name, "split": self.split, "seed": self.seed, "size": self.size}
+        return described if self.version == "v1" else {**described, "version": self.version}
 
 
 def _parse_shapesworld_spec(data: str | None) -> tuple[str, int, int]:
@@ -478,6 +482,7 @@ def build_dataset(
     concepts: str | Sequence[str] = "default",
     class_names: Mapping[str, str] | str | os.PathLike[str] | None = None,
     split: str = "val",
+    version: str = "v1",
 ) -> EvaluationDataset:
     """Open a benchmark by name.
 
@@ -490,6 +495,7 @@ def build_dataset(
         concepts: ``"default"`` or a list of background words (ImageNet and VOC).
         class_names: ImageNet wnid -> name table, or the path of one (JSON object or two-column TSV/CSV).
         split: VOC split.
+        version: ShapesWorld data version.
 
     Returns:
         The dataset.
@@ -517,7 +523,7 @@ def build_dataset(
             )
     if name == "shapesworld":
         split_name, num_images, seed = _parse_shapesworld_spec(None if data is None else str(data))
-        return ShapesWorldEvaluation(split_name, num_images=num_images, seed=seed, size=size)
+        return ShapesWorldEvaluation(split_name, num_images=num_images, seed=seed, size=size, version=version)
     if data is None:
         what = "gtsegs_ijcv.mat" if name == "imagenet-seg" else "the VOCdevkit folder"
         raise DatasetFormatError(f"Dataset {name!r} needs --data (the path of {what}).")
@@ -1037,7 +1043,8 @@ def _run(
             upcoming = loader.submit(load, batches[position + 1]) if position + 1 < len(batches) else None
             model_started = time.perf_counter()
             maps = method.compute_maps(
-                pipeline, [MapRequest(item.image, item.concepts, item.caption) for item in items]
+                pipeline,
+                [MapRequest(item.image, item.concepts, item.caption, getattr(dataset, "version", "v1")) for item in items],
             )
             batch_model = time.perf_counter() - model_started
             if scoring is not None:

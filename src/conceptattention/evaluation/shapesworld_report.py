@@ -158,7 +158,7 @@ def _check_distractors(num_distractors: int) -> None:
 
 
 def scene_concept_sets(
-    sample: Any, *, num_distractors: int = 2, seed: int = 0
+    sample: Any, *, num_distractors: int = 2, seed: int = 0, background_distractors: int | None = None
 ) -> tuple[SceneConceptSet, SceneConceptSet]:
     """The ``"names"`` and ``"colours"`` concept sets of a scene (see the module docstring).
 
@@ -171,6 +171,8 @@ def scene_concept_sets(
         sample: A :class:`~conceptattention.shapesworld.ShapesWorldSample`.
         num_distractors: Absent concepts added per scored kind (fewer when fewer are absent).
         seed: Seed of the distractor draw.
+        background_distractors: Absent backgrounds added to the names set (``None``: ``num_distractors``; the
+            per-kind protocol of :mod:`~conceptattention.evaluation.shapesworld_protocol` uses 0).
 
     Returns:
         ``(names, colours)``.
@@ -186,17 +188,20 @@ def scene_concept_sets(
         (1, True)
     """
     _check_distractors(num_distractors)
+    if background_distractors is None:
+        background_distractors = num_distractors
+    _check_distractors(background_distractors)
     rng = random.Random(f"{seed}|{sample.caption}|{sample.spec}")
     absent = sample.absent_concepts
 
-    def draw(kind: str) -> tuple[str, ...]:
+    def draw(kind: str, count: int = num_distractors) -> tuple[str, ...]:
         pool = list(absent[kind])
-        return tuple(rng.sample(pool, min(num_distractors, len(pool))))
+        return tuple(rng.sample(pool, min(count, len(pool))))
 
     objects = tuple(dict.fromkeys(sample.object_concepts))
     backgrounds = tuple(dict.fromkeys(sample.background_concepts))
     colours = tuple(dict.fromkeys(sample.colour_concepts))
-    object_distractors, background_distractors, colour_distractors = draw("object"), draw("background"), draw("colour")
+    object_distractors, background_distractors, colour_distractors = draw("object"), draw("background", background_distractors), draw("colour")
     names_concepts = objects + object_distractors + backgrounds + background_distractors
     names = SceneConceptSet(
         name="names",

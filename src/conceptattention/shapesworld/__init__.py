@@ -38,6 +38,7 @@ from conceptattention.shapesworld.model import (
 from conceptattention.shapesworld.render import (
     BACKGROUNDS,
     COLOURS,
+    DATA_VERSIONS,
     IMAGE_SIZE,
     OBJECT_COLOURS,
     OBJECTS,
@@ -46,11 +47,14 @@ from conceptattention.shapesworld.render import (
     SceneError,
     SceneSpec,
     render_scenes,
+    typical_colours,
 )
 
 
 __all__ = [
     "BACKGROUNDS",
+    "DATA_VERSIONS",
+    "typical_colours",
     "CAPTION_WORDS",
     "COLOURS",
     "DEFAULT_MODEL_DIR",

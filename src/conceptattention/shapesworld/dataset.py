@@ -30,17 +30,21 @@ import torch
 from conceptattention.shapesworld.render import (
     BACKGROUNDS,
     COLOURS,
+    DATA_VERSIONS,
     FRAME,
+    GROUND_TINTS,
     IMAGE_SIZE,
-    OBJECT_COLOURS,
     OBJECT_EXTENT,
     OBJECT_PLACE,
     OBJECTS,
     SCALE_RANGE,
+    SKY_STYLES,
     ObjectSpec,
     RenderedBatch,
     SceneSpec,
     TextureSpec,
+    allowed_colours,
+    check_version,
     render_scenes,
 )
 
@@ -64,26 +68,36 @@ class DatasetError(ValueError):
     """Invalid dataset arguments."""
 
 
-def _phrase_pairs() -> list[tuple[str, str]]:
-    phrases = sorted(f"{colour} {name}" for name in OBJECTS for colour in OBJECT_COLOURS[name])
+def _phrase_pairs(version: str = "v1") -> list[tuple[str, str]]:
+    phrases = sorted(f"{colour} {name}" for name in OBJECTS for colour in allowed_colours(name, version))
     return [(a, b) for a, b in combinations(phrases, 2) if a.split()[1] != b.split()[1]]
 
 
-HELD_OUT_PAIRS: frozenset[tuple[str, str]] = frozenset(
-    pair for pair in _phrase_pairs() if zlib.crc32("|".join(pair).encode()) % 100 < HELD_OUT_FRACTION_PERCENT
-)
-"""Unordered (sorted) pairs of colour-object phrases that never appear together in a training scene."""
+def _held_out(version: str) -> frozenset[tuple[str, str]]:
+    return frozenset(
+        pair
+        for pair in _phrase_pairs(version)
+        if zlib.crc32("|".join(pair).encode()) % 100 < HELD_OUT_FRACTION_PERCENT
+    )
 
 
-def held_out_pairs_in(objects: Sequence[ObjectSpec]) -> list[tuple[str, str]]:
-    """The held-out phrase pairs present among ``objects``.
+HELD_OUT_PAIRS: frozenset[tuple[str, str]] = _held_out("v1")
+"""Unordered (sorted) pairs of colour-object phrases that never appear together in a training scene (``v1``)."""
+
+HELD_OUT_PAIRS_V2: frozenset[tuple[str, str]] = _held_out("v2")
+"""The same rule over the ``v2`` phrases (every object in every colour)."""
+
+
+def held_out_pairs_in(objects: Sequence[ObjectSpec], version: str = "v1") -> list[tuple[str, str]]:
+    """The held-out phrase pairs present among ``objects`` (of data version ``version``).
 
     Example:
         >>> held_out_pairs_in([])
         []
     """
+    pairs = HELD_OUT_PAIRS if check_version(version) == "v1" else HELD_OUT_PAIRS_V2
     phrases = sorted(obj.phrase for obj in objects)
-    return [pair for pair in combinations(phrases, 2) if pair in HELD_OUT_PAIRS]
+    return [pair for pair in combinations(phrases, 2) if pair in pairs]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -133,13 +147,16 @@ def _place(rng: random.Random, name: str, horizon: float, taken: list[tuple[floa
     return None
 
 
-def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3) -> SceneSpec:
+def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3, version: str = "v1") -> SceneSpec:
     """Draw one random scene.
 
     Args:
         rng: Source of randomness (the scene is a pure function of its state).
         min_objects, max_objects: Bounds on the number of objects requested (placement may drop one that does not
             fit, never below one object).
+        version: Data version (:data:`~conceptattention.shapesworld.render.DATA_VERSIONS`): ``v2`` draws object
+            colours from all nine colours and a sky style and ground tint per scene (after the ``v1`` draws, so
+            ``v1`` scenes are unchanged).
 
     Returns:
         A :class:`SceneSpec`.
@@ -162,12 +179,15 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3)
         cx, cy, scale, box = placed
         boxes.append(box)
         jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
-        colour = rng.choice(OBJECT_COLOURS[name])
-        objects.append(ObjectSpec(name, colour, round(cx, 3), round(cy, 3), round(scale, 3), jitter))
+        colour = rng.choice(allowed_colours(name, version))
+        objects.append(
+            ObjectSpec(name, colour, round(cx, 3), round(cy, 3), round(scale, 3), jitter, any_colour=version != "v1")
+        )
     if not objects:  # always keep at least one object: a sun that fits any horizon
         scale = min(1.0, (horizon - 1.0) / 13.6)
+        colour = rng.choice(allowed_colours("sun", version))
         objects.append(
-            ObjectSpec("sun", rng.choice(OBJECT_COLOURS["sun"]), rng.uniform(8.0, 24.0), horizon / 2, scale)
+            ObjectSpec("sun", colour, rng.uniform(8.0, 24.0), horizon / 2, scale, any_colour=version != "v1")
         )
     texture = TextureSpec(
         tile=rng.randrange(1 << 16),
@@ -175,7 +195,13 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3)
         shift_y=rng.randrange(32),
         phase=round(rng.uniform(0.0, 6.28), 3),
     )
-    return SceneSpec(horizon=round(horizon, 3), ground=ground, objects=tuple(objects), texture=texture)
+    if check_version(version) == "v1":
+        return SceneSpec(horizon=round(horizon, 3), ground=ground, objects=tuple(objects), texture=texture)
+    sky = rng.choice(tuple(SKY_STYLES))
+    tint = rng.randrange(len(GROUND_TINTS[ground]))
+    return SceneSpec(
+        horizon=round(horizon, 3), ground=ground, objects=tuple(objects), texture=texture, sky=sky, tint=tint
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -278,8 +304,10 @@ def training_caption(rng: random.Random, scene: SceneSpec) -> str:
 # Deterministic per-index sampling
 
 
-def sample_record(split: str, seed: int, index: int) -> tuple[SceneSpec, str]:
-    """The scene and caption of sample ``index`` of ``split`` under ``seed`` (a pure function of the three).
+def sample_record(split: str, seed: int, index: int, version: str = "v1") -> tuple[SceneSpec, str]:
+    """The scene and caption of sample ``index`` of ``split`` under ``seed`` (a pure function of the four).
+
+    ``version`` is the data version; ``v2`` scenes come from their own random stream.
 
     Example:
         >>> sample_record("test", 0, 5) == sample_record("test", 0, 5)
@@ -287,15 +315,17 @@ def sample_record(split: str, seed: int, index: int) -> tuple[SceneSpec, str]:
     """
     if split not in SPLITS:
         raise DatasetError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-    rng = random.Random(f"shapesworld:{split}:{seed}:{index}")
+    check_version(version)
+    stream = "shapesworld" if version == "v1" else f"shapesworld-{version}"
+    rng = random.Random(f"{stream}:{split}:{seed}:{index}")
     for _ in range(200):
         if split == "heldout":
-            scene = sample_scene(rng, min_objects=2)
-            if len(scene.objects) >= 2 and held_out_pairs_in(scene.objects):
+            scene = sample_scene(rng, min_objects=2, version=version)
+            if len(scene.objects) >= 2 and held_out_pairs_in(scene.objects, version):
                 return scene, full_caption(rng, scene)
             continue
-        scene = sample_scene(rng)
-        if held_out_pairs_in(scene.objects):
+        scene = sample_scene(rng, version=version)
+        if held_out_pairs_in(scene.objects, version):
             continue
         caption = training_caption(rng, scene) if split == "train" else full_caption(rng, scene)
         return scene, caption
@@ -397,7 +427,9 @@ class ShapesWorldDataset:
         split: ``"train"``, ``"test"`` or ``"heldout"``.
         seed: Seed of the split's random stream.
         n: Number of samples.
-        size: Render resolution (32 = native).
+        size: Render resolution (32 = native; any square size renders the same scenes, e.g. 48 or 64).
+        version: Data version, ``"v1"`` (the shipped model's) or ``"v2"`` (see
+            :data:`~conceptattention.shapesworld.render.DATA_VERSIONS`).
 
     Example:
         >>> data = ShapesWorldDataset("heldout", seed=0, n=3)
@@ -405,12 +437,16 @@ class ShapesWorldDataset:
         [True, True, True]
     """
 
-    def __init__(self, split: str = "train", seed: int = 0, n: int = 1000, size: int = IMAGE_SIZE) -> None:
+    def __init__(
+        self, split: str = "train", seed: int = 0, n: int = 1000, size: int = IMAGE_SIZE, version: str = "v1"
+    ) -> None:
+        if version not in DATA_VERSIONS:
+            raise DatasetError(f"Unknown data version {version!r}; choose one of {', '.join(DATA_VERSIONS)}.")
         if split not in SPLITS:
             raise DatasetError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
         if n < 1:
             raise DatasetError(f"A dataset needs n >= 1 samples, got {n}.")
-        self.split, self.seed, self.n, self.size = split, seed, n, size
+        self.split, self.seed, self.n, self.size, self.version = split, seed, n, size, version
 
     def __len__(self) -> int:
         return self.n
@@ -419,7 +455,7 @@ class ShapesWorldDataset:
         """Scene specification and caption of sample ``index`` (no rendering)."""
         if not 0 <= index < self.n:
             raise IndexError(f"Index {index} is out of range for a dataset of {self.n} samples.")
-        return sample_record(self.split, self.seed, index)
+        return sample_record(self.split, self.seed, index, self.version)
 
     def render(self, indices: Sequence[int], device: torch.device | str = "cpu") -> tuple[RenderedBatch, list[str]]:
         """Render several samples at once (vectorised); returns the batch and the captions."""

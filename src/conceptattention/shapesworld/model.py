@@ -485,6 +485,27 @@ def read_settings(folder: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def data_version(folder: str | Path | None = None) -> str:
+    """The ShapesWorld data version a model folder was trained on (``shapesworld.json``: ``data.version``).
+
+    Folders written before data versions existed record none: they were trained on ``"v1"``.
+
+    Args:
+        folder: A model folder (default: the shipped model).
+
+    Example:
+        >>> data_version()
+        'v1'
+    """
+    settings = read_settings(DEFAULT_MODEL_DIR if folder is None else folder)
+    version = settings.get("data", {}).get("version", "v1")
+    from conceptattention.shapesworld.render import DATA_VERSIONS
+
+    if version not in DATA_VERSIONS:
+        raise ModelError(f"{Path(folder or DEFAULT_MODEL_DIR) / SETTINGS_FILE}: unknown data version {version!r}.")
+    return version
+
+
 def _dtype_keyword() -> str:
     """``dtype`` for diffusers >= 0.42 (``torch_dtype`` is deprecated there), ``torch_dtype`` before."""
     import diffusers

@@ -129,6 +129,101 @@ OBJECT_EXTENT: dict[str, tuple[float, float, float]] = {
 SCALE_RANGE: tuple[float, float] = (0.95, 1.2)
 """Range of object scales sampled by the scene sampler."""
 
+DATA_VERSIONS: tuple[str, ...] = ("v1", "v2")
+"""ShapesWorld scene distributions. ``v1``: every object takes only the colours of :data:`OBJECT_COLOURS` and the
+backgrounds have one look each (a day sky, one tint per ground), so every class is decidable from colour alone (the
+shipped model was trained on it). ``v2``: every object may take any of the nine colours, the sky is a day, sunset
+or night gradient (:data:`SKY_STYLES`) and each ground comes in several tints (:data:`GROUND_TINTS`), so neither
+colour nor position identifies a concept; identity must be learned from shape."""
+
+SKY_STYLES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "day": (BACKGROUND_COLOURS["sky_top"], BACKGROUND_COLOURS["sky_horizon"]),
+    "sunset": ((0.42, 0.30, 0.62), (0.98, 0.62, 0.36)),
+    "night": ((0.04, 0.06, 0.18), (0.22, 0.24, 0.42)),
+}
+"""``(top, horizon)`` RGB of each sky gradient (``v1`` uses ``"day"`` only)."""
+
+GROUND_TINTS: dict[str, tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]] = {
+    "grass": (
+        (BACKGROUND_COLOURS["grass"], BACKGROUND_COLOURS["grass"]),
+        ((0.72, 0.70, 0.30), (0.72, 0.70, 0.30)),
+        ((0.22, 0.42, 0.20), (0.22, 0.42, 0.20)),
+    ),
+    "sea": (
+        (BACKGROUND_COLOURS["sea"], BACKGROUND_COLOURS["sea_wave"]),
+        ((0.08, 0.46, 0.46), (0.26, 0.64, 0.62)),
+        ((0.30, 0.36, 0.46), (0.48, 0.54, 0.62)),
+    ),
+    "sand": (
+        (BACKGROUND_COLOURS["sand"], BACKGROUND_COLOURS["sand"]),
+        ((0.84, 0.52, 0.38), (0.84, 0.52, 0.38)),
+        ((0.86, 0.86, 0.82), (0.86, 0.86, 0.82)),
+    ),
+}
+"""``(base, wave)`` RGB of each tint of each ground (the wave colour is used by the sea only); tint 0 is the ``v1``
+look."""
+
+
+def check_version(version: str) -> str:
+    """Return ``version`` if it is a known data version, else raise :class:`SceneError`.
+
+    Example:
+        >>> check_version("v2")
+        'v2'
+    """
+    if version not in DATA_VERSIONS:
+        raise SceneError(f"Unknown ShapesWorld data version {version!r}; choose one of {', '.join(DATA_VERSIONS)}.")
+    return version
+
+
+def allowed_colours(name: str, version: str = "v1") -> tuple[str, ...]:
+    """The colours object ``name`` may take in a data version (``v1``: :data:`OBJECT_COLOURS`; ``v2``: all).
+
+    Example:
+        >>> allowed_colours("sun"), len(allowed_colours("sun", "v2"))
+        (('yellow', 'orange', 'red'), 9)
+    """
+    check_version(version)
+    if name not in OBJECT_COLOURS:
+        raise SceneError(f"Unknown object {name!r}; ShapesWorld objects are {', '.join(OBJECTS)}.")
+    return OBJECT_COLOURS[name] if version == "v1" else COLOURS
+
+
+def typical_colours(version: str = "v1") -> dict[str, tuple[tuple[float, float, float], ...]]:
+    """Typical RGB values of every concept word in a data version, from the renderer's palette (no scene is used).
+
+    Colour words: their palette colour. Objects: every colour their main part may take plus their fixed parts'
+    colours. Backgrounds: the sky gradients (five points from top to horizon of every style of the version), the
+    base and wave colours of every ground tint. This is what the model-free colour prior of the evaluation harness
+    compares pixels with.
+
+    Example:
+        >>> typical_colours()["red"]
+        ((0.86, 0.13, 0.13),)
+        >>> len(typical_colours("v1")["sky"]), len(typical_colours("v2")["sky"])
+        (5, 15)
+    """
+    check_version(version)
+    table: dict[str, tuple[tuple[float, float, float], ...]] = {}
+    for colour in COLOURS:
+        table[colour] = (PALETTE[colour],)
+    for name in OBJECTS:
+        values = [PALETTE[colour] for colour in allowed_colours(name, version)]
+        values += [FIXED_PART_COLOURS[key] for _, key in OBJECT_PARTS[name] if key != "main"]
+        table[name] = tuple(dict.fromkeys(values))
+    styles = ("day",) if version == "v1" else tuple(SKY_STYLES)
+    sky = []
+    for style in styles:
+        top, horizon = SKY_STYLES[style]
+        for step in range(5):
+            mix = step / 4
+            sky.append(tuple(round(a * (1 - mix) + b * mix, 6) for a, b in zip(top, horizon)))
+    table["sky"] = tuple(sky)
+    for ground in GROUNDS:
+        tints = GROUND_TINTS[ground][:1] if version == "v1" else GROUND_TINTS[ground]
+        table[ground] = tuple(dict.fromkeys(colour for tint in tints for colour in tint))
+    return table
+
 
 class SceneError(ValueError):
     """An invalid scene specification (unknown word, colour not allowed for an object, ...)."""
@@ -145,6 +240,7 @@ class ObjectSpec:
         cy: Vertical anchor: the centre for sky objects, the base line for land and sea objects.
         scale: Size multiplier (1.0 is about 14 frame units tall).
         jitter: Small RGB offset added to the main colour (keeps renders from being perfectly flat).
+        any_colour: Allow any colour word (data version ``v2``) instead of :data:`OBJECT_COLOURS` ``[name]``.
 
     Example:
         >>> ObjectSpec("tree", "green", cx=10.0, cy=30.0, scale=1.0).bbox()
@@ -157,11 +253,14 @@ class ObjectSpec:
     cy: float
     scale: float = 1.0
     jitter: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    any_colour: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OBJECTS:
             raise SceneError(f"Unknown object {self.name!r}; ShapesWorld objects are {', '.join(OBJECTS)}.")
-        if self.colour not in OBJECT_COLOURS[self.name]:
+        if self.any_colour and self.colour not in COLOURS:
+            raise SceneError(f"Unknown colour {self.colour!r}; ShapesWorld colours are {', '.join(COLOURS)}.")
+        if not self.any_colour and self.colour not in OBJECT_COLOURS[self.name]:
             raise SceneError(
                 f"A {self.name} cannot be {self.colour!r}; allowed colours are {', '.join(OBJECT_COLOURS[self.name])}."
             )
@@ -208,6 +307,8 @@ class SceneSpec:
         ground: One of :data:`GROUNDS`.
         objects: Objects, painted in order (the sampler never lets them overlap).
         texture: Noise tiles of the backgrounds.
+        sky: Sky gradient, a key of :data:`SKY_STYLES` (``"day"`` in data version ``v1``).
+        tint: Index of the ground's tint in :data:`GROUND_TINTS` (0 in data version ``v1``).
 
     Example:
         >>> SceneSpec(horizon=16.0, ground="sea").backgrounds
@@ -218,10 +319,18 @@ class SceneSpec:
     ground: str
     objects: tuple[ObjectSpec, ...] = ()
     texture: TextureSpec = field(default_factory=TextureSpec)
+    sky: str = "day"
+    tint: int = 0
 
     def __post_init__(self) -> None:
         if self.ground not in GROUNDS:
             raise SceneError(f"Unknown ground {self.ground!r}; choose one of {', '.join(GROUNDS)}.")
+        if self.sky not in SKY_STYLES:
+            raise SceneError(f"Unknown sky {self.sky!r}; choose one of {', '.join(SKY_STYLES)}.")
+        if not 0 <= self.tint < len(GROUND_TINTS[self.ground]):
+            raise SceneError(
+                f"Tint {self.tint} does not exist for {self.ground}; choose 0..{len(GROUND_TINTS[self.ground]) - 1}."
+            )
         if not 0.0 < self.horizon < FRAME:
             raise SceneError(f"The horizon must lie strictly inside the frame (0, {FRAME:g}), got {self.horizon}.")
         names = [obj.name for obj in self.objects]
@@ -430,23 +539,29 @@ def _render_backgrounds(specs: Sequence[SceneSpec], size: int, device: torch.dev
     is_sky = y < horizon  # [B, S, S]
     classes = torch.where(is_sky, torch.zeros_like(ground_index).view(batch, 1, 1), ground_index.view(batch, 1, 1))
 
-    colours = {name: _rgb(rgb, device).view(1, 3, 1, 1) for name, rgb in BACKGROUND_COLOURS.items()}
+    # Per-scene colours (the v1 values for a day sky and tint 0: the same float operations, the same bytes).
+    sky_top = torch.tensor([SKY_STYLES[spec.sky][0] for spec in specs], device=device).view(batch, 3, 1, 1)
+    sky_horizon = torch.tensor([SKY_STYLES[spec.sky][1] for spec in specs], device=device).view(batch, 3, 1, 1)
+    ground_base = torch.tensor([GROUND_TINTS[spec.ground][spec.tint][0] for spec in specs], device=device)  # [B, 3]
+    ground_wave = torch.tensor([GROUND_TINTS[spec.ground][spec.tint][1] for spec in specs], device=device)  # [B, 3]
+    ground_base, ground_wave = ground_base.view(batch, 3, 1, 1), ground_wave.view(batch, 3, 1, 1)
     sky_mix = (y / horizon).clamp(0.0, 1.0).unsqueeze(1)  # [B, 1, S, S]
-    image = colours["sky_top"] * (1 - sky_mix) + colours["sky_horizon"] * sky_mix + 0.012 * white.unsqueeze(1)
+    image = sky_top * (1 - sky_mix) + sky_horizon * sky_mix + 0.012 * white.unsqueeze(1)
     ground_image = torch.empty_like(image)  # [B, 3, S, S]
     for ground in GROUNDS:
         members = (ground_index == BACKGROUNDS.index(ground)).nonzero().squeeze(1)
         if members.numel() == 0:
             continue
         noise = white[members].unsqueeze(1)  # [n, 1, S, S]
+        base, wave_colour = ground_base[members], ground_wave[members]  # [n, 3, 1, 1] each
         if ground == "grass":
-            layer = colours["grass"] + 0.035 * noise - 0.05 * streaks[members].clamp(min=0.0).unsqueeze(1)
+            layer = base + 0.035 * noise - 0.05 * streaks[members].clamp(min=0.0).unsqueeze(1)
         elif ground == "sea":
             ripple = torch.sin(0.45 * x + phase[members])  # [n, S, S]
             wave = torch.sin(2 * math.pi * y / 3.2 + 0.9 * ripple + phase[members]).clamp(min=0.0) ** 2
-            layer = colours["sea"] + (colours["sea_wave"] - colours["sea"]) * wave.unsqueeze(1) + 0.015 * noise
+            layer = base + (wave_colour - base) * wave.unsqueeze(1) + 0.015 * noise
         else:
-            layer = colours["sand"] + 0.03 * noise - 0.07 * (noise > 1.5).float()
+            layer = base + 0.03 * noise - 0.07 * (noise > 1.5).float()
         ground_image[members] = layer
     image = torch.where(is_sky.unsqueeze(1), image, ground_image)
     return image, classes, white  # [B, 3, S, S], [B, S, S], [B, S, S]
