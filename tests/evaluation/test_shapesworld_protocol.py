@@ -42,12 +42,12 @@ HAND_MADE = SceneSpec(
 )
 
 
-def _metrics_of(method_name: str, samples, **kwargs):
+def _metrics_of(method_name: str, samples, version: str = "v1", **kwargs):
     method = get_method(method_name)
     rows = []
     for sample in samples:
         sets = protocol_concept_sets(sample, **kwargs)
-        requests = [MapRequest(sample.pil(), s.concepts, sample.caption) for s in sets]
+        requests = [MapRequest(sample.pil(), s.concepts, sample.caption, version) for s in sets]
         maps = method.compute_maps(None, requests)
         rows.append(scene_stats({s.name: m for s, m in zip(sets, maps)}, sets, sample))
     return compute_metrics(rows, resamples=200)
@@ -214,3 +214,14 @@ def test_baselines_run_in_the_standard_runner_without_a_model(tmp_path):
     layout = evaluate(None, dataset, get_method("layout-prior"), tmp_path / "layout", progress=False)
     assert colour["metrics"]["multiclass"]["pixel_accuracy"] > 0.9
     assert layout["metrics"]["multiclass"]["pixel_accuracy"] < colour["metrics"]["multiclass"]["pixel_accuracy"]
+
+
+def test_colour_alone_wins_on_v1_but_not_on_v2():
+    def metrics(version: str, name: str):
+        return _metrics_of(name, list(ShapesWorldDataset("test", seed=0, n=40, version=version)), version)
+
+    v1, v2 = metrics("v1", "colour-prior"), metrics("v2", "colour-prior")
+    assert v1["object.auroc"]["value"] > 0.95 and v1["names.pixel_accuracy"]["value"] > 0.9
+    assert v2["object.auroc"]["high"] < 0.9 and v2["names.pixel_accuracy"]["high"] < 0.75
+    layout_v1, layout_v2 = metrics("v1", "layout-prior"), metrics("v2", "layout-prior")
+    assert layout_v2["names.pixel_accuracy"]["value"] < layout_v1["names.pixel_accuracy"]["value"] - 0.04

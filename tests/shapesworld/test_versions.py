@@ -16,6 +16,7 @@ from conceptattention.shapesworld.dataset import HELD_OUT_PAIRS_V2, DatasetError
 from conceptattention.shapesworld.model import DEFAULT_MODEL_DIR, ModelError, data_version
 from conceptattention.shapesworld.render import GROUND_TINTS, SKY_STYLES, SceneError, SceneSpec, typical_colours
 
+
 # sha256 of images, background, object_class, colour and instance of the first 64 scenes and their captions, computed
 # before data versions existed (commit b920b3e): v1 output must not change by a single byte.
 V1_HASHES = {

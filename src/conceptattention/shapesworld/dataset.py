@@ -46,6 +46,7 @@ from conceptattention.shapesworld.render import (
     allowed_colours,
     check_version,
     render_scenes,
+    visible_colours,
 )
 
 
@@ -59,6 +60,9 @@ CAPTION_WORDS: tuple[str, ...] = (
     + COLOURS
 )
 """Every word a caption can contain (the text encoders' vocabulary)."""
+
+V2_HORIZON_RANGE: tuple[float, float] = (6.0, 26.0)
+"""Horizon rows (frame units) of ``v2`` scenes (``v1``: 13 to 20), so that "top half sky" is often wrong."""
 
 HELD_OUT_FRACTION_PERCENT = 12
 """Share (percent) of colour-object phrase pairs held out of training."""
@@ -154,9 +158,9 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
         rng: Source of randomness (the scene is a pure function of its state).
         min_objects, max_objects: Bounds on the number of objects requested (placement may drop one that does not
             fit, never below one object).
-        version: Data version (:data:`~conceptattention.shapesworld.render.DATA_VERSIONS`): ``v2`` draws object
-            colours from all nine colours and a sky style and ground tint per scene (after the ``v1`` draws, so
-            ``v1`` scenes are unchanged).
+        version: Data version (:data:`~conceptattention.shapesworld.render.DATA_VERSIONS`): ``v2`` draws a horizon
+            from :data:`V2_HORIZON_RANGE`, a sky style and a ground tint, then object colours from all nine colours
+            that stay visible on that background (``v1`` draws are unchanged).
 
     Returns:
         A :class:`SceneSpec`.
@@ -167,7 +171,9 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
         True
     """
     ground = _ground_for(rng)
-    horizon = rng.uniform(13.0, 20.0)
+    horizon = rng.uniform(13.0, 20.0) if check_version(version) == "v1" else rng.uniform(*V2_HORIZON_RANGE)
+    if version != "v1":  # v2: the background first, then object colours that stay visible on it
+        sky, tint = rng.choice(tuple(SKY_STYLES)), rng.randrange(len(GROUND_TINTS[ground]))
     count = rng.choices((1, 2, 3), weights=(0.3, 0.45, 0.25))[0]
     count = min(max(count, min_objects), max_objects)
     objects: list[ObjectSpec] = []
@@ -179,13 +185,13 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
         cx, cy, scale, box = placed
         boxes.append(box)
         jitter = (rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03), rng.uniform(-0.03, 0.03))
-        colour = rng.choice(allowed_colours(name, version))
+        colour = rng.choice(allowed_colours(name) if version == "v1" else visible_colours(name, sky, ground, tint))
         objects.append(
             ObjectSpec(name, colour, round(cx, 3), round(cy, 3), round(scale, 3), jitter, any_colour=version != "v1")
         )
     if not objects:  # always keep at least one object: a sun that fits any horizon
         scale = min(1.0, (horizon - 1.0) / 13.6)
-        colour = rng.choice(allowed_colours("sun", version))
+        colour = rng.choice(allowed_colours("sun") if version == "v1" else visible_colours("sun", sky, ground, tint))
         objects.append(
             ObjectSpec("sun", colour, rng.uniform(8.0, 24.0), horizon / 2, scale, any_colour=version != "v1")
         )
@@ -195,10 +201,8 @@ def sample_scene(rng: random.Random, min_objects: int = 1, max_objects: int = 3,
         shift_y=rng.randrange(32),
         phase=round(rng.uniform(0.0, 6.28), 3),
     )
-    if check_version(version) == "v1":
+    if version == "v1":
         return SceneSpec(horizon=round(horizon, 3), ground=ground, objects=tuple(objects), texture=texture)
-    sky = rng.choice(tuple(SKY_STYLES))
-    tint = rng.randrange(len(GROUND_TINTS[ground]))
     return SceneSpec(
         horizon=round(horizon, 3), ground=ground, objects=tuple(objects), texture=texture, sky=sky, tint=tint
     )

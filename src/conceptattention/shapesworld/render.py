@@ -132,32 +132,36 @@ SCALE_RANGE: tuple[float, float] = (0.95, 1.2)
 DATA_VERSIONS: tuple[str, ...] = ("v1", "v2")
 """ShapesWorld scene distributions. ``v1``: every object takes only the colours of :data:`OBJECT_COLOURS` and the
 backgrounds have one look each (a day sky, one tint per ground), so every class is decidable from colour alone (the
-shipped model was trained on it). ``v2``: every object may take any of the nine colours, the sky is a day, sunset
-or night gradient (:data:`SKY_STYLES`) and each ground comes in several tints (:data:`GROUND_TINTS`), so neither
-colour nor position identifies a concept; identity must be learned from shape."""
+shipped model was trained on it). ``v2``: every object may take any of the nine colours (except those too close to the
+background it stands on, so that it stays visible), the sky is a day, sunset, night or overcast gradient
+(:data:`SKY_STYLES`) and each ground comes in several tints (:data:`GROUND_TINTS`); most sky styles and tints are
+made of the object colours themselves (purple to orange, grey to white, a green or yellow field, a blue or grey sea,
+orange or white sand), so that neither colour nor position identifies a concept: identity must be learned from
+shape."""
 
 SKY_STYLES: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "day": (BACKGROUND_COLOURS["sky_top"], BACKGROUND_COLOURS["sky_horizon"]),
-    "sunset": ((0.42, 0.30, 0.62), (0.98, 0.62, 0.36)),
-    "night": ((0.04, 0.06, 0.18), (0.22, 0.24, 0.42)),
+    "sunset": (PALETTE["purple"], PALETTE["orange"]),
+    "night": ((0.04, 0.06, 0.18), PALETTE["blue"]),
+    "overcast": (PALETTE["grey"], PALETTE["white"]),
 }
 """``(top, horizon)`` RGB of each sky gradient (``v1`` uses ``"day"`` only)."""
 
 GROUND_TINTS: dict[str, tuple[tuple[tuple[float, float, float], tuple[float, float, float]], ...]] = {
     "grass": (
         (BACKGROUND_COLOURS["grass"], BACKGROUND_COLOURS["grass"]),
-        ((0.72, 0.70, 0.30), (0.72, 0.70, 0.30)),
-        ((0.22, 0.42, 0.20), (0.22, 0.42, 0.20)),
+        (PALETTE["green"], PALETTE["green"]),
+        (PALETTE["yellow"], PALETTE["yellow"]),
     ),
     "sea": (
         (BACKGROUND_COLOURS["sea"], BACKGROUND_COLOURS["sea_wave"]),
-        ((0.08, 0.46, 0.46), (0.26, 0.64, 0.62)),
-        ((0.30, 0.36, 0.46), (0.48, 0.54, 0.62)),
+        (PALETTE["blue"], (0.36, 0.50, 0.94)),
+        (PALETTE["grey"], (0.78, 0.78, 0.80)),
     ),
     "sand": (
         (BACKGROUND_COLOURS["sand"], BACKGROUND_COLOURS["sand"]),
-        ((0.84, 0.52, 0.38), (0.84, 0.52, 0.38)),
-        ((0.86, 0.86, 0.82), (0.86, 0.86, 0.82)),
+        (PALETTE["orange"], PALETTE["orange"]),
+        (PALETTE["white"], PALETTE["white"]),
     ),
 }
 """``(base, wave)`` RGB of each tint of each ground (the wave colour is used by the sea only); tint 0 is the ``v1``
@@ -189,6 +193,31 @@ def allowed_colours(name: str, version: str = "v1") -> tuple[str, ...]:
     return OBJECT_COLOURS[name] if version == "v1" else COLOURS
 
 
+MIN_CONTRAST = 0.3
+"""Smallest RGB distance (Euclidean, 0..1 channels) between a ``v2`` object's colour and the background colours it
+stands on (:func:`visible_colours`)."""
+
+
+def visible_colours(name: str, sky: str = "day", ground: str = "grass", tint: int = 0) -> tuple[str, ...]:
+    """The ``v2`` colours of object ``name`` that stay visible on its background.
+
+    Sky objects avoid the two ends of the sky gradient, land and sea objects the ground tint's base and wave colours
+    (a colour closer than :data:`MIN_CONTRAST` to any of them is left out).
+
+    Example:
+        >>> "grey" in visible_colours("cloud", sky="overcast"), "grey" in visible_colours("cloud", sky="day")
+        (False, True)
+    """
+    if name not in OBJECT_PLACE:
+        raise SceneError(f"Unknown object {name!r}; ShapesWorld objects are {', '.join(OBJECTS)}.")
+    behind = SKY_STYLES[sky] if OBJECT_PLACE[name] == "sky" else GROUND_TINTS[ground][tint]
+    return tuple(
+        colour
+        for colour in COLOURS
+        if all(math.dist(PALETTE[colour], background) >= MIN_CONTRAST for background in behind)
+    )
+
+
 def typical_colours(version: str = "v1") -> dict[str, tuple[tuple[float, float, float], ...]]:
     """Typical RGB values of every concept word in a data version, from the renderer's palette (no scene is used).
 
@@ -201,7 +230,7 @@ def typical_colours(version: str = "v1") -> dict[str, tuple[tuple[float, float, 
         >>> typical_colours()["red"]
         ((0.86, 0.13, 0.13),)
         >>> len(typical_colours("v1")["sky"]), len(typical_colours("v2")["sky"])
-        (5, 15)
+        (5, 20)
     """
     check_version(version)
     table: dict[str, tuple[tuple[float, float, float], ...]] = {}
