@@ -15,6 +15,16 @@ One invocation does, inside its ``--minutes`` wall-time budget (counted from the
    with EMA weights, ``shapesworld.json``, ``train_log.json``, ``loss_curve.png``, ``samples.png``).
 
 ``--resume`` continues from ``DIR/checkpoint.pt`` with a fresh budget (and a fresh bank of scenes).
+``--init-from FOLDER`` starts from a saved model folder instead (the shipped model, or a previous run's
+``pipeline/``: fp16 EMA weights, small enough to carry between machines); what is lost then is listed in
+``docs/shapesworld.md`` §3 (optimizer moments, fp32 master weights, the EMA history, the warm-up).
+
+The fast path for GPUs (all options, off by default so that earlier runs reproduce): ``--precision bf16`` (autocast;
+norms, RoPE and the loss stay in float32, see :func:`keep_norms_in_fp32`), ``--compile`` (``torch.compile`` of the
+transformer; long T5 paddings are bucketed to powers of two so that few shapes compile), fused AdamW on CUDA
+(``foreach`` elsewhere), ``--lr-scaling sqrt|linear`` (learning rate scaled with ``batch / --base-batch-size``),
+``--data-version v2`` and ``--checkpoint-eval-scenes N`` (object / sky+ground AUROC of the EMA weights on N ``test``
+scenes at every checkpoint, the per-kind protocol of ``conceptattention evaluate``).
 
 Example:
     python -m conceptattention.shapesworld.train --device cuda --minutes 5.5 --out runs/shapesworld --seed 0
@@ -23,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -39,8 +50,11 @@ import torch.nn.functional as F
 
 from conceptattention.shapesworld.dataset import sample_record
 from conceptattention.shapesworld.model import (
+    SETTINGS_FILE,
     ModelConfig,
     build_pipeline,
+    data_version,
+    load_pipeline,
     recommended_call_kwargs,
     save_pipeline,
     set_latent_statistics,
@@ -94,6 +108,26 @@ class TrainConfig:
     sample_steps: int = 20
     position_lever: bool = True
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    data_version: str = "v1"
+    precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
+    lr_scaling: str = "none"
+    base_batch_size: int = 256
+    checkpoint_eval_scenes: int = 0
+    init_from: str | None = None
+
+    @property
+    def effective_lr(self) -> float:
+        """``lr`` scaled by the batch-size rule: ``lr * (batch_size / base_batch_size) ** k`` with k = 0 (``none``),
+        1/2 (``sqrt``, the usual rule for Adam) or 1 (``linear``).
+
+        Example:
+            >>> TrainConfig(lr=1e-3, batch_size=1024, base_batch_size=256, lr_scaling="sqrt").effective_lr
+            0.002
+        """
+        exponent = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
+        return self.lr * (self.batch_size / self.base_batch_size) ** exponent
 
     @classmethod
     def for_device(cls, device: str, **overrides: Any) -> TrainConfig:
@@ -146,22 +180,91 @@ def _hardware_string(device: torch.device) -> str:
     )
 
 
-def _records(seed: int, start: int, count: int) -> list[tuple[Any, str]]:
-    return [sample_record("train", seed, index) for index in range(start, start + count)]
+def _records(seed: int, start: int, count: int, version: str = "v1") -> list[tuple[Any, str]]:
+    return [sample_record("train", seed, index, version) for index in range(start, start + count)]
 
 
-def _sample_bank_records(seed: int, count: int, workers: int) -> list[tuple[Any, str]]:
+def keep_norms_in_fp32(modules: Sequence[torch.nn.Module], device_type: str) -> contextlib.ExitStack:
+    """Run every normalisation layer of ``modules`` in float32 with autocast off (undone when the stack closes).
+
+    Under bf16 autocast, diffusers' q/k ``RMSNorm`` and the T5 layer norms receive bfloat16 inputs with float32
+    weights (PyTorch warns "Mismatch dtype between input and weight ... Cannot dispatch to fused implementation");
+    the statistics are then computed from bfloat16 values. Wrapping their ``forward`` keeps them in float32; the
+    next matmul casts back to bfloat16. RoPE needs nothing: diffusers' ``apply_rotary_emb`` computes in float32.
+
+    Example:
+        >>> layer = torch.nn.LayerNorm(4)
+        >>> with keep_norms_in_fp32([layer], "cpu"), torch.autocast("cpu", dtype=torch.bfloat16):
+        ...     layer(torch.ones(1, 4, dtype=torch.bfloat16)).dtype
+        torch.float32
+    """
+    names = {"RMSNorm", "T5LayerNorm", "FP32LayerNorm", "LayerNorm"}
+    stack = contextlib.ExitStack()
+    for module in modules:
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.LayerNorm | torch.nn.RMSNorm | torch.nn.GroupNorm) or type(
+                layer
+            ).__name__ in names:
+                original = layer.forward
+
+                def forward(hidden_states: torch.Tensor, *args: Any, _original: Any = original, **kwargs: Any):
+                    with torch.autocast(device_type, enabled=False):
+                        return _original(hidden_states.float(), *args, **kwargs)
+
+                layer.forward = forward
+                stack.callback(layer.__dict__.pop, "forward", None)
+    return stack
+
+
+@torch.no_grad()
+def checkpoint_metrics(pipe: Any, scenes: int, version: str = "v1", seed: int = 0) -> dict[str, float | None]:
+    """Object, sky+ground and colour AUROC of ``pipe`` on the first ``scenes`` ``test`` scenes (per-kind protocol).
+
+    ConceptAttention with the library's default blocks through the real-image path at noise levels 0.3, 0.5 and
+    0.7, concepts = the objects present + 2 absent objects + sky + ground (and the colours set). Used at every
+    training checkpoint on the EMA weights; the numbers are for tracking, not for choosing settings.
+
+    Example:
+        >>> checkpoint_metrics(load_pipeline(), 2)["object.auroc"] > 0.5  # doctest: +SKIP
+        True
+    """
+    from conceptattention import explain
+    from conceptattention.evaluation.shapesworld_protocol import compute_metrics, protocol_concept_sets, scene_stats
+    from conceptattention.shapesworld.dataset import ShapesWorldDataset
+
+    data = ShapesWorldDataset("test", seed=seed, n=scenes, version=version, size=pipe.shapesworld_config.image_size)
+    saved = pipe.tokenizer_2.model_max_length
+    pipe.tokenizer_2.model_max_length = pipe.shapesworld_config.max_sequence_length
+    rows = []
+    try:
+        for sample in data:
+            sets = protocol_concept_sets(sample)
+            maps = {
+                concept_set.name: explain(
+                    pipe, sample.pil(), list(concept_set.concepts), caption=sample.caption,
+                    noise_level=[0.3, 0.5, 0.7], seed=0,
+                ).maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
+                for concept_set in sets
+            }  # fmt: skip
+            rows.append(scene_stats(maps, sets, sample))
+    finally:
+        pipe.tokenizer_2.model_max_length = saved
+    metrics = compute_metrics(rows, resamples=100)
+    return {key: metrics[key]["value"] for key in ("object.auroc", "background.auroc", "colour.auroc")}
+
+
+def _sample_bank_records(seed: int, count: int, workers: int, version: str = "v1") -> list[tuple[Any, str]]:
     """Scene specs and captions of ``count`` training samples, in forked worker processes when ``workers > 1``.
 
     Must run before CUDA is initialised. The workers only run pure-Python sampling; if they do not answer within
     two minutes they are terminated and the bank is sampled in this process instead.
     """
     if workers <= 1 or count < 4000:
-        return _records(seed, 0, count)
+        return _records(seed, 0, count, version)
     import multiprocessing
 
     chunk = math.ceil(count / (workers * 4))
-    jobs = [(seed, start, min(chunk, count - start)) for start in range(0, count, chunk)]
+    jobs = [(seed, start, min(chunk, count - start), version) for start in range(0, count, chunk)]
     pool = multiprocessing.get_context("fork").Pool(workers)
     try:
         parts = pool.starmap_async(_records, jobs).get(timeout=120)
@@ -169,7 +272,7 @@ def _sample_bank_records(seed: int, count: int, workers: int) -> list[tuple[Any,
     except multiprocessing.TimeoutError:
         print("[shapesworld] warning: scene workers timed out; sampling in-process", flush=True)
         pool.terminate()
-        return _records(seed, 0, count)
+        return _records(seed, 0, count, version)
     finally:
         pool.join()
     return [record for part in parts for record in part]
@@ -272,6 +375,15 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-minutes", type=float, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="Also stop after this many steps (smoke tests).")
     parser.add_argument("--sample-steps", type=int, default=None, help="Euler steps for samples.png and fidelity.")
+    fast = parser.add_argument_group("fast path and data (see the module docstring)")
+    fast.add_argument("--data-version", choices=("v1", "v2"), default=None, help="ShapesWorld scene distribution.")
+    fast.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="bf16: autocast, fp32 norms/loss.")
+    fast.add_argument("--compile", action="store_true", default=None, help="torch.compile the transformer.")
+    fast.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor).")
+    fast.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"), default=None, help="LR vs batch-size rule.")
+    fast.add_argument("--base-batch-size", type=int, default=None, help="Batch size at which --lr applies (256).")
+    fast.add_argument("--checkpoint-eval-scenes", type=int, default=None, help="AUROC on N test scenes per checkpoint.")
+    fast.add_argument("--init-from", type=Path, default=None, help="Start from a saved model folder (fp16 EMA).")
     return parser.parse_args(argv)
 
 
@@ -289,6 +401,15 @@ def _validate(args: argparse.Namespace) -> None:
         raise TrainingError(
             f"{args.out} is not empty; pass --resume to continue that run or choose a new --out folder."
         )
+    if args.init_from is not None:
+        if args.resume:
+            raise TrainingError("--init-from starts a new run from a model folder; it cannot be combined with --resume.")
+        if not (args.init_from / SETTINGS_FILE).is_file():
+            raise TrainingError(f"--init-from {args.init_from} is not a ShapesWorld model folder (no {SETTINGS_FILE}).")
+    if args.checkpoint_eval_scenes is not None and args.checkpoint_eval_scenes < 0:
+        raise TrainingError(f"--checkpoint-eval-scenes must be >= 0, got {args.checkpoint_eval_scenes}.")
+    if args.base_batch_size is not None and args.base_batch_size < 1:
+        raise TrainingError(f"--base-batch-size must be >= 1, got {args.base_batch_size}.")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise TrainingError("--device cuda requested but torch sees no CUDA device; use --device cpu.")
 
@@ -323,6 +444,12 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             ("eval_captions", args.eval_captions),
             ("checkpoint_minutes", args.checkpoint_minutes),
             ("sample_steps", args.sample_steps),
+            ("precision", args.precision),
+            ("compile", args.compile),
+            ("compile_backend", args.compile_backend),
+            ("lr_scaling", args.lr_scaling),
+            ("base_batch_size", args.base_batch_size),
+            ("checkpoint_eval_scenes", args.checkpoint_eval_scenes),
         ):
             if value is not None:
                 setattr(config, key, value)
@@ -336,12 +463,25 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "long_pad_fraction": args.long_pad_fraction,
             "checkpoint_minutes": args.checkpoint_minutes,
             "sample_steps": args.sample_steps,
+            "data_version": args.data_version,
+            "precision": args.precision,
+            "compile": args.compile,
+            "compile_backend": args.compile_backend,
+            "lr_scaling": args.lr_scaling,
+            "base_batch_size": args.base_batch_size,
+            "checkpoint_eval_scenes": args.checkpoint_eval_scenes,
+            "init_from": None if args.init_from is None else str(args.init_from),
         }
         config = TrainConfig.for_device(
             args.device, preset=args.preset, seed=args.seed, position_lever=not args.no_position_lever, **overrides
         )
         lever = {} if config.position_lever else {"rope_theta": 10000.0, "image_position_scale": 1.0}
         model_config = ModelConfig.preset(config.preset, **lever)
+        if args.init_from is not None:
+            config.preset = "from-folder"  # the architecture is the folder's (shapesworld.json), not a preset
+            model_config = ModelConfig.from_json(json.loads((args.init_from / SETTINGS_FILE).read_text())["model"])
+            if args.data_version is None:  # continue on the data the model was trained on unless told otherwise
+                config.data_version = data_version(args.init_from)
     invocation = 0 if state is None else len(state["invocations"])
     print(
         f"[shapesworld] invocation {invocation}: preset={config.preset} batch={config.batch_size} "
@@ -351,14 +491,20 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
 
     # 1. Scenes (before CUDA initialisation: worker processes are forked).
     workers = min(16, os.cpu_count() or 1) if device.type == "cuda" else 1
-    records = _sample_bank_records(config.seed * 1000 + invocation, config.bank_size, workers)
+    records = _sample_bank_records(config.seed * 1000 + invocation, config.bank_size, workers, config.data_version)
     print(f"[shapesworld] sampled {len(records)} scenes in {time.monotonic() - started:.1f} s", flush=True)
 
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.set_float32_matmul_precision("high")
-    pipe = build_pipeline(model_config, seed=config.seed)
+    prior: dict[str, Any] = {}
+    if state is None and config.init_from is not None:
+        pipe = load_pipeline(config.init_from, dtype=torch.float32)  # fp16 EMA weights, upcast to fp32 masters
+        log_path = Path(config.init_from) / "train_log.json"
+        prior = json.loads(log_path.read_text()) if log_path.is_file() else {}
+    else:
+        pipe = build_pipeline(model_config, seed=config.seed)
     if state is not None:
         pipe.transformer.load_state_dict(state["transformer"])
         pipe.text_encoder_2.load_state_dict(state["text_encoder_2"])
@@ -387,14 +533,27 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     for module in modules:
         module.train()
     parameters = [p for module in modules for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay)
+    fused = device.type == "cuda"
+    optimizer = torch.optim.AdamW(
+        parameters,
+        lr=config.effective_lr,
+        betas=(0.9, 0.99),
+        weight_decay=config.weight_decay,
+        **({"fused": True} if fused else {"foreach": True}),
+    )
+    optimizer_name = "AdamW (fused)" if fused else "AdamW (foreach)"
     ema = [p.detach().clone() for p in parameters]
-    step, history, total_train_seconds = 0, [], 0.0
+    step, history, total_train_seconds = int(prior.get("steps", 0)), list(prior.get("loss_history", [])), 0.0
+    total_train_seconds = float(prior.get("train_seconds_total", 0.0))
+    checkpoint_history: list[dict[str, Any]] = list(prior.get("checkpoint_metrics", []))
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:  # a resumed invocation may change the batch size or the rule
+            group["lr"] = config.effective_lr
         for target, saved in zip(ema, state["ema"]):
             target.copy_(saved)
         step, history, total_train_seconds = state["step"], state["loss_history"], state["train_seconds"]
+        checkpoint_history = list(state.get("checkpoint_metrics", []))
 
     height = width = model_config.image_size // pipe.vae_scale_factor
     img_ids = pipe._prepare_latent_image_ids(1, height // 2, width // 2, device, torch.float32)  # [I, 3]
@@ -425,20 +584,55 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "loss_history": history,
             "train_seconds": total_train_seconds + (time.monotonic() - train_start),
             "device": device.type,
-            "invocations": (state["invocations"] if state is not None else []) + [{"minutes": args.minutes}],
+            "invocations": (state["invocations"] if state is not None else prior.get("invocations", []))
+            + [{"minutes": args.minutes}],
+            "checkpoint_metrics": checkpoint_history,
         }
+
+    def evaluate_checkpoint() -> None:
+        if config.checkpoint_eval_scenes <= 0:
+            return
+        live = [p.detach().clone() for p in parameters]
+        with torch.no_grad():
+            for parameter, average in zip(parameters, ema):
+                parameter.copy_(average)
+        for module in modules:
+            module.eval()
+        eval_started = time.monotonic()
+        try:
+            metrics = checkpoint_metrics(pipe, config.checkpoint_eval_scenes, config.data_version)
+        finally:
+            with torch.no_grad():
+                for parameter, value in zip(parameters, live):
+                    parameter.copy_(value)
+            for module in modules:
+                module.train()
+        checkpoint_history.append({"step": step, **metrics, "seconds": round(time.monotonic() - eval_started, 2)})
+        print(f"[shapesworld] checkpoint metrics: {json.dumps(checkpoint_history[-1])}", flush=True)
+
+    autocast = (
+        torch.autocast(device.type, dtype=torch.bfloat16) if config.precision == "bf16" else contextlib.nullcontext()
+    )
+    norms_fp32 = keep_norms_in_fp32(modules, device.type) if config.precision == "bf16" else contextlib.ExitStack()
+    forward = (
+        torch.compile(pipe.transformer, backend=config.compile_backend, dynamic=False)
+        if config.compile
+        else pipe.transformer
+    )
 
     max_steps = args.max_steps if args.max_steps is not None else math.inf
     while time.monotonic() < train_deadline and invocation_steps < max_steps:
         progress = (time.monotonic() - train_start) / max(1e-6, train_deadline - train_start)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, step, progress)
+            group["lr"] = _lr_at(config, step, progress) * config.effective_lr / config.lr
         index = torch.randint(bank.latents.shape[0], (config.batch_size,), device=device, generator=generator)
         x0 = bank.latents[index]  # [B, I, 4C]
         t5_ids = bank.t5_ids[index]  # [B, L]
         if host_rng.random() < config.long_pad_fraction:  # host-side draws: no device synchronisation
             low, high = math.log(model_config.max_sequence_length + 1), math.log(config.long_pad_max)
             target = int(math.exp(host_rng.uniform(low, high)))
+            if config.compile:  # few distinct shapes: bucket the padded length to a power of two
+                target = min(config.long_pad_max, 1 << (target - 1).bit_length())
             padding = torch.full(
                 (t5_ids.shape[0], target - t5_ids.shape[1]),
                 pipe.tokenizer_2.pad_token_id,
@@ -449,18 +643,19 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         noise = torch.randn(x0.shape, generator=generator, device=device)
         t = torch.sigmoid(torch.randn(config.batch_size, generator=generator, device=device))
         keep_pooled = (torch.rand(config.batch_size, generator=generator, device=device) >= config.pooled_drop).float()
-        prompt_embeds = pipe.text_encoder_2(t5_ids).last_hidden_state  # [B, L', t5_width]
-        pooled = pipe.text_encoder(bank.clip_ids[index]).pooler_output * keep_pooled[:, None]  # [B, clip_width]
-        prediction = pipe.transformer(
-            hidden_states=noisy_latents(x0, noise, t),
-            encoder_hidden_states=prompt_embeds,
-            pooled_projections=pooled,
-            timestep=t,
-            img_ids=img_ids,
-            txt_ids=torch.zeros(t5_ids.shape[1], 3, device=device),
-            return_dict=False,
-        )[0]
-        loss = F.mse_loss(prediction, flow_target(x0, noise))
+        with autocast:
+            prompt_embeds = pipe.text_encoder_2(t5_ids).last_hidden_state  # [B, L', t5_width]
+            pooled = pipe.text_encoder(bank.clip_ids[index]).pooler_output * keep_pooled[:, None]  # [B, clip_width]
+            prediction = forward(
+                hidden_states=noisy_latents(x0, noise, t),
+                encoder_hidden_states=prompt_embeds,
+                pooled_projections=pooled,
+                timestep=t,
+                img_ids=img_ids,
+                txt_ids=torch.zeros(t5_ids.shape[1], 3, device=device),
+                return_dict=False,
+            )[0]
+        loss = F.mse_loss(prediction.float(), flow_target(x0, noise))  # the loss in float32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
@@ -487,6 +682,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
                 flush=True,
             )
         if time.monotonic() >= next_checkpoint:
+            evaluate_checkpoint()
             _save_checkpoint(checkpoint_path, payload())
             next_checkpoint = time.monotonic() + config.checkpoint_minutes * 60.0
 
@@ -504,6 +700,8 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     steps_per_second = (
         (measured_steps / (time.monotonic() - throughput_start)) if throughput_start and measured_steps > 0 else None
     )
+    norms_fp32.close()
+    evaluate_checkpoint()
     for module in modules:
         module.eval()
     _save_checkpoint(checkpoint_path, payload())
@@ -533,10 +731,22 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         },
         "loss_history": history,
         "loss_history_columns": ["step", "train_seconds", "mean_loss"],
+        "checkpoint_metrics": checkpoint_history,
+        "fast_path": {
+            "precision": config.precision,
+            "compile": config.compile_backend if config.compile else None,
+            "optimizer": optimizer_name,
+            "effective_lr": config.effective_lr,
+            "samples_per_second": None if steps_per_second is None else round(steps_per_second * config.batch_size, 1),
+        },
+        "init_from": config.init_from,
     }
     pipe.set_progress_bar_config(disable=True)
     folder = args.out / PIPELINE_DIR
-    extra = {"recommended": {"num_inference_steps": config.sample_steps, **recommended_call_kwargs(pipe)}}
+    extra = {
+        "data": {"version": config.data_version},
+        "recommended": {"num_inference_steps": config.sample_steps, **recommended_call_kwargs(pipe)},
+    }
     save_pipeline(pipe, folder, model_config, extra=extra, dtype=torch.float16)
     write_loss_curve(history, folder / "loss_curve.png")
     write_samples(pipe, folder / "samples.png", config.sample_steps, config.seed)
