@@ -103,6 +103,7 @@ def test_fast_path_at_tiny_size_and_init_from_round_trip(tmp_path: Path) -> None
     assert resumed["checkpoint_metrics"] == log["checkpoint_metrics"]  # history carried, no new eval requested
     state = torch.load(second / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
     assert state["optimizer"]["state"][0]["step"] == 3  # lost on resume from a folder: the AdamW moments restart
+    assert state["warmup_start"] == 3  # ... so the learning-rate warm-up runs again from the folder's step
     with pytest.raises(TrainingError, match="--init-from"):
         main([*SMOKE, "--minutes", "1", "--out", str(second), "--resume", "--init-from", str(folder)])
     with pytest.raises(TrainingError, match="not a ShapesWorld model folder"):

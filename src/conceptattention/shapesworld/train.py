@@ -546,6 +546,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     step, history, total_train_seconds = int(prior.get("steps", 0)), list(prior.get("loss_history", [])), 0.0
     total_train_seconds = float(prior.get("train_seconds_total", 0.0))
     checkpoint_history: list[dict[str, Any]] = list(prior.get("checkpoint_metrics", []))
+    warmup_start = step  # fresh AdamW moments (a new run or --init-from): the warm-up counts from here
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:  # a resumed invocation may change the batch size or the rule
@@ -553,6 +554,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         for target, saved in zip(ema, state["ema"]):
             target.copy_(saved)
         step, history, total_train_seconds = state["step"], state["loss_history"], state["train_seconds"]
+        warmup_start = int(state.get("warmup_start", 0))
         checkpoint_history = list(state.get("checkpoint_metrics", []))
 
     height = width = model_config.image_size // pipe.vae_scale_factor
@@ -587,6 +589,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "invocations": (state["invocations"] if state is not None else prior.get("invocations", []))
             + [{"minutes": args.minutes}],
             "checkpoint_metrics": checkpoint_history,
+            "warmup_start": warmup_start,
         }
 
     def evaluate_checkpoint() -> None:
@@ -624,7 +627,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     while time.monotonic() < train_deadline and invocation_steps < max_steps:
         progress = (time.monotonic() - train_start) / max(1e-6, train_deadline - train_start)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, step, progress) * config.effective_lr / config.lr
+            group["lr"] = _lr_at(config, step - warmup_start, progress) * config.effective_lr / config.lr
         index = torch.randint(bank.latents.shape[0], (config.batch_size,), device=device, generator=generator)
         x0 = bank.latents[index]  # [B, I, 4C]
         t5_ids = bank.t5_ids[index]  # [B, L]
