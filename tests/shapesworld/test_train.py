@@ -88,6 +88,7 @@ def test_fast_path_at_tiny_size_and_init_from_round_trip(tmp_path: Path) -> None
     log = json.loads((folder / "train_log.json").read_text())
     assert log["fast_path"]["precision"] == "bf16" and log["fast_path"]["compile"] == "eager"
     assert log["fast_path"]["optimizer"] == "AdamW (foreach)"  # fused AdamW is CUDA-only
+    assert log["fast_path"]["flops_per_sample"] > 0 and log["fast_path"]["model_flop_utilisation"] is None  # no GPU
     assert log["fast_path"]["effective_lr"] == pytest.approx(log["train_config"]["lr"] * 2**0.5)  # sqrt(4 / 2)
     assert all(row[2] == row[2] and row[2] < 100 for row in log["loss_history"])  # finite bf16 losses
     (metrics,) = log["checkpoint_metrics"]

@@ -253,6 +253,51 @@ def checkpoint_metrics(pipe: Any, scenes: int, version: str = "v1", seed: int = 
     return {key: metrics[key]["value"] for key in ("object.auroc", "background.auroc", "colour.auroc")}
 
 
+PEAK_TFLOPS: dict[str, tuple[float, float]] = {"H100": (989.0, 494.7), "H200": (989.0, 494.7), "A100": (312.0, 156.0)}
+"""Dense peak TFLOP/s (bf16, tf32) by GPU name fragment, for the model FLOP utilisation in ``train_log.json``."""
+
+
+def training_flops_per_sample(pipe: Any, text_length: int, device: torch.device) -> float:
+    """FLOPs of one training sample (forward + backward of both text encoders and the transformer), counted.
+
+    Uses ``torch.utils.flop_counter.FlopCounterMode`` on a batch of one (matmuls, attention; elementwise work is not
+    counted, as usual for model FLOP utilisation). The gradients are cleared afterwards.
+
+    Example:
+        >>> from conceptattention.shapesworld.model import ModelConfig, build_pipeline
+        >>> training_flops_per_sample(build_pipeline(ModelConfig.preset("tiny")), 32, torch.device("cpu")) > 0
+        True
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = pipe.shapesworld_config
+    side = config.image_size // 2
+    ids = torch.zeros(1, text_length, dtype=torch.long, device=device)
+    clip_ids = torch.zeros(1, config.clip_max_length, dtype=torch.long, device=device)
+    latents = torch.zeros(1, side * side, 4 * config.latent_channels, device=device)  # [1, I, 4C]
+    img_ids = pipe._prepare_latent_image_ids(1, side, side, device, torch.float32)  # [I, 3]
+    with FlopCounterMode(display=False) as counter:
+        embeds = pipe.text_encoder_2(ids).last_hidden_state  # [1, L, t5_width]
+        pooled = pipe.text_encoder(clip_ids).pooler_output  # [1, clip_width]
+        out = pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
+                               timestep=torch.full((1,), 0.5, device=device), img_ids=img_ids,
+                               txt_ids=torch.zeros(text_length, 3, device=device), return_dict=False)[0]  # fmt: skip
+        out.float().square().mean().backward()
+    for module in _trainable(pipe):
+        module.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def _peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for fragment, (bf16, tf32) in PEAK_TFLOPS.items():
+        if fragment in name:
+            return bf16 if precision == "bf16" else tf32
+    return None
+
+
 def _sample_bank_records(seed: int, count: int, workers: int, version: str = "v1") -> list[tuple[Any, str]]:
     """Scene specs and captions of ``count`` training samples, in forked worker processes when ``workers > 1``.
 
@@ -623,6 +668,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         else pipe.transformer
     )
 
+    flops_per_sample = training_flops_per_sample(pipe, model_config.max_sequence_length, device)
     max_steps = args.max_steps if args.max_steps is not None else math.inf
     while time.monotonic() < train_deadline and invocation_steps < max_steps:
         progress = (time.monotonic() - train_start) / max(1e-6, train_deadline - train_start)
@@ -741,6 +787,14 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "optimizer": optimizer_name,
             "effective_lr": config.effective_lr,
             "samples_per_second": None if steps_per_second is None else round(steps_per_second * config.batch_size, 1),
+            "flops_per_sample": flops_per_sample,
+            "achieved_tflops": None
+            if steps_per_second is None
+            else round(flops_per_sample * steps_per_second * config.batch_size / 1e12, 3),
+            "peak_tflops": _peak_tflops(device, config.precision),
+            "model_flop_utilisation": None
+            if steps_per_second is None or _peak_tflops(device, config.precision) is None
+            else round(flops_per_sample * steps_per_second * config.batch_size / 1e12 / _peak_tflops(device, config.precision), 4),
         },
         "init_from": config.init_from,
     }
