@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import SPACES
+from ..extras import MissingExtraError, require
 from .service import MapResult, MapService, Outcome, run_safely
 
 
@@ -51,7 +52,7 @@ CONCURRENCY_ID = "model"
 _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page makes no outside requests
 
 
-class GradioMissingError(ImportError):
+class GradioMissingError(MissingExtraError):
     """Gradio (the ``app`` extra) is not installed."""
 
 
@@ -67,12 +68,9 @@ def import_gradio() -> Any:
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        import gradio
-    except ImportError as error:
-        raise GradioMissingError(
-            "The web app needs Gradio: install it with `pip install 'conceptattention[app]'`."
-        ) from error
-    return gradio
+        return require("gradio", "app", purpose="The web app")
+    except MissingExtraError as error:
+        raise GradioMissingError(str(error), name="gradio") from None
 
 
 def legend_html(legend: list[tuple[str, tuple[int, int, int]]]) -> str:
