@@ -46,6 +46,9 @@ ELEMENT_IDS = {
     "downloads": "downloads",
 }
 
+#: Browser-side handler of a tab switch: the new value of the status line (empty).
+CLEAR_STATUS_JS = "() => ''"
+
 #: The queue slot shared by every event that runs the model.
 CONCURRENCY_ID = "model"
 
@@ -214,7 +217,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         if service.loaded.notice:
             gr.Markdown(f"> {html.escape(service.loaded.notice)}")
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_tab:
                 prompt = gr.Textbox(
                     label="Prompt", value=service.defaults.get("prompt") or "", max_lines=4, elem_id=ids["prompt"]
                 )
@@ -239,7 +242,7 @@ def build_app(service: MapService) -> gradio.Blocks:
                         label="Frames", value=service.defaults.get("num_frames"), precision=0, visible=service.is_video
                     )
                 generate_button = gr.Button("Generate", variant="primary", elem_id=ids["generate_button"])
-            with gr.Tab("Explain an image", id="explain"):
+            with gr.Tab("Explain an image", id="explain") as explain_tab:
                 upload = gr.File(
                     label=(
                         f"Image (PNG, JPEG, WebP, TIFF, BMP; at most {limits.max_upload_bytes / 2**20:.0f} MB and "
@@ -323,6 +326,10 @@ def build_app(service: MapService) -> gradio.Blocks:
                 concurrency_id=CONCURRENCY_ID,
                 concurrency_limit=1,
             )
+        # The status line speaks of the last request of the tab on show: switching tabs clears it (in the browser,
+        # no server round trip), so one tab's error never sits under the other tab's form.
+        for tab in (generate_tab, explain_tab):
+            tab.select(fn=None, inputs=None, outputs=[status], js=CLEAR_STATUS_JS, queue=False, api_visibility="private")
     return demo
 
 
