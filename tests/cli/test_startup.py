@@ -148,6 +148,7 @@ def test_without_extras_help_version_env_and_generate_work(tmp_path):
         assert "Traceback" not in result.stderr, args
     result = run(["generate", "--out", "run"], blocked=blocked, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert "accelerate" not in result.stderr and "Traceback" not in result.stderr  # no advice to install it
     assert {"grid.png", "settings.json", "maps.safetensors"} <= {p.name for p in (tmp_path / "run").iterdir()}
 
 

@@ -6,7 +6,8 @@ Inside :func:`quiet_console` (every subcommand runs in it):
   the libraries' own switches; the denoising bar (one tqdm bar per run) stays;
 - known messages that are wrong or useless for this program are dropped by logging filters on the libraries'
   loggers: transformers' "``CLIPImageProcessor`` requires torchvision" (the image processors of the pipelines are
-  not used) and diffusers' "``float16`` ... cannot run with ``cpu`` device ... running them will fail" (it runs);
+  not used), diffusers' "``float16`` ... cannot run with ``cpu`` device ... running them will fail" (it runs) and
+  its advice to install accelerate on every load (a plain install has none; see :data:`SILENCED_MESSAGES`);
 - Python warnings print as ``conceptattention: warning: <message>``, without the file name and source line.
 
 Everything is restored on exit, so calling :func:`conceptattention.cli.main.main` in a process leaves no trace.
@@ -27,6 +28,9 @@ SILENCED_MESSAGES: tuple[tuple[str, str], ...] = (
     ("transformers.utils.import_utils", "requires torchvision (not installed); falling back to"),
     ("diffusers.pipelines.pipeline_utils", "cannot run with `cpu` device"),
     ("diffusers.modular_pipelines.modular_pipeline", "cannot run with `cpu` device"),
+    # without accelerate (a plain install: it comes with the eval extra) every load advises installing it
+    ("diffusers.pipelines.pipeline_utils", "Cannot initialize model with low cpu memory usage"),
+    ("diffusers.models.modeling_utils", "Cannot initialize model with low cpu memory usage"),
 )
 
 #: Start of the Python warnings the command line drops: diffusers' deprecation of the ``torch_dtype`` argument that
