@@ -11,6 +11,8 @@ PYTHON="${PYTHON:-python3}"
 work="$(mktemp -d "${TMPDIR:-/tmp}/conceptattention-bare.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 unset PYTHONPATH  # the installed wheel must be what runs, not the checkout's sources
+# one thread per op: on a shared 2-core CI machine, OpenMP's busy waiting made the 20-step generate 6x slower
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 started=$SECONDS
 step() { echo "== check_bare_wheel: $* ($((SECONDS - started)) s)"; }
 
