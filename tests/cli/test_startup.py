@@ -183,6 +183,24 @@ def test_library_use_without_an_extra_names_it(monkeypatch):
     assert isinstance(caught.value, ImportError) and isinstance(caught.value, RuntimeError)
 
 
+def test_reading_imagenet_seg_without_h5py_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "h5py", None)
+    from conceptattention.evaluation.datasets import ImageNetSegmentation
+
+    (tmp_path / "gtsegs_ijcv.mat").write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))
+    with pytest.raises(MissingExtraError, match=r"needs h5py, which is not installed: install conceptattention\[eval\]"):
+        ImageNetSegmentation(tmp_path / "gtsegs_ijcv.mat")
+
+
+def test_several_processes_without_accelerate_name_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "accelerate", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    from conceptattention.evaluation.runner import process_context
+
+    with pytest.raises(MissingExtraError, match=r"several processes needs accelerate.*conceptattention\[eval\]"):
+        process_context()
+
+
 def test_require_names_the_extra_and_passes_other_import_errors():
     with pytest.raises(MissingExtraError, match=r"Reading x needs no_such_pkg_xyz, which is not installed: "
                                                 r"install conceptattention\[video\]"):
