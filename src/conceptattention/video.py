@@ -294,17 +294,11 @@ def _render(
 
 
 def _encode(frames: list[Image.Image], suffix: str, fps: float) -> bytes:
-    try:
-        import imageio.v3 as iio
-    except ImportError as error:
-        raise ImportError(
-            "Writing GIF/MP4 needs imageio (and imageio-ffmpeg for MP4): pip install 'conceptattention[video]'."
-        ) from error
+    from .extras import require
+
+    iio = require("imageio.v3", "video", purpose="Writing GIF/MP4")
     if suffix == ".mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401
-        except ImportError as error:
-            raise ImportError("Writing MP4 needs imageio-ffmpeg: pip install 'conceptattention[video]'.") from error
+        require("imageio_ffmpeg", "video", purpose="Writing MP4")
         width, height = frames[0].size
         even = (width + width % 2, height + height % 2)  # H.264 with yuv420p needs even sides
         if even != (width, height):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import logging
@@ -264,8 +265,22 @@ def write_blank(path: Path, side: int) -> Path:
             AppLimits(),
             "'notes.png' is not an image file PIL can read",
         ),
-        (lambda folder: write_blank(folder / "huge.png", 6_000), AppLimits(), "more than max_pixels=25,000,000"),
-        (lambda folder: write_blank(folder / "bomb.png", 12_000), AppLimits(), "refused as a possible decompression bomb"),
+        (
+            lambda folder: write_blank(folder / "huge.png", 6_000),
+            AppLimits(),
+            "The image is too large: 6000x6000 pixels (36.0 megapixels); this app accepts images of at most 25.0 "
+            "megapixels. Resize it and upload it again.",
+        ),
+        (
+            lambda folder: write_blank(folder / "bomb.png", 12_000),
+            AppLimits(),
+            "The image is too large: 12000x12000 pixels (144.0 megapixels); this app accepts images of at most 25.0",
+        ),
+        (  # above PIL's own decompression-bomb limit (89.5 megapixels): that one applies, in the same words
+            lambda folder: write_blank(folder / "bomb.png", 12_000),
+            AppLimits(max_pixels=200_000_000),
+            "The image is too large: 12000x12000 pixels (144.0 megapixels); this app accepts images of at most 89.5",
+        ),
         (
             lambda folder: (folder / "big.bin").write_bytes(bytes(3 * 2**20)) and folder / "big.bin",
             AppLimits(max_upload_bytes=2**20),
@@ -282,7 +297,19 @@ def test_bad_uploads_are_refused_with_a_message(toy_model, tmp_path, make_file, 
     assert outcome.result is None
     assert message in outcome.error
     assert str(folder) not in outcome.error  # the server's folders are not shown
+    assert "MAX_IMAGE_PIXELS" not in outcome.error and "max_pixels" not in outcome.error  # no advice for a server admin
     assert run_folders(service) == []
+
+
+def test_explain_settings_name_the_file_and_its_hash_never_a_server_path(service, toy_photo):
+    result = service.explain(image_path=str(toy_photo), concepts="boat, sky", samples=1)
+    with zipfile.ZipFile(result.files[0]) as archive:
+        text = archive.read("settings.json").decode()
+    settings = json.loads(text)
+    assert settings["image"] == toy_photo.name
+    assert settings["image_sha256"] == hashlib.sha256(toy_photo.read_bytes()).hexdigest()
+    assert result.settings == settings
+    assert str(toy_photo.parent) not in text and "/" not in settings["image"]
 
 
 def test_explain_refuses_a_bad_noise_level_and_sample_count(service, toy_photo):

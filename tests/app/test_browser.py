@@ -215,3 +215,24 @@ def test_explain_maps_an_uploaded_image(page, tmp_path):
     )
     width, height = rendered_image_sizes(page, "#result-image img")[0]
     assert width * 48 == height * 64  # the uploaded image's aspect ratio
+
+
+def test_an_error_stays_in_its_tab(page):
+    """A Generate error is not left under the Explain form: switching tabs clears the status line."""
+    fill_generate_form(page, "boat, sky, boat")
+    page.locator("#generate-button").click()
+    status = page.locator("#status")
+    status.filter(has_text="appears more than once").wait_for()
+    page.get_by_role("tab", name="Explain an image").click()
+    page.locator("#explain-button").wait_for(state="visible")
+    page.wait_for_function(
+        "() => !document.querySelector('#status').innerText.includes('appears more than once')", timeout=10_000
+    )
+    assert "Error" not in status.inner_text()
+    page.locator("#explain-button").click()  # no image uploaded: the Explain tab's own error ...
+    status.filter(has_text="Upload an image first").wait_for()
+    page.get_by_role("tab", name="Generate").click()  # ... is not left under the Generate form either
+    page.locator("#generate-button").wait_for(state="visible")
+    page.wait_for_function(
+        "() => !document.querySelector('#status').innerText.includes('Upload an image first')", timeout=10_000
+    )

@@ -12,6 +12,7 @@ Only the public API of :mod:`conceptattention` is used, so this module is also a
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -19,6 +20,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -642,7 +644,8 @@ class MapService:
         settings = {
             "tab": "explain",
             "model": self.loaded.description,
-            "image": path.name,
+            "image": path.name,  # the name of the user's file (never a server path), and its fingerprint
+            "image_sha256": _sha256(path),
             "concepts": list(maps.concepts),
             "method": maps.config,
         }
@@ -659,10 +662,30 @@ class MapService:
                 f"The uploaded file is {size / 2**20:.1f} MB; this app accepts at most "
                 f"{self.limits.max_upload_bytes / 2**20:.1f} MB."
             )
+        limit = self.pixel_limit
+        declared = declared_size(path)
+        if declared is not None and declared[0] * declared[1] > limit:
+            width, height = declared
+            raise AppInputError(
+                f"The image is too large: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels); this app "
+                f"accepts images of at most {limit / 1e6:.1f} megapixels. Resize it and upload it again."
+            )
         try:
             return load_image(path, max_pixels=self.limits.max_pixels)
         except ImageLoadError as error:
+            bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
+            if isinstance(error.__cause__, bomb) or "max_pixels" in str(error):  # a header declared_size missed
+                raise AppInputError(
+                    f"The image is too large; this app accepts images of at most {limit / 1e6:.1f} megapixels. "
+                    "Resize it and upload it again."
+                ) from None
             raise ImageLoadError(str(error).replace(str(path), path.name)) from None
+
+    @property
+    def pixel_limit(self) -> int:
+        """Most pixels of an uploaded image: ``limits.max_pixels``, or PIL's decompression-bomb limit if lower."""
+        pil_limit = Image.MAX_IMAGE_PIXELS
+        return self.limits.max_pixels if not pil_limit else min(self.limits.max_pixels, int(pil_limit))
 
     def _explain_size(self, image: Image.Image) -> tuple[int, int]:
         """The model input size for ``image``: the adapter's choice, refused beyond ``limits.max_side``."""
@@ -758,3 +781,44 @@ class MapService:
         runs = sorted(path for path in self.work_dir.glob("run-*") if path.is_dir())
         for old_run in runs[: max(0, len(runs) - self.limits.kept_runs)]:
             shutil.rmtree(old_run, ignore_errors=True)
+
+
+def declared_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """``(width, height)`` as the image file's header declares it, without decoding (None: not an image PIL reads).
+
+    Unlike :func:`PIL.Image.open`, this applies no decompression-bomb check, so an oversized upload can be refused
+    with its size. Only the header is read, through the same format plugins and order as ``Image.open``.
+
+    Example:
+        >>> import tempfile
+        >>> path = f"{tempfile.mkdtemp()}/wide.png"
+        >>> Image.new("1", (300, 20)).save(path)
+        >>> declared_size(path)
+        (300, 20)
+    """
+    Image.init()
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(16)
+            for format_id in list(Image.ID):
+                factory, accept = Image.OPEN[format_id]
+                accepted = accept(prefix) if accept is not None else True
+                if not accepted or isinstance(accepted, str):  # a str is PIL's "maybe, with a warning"
+                    continue
+                handle.seek(0)
+                try:
+                    return tuple(factory(handle, str(path)).size)  # type: ignore[return-value]
+                except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
+                    continue
+    except OSError:
+        return None
+    return None
+
+
+def _sha256(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes (identifies the uploaded image without storing where it was)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()

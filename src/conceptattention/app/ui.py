@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..config import SPACES
+from ..extras import MissingExtraError, require
 from .service import MapResult, MapService, Outcome, run_safely
 
 
@@ -45,13 +46,16 @@ ELEMENT_IDS = {
     "downloads": "downloads",
 }
 
+#: Browser-side handler of a tab switch: the new value of the status line (empty).
+CLEAR_STATUS_JS = "() => ''"
+
 #: The queue slot shared by every event that runs the model.
 CONCURRENCY_ID = "model"
 
 _SYSTEM_FONTS = ["ui-sans-serif", "system-ui", "sans-serif"]  # no web fonts: the page makes no outside requests
 
 
-class GradioMissingError(ImportError):
+class GradioMissingError(MissingExtraError):
     """Gradio (the ``app`` extra) is not installed."""
 
 
@@ -67,12 +71,9 @@ def import_gradio() -> Any:
     """
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        import gradio
-    except ImportError as error:
-        raise GradioMissingError(
-            "The web app needs Gradio: install it with `pip install 'conceptattention[app]'`."
-        ) from error
-    return gradio
+        return require("gradio", "app", purpose="The web app")
+    except MissingExtraError as error:
+        raise GradioMissingError(str(error), name="gradio") from None
 
 
 def legend_html(legend: list[tuple[str, tuple[int, int, int]]]) -> str:
@@ -216,7 +217,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         if service.loaded.notice:
             gr.Markdown(f"> {html.escape(service.loaded.notice)}")
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
+            with gr.Tab("Generate", id="generate") as generate_tab:
                 prompt = gr.Textbox(
                     label="Prompt", value=service.defaults.get("prompt") or "", max_lines=4, elem_id=ids["prompt"]
                 )
@@ -241,7 +242,7 @@ def build_app(service: MapService) -> gradio.Blocks:
                         label="Frames", value=service.defaults.get("num_frames"), precision=0, visible=service.is_video
                     )
                 generate_button = gr.Button("Generate", variant="primary", elem_id=ids["generate_button"])
-            with gr.Tab("Explain an image", id="explain"):
+            with gr.Tab("Explain an image", id="explain") as explain_tab:
                 upload = gr.File(
                     label=(
                         f"Image (PNG, JPEG, WebP, TIFF, BMP; at most {limits.max_upload_bytes / 2**20:.0f} MB and "
@@ -325,6 +326,10 @@ def build_app(service: MapService) -> gradio.Blocks:
                 concurrency_id=CONCURRENCY_ID,
                 concurrency_limit=1,
             )
+        # The status line speaks of the last request of the tab on show: switching tabs clears it (in the browser,
+        # no server round trip), so one tab's error never sits under the other tab's form.
+        for tab in (generate_tab, explain_tab):
+            tab.select(fn=None, inputs=None, outputs=[status], js=CLEAR_STATUS_JS, queue=False, api_visibility="private")
     return demo
 
 

@@ -11,13 +11,16 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..maps import ConceptMaps
-from ..models import LoadedModel, load_model
 from ..outputs import OutputExistsError, atomic_output_dir
+
+
+if TYPE_CHECKING:  # torch and diffusers: imported by the commands that load a model, not by --help
+    from ..maps import ConceptMaps
+    from ..models import LoadedModel
 
 
 DISPLAY_SIDE = 384  # overlays and heatmaps are written at least this large on the longer side
@@ -68,6 +71,8 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
     """Load the model of ``--model``, ``--device``, ``--dtype``, ``--offload`` and print its notice, if any."""
+    from ..models import load_model
+
     loaded = load_model(
         args.model, device=args.device, dtype=args.dtype, offload=args.offload, allow_pickle=args.allow_pickle
     )

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from .. import explain
 from ..config import check_noise_levels
-from ..images import load_image
 from .common import (
     add_map_command_options,
     check_output_folder,
@@ -43,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import explain  # torch and diffusers: imported by the command, not by --help
+    from ..images import load_image
+
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
     image = load_image(args.image)  # bad files fail before the model loads

@@ -5,9 +5,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
-
-from .. import ConceptAttention, get_adapter
 from .common import (
     add_map_command_options,
     call_kwargs,
@@ -41,6 +38,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch  # torch and diffusers: imported by the command, not by --help
+
+    from .. import ConceptAttention, get_adapter
+
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
     loaded = load_model_from_args(args)

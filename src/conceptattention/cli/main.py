@@ -1,4 +1,9 @@
-"""Entry point of the ``conceptattention`` command."""
+"""Entry point of the ``conceptattention`` command.
+
+Only the chosen subcommand's module is imported (``conceptattention --help`` imports none, and no module imports
+torch or diffusers before its command runs), so the help is quick; a subcommand that needs an optional extra
+(``evaluate``/``ablate``: eval, ``app``: app) says which one to install when it is missing.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,41 @@ import importlib
 import os
 import sys
 
-from .common import run_reporting_errors
+
+#: The subcommands, in the order --help lists them, with their one-line help (each module's ``HELP``).
+SUBCOMMANDS: dict[str, str] = {
+    "generate": "generate an image from a prompt and write concept maps for it",
+    "explain": "write concept maps for an existing image (VAE-encode, add noise, one early-exit forward pass)",
+    "evaluate": "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)",
+    "ablate": "run an ablation sweep of the paper (table3: spaces ± softmax, table4: cross/self, figure7: layers, noise)",
+    "app": "serve the web app: prompt or image + concepts -> maps in the browser (needs the 'app' extra)",
+    "train-toy": "train the ShapesWorld toy model (time-budgeted, resumable); see 'train-toy --help'",
+    "env": "print versions, devices and supported models (paste it into bug reports)",
+}
+
+#: The optional extra each subcommand needs (checked before it runs; its --help works without).
+REQUIRED_EXTRAS: dict[str, str] = {"evaluate": "eval", "ablate": "eval", "app": "app"}
+
+INTERRUPTED = (
+    "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far (continue with --resume)."
+)
 
 
-# subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "app", "train-toy", "env")
+def subcommand_module(name: str) -> str:
+    """The module of a subcommand (``"train-toy"`` → ``"conceptattention.cli.train_toy"``)."""
+    return f"{__package__}.{name.replace('-', '_')}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``conceptattention`` parser.
+
+    Args:
+        command: The subcommand to register fully (importing its module); the others are listed with their help
+            only. ``None`` registers every subcommand (imports them all, and so torch).
+
+    Returns:
+        The parser.
+    """
     from .. import __version__
 
     parser = argparse.ArgumentParser(
@@ -24,9 +56,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"conceptattention {__version__}")
     subparsers = parser.add_subparsers(title="commands", dest="command", metavar="<command>")
-    for name in SUBCOMMANDS:
-        importlib.import_module(f"{__package__}.{name.replace('-', '_')}").register(subparsers)
+    for name, help_text in SUBCOMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(subcommand_module(name)).register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
+
+
+def _chosen_command(argv: list[str]) -> str:
+    """The subcommand named on the command line ('' if none; the top-level options take no values)."""
+    name = next((argument for argument in argv if not argument.startswith("-")), "")
+    return name if name in SUBCOMMANDS else ""
+
+
+def _run_command(args: argparse.Namespace) -> int | None:
+    from ..extras import require_extra
+    from .console import quiet_console
+
+    extra = REQUIRED_EXTRAS.get(args.command)
+    if extra is not None:
+        require_extra(extra, f"conceptattention {args.command}")  # MissingExtraError: one error line, exit 2
+    with quiet_console():
+        return args.run(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,17 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         from .train_toy import forward
 
         return forward(argv[1:])
-    parser = build_parser()
+    parser = build_parser(_chosen_command(argv))
     args = parser.parse_args(argv)
     if getattr(args, "run", None) is None:
         parser.print_help()
         return 2
-    return run_reporting_errors(
-        args.run,
-        args,
-        "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far "
-        "(continue with --resume).",
-    )
+    from .common import run_reporting_errors
+
+    return run_reporting_errors(_run_command, args, INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -24,10 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import h5py
 import numpy as np
 import torch.utils.data
 from PIL import Image
+
+from conceptattention.extras import lazy_module
+
+
+h5py = lazy_module("h5py", "eval")  # the eval extra, imported when a .mat file is first read
 
 
 __all__ = [

@@ -30,11 +30,15 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import (
-    binary_average_precision,
-    binary_stat_scores,
-    multiclass_stat_scores,
-)
+
+from conceptattention.extras import lazy_function
+
+
+# torchmetrics (the eval extra) is imported on first use, so this module imports without it
+_CLASSIFICATION = "torchmetrics.functional.classification"
+binary_average_precision = lazy_function(_CLASSIFICATION, "binary_average_precision", "eval")
+binary_stat_scores = lazy_function(_CLASSIFICATION, "binary_stat_scores", "eval")
+multiclass_stat_scores = lazy_function(_CLASSIFICATION, "multiclass_stat_scores", "eval")
 
 
 __all__ = [

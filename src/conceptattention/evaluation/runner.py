@@ -651,7 +651,7 @@ def process_context() -> ProcessContext:
     ``ACCELERATE_USE_CPU`` is set, as by ``accelerate launch --cpu``, or when no GPU is available).
 
     Raises:
-        RuntimeError: Several processes were launched but accelerate is not installed.
+        MissingExtraError: Several processes were launched but accelerate (the eval extra) is not installed.
 
     Example:
         >>> process_context().world_size  # a plain Python process
@@ -660,12 +660,9 @@ def process_context() -> ProcessContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world_size <= 1:
         return ProcessContext()
-    try:
-        from accelerate import PartialState
-    except ImportError as error:  # pragma: no cover - accelerate is part of the eval extra
-        raise RuntimeError(
-            "Several processes were launched but accelerate is not installed; pip install 'conceptattention[eval]'."
-        ) from error
+    from conceptattention.extras import require  # accelerate: the eval extra (MissingExtraError names it)
+
+    PartialState = require("accelerate", "eval", purpose="A run launched as several processes").PartialState
     # CPU processes (accelerate launch --cpu, or no GPU) need cpu=True for a gloo process group.
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     state = PartialState(cpu=use_cpu)

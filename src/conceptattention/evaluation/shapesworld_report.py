@@ -43,10 +43,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchmetrics.functional.classification import binary_auroc
 
 from conceptattention.evaluation.metrics import aggregate, per_image_counts
 from conceptattention.evaluation.report import format_metric
+from conceptattention.extras import lazy_function
+
+
+# torchmetrics (the eval extra) is imported on first use, so this module imports without it
+binary_auroc = lazy_function("torchmetrics.functional.classification", "binary_auroc", "eval")
 
 
 __all__ = [
