@@ -7,8 +7,6 @@ import importlib
 import os
 import sys
 
-from .common import run_reporting_errors
-
 
 # subcommand modules, in the order --help lists them
 SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "app", "train-toy", "env")
@@ -30,7 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
+    """Run the command line; returns the exit status (0 ok, 2 usage or input error, 130 after Ctrl+C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while starting up (imports, parsing, loading): one line, the shell's status
+        print("conceptattention: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
+    from .common import run_reporting_errors
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "train-toy":  # the trainer parses its own options (argparse cannot forward "--x" args)
