@@ -308,3 +308,14 @@ class TestMisleadingAcceptance:
         args = generate(model_dir, tmp_path / "run")
         args[args.index("--concepts") + 1] = "a" * 1000
         assert "1000 characters long" in refused(args, capsys)
+
+
+def test_the_app_gets_the_same_duplicate_check_from_the_library(tmp_path):
+    """The library's concept validation refuses "Sea" and "sea " as one concept given twice, for the app too."""
+    from conceptattention.app import MapService
+    from conceptattention.models import load_model
+
+    service = MapService(load_model(), work_dir=tmp_path / "app")
+    with pytest.raises(ValueError, match="given twice"):
+        service.generate(prompt="a boat on the sea", concepts="Sea, sea ", steps=1)
+    assert not list((tmp_path / "app").glob("run-*"))
