@@ -26,7 +26,7 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -284,11 +284,21 @@ def _listing(directory: Path) -> list[str]:
     return sorted(found)
 
 
-def foreign_content(directory: str | os.PathLike[str]) -> str | None:
+#: A function that recognises an output directory written without a marker (by an earlier version): it returns the
+#: set of relative file paths that directory's own records list, or None if it does not recognise the directory.
+Recogniser = Callable[[Path], "set[str] | None"]
+
+
+def foreign_content(directory: str | os.PathLike[str], *, recognise: Recogniser | None = None) -> str | None:
     """Why the existing directory ``directory`` is not an output directory of this program, or None if it is one.
 
     A directory is this program's when it is empty, or when it holds the marker :data:`MARKER_NAME` written by
-    :func:`atomic_output_dir` and no file that the marker does not list (a file the user added, for example).
+    :func:`atomic_output_dir` (or, without one, ``recognise`` lists its files) and no file that the marker does not
+    list (a file the user added, for example).
+
+    Args:
+        directory: An existing directory.
+        recognise: Optional :data:`Recogniser` for directories written before markers existed.
 
     Example:
         >>> import tempfile
@@ -309,6 +319,11 @@ def foreign_content(directory: str | os.PathLike[str]) -> str | None:
     except OSError as error:
         return f"it cannot be read ({error.strerror or error})"
     written = _read_marker(folder)
+    if written is None and recognise is not None:
+        try:
+            written = recognise(folder)
+        except (OSError, ValueError):
+            written = None
     if written is None:
         return f"it was not written by conceptattention (it has no valid {MARKER_NAME} marker)"
     foreign = [name for name in listing if name != MARKER_NAME and name not in written]
@@ -338,7 +353,13 @@ def check_writable_location(path: str | os.PathLike[str]) -> None:
         )
 
 
-def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option: str = "--overwrite") -> None:
+def check_output_dir(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    option: str = "--overwrite",
+    recognise: Recogniser | None = None,
+) -> None:
     """Refuse an unusable output directory before any work is done (and again before it is replaced).
 
     A new path is fine if its parent can be written. An existing path must be a directory; it is replaced only with
@@ -349,6 +370,7 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option: s
         path: The output directory.
         overwrite: Whether an existing directory may be replaced.
         option: How the user asks for ``overwrite``, for the messages.
+        recognise: Optional :data:`Recogniser` for output directories written before markers existed.
 
     Raises:
         OutputPathError: ``path`` names no directory (``.``, ``..``), is a file, cannot be written, or must not be
@@ -380,7 +402,7 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option: s
         raise OutputPathError(
             f"The output path '{path}' is a file, not a folder (not a directory); choose another output path."
         )
-    foreign = foreign_content(final_path)
+    foreign = foreign_content(final_path, recognise=recognise)
     if foreign is not None:
         raise OutputPathError(
             f"The output folder '{path}' already exists and {foreign}, so it is never replaced, even with {option}; "
@@ -392,6 +414,36 @@ def check_output_dir(path: str | os.PathLike[str], *, overwrite: bool, option: s
             "or choose another output path."
         )
     check_writable_location(final_path)
+
+
+def remove_output_dir(path: str | os.PathLike[str], *, recognise: Recogniser | None = None) -> None:
+    """Delete an output directory, but only one this program wrote (e.g. to prune old runs of a server).
+
+    The same rules as ``overwrite`` apply (see :func:`check_output_dir`): the directory must hold a valid marker and
+    no foreign file, and must not be a protected location. A symbolic link is removed, never its target.
+
+    Raises:
+        OutputPathError: With the reason, when the directory is not this program's; nothing is deleted then.
+        FileNotFoundError: ``path`` does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> out = f"{tempfile.mkdtemp()}/run"
+        >>> with atomic_output_dir(out) as folder:
+        ...     _ = (folder / "a.txt").write_text("a")
+        >>> remove_output_dir(out)
+        >>> os.path.exists(out)
+        False
+    """
+    directory = Path(path)
+    if not os.path.lexists(directory):
+        raise FileNotFoundError(f"No output folder at '{path}'.")
+    if not directory.is_dir():
+        raise OutputPathError(f"'{path}' is a file, not a folder; it is not removed.")
+    reason = protected_location(directory) or foreign_content(directory, recognise=recognise)
+    if reason is not None:
+        raise OutputPathError(f"'{path}' is not removed: {reason}.")
+    _remove_tree(directory)
 
 
 def _write_marker(directory: Path) -> None:
@@ -407,10 +459,12 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _commit_directory(temporary_dir: Path, final_path: Path, overwrite: bool) -> None:
+def _commit_directory(
+    temporary_dir: Path, final_path: Path, overwrite: bool, recognise: Recogniser | None = None
+) -> None:
     """Move the finished temporary directory into place, keeping the old one until the new one is in."""
     # Checked again: the path may have appeared (or changed) while the caller was writing.
-    check_output_dir(final_path, overwrite=overwrite)
+    check_output_dir(final_path, overwrite=overwrite, recognise=recognise)
     if not os.path.lexists(final_path):
         os.rename(temporary_dir, final_path)
         return
@@ -433,7 +487,9 @@ def _commit_directory(temporary_dir: Path, final_path: Path, overwrite: bool) ->
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | os.PathLike[str], *, overwrite: bool = False, recognise: Recogniser | None = None
+) -> Iterator[Path]:
     """Fill an output directory that appears complete, or not at all.
 
     Yields a fresh, empty temporary directory next to ``path`` (on the same filesystem). When the ``with`` block
@@ -450,7 +506,8 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
 
     Args:
         path: The output directory to create or replace.
-        overwrite: Replace ``path`` if it already exists.
+        overwrite: Replace ``path`` if it already exists (and this program wrote it).
+        recognise: Optional :data:`Recogniser` for output directories written before markers existed.
 
     Yields:
         The temporary directory to write into (a :class:`~pathlib.Path`). Do not keep references to it after the
@@ -470,7 +527,7 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
         ['.conceptattention-output.json', 'config.json']
     """
     final_path = Path(path)
-    check_output_dir(final_path, overwrite=overwrite)
+    check_output_dir(final_path, overwrite=overwrite, recognise=recognise)
     temporary_dir = _unique_sibling(final_path, "tmp")
     try:
         created_parents = _make_parents(final_path.parent)
@@ -492,7 +549,7 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
     try:
         yield temporary_dir
         _write_marker(temporary_dir)
-        _commit_directory(temporary_dir, final_path, overwrite)
+        _commit_directory(temporary_dir, final_path, overwrite, recognise)
     except BaseException:
         shutil.rmtree(temporary_dir, ignore_errors=True)
         _remove_created_parents(created_parents)

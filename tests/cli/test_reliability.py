@@ -109,6 +109,21 @@ class TestOverwriteSafety:
         assert "my-notes.txt" in refused(generate(model_dir, out, "--overwrite"), capsys)
         assert (out / "my-notes.txt").read_text() == "mine"
 
+    def test_run_folder_of_an_earlier_version_is_recognised_by_its_settings(self, model_dir, tmp_path, capsys):
+        """Folders written before the marker existed (``make demo`` reruns) are recognised by their settings.json."""
+        out = tmp_path / "run"
+        assert main(generate(model_dir, out)) == 0
+        (out / MARKER_NAME).unlink()  # as written by the previous version
+        assert main(generate(model_dir, out, "--overwrite")) == 0
+        (out / MARKER_NAME).unlink()
+        (out / "heatmaps" / "mine.png").write_bytes(b"mine")
+        assert "'heatmaps/mine.png'" in refused(generate(model_dir, out, "--overwrite"), capsys)
+        settings = json.loads((out / "settings.json").read_text())
+        settings["environment"].pop("conceptattention")
+        (out / "heatmaps" / "mine.png").unlink()
+        (out / "settings.json").write_text(json.dumps(settings))
+        assert "not written by conceptattention" in refused(generate(model_dir, out, "--overwrite"), capsys)
+
     def test_explain_and_evaluate_and_ablate_refuse_foreign_folders(self, model_dir, photo, tmp_path, capsys):
         foreign = tmp_path / "data"
         foreign.mkdir()

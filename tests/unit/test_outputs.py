@@ -20,6 +20,7 @@ from conceptattention.outputs import (
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
+    remove_output_dir,
 )
 
 
@@ -401,3 +402,15 @@ class TestOverwriteOnlyOwnFolders:
     def test_dev_null_is_a_file_not_a_folder(self) -> None:
         with pytest.raises(OutputPathError, match="is a file, not a folder"):
             check_output_dir("/dev/null", overwrite=True)
+
+
+def test_remove_output_dir_deletes_only_own_folders(tmp_path: Path) -> None:
+    """The function the app's pruning of old runs can use: never deletes a folder it did not write."""
+    own = _previous_run(tmp_path / "run-000001")
+    foreign = tmp_path / "run-000002"
+    foreign.mkdir()
+    (foreign / "photo.jpg").write_bytes(b"mine")
+    with pytest.raises(OutputPathError, match="not written by conceptattention"):
+        remove_output_dir(foreign)
+    remove_output_dir(own)
+    assert _entries(tmp_path) == ["run-000002"] and (foreign / "photo.jpg").read_bytes() == b"mine"

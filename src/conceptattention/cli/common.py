@@ -285,7 +285,30 @@ def check_output_folder(path: Path, overwrite: bool) -> None:
     it exists and --overwrite is not given, it is a file, it cannot be written, or it is not a folder this program
     wrote (--overwrite never replaces those, nor the home folder, the root or the current directory and its parents).
     """
-    check_output_dir(path, overwrite=overwrite)
+    check_output_dir(path, overwrite=overwrite, recognise=legacy_run_files)
+
+
+def _listed_files(value: Any) -> set[str]:
+    """Every string in a settings.json ``files`` entry (nested dicts and lists)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return {name for item in value for name in _listed_files(item)}
+    return set()
+
+
+def legacy_run_files(folder: Path) -> set[str] | None:
+    """The files of a ``generate``/``explain`` run folder written before output markers existed, from its
+    settings.json (``command``, ``environment.conceptattention`` and ``files``), or None if it is not one."""
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    if not isinstance(settings, dict) or settings.get("command") not in ("generate", "explain"):
+        return None
+    environment_info = settings.get("environment")
+    if not isinstance(environment_info, dict) or "conceptattention" not in environment_info:
+        return None
+    return _listed_files(settings.get("files")) | {"settings.json"}
 
 
 def check_size(name: str, value: int | None, multiple: int) -> None:
@@ -358,7 +381,7 @@ def write_run_folder(
     started = time.perf_counter()
     files: dict[str, Any] = {"image": "image.png", "maps": "maps.safetensors", "heatmaps": {}, "overlays": {}}
     shown = image.resize(display_size(image.size), Image.Resampling.LANCZOS)
-    with atomic_output_dir(out, overwrite=overwrite) as folder:
+    with atomic_output_dir(out, overwrite=overwrite, recognise=legacy_run_files) as folder:
         image.save(folder / "image.png")
         maps.save(folder / "maps.safetensors")
         (folder / "heatmaps").mkdir()
