@@ -8,7 +8,8 @@ the model's widths; :func:`check_run_memory` refuses a run whose estimate is abo
 The estimate is deliberately simple and counts activations only (the weights are already loaded):
 
 * image tensors: ``frames · H · W · 3`` floats, a few copies (pre-processing, decoding, PIL images);
-* the VAE's full-resolution feature maps: ``frames · H · W · vae_channels`` elements, a few copies;
+* the VAE's full-resolution feature maps: ``frames · H · W · vae_channels`` elements (at most
+  :data:`VAE_FRAME_CHUNK` frames at once), a few copies;
 * the transformer's token activations: ``batch · S · hidden`` elements for the ``S = image + text + concept`` tokens,
   a dozen copies (q, k, v, MLP, residuals);
 * the attention scores of one head: ``batch · S²`` elements (memory-efficient kernels need less, the math path
@@ -29,6 +30,7 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_GB",
+    "default_memory_limit_gb",
     "MemoryEstimate",
     "MemoryLimitError",
     "ModelDims",
@@ -37,8 +39,30 @@ __all__ = [
     "model_dims",
 ]
 
-#: The default limit of the command line (``--max-memory-gb``): what a laptop can usually spare.
+#: The default limit of the command line (``--max-memory-gb``) on the CPU: what a laptop can usually spare.
 DEFAULT_MAX_MEMORY_GB = 16.0
+
+#: Frames the VAE of a video model processes at once (diffusers decodes videos in chunks of frames).
+VAE_FRAME_CHUNK = 8
+
+
+def default_memory_limit_gb(device: str) -> float:
+    """The default limit for ``device``: a CUDA device's total memory, else :data:`DEFAULT_MAX_MEMORY_GB`.
+
+    Example:
+        >>> default_memory_limit_gb("cpu")
+        16.0
+    """
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        return DEFAULT_MAX_MEMORY_GB
+    if parsed.type == "cuda" and torch.cuda.is_available():
+        index = parsed.index if parsed.index is not None else torch.cuda.current_device()
+        return round(torch.cuda.get_device_properties(index).total_memory / 1e9, 1)
+    return DEFAULT_MAX_MEMORY_GB
 
 
 class MemoryLimitError(ValueError):
@@ -147,7 +171,7 @@ def estimate_run_memory(
     element = dims.element_bytes
     return MemoryEstimate(
         images=pixels * 3 * 4 * 4,  # float32 pre-processing and post-processing copies
-        vae=pixels * dims.vae_channels * element * 3,
+        vae=min(frames, VAE_FRAME_CHUNK) * height * width * dims.vae_channels * element * 3,
         transformer=batch * tokens * dims.hidden * element * 12,
         attention=batch * tokens * tokens * element,
         tokens=tokens,

@@ -18,7 +18,14 @@ from PIL import Image
 
 from ..encoding import validate_concepts
 from ..maps import ConceptMaps
-from ..memory import DEFAULT_MAX_MEMORY_GB, ModelDims, check_run_memory, estimate_run_memory, model_dims
+from ..memory import (
+    DEFAULT_MAX_MEMORY_GB,
+    ModelDims,
+    check_run_memory,
+    default_memory_limit_gb,
+    estimate_run_memory,
+    model_dims,
+)
 from ..models import LoadedModel, check_vocabulary, load_model
 from ..outputs import atomic_output_dir, check_output_dir
 
@@ -152,10 +159,15 @@ def add_memory_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-memory-gb",
         type=positive_float,
-        default=DEFAULT_MAX_MEMORY_GB,
+        default=None,
         help="refuse runs estimated to need more memory than this, in GB, before they start "
-        f"(default {DEFAULT_MAX_MEMORY_GB:g})",
+        f"(default: {DEFAULT_MAX_MEMORY_GB:g} on the CPU, the GPU's memory with --device cuda)",
     )
+
+
+def memory_limit_gb(args: argparse.Namespace) -> float:
+    """``--max-memory-gb``, else the default for ``--device``."""
+    return args.max_memory_gb if args.max_memory_gb is not None else default_memory_limit_gb(args.device)
 
 
 def check_memory_before_loading(
@@ -167,7 +179,7 @@ def check_memory_before_loading(
     dims = ModelDims(element_bytes=2)  # a lower bound for every supported model
     concepts = len(getattr(args, "concepts", None) or [])
     estimate = estimate_run_memory(height=height, width=width, frames=frames, batch=batch, concepts=concepts, dims=dims)
-    check_run_memory(estimate, args.max_memory_gb)
+    check_run_memory(estimate, memory_limit_gb(args))
 
 
 def check_memory_for_model(
@@ -184,7 +196,7 @@ def check_memory_for_model(
     """The size check with the loaded model's widths (see :func:`conceptattention.memory.estimate_run_memory`)."""
     dims = model_dims(pipeline, text_tokens=text_tokens)
     estimate = estimate_run_memory(height=height, width=width, frames=frames, batch=batch, concepts=concepts, dims=dims)
-    check_run_memory(estimate, args.max_memory_gb)
+    check_run_memory(estimate, memory_limit_gb(args))
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
