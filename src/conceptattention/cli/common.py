@@ -174,8 +174,8 @@ def check_memory_before_loading(
     args: argparse.Namespace, height: int | None, width: int | None, *, frames: int = 1, batch: int = 1
 ) -> None:
     """The size check that needs no model: image tensors and token count with the smallest widths of any model."""
-    if height is None or width is None:
-        return
+    if height is None or width is None or height < 1 or width < 1:
+        return  # no size to check yet (bad sizes are refused with the model's size multiple)
     dims = ModelDims(element_bytes=2)  # a lower bound for every supported model
     concepts = len(getattr(args, "concepts", None) or [])
     estimate = estimate_run_memory(height=height, width=width, frames=frames, batch=batch, concepts=concepts, dims=dims)
