@@ -14,21 +14,56 @@ class ConceptError(ValueError):
     """An invalid concept list."""
 
 
+def concept_key(concept: str) -> str:
+    """The form under which two concepts count as the same: whitespace collapsed, case folded.
+
+    ``"Sea"``, ``"sea "`` and ``"SEA"`` give the same maps (the text encoders see the same words), so a concept list
+    holding two of them is refused as a duplicate.
+
+    Example:
+        >>> concept_key("  Red   Car ")
+        'red car'
+    """
+    return " ".join(concept.split()).casefold()
+
+
+def duplicate_concepts(concepts: Sequence[str]) -> list[str]:
+    """The concepts that repeat an earlier one up to case and whitespace (see :func:`concept_key`), in order.
+
+    Example:
+        >>> duplicate_concepts(["sea", "Sea ", "sky", "SKY"])
+        ['Sea ', 'SKY']
+    """
+    seen: set[str] = set()
+    repeated: list[str] = []
+    for concept in concepts:
+        key = concept_key(concept)
+        if key in seen:
+            repeated.append(concept)
+        seen.add(key)
+    return repeated
+
+
 def validate_concepts(concepts: Sequence[str] | str) -> tuple[str, ...]:
-    """Check a concept list: non-empty, strings, no empty strings, no duplicates (after stripping whitespace).
+    """Check a concept list: non-empty, strings, no empty strings, no duplicates (up to case and whitespace).
 
     Args:
         concepts: e.g. ``["dragon", "rock", "sky"]``.
 
     Returns:
-        The stripped concepts as a tuple.
+        The concepts with whitespace collapsed (``" red  car "`` → ``"red car"``), as a tuple.
 
     Raises:
-        ConceptError: with the offending entry named.
+        ConceptError: with the offending entry named. ``"Sea"`` and ``"sea "`` are the same concept (see
+            :func:`concept_key`).
 
     Example:
         >>> validate_concepts([" sky", "red car"])
         ('sky', 'red car')
+        >>> validate_concepts(["Sea", "sea "])
+        Traceback (most recent call last):
+        ...
+        conceptattention.encoding.ConceptError: Concept 'sea' is given twice (as 'Sea' and 'sea', ignoring case and spaces); each concept must be unique.
     """
     if isinstance(concepts, str):
         raise ConceptError(f"concepts must be a list of strings, not one string ({concepts!r}); write [{concepts!r}].")
@@ -36,14 +71,19 @@ def validate_concepts(concepts: Sequence[str] | str) -> tuple[str, ...]:
     if not concepts:
         raise ConceptError("The concept list is empty; give at least one concept, e.g. ['dog', 'grass', 'sky'].")
     cleaned: list[str] = []
+    first_by_key: dict[str, str] = {}
     for index, concept in enumerate(concepts):
         if not isinstance(concept, str):
             raise ConceptError(f"Concept #{index} is {type(concept).__name__} ({concept!r}); concepts must be strings.")
         stripped = " ".join(concept.split())
         if not stripped:
             raise ConceptError(f"Concept #{index} is empty or only whitespace; remove it.")
-        if stripped in cleaned:
-            raise ConceptError(f"Concept {stripped!r} is given twice; each concept must be unique.")
+        key = concept_key(stripped)
+        if key in first_by_key:
+            first = first_by_key[key]
+            spelled = "" if first == stripped else f" (as {first!r} and {stripped!r}, ignoring case and spaces)"
+            raise ConceptError(f"Concept {stripped!r} is given twice{spelled}; each concept must be unique.")
+        first_by_key[key] = stripped
         cleaned.append(stripped)
     return tuple(cleaned)
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conceptattention.encoding import duplicate_concepts
 from conceptattention.outputs import atomic_write_bytes
 
 
@@ -55,9 +56,11 @@ def _validate_concepts(concepts: Sequence[str]) -> tuple[str, ...]:
     for concept in concept_tuple:
         if not isinstance(concept, str) or not concept.strip():
             raise ValueError(f"Every concept must be a non-empty string, got {concept!r} in {list(concept_tuple)}.")
-    duplicates = sorted({concept for concept in concept_tuple if concept_tuple.count(concept) > 1})
+    duplicates = duplicate_concepts(concept_tuple)
     if duplicates:
-        raise ValueError(f"Concepts must be unique; {duplicates} appear more than once.")
+        raise ValueError(
+            f"Concepts must be unique (ignoring case and spaces); {duplicates} repeat an earlier concept."
+        )
     return concept_tuple
 
 
@@ -128,17 +131,43 @@ def _colormap(name: str) -> Any:
 
 
 def _distinct_palette(count: int) -> list[tuple[int, int, int]]:
-    """``count`` distinct RGB colours: tab10 up to 10, tab20 up to 20, evenly spaced hues beyond."""
+    """``count`` clearly different RGB colours: tab10 first, then the farthest remaining colour, one at a time.
+
+    Beyond ten colours, each next colour is the candidate farthest (in RGB) from every colour already chosen; the
+    candidates are matplotlib's qualitative colormaps and a 9 x 9 x 9 RGB grid, without near-black and near-white
+    (which vanish against the figure). Up to 60 concepts no two colours are closer than tab10's closest pair.
+    """
     import matplotlib
 
+    tab10 = [tuple(int(round(channel * 255)) for channel in color) for color in matplotlib.colormaps["tab10"].colors]
     if count <= 10:
-        colors = matplotlib.colormaps["tab10"].colors[:count]
-    elif count <= 20:
-        colors = matplotlib.colormaps["tab20"].colors[:count]
-    else:
-        hsv = matplotlib.colormaps["hsv"]
-        colors = [hsv(index / count)[:3] for index in range(count)]
-    return [tuple(int(round(channel * 255)) for channel in color) for color in colors]
+        return tab10[:count]
+    pool = [
+        color
+        for name in ("tab20", "Set1", "Dark2", "Set2", "Set3", "Accent", "Paired", "tab20b", "tab20c")
+        for color in matplotlib.colormaps[name].colors
+    ]
+    levels = np.linspace(0.0, 1.0, 9)
+    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)  # [729, 3]
+    candidates = np.round(np.concatenate([np.asarray(pool, dtype=np.float64), grid]) * 255)  # [K, 3]
+    visible = (candidates.max(axis=1) >= 48) & (candidates.min(axis=1) <= 216)
+    candidates = candidates[visible]  # [K', 3]
+    chosen = [np.asarray(color, dtype=np.float64) for color in tab10]
+    distance = np.linalg.norm(candidates[:, None, :] - np.asarray(chosen)[None], axis=-1).min(axis=1)  # [K']
+    while len(chosen) < count:
+        index = int(distance.argmax())
+        chosen.append(candidates[index])
+        distance = np.minimum(distance, np.linalg.norm(candidates - candidates[index], axis=-1))
+    return [tuple(int(channel) for channel in color) for color in chosen]
+
+
+#: Longest concept label drawn in a figure (titles and legend); longer ones end in an ellipsis.
+MAX_LABEL_CHARS = 40
+
+
+def _label(concept: str) -> str:
+    """``concept`` cut to :data:`MAX_LABEL_CHARS` characters for a figure (so a long concept cannot widen it)."""
+    return concept if len(concept) <= MAX_LABEL_CHARS else concept[: MAX_LABEL_CHARS - 1] + "…"
 
 
 class ConceptMaps:
@@ -462,8 +491,8 @@ class ConceptMaps:
     def palette(self) -> list[tuple[int, int, int]]:
         """The RGB colour of each concept in :meth:`segmentation_image`, in concept order.
 
-        Colours come from matplotlib's ``tab10`` (up to 10 concepts) or ``tab20`` (up to 20), and from evenly spaced
-        hues beyond that.
+        Colours come from matplotlib's ``tab10`` (up to 10 concepts); each further one is the qualitative-colormap or
+        RGB-grid colour farthest from those already chosen, so that many concepts still get clearly different colours.
         """
         return _distinct_palette(self.num_concepts)
 
@@ -503,8 +532,9 @@ class ConceptMaps:
         """A matplotlib figure with every view of one frame.
 
         Panels, left to right and top to bottom: the image (if given), one panel per concept (the overlay on the
-        image if given, else the heatmap) titled with the concept, and the argmax segmentation with a legend. Maps
-        are bilinearly upsampled to the image size, or without an image to 256 pixels on the longer side. The grid
+        image if given, else the heatmap) titled with the concept, and the argmax segmentation with a legend. Titles
+        and legend labels longer than :data:`MAX_LABEL_CHARS` characters are cut with an ellipsis. Maps are
+        bilinearly upsampled to the image size, or without an image to 256 pixels on the longer side. The grid
         has at most four columns. The figure is built with the object-oriented API
         (:class:`matplotlib.figure.Figure`), so it touches no pyplot state and works on any backend; save it with
         ``fig.savefig(path)``.
@@ -562,12 +592,12 @@ class ConceptMaps:
                 concept_axes.imshow(self.heatmap(concept, size=display_size, cmap=cmap, frame=frame))
             else:
                 concept_axes.imshow(self.overlay(image, concept, cmap=cmap, frame=frame))
-            concept_axes.set_title(concept)
+            concept_axes.set_title(_label(concept))
 
         segmentation_axes = next(panels)
         segmentation_axes.imshow(self.segmentation_image(display_size, frame=frame), interpolation="nearest")
         segmentation_axes.set_title("segmentation")
-        handles = [Patch(color=np.array(color) / 255.0, label=concept) for concept, color in self.legend()]
+        handles = [Patch(color=np.array(color) / 255.0, label=_label(concept)) for concept, color in self.legend()]
         # below the panel (not beside it), so that constrained layout does not widen its column
         segmentation_axes.legend(
             handles=handles,

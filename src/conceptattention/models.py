@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ class LoadedModel:
         description: One line for logs and settings files.
         defaults: Generation defaults of this model (height, width, steps, guidance_scale, prompt, concepts...).
         notice: A message to show the user (e.g. that the model is an untrained stand-in), or None.
+        vocabulary: The words the model knows, when it declares them (the shipped ShapesWorld toy model); None for
+            real models, which accept any text. See :func:`check_vocabulary`.
     """
 
     pipeline: Any
@@ -60,6 +64,93 @@ class LoadedModel:
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
     notice: str | None = None
+    vocabulary: tuple[str, ...] | None = None
+
+
+class UnknownWordsError(ValueError):
+    """A concept uses words outside the vocabulary the model declares."""
+
+
+def check_vocabulary(concepts: Sequence[str], vocabulary: Sequence[str] | None) -> None:
+    """Refuse concepts with words outside a model's declared vocabulary (no vocabulary: anything goes).
+
+    A concept is split at whitespace; every word, lower-cased, must be in the vocabulary. Punctuation, emoji and
+    several concepts glued with commas (``"boat,sea,sky"``) are therefore refused, not silently mapped.
+
+    Args:
+        concepts: The concepts.
+        vocabulary: :attr:`LoadedModel.vocabulary`.
+
+    Raises:
+        UnknownWordsError: Naming the concept, its unknown words and the vocabulary.
+
+    Example:
+        >>> check_vocabulary(["red boat", "sea"], ("boat", "red", "sea"))
+        >>> check_vocabulary(["dragon"], ("boat", "red", "sea"))
+        Traceback (most recent call last):
+        ...
+        conceptattention.models.UnknownWordsError: The concept 'dragon' uses words this model does not know ('dragon')...
+    """
+    if vocabulary is None:
+        return
+    known = {word.lower() for word in vocabulary}
+    for concept in concepts:
+        unknown = [word for word in concept.lower().split() if word not in known]
+        if unknown:
+            hint = ""
+            if re.search(r"[,;]", concept):
+                parts = " ".join(part for part in re.split(r"[\s,;]+", concept) if part)
+                hint = f" Give each concept as a separate word on the command line (--concepts {parts})."
+            raise UnknownWordsError(
+                f"The concept {concept!r} uses words this model does not know "
+                f"({', '.join(repr(word) for word in unknown)}); it knows only: {', '.join(vocabulary)}.{hint}"
+            )
+
+
+def shapesworld_vocabulary() -> tuple[str, ...]:
+    """The words of the ShapesWorld toy model (its caption words).
+
+    Example:
+        >>> "boat" in shapesworld_vocabulary()
+        True
+    """
+    from .shapesworld import CAPTION_WORDS
+
+    return tuple(word for word in CAPTION_WORDS if word.isalpha())
+
+
+def check_device(device: str) -> None:
+    """Refuse a device that does not exist here, with one line that says what to use instead.
+
+    Raises:
+        ModelLoadError: Unparseable name, no CUDA (or MPS) device, or a CUDA index beyond the devices present.
+
+    Example:
+        >>> check_device("cpu")
+        >>> check_device("gpu")
+        Traceback (most recent call last):
+        ...
+        conceptattention.models.ModelLoadError: Unknown device 'gpu'; use cpu, cuda, cuda:N or mps.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelLoadError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = "this torch build has no CUDA support" if torch.version.cuda is None else "torch sees no GPU"
+            raise ModelLoadError(f"--device {device}: no CUDA device is available ({reason}); use --device cpu.")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"--device {device}: there are only {torch.cuda.device_count()} CUDA device(s) (cuda:0 to "
+                f"cuda:{torch.cuda.device_count() - 1})."
+            )
+    elif parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ModelLoadError(f"--device {device}: no Apple MPS device is available here; use --device cpu.")
+    elif parsed.type != "cpu":
+        raise ModelLoadError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.")
 
 
 def parse_dtype(name: str | None, device: str) -> torch.dtype:
@@ -104,7 +195,13 @@ def load_embedded_default(device: str = "cpu", dtype: torch.dtype = torch.float3
         recommended = json.loads((folder / "shapesworld.json").read_text()).get("recommended", {})
         recommended.pop("concept_attention", None)  # method settings: already recorded on the transformer
         defaults = {**recommended, **recommended_call_kwargs(pipeline), **SHAPESWORLD_EXAMPLE}
-        return LoadedModel(pipeline, DEFAULT_MODEL, "ShapesWorld toy FLUX-architecture model (shipped)", defaults)
+        return LoadedModel(
+            pipeline,
+            DEFAULT_MODEL,
+            "ShapesWorld toy FLUX-architecture model (shipped)",
+            defaults,
+            vocabulary=shapesworld_vocabulary(),
+        )
     from .testing import tiny_flux_pipeline
 
     pipeline = tiny_flux_pipeline().to(device)
@@ -148,7 +245,8 @@ def load_model(
         :class:`LoadedModel`.
 
     Raises:
-        ModelLoadError: missing folder, not a diffusers pipeline, unavailable hub id, bad option.
+        ModelLoadError: missing folder, not a diffusers pipeline, unavailable hub id, bad option, a device that is
+            not available (checked first).
 
     Example:
         >>> load_model("./no/such/folder")
@@ -158,6 +256,7 @@ def load_model(
     """
     if offload not in ("none", "model", "sequential"):
         raise ModelLoadError(f"offload must be 'none', 'model' or 'sequential', got {offload!r}.")
+    check_device(device)
     torch_dtype = dtype if isinstance(dtype, torch.dtype) else parse_dtype(dtype, device.split(":")[0])
     if name is None or name == DEFAULT_MODEL:
         loaded = load_embedded_default(device=device, dtype=torch_dtype)
@@ -193,4 +292,5 @@ def load_model(
     else:
         pipeline.to(device)
     pipeline.set_progress_bar_config(disable=False)
-    return LoadedModel(pipeline, name, f"{type(pipeline).__name__} from {source}")
+    vocabulary = shapesworld_vocabulary() if (local / "shapesworld.json").is_file() else None
+    return LoadedModel(pipeline, name, f"{type(pipeline).__name__} from {source}", vocabulary=vocabulary)

@@ -11,6 +11,11 @@ directory behind, and never destroys the outputs of an earlier run before the ne
 
 Temporary names start with a dot and contain ``.tmp-`` (files and directories being written) or ``.old-`` (an earlier
 output directory being replaced), so they are easy to recognise should a process be killed with ``SIGKILL``.
+
+Replacing an existing output directory (``overwrite=True``) is allowed only for a directory this program wrote: every
+directory made by :func:`atomic_output_dir` holds a marker file, :data:`MARKER_NAME`, that lists the files written.
+A directory without it, with files the marker does not list, or that is the home folder, the filesystem root, the
+current directory or one of its ancestors is never replaced (:func:`check_output_dir`).
 """
 
 from __future__ import annotations
@@ -21,15 +26,20 @@ import os
 import shutil
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 
 __all__ = [
+    "MARKER_NAME",
     "OutputExistsError",
     "OutputPathError",
     "atomic_output_dir",
+    "check_output_dir",
+    "check_writable_location",
+    "foreign_content",
+    "protected_location",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -45,7 +55,15 @@ class OutputExistsError(FileExistsError, ValueError):
 
 
 class OutputPathError(ValueError):
-    """The output path cannot be used (it is a file where a directory is expected, or the reverse)."""
+    """The output path cannot be used (it is a file where a directory is expected, or the reverse), cannot be written
+    (no permission), or must not be replaced (a folder this program did not write)."""
+
+
+#: The marker file :func:`atomic_output_dir` writes into every output directory: it identifies the directory as this
+#: program's and lists the files it wrote, so that ``overwrite`` never replaces anything else.
+MARKER_NAME = ".conceptattention-output.json"
+_MARKER_FORMAT = "conceptattention.output-dir"
+_MARKER_VERSION = 1
 
 
 def _unique_sibling(path: Path, tag: str) -> Path:
@@ -202,19 +220,236 @@ def atomic_write_json(
     return atomic_write_text(path, text + "\n")
 
 
-def _check_directory_target(path: Path, overwrite: bool) -> None:
-    """Refuse unusable output directories before anything is created."""
-    if not os.path.lexists(path):
-        return
-    if not path.is_dir():
+def protected_location(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` must never be replaced or filled as an output directory, or None if it may be.
+
+    Protected: the filesystem root, the user's home folder, and the current directory or any of its ancestors
+    (replacing those would delete the user's files or the directory the program runs in). Both the path as given
+    (made absolute) and its resolved form (symbolic links followed) are checked.
+
+    Example:
+        >>> protected_location("/")
+        'it is the filesystem root'
+        >>> protected_location("runs/never-made") is None
+        True
+    """
+    given = Path(os.path.abspath(path))
+    candidates = {given}
+    with contextlib.suppress(OSError, RuntimeError):
+        candidates.add(given.resolve())
+    home = {Path(os.path.abspath(Path.home()))}
+    with contextlib.suppress(OSError, RuntimeError):
+        home.add(Path.home().resolve())
+    try:
+        cwd = Path.cwd()
+        working = {cwd, cwd.resolve()}
+    except OSError:
+        working = set()
+    for candidate in candidates:
+        if candidate.parent == candidate:
+            return "it is the filesystem root"
+        if candidate in home:
+            return "it is your home folder"
+        for directory in working:
+            if candidate == directory:
+                return "it is the current directory"
+            if candidate in directory.parents:
+                return "it contains the current directory"
+    return None
+
+
+def _read_marker(directory: Path) -> set[str] | None:
+    """The files listed by ``directory``'s marker, or None if it has no valid marker."""
+    try:
+        marker = json.loads((directory / MARKER_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(marker, dict) or marker.get("format") != _MARKER_FORMAT:
+        return None
+    files = marker.get("files")
+    if not isinstance(files, list) or not all(isinstance(name, str) for name in files):
+        return None
+    return set(files)
+
+
+def _listing(directory: Path) -> list[str]:
+    """Every file (and symbolic link, and special file) under ``directory``, as sorted relative POSIX paths."""
+    found: list[str] = []
+    for root, folders, files in os.walk(directory):
+        base = Path(root).relative_to(directory)
+        for name in list(folders):
+            if os.path.islink(os.path.join(root, name)):  # os.walk does not descend into links: count them
+                found.append((base / name).as_posix())
+        found.extend((base / name).as_posix() for name in files)
+    return sorted(found)
+
+
+#: A function that recognises an output directory written without a marker (by an earlier version): it returns the
+#: set of relative file paths that directory's own records list, or None if it does not recognise the directory.
+Recogniser = Callable[[Path], "set[str] | None"]
+
+
+def foreign_content(directory: str | os.PathLike[str], *, recognise: Recogniser | None = None) -> str | None:
+    """Why the existing directory ``directory`` is not an output directory of this program, or None if it is one.
+
+    A directory is this program's when it is empty, or when it holds the marker :data:`MARKER_NAME` written by
+    :func:`atomic_output_dir` (or, without one, ``recognise`` lists its files) and no file that the marker does not
+    list (a file the user added, for example).
+
+    Args:
+        directory: An existing directory.
+        recognise: Optional :data:`Recogniser` for directories written before markers existed.
+
+    Example:
+        >>> import tempfile
+        >>> out = f"{tempfile.mkdtemp()}/run"
+        >>> with atomic_output_dir(out) as folder:
+        ...     _ = (folder / "result.txt").write_text("1")
+        >>> foreign_content(out) is None
+        True
+        >>> _ = (Path(out) / "notes.txt").write_text("mine")
+        >>> foreign_content(out)
+        "it holds files conceptattention did not write ('notes.txt')"
+    """
+    folder = Path(directory)
+    try:
+        listing = _listing(folder)
+        if not listing and not any(folder.iterdir()):
+            return None
+    except OSError as error:
+        return f"it cannot be read ({error.strerror or error})"
+    written = _read_marker(folder)
+    if written is None and recognise is not None:
+        try:
+            written = recognise(folder)
+        except (OSError, ValueError):
+            written = None
+    if written is None:
+        return f"it was not written by conceptattention (it has no valid {MARKER_NAME} marker)"
+    foreign = [name for name in listing if name != MARKER_NAME and name not in written]
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return f"it holds files conceptattention did not write ({shown})"
+    return None
+
+
+def check_writable_location(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path whose nearest existing ancestor is not a writable directory.
+
+    Raises:
+        OutputPathError: The nearest existing ancestor is a file, or the user may not create entries in it.
+
+    Example:
+        >>> check_writable_location("runs/new-run")  # the current directory is writable
+    """
+    current = Path(os.path.abspath(path)).parent
+    while not os.path.lexists(current) and current.parent != current:
+        current = current.parent
+    if not current.is_dir():
+        raise OutputPathError(f"Cannot write under '{path}': '{current}' is a file, not a folder.")
+    if not os.access(current, os.W_OK | os.X_OK):
         raise OutputPathError(
-            f"The output path '{path}' exists and is not a directory; choose another output path or remove the file."
+            f"Cannot write to '{path}': no permission to create files in '{current}'; choose another output folder."
+        )
+
+
+def check_output_dir(
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    option: str = "--overwrite",
+    recognise: Recogniser | None = None,
+) -> None:
+    """Refuse an unusable output directory before any work is done (and again before it is replaced).
+
+    A new path is fine if its parent can be written. An existing path must be a directory; it is replaced only with
+    ``overwrite`` and only if this program wrote it (see :func:`foreign_content`) and it is not a protected location
+    (see :func:`protected_location`).
+
+    Args:
+        path: The output directory.
+        overwrite: Whether an existing directory may be replaced.
+        option: How the user asks for ``overwrite``, for the messages.
+        recognise: Optional :data:`Recogniser` for output directories written before markers existed.
+
+    Raises:
+        OutputPathError: ``path`` names no directory (``.``, ``..``), is a file, cannot be written, or must not be
+            replaced (the message says why).
+        OutputExistsError: ``path`` is a replaceable output directory and ``overwrite`` is False.
+
+    Example:
+        >>> check_output_dir("runs/new-run", overwrite=False)  # a new folder is fine
+        >>> check_output_dir("/", overwrite=True)
+        Traceback (most recent call last):
+        ...
+        conceptattention.outputs.OutputPathError: '/' cannot be used as an output folder: it is the filesystem root...
+    """
+    final_path = Path(path)
+    exists = os.path.lexists(final_path)
+    protected = protected_location(final_path) if exists and final_path.is_dir() else None
+    if protected is not None:
+        raise OutputPathError(
+            f"'{path}' cannot be used as an output folder: {protected}. Name a new folder, e.g. 'runs/dog'."
+        )
+    if final_path.name in ("", ".", ".."):
+        raise OutputPathError(
+            f"'{path}' cannot be used as an output directory; name a new directory, e.g. 'runs/dog'."
+        )
+    if not exists:
+        check_writable_location(final_path)
+        return
+    if not final_path.is_dir():
+        raise OutputPathError(
+            f"The output path '{path}' is a file, not a folder (not a directory); choose another output path."
+        )
+    foreign = foreign_content(final_path, recognise=recognise)
+    if foreign is not None:
+        raise OutputPathError(
+            f"The output folder '{path}' already exists and {foreign}, so it is never replaced, even with {option}; "
+            "choose a new output folder (or delete this one yourself)."
         )
     if not overwrite:
         raise OutputExistsError(
-            f"The output directory '{path}' already exists; pass --overwrite (overwrite=True) to replace it, "
+            f"The output directory '{path}' already exists; pass {option} (overwrite=True) to replace it, "
             "or choose another output path."
         )
+    check_writable_location(final_path)
+
+
+def remove_output_dir(path: str | os.PathLike[str], *, recognise: Recogniser | None = None) -> None:
+    """Delete an output directory, but only one this program wrote (e.g. to prune old runs of a server).
+
+    The same rules as ``overwrite`` apply (see :func:`check_output_dir`): the directory must hold a valid marker and
+    no foreign file, and must not be a protected location. A symbolic link is removed, never its target.
+
+    Raises:
+        OutputPathError: With the reason, when the directory is not this program's; nothing is deleted then.
+        FileNotFoundError: ``path`` does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> out = f"{tempfile.mkdtemp()}/run"
+        >>> with atomic_output_dir(out) as folder:
+        ...     _ = (folder / "a.txt").write_text("a")
+        >>> remove_output_dir(out)
+        >>> os.path.exists(out)
+        False
+    """
+    directory = Path(path)
+    if not os.path.lexists(directory):
+        raise FileNotFoundError(f"No output folder at '{path}'.")
+    if not directory.is_dir():
+        raise OutputPathError(f"'{path}' is a file, not a folder; it is not removed.")
+    reason = protected_location(directory) or foreign_content(directory, recognise=recognise)
+    if reason is not None:
+        raise OutputPathError(f"'{path}' is not removed: {reason}.")
+    _remove_tree(directory)
+
+
+def _write_marker(directory: Path) -> None:
+    """Write :data:`MARKER_NAME` into the finished temporary ``directory``, listing every file in it."""
+    marker = {"format": _MARKER_FORMAT, "version": _MARKER_VERSION, "files": _listing(directory)}
+    (directory / MARKER_NAME).write_text(json.dumps(marker, indent=1) + "\n", encoding="utf-8")
 
 
 def _remove_tree(path: Path) -> None:
@@ -224,10 +459,12 @@ def _remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def _commit_directory(temporary_dir: Path, final_path: Path, overwrite: bool) -> None:
+def _commit_directory(
+    temporary_dir: Path, final_path: Path, overwrite: bool, recognise: Recogniser | None = None
+) -> None:
     """Move the finished temporary directory into place, keeping the old one until the new one is in."""
-    # Checked again: the path may have appeared while the caller was writing.
-    _check_directory_target(final_path, overwrite)
+    # Checked again: the path may have appeared (or changed) while the caller was writing.
+    check_output_dir(final_path, overwrite=overwrite, recognise=recognise)
     if not os.path.lexists(final_path):
         os.rename(temporary_dir, final_path)
         return
@@ -250,7 +487,9 @@ def _commit_directory(temporary_dir: Path, final_path: Path, overwrite: bool) ->
 
 
 @contextlib.contextmanager
-def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_output_dir(
+    path: str | os.PathLike[str], *, overwrite: bool = False, recognise: Recogniser | None = None
+) -> Iterator[Path]:
     """Fill an output directory that appears complete, or not at all.
 
     Yields a fresh, empty temporary directory next to ``path`` (on the same filesystem). When the ``with`` block
@@ -260,11 +499,15 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
     temporary directory is deleted and the exception propagates: no partial output is left and an existing ``path``
     is untouched.
 
-    Missing parent directories of ``path`` are created, and removed again on failure if still empty.
+    Missing parent directories of ``path`` are created, and removed again on failure if still empty. The finished
+    directory holds the marker :data:`MARKER_NAME`, which lists its files: only such a directory (or an empty one) is
+    ever replaced, and never the home folder, the filesystem root or the current directory or its ancestors (see
+    :func:`check_output_dir`).
 
     Args:
         path: The output directory to create or replace.
-        overwrite: Replace ``path`` if it already exists.
+        overwrite: Replace ``path`` if it already exists (and this program wrote it).
+        recognise: Optional :data:`Recogniser` for output directories written before markers existed.
 
     Yields:
         The temporary directory to write into (a :class:`~pathlib.Path`). Do not keep references to it after the
@@ -272,7 +515,8 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
 
     Raises:
         OutputExistsError: If ``path`` exists and ``overwrite`` is False. Raised before anything is created.
-        OutputPathError: If ``path`` (or one of its parents) exists as a file.
+        OutputPathError: If ``path`` (or one of its parents) exists as a file, cannot be written, or is a directory
+            this program did not write or must not replace. Raised before anything is created.
 
     Example:
         >>> import tempfile
@@ -280,24 +524,32 @@ def atomic_output_dir(path: str | os.PathLike[str], *, overwrite: bool = False) 
         >>> with atomic_output_dir(out) as folder:
         ...     _ = (folder / "config.json").write_text("{}")
         >>> sorted(p.name for p in Path(out).iterdir())
-        ['config.json']
+        ['.conceptattention-output.json', 'config.json']
     """
     final_path = Path(path)
-    if final_path.name in ("", ".", ".."):
-        raise OutputPathError(
-            f"'{path}' cannot be used as an output directory; name a new directory, e.g. 'runs/dog'."
-        )
-    _check_directory_target(final_path, overwrite)
-    created_parents = _make_parents(final_path.parent)
+    check_output_dir(final_path, overwrite=overwrite, recognise=recognise)
     temporary_dir = _unique_sibling(final_path, "tmp")
     try:
+        created_parents = _make_parents(final_path.parent)
+    except PermissionError as error:
+        raise OutputPathError(
+            f"Cannot create the output folder '{path}': permission denied ({error.filename}); choose another one."
+        ) from None
+    try:
         os.mkdir(temporary_dir)  # os.mkdir honours the umask, unlike tempfile.mkdtemp (0o700)
+    except PermissionError:
+        _remove_created_parents(created_parents)
+        raise OutputPathError(
+            f"Cannot write the output folder '{path}': no permission to create files in '{final_path.parent}'; "
+            "choose another output folder."
+        ) from None
     except BaseException:
         _remove_created_parents(created_parents)
         raise
     try:
         yield temporary_dir
-        _commit_directory(temporary_dir, final_path, overwrite)
+        _write_marker(temporary_dir)
+        _commit_directory(temporary_dir, final_path, overwrite, recognise)
     except BaseException:
         shutil.rmtree(temporary_dir, ignore_errors=True)
         _remove_created_parents(created_parents)

@@ -68,13 +68,23 @@ class TestGenerate:
 
     def test_existing_output_is_kept_without_overwrite(self, model_dir, tmp_path, capsys):
         out = tmp_path / "run"
-        out.mkdir()
-        (out / "mine.txt").write_text("precious")
+        assert main(generate_args(model_dir, out, "--seed", "1")) == 0
+        before = (out / "maps.safetensors").read_bytes()
         assert main(generate_args(model_dir, out)) == 2
         assert "--overwrite" in capsys.readouterr().err
-        assert (out / "mine.txt").read_text() == "precious"
+        assert (out / "maps.safetensors").read_bytes() == before
         assert main(generate_args(model_dir, out, "--overwrite")) == 0
-        assert not (out / "mine.txt").exists() and (out / "grid.png").exists()
+        assert (out / "maps.safetensors").read_bytes() != before and (out / "grid.png").exists()
+
+    def test_folder_with_user_files_is_never_overwritten(self, model_dir, tmp_path, capsys):
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / "mine.txt").write_text("precious")
+        for extra in ([], ["--overwrite"]):
+            assert main(generate_args(model_dir, out, *extra)) == 2
+            error = capsys.readouterr().err
+            assert "not written by conceptattention" in error and "pass --overwrite" not in error
+        assert [p.name for p in out.iterdir()] == ["mine.txt"] and (out / "mine.txt").read_text() == "precious"
 
     @pytest.mark.parametrize(
         "extra, message",
@@ -86,15 +96,22 @@ class TestGenerate:
     )
     def test_bad_options(self, model_dir, tmp_path, capsys, extra, message):
         out = tmp_path / "run"
-        assert main(generate_args(model_dir, out) + extra) == 2
+        try:
+            status = main(generate_args(model_dir, out) + extra)
+        except SystemExit as exit_info:  # refused by argparse
+            status = exit_info.code
+        assert status == 2
         assert message in capsys.readouterr().err
         assert not out.exists()
 
     @pytest.mark.parametrize(
         "concepts, message",
-        [(["dog", "dog"], "twice"), (["dog", " "], "empty"), (["x" * 400], "tokens long")],
+        [(["dog", "dog"], "twice"), (["dog", " "], "empty"), (["x" * 400], "characters long"),
+         (["x" * 400], "tokens long")],
     )
-    def test_bad_concepts(self, model_dir, tmp_path, capsys, concepts, message):
+    def test_bad_concepts(self, model_dir, tmp_path, capsys, monkeypatch, concepts, message):
+        if message == "tokens long":  # the text encoder's own limit, behind the command line's length limit
+            monkeypatch.setattr("conceptattention.cli.common.MAX_CONCEPT_CHARS", 10_000)
         out = tmp_path / "run"
         args = ["generate", "--model", str(model_dir), "--prompt", "p", "--height", "32", "--width", "32",
                 "--steps", "1", "--out", str(out), "--concepts", *concepts]

@@ -16,7 +16,7 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
 from conceptattention import outputs
-from conceptattention.maps import ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
+from conceptattention.maps import MAX_LABEL_CHARS, ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
 from conceptattention.outputs import OutputPathError
 
 
@@ -94,6 +94,8 @@ class TestConstruction:
             ([], "empty"),
             ("dog", "sequence of strings"),
             (["dog", "dog"], "unique"),
+            (["Sea", "sea "], "unique"),
+            (["red car", "Red  Car"], "unique"),
             (["dog", ""], "non-empty string"),
             (["dog", "  "], "non-empty string"),
             (["dog", 3], "non-empty string"),
@@ -343,14 +345,23 @@ class TestImages:
         colour_a, colour_b = (colour for _, colour in maps.legend())
         assert [image.getpixel((column, 1)) for column in range(4)] == [colour_a, colour_a, colour_b, colour_b]
 
-    def test_legend_uses_tab10_then_tab20(self) -> None:
+    def test_legend_uses_tab10_first(self) -> None:
         tab10 = matplotlib.colormaps["tab10"].colors
         legend = _image_maps(["cat", "sofa", "lamp"]).legend()
         assert [concept for concept, _ in legend] == ["cat", "sofa", "lamp"]
         assert [colour for _, colour in legend] == [tuple(round(255 * c) for c in tab10[i]) for i in range(3)]
-        tab20 = matplotlib.colormaps["tab20"].colors
         twelve = _image_maps([f"c{i}" for i in range(12)]).legend()
-        assert twelve[11][1] == tuple(round(255 * c) for c in tab20[11])
+        assert [colour for _, colour in twelve[:10]] == [tuple(round(255 * c) for c in tab10[i]) for i in range(10)]
+
+    @pytest.mark.parametrize("count", [12, 20, 33, 60])
+    def test_many_concepts_get_clearly_different_colours(self, count: int) -> None:
+        """No two legend colours are closer than tab10's closest pair (67 RGB units): tab20's light blue and light
+        cyan (25 apart) and evenly spaced hues for 33 concepts (34 apart) were near-identical (issue 16)."""
+        colours = np.array([colour for _, colour in _image_maps([f"c{i}" for i in range(count)], grid=(1, 1)).legend()])
+        distances = np.linalg.norm(colours[:, None, :].astype(float) - colours[None, :, :], axis=-1)  # [C, C]
+        distances[np.eye(count, dtype=bool)] = np.inf
+        assert distances.min() >= 60
+        assert (colours.max(axis=1) >= 48).all() and (colours.min(axis=1) <= 216).all()  # no near-black/near-white
 
     @pytest.mark.parametrize("count", [1, 10, 20, 33])
     def test_palette_colours_are_distinct(self, count: int) -> None:
@@ -370,6 +381,18 @@ class TestFigure:
         assert [axes.get_title() for axes in figure.axes] == ["cat", "sofa", "lamp", "segmentation"]
         legend = figure.axes[-1].get_legend()
         assert [text.get_text() for text in legend.get_texts()] == ["cat", "sofa", "lamp"]
+
+    def test_long_concept_label_is_cut_and_does_not_widen_the_figure(self) -> None:
+        long_concept = "word " * 200  # a 1,000-character concept
+        maps = _image_maps([long_concept.strip(), "sky"])
+        figure = maps.figure()
+        title = figure.axes[0].get_title()
+        assert len(title) == MAX_LABEL_CHARS and title.endswith("\u2026")
+        legend_texts = [text.get_text() for text in figure.axes[-1].get_legend().get_texts()]
+        assert legend_texts == [title, "sky"]
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+        assert Image.open(io.BytesIO(buffer.getvalue())).width < 1500  # 10,020 px before the cut
 
     def test_figure_with_image_has_an_image_panel_and_renders(self) -> None:
         maps = _image_maps(["cat", "sofa", "lamp", "rug", "wall"])

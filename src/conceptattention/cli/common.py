@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import platform
 import re
 import sys
@@ -15,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from ..outputs import OutputExistsError, atomic_output_dir
+from ..memory import (
+    DEFAULT_MAX_MEMORY_GB,
+    ModelDims,
+    check_run_memory,
+    default_memory_limit_gb,
+    estimate_run_memory,
+    model_dims,
+)
+from ..outputs import atomic_output_dir, check_output_dir
 
 
 if TYPE_CHECKING:  # torch and diffusers: imported by the commands that load a model, not by --help
@@ -25,13 +34,175 @@ if TYPE_CHECKING:  # torch and diffusers: imported by the commands that load a m
 
 DISPLAY_SIDE = 384  # overlays and heatmaps are written at least this large on the longer side
 
+MAX_CONCEPT_CHARS = 200
+"""Longest concept the command line accepts, in characters (a concept is a word or a short phrase)."""
+
+MAX_SEED = 2**63 - 1
+"""Largest ``--seed`` (seeds are 64-bit; explain adds the sample index)."""
+
+INTERRUPTED_STATUS = 130
+"""Exit status after Ctrl+C (128 + SIGINT), the shell convention."""
+
 
 class CLIError(ValueError):
     """A usage error reported as one line, without a traceback."""
 
 
-RUN_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, FileExistsError, TypeError, RuntimeError)
-"""Errors of a subcommand reported as one ``conceptattention: error: ...`` line (exit status 2), without a traceback."""
+RUN_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, TypeError, RuntimeError)
+"""Errors of a subcommand reported as one ``conceptattention: error: ...`` line (exit status 2), without a traceback.
+
+``OSError`` covers missing files (``FileNotFoundError``), existing outputs (``FileExistsError``), permissions and a
+full disk."""
+
+
+def finite_float(text: str) -> float:
+    """Argparse type: a finite number (``nan`` and ``inf`` are refused).
+
+    Example:
+        >>> finite_float("3.5")
+        3.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """Argparse type: a finite number above zero."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """Argparse type: a whole number of at least 1 (``0`` and ``-5`` are refused, not replaced by a default).
+
+    Example:
+        >>> positive_int("32")
+        32
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """Argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """Argparse type: a seed from 0 to :data:`MAX_SEED`.
+
+    Example:
+        >>> seed_int("42")
+        42
+    """
+    value = nonnegative_int(text)
+    if value > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be at most 2**63 - 1 = {MAX_SEED}, got {text!r}")
+    return value
+
+
+def check_parsed_numbers(args: argparse.Namespace) -> None:
+    """Refuse non-finite float options and out-of-range seeds of any subcommand (also options other modules add).
+
+    Raises:
+        CLIError: naming the option.
+    """
+    for name, value in vars(args).items():
+        values = value if isinstance(value, list | tuple) else [value]
+        option = "--" + name.replace("_", "-")
+        for item in values:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise CLIError(f"{option} must be a finite number, got {item}.")
+            if name == "seed" and isinstance(item, int) and not 0 <= item <= MAX_SEED:
+                raise CLIError(f"--seed must be from 0 to 2**63 - 1, got {item}.")
+
+
+def check_concept_list(concepts: Sequence[str]) -> tuple[str, ...]:
+    """The library's concept checks (empty, duplicates up to case and spaces) plus a length limit.
+
+    Raises:
+        ValueError: With the offending concept named.
+    """
+    from ..encoding import validate_concepts  # torch: imported by the commands, not by --help
+
+    cleaned = validate_concepts(concepts)
+    for concept in cleaned:
+        if len(concept) > MAX_CONCEPT_CHARS:
+            raise CLIError(
+                f"The concept {concept[:30]!r}... is {len(concept)} characters long; use at most {MAX_CONCEPT_CHARS} "
+                "(a word or a short phrase such as 'red car')."
+            )
+    return cleaned
+
+
+def check_model_concepts(loaded: LoadedModel, concepts: Sequence[str]) -> None:
+    """Refuse concepts with words the model does not know, when it declares a vocabulary (the toy model)."""
+    from ..models import check_vocabulary
+
+    check_vocabulary(concepts, loaded.vocabulary)
+
+
+def add_memory_option(parser: argparse.ArgumentParser) -> None:
+    """``--max-memory-gb``: refuse runs whose estimated memory is above it (see :mod:`conceptattention.memory`)."""
+    parser.add_argument(
+        "--max-memory-gb",
+        type=positive_float,
+        default=None,
+        help="refuse runs estimated to need more memory than this, in GB, before they start "
+        f"(default: {DEFAULT_MAX_MEMORY_GB:g} on the CPU, the GPU's memory with --device cuda)",
+    )
+
+
+def memory_limit_gb(args: argparse.Namespace) -> float:
+    """``--max-memory-gb``, else the default for ``--device``."""
+    return args.max_memory_gb if args.max_memory_gb is not None else default_memory_limit_gb(args.device)
+
+
+def check_memory_before_loading(
+    args: argparse.Namespace, height: int | None, width: int | None, *, frames: int = 1, batch: int = 1
+) -> None:
+    """The size check that needs no model: image tensors and token count with the smallest widths of any model."""
+    if height is None or width is None or height < 1 or width < 1:
+        return  # no size to check yet (bad sizes are refused with the model's size multiple)
+    dims = ModelDims(element_bytes=2)  # a lower bound for every supported model
+    concepts = len(getattr(args, "concepts", None) or [])
+    estimate = estimate_run_memory(height=height, width=width, frames=frames, batch=batch, concepts=concepts, dims=dims)
+    check_run_memory(estimate, memory_limit_gb(args))
+
+
+def check_memory_for_model(
+    args: argparse.Namespace,
+    pipeline: Any,
+    *,
+    height: int,
+    width: int,
+    frames: int = 1,
+    batch: int = 1,
+    concepts: int = 1,
+    text_tokens: int | None = None,
+) -> None:
+    """The size check with the loaded model's widths (see :func:`conceptattention.memory.estimate_run_memory`)."""
+    dims = model_dims(pipeline, text_tokens=text_tokens)
+    estimate = estimate_run_memory(height=height, width=width, frames=frames, batch=batch, concepts=concepts, dims=dims)
+    check_run_memory(estimate, memory_limit_gb(args))
 
 
 def add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +230,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """Options of :class:`~conceptattention.ConceptAttentionConfig`."""
     group = parser.add_argument_group("method")
-    group.add_argument("--layers", type=int, nargs="+", default=None, help="joint block indices (default: last 4)")
+    group.add_argument(
+        "--layers", type=nonnegative_int, nargs="+", default=None, help="joint block indices (default: last 4)"
+    )
     group.add_argument("--space", choices=["output", "cross_attention", "value"], default="output")
     group.add_argument("--no-softmax", action="store_true", help="average raw scores instead of softmax over concepts")
     group.add_argument(
@@ -112,6 +285,7 @@ def add_map_command_options(parser: argparse.ArgumentParser, run: Callable[[argp
     add_model_options(parser)
     add_method_options(parser)
     add_output_options(parser)
+    add_memory_option(parser)
     parser.set_defaults(run=run)
 
 
@@ -127,11 +301,34 @@ def map_command_settings(args: argparse.Namespace, loaded: LoadedModel, maps: Co
 
 
 def check_output_folder(path: Path, overwrite: bool) -> None:
-    """Fail before any work if the output folder exists (and --overwrite is not given)."""
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"Output folder {str(path)!r} already exists; pass --overwrite to replace it.")
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"{str(path)!r} exists and is not a folder.")
+    """Fail before any work if the output folder cannot be used (see :func:`conceptattention.outputs.check_output_dir`):
+    it exists and --overwrite is not given, it is a file, it cannot be written, or it is not a folder this program
+    wrote (--overwrite never replaces those, nor the home folder, the root or the current directory and its parents).
+    """
+    check_output_dir(path, overwrite=overwrite, recognise=legacy_run_files)
+
+
+def _listed_files(value: Any) -> set[str]:
+    """Every string in a settings.json ``files`` entry (nested dicts and lists)."""
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return {name for item in value for name in _listed_files(item)}
+    return set()
+
+
+def legacy_run_files(folder: Path) -> set[str] | None:
+    """The files of a ``generate``/``explain`` run folder written before output markers existed, from its
+    settings.json (``command``, ``environment.conceptattention`` and ``files``), or None if it is not one."""
+    settings = json.loads((folder / "settings.json").read_text(encoding="utf-8"))
+    if not isinstance(settings, dict) or settings.get("command") not in ("generate", "explain"):
+        return None
+    environment_info = settings.get("environment")
+    if not isinstance(environment_info, dict) or "conceptattention" not in environment_info:
+        return None
+    return _listed_files(settings.get("files")) | {"settings.json"}
 
 
 def check_size(name: str, value: int | None, multiple: int) -> None:
@@ -204,7 +401,7 @@ def write_run_folder(
     started = time.perf_counter()
     files: dict[str, Any] = {"image": "image.png", "maps": "maps.safetensors", "heatmaps": {}, "overlays": {}}
     shown = image.resize(display_size(image.size), Image.Resampling.LANCZOS)
-    with atomic_output_dir(out, overwrite=overwrite) as folder:
+    with atomic_output_dir(out, overwrite=overwrite, recognise=legacy_run_files) as folder:
         image.save(folder / "image.png")
         maps.save(folder / "maps.safetensors")
         (folder / "heatmaps").mkdir()
@@ -292,10 +489,18 @@ def fail(message: str) -> int:
     return 2
 
 
+def interrupted(message: str = "interrupted.") -> int:
+    """Report Ctrl+C in one line; returns :data:`INTERRUPTED_STATUS` (130)."""
+    print(f"conceptattention: {message}", file=sys.stderr)
+    return INTERRUPTED_STATUS
+
+
 def run_reporting_errors(
     run: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, interrupted_message: str
 ) -> int:
-    """Run a subcommand; Ctrl+C and :data:`RUN_ERRORS` become one error line and exit status 2.
+    """Run a subcommand; :data:`RUN_ERRORS` become one error line and exit status 2, Ctrl+C one line and 130.
+
+    Non-finite float options and out-of-range seeds are refused first (:func:`check_parsed_numbers`).
 
     Args:
         run: The subcommand's ``run(args)``; ``None`` counts as success.
@@ -303,14 +508,20 @@ def run_reporting_errors(
         interrupted_message: What to print on Ctrl+C (what was kept, how to continue).
 
     Returns:
-        The exit status: ``run``'s, else 2 after an error.
+        The exit status: ``run``'s, else 2 after an error, 130 after Ctrl+C.
     """
     try:
+        check_parsed_numbers(args)
         return int(run(args) or 0)
     except KeyboardInterrupt:
-        return fail(interrupted_message)
+        return interrupted(interrupted_message)
+    except MemoryError:
+        return fail(
+            "out of memory. Use a smaller size, fewer frames, samples or concepts, or a lower --max-memory-gb so "
+            "that such runs are refused before they start."
+        )
     except RUN_ERRORS as error:
-        return fail(str(error))
+        return fail(str(error) or type(error).__name__)
 
 
 def run_as_program(
@@ -328,7 +539,10 @@ def run_as_program(
         argv: Command-line arguments (default: ``sys.argv[1:]``).
 
     Returns:
-        The exit status (0 ok, 2 usage or input error).
+        The exit status (0 ok, 2 usage or input error, 130 after Ctrl+C).
     """
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return interrupted()
     return run_reporting_errors(run, args, interrupted_message)

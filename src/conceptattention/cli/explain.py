@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 from ..config import check_noise_levels
 from .common import (
+    CLIError,
     add_map_command_options,
+    check_concept_list,
+    check_memory_before_loading,
+    check_memory_for_model,
+    check_model_concepts,
     check_output_folder,
     check_sizes,
     finish_map_command,
+    finite_float,
     load_model_from_args,
     map_command_settings,
     method_options,
+    positive_int,
+    seed_int,
 )
 
 
@@ -27,35 +36,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--caption", default="", help="prompt given with the image (default: empty)")
     parser.add_argument(
         "--noise-level",
-        type=float,
+        type=finite_float,
         nargs="+",
         default=None,
         help="rectified-flow time t in (0, 1]; several are averaged (default: the model's recommended levels, else 0.5)",
     )
-    parser.add_argument("--samples", type=int, default=4, help="noise samples to average (default 4)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=positive_int, default=4, help="noise samples to average (default 4)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the first noise sample, 0 to 2**63 - 1")
     parser.add_argument("--height", type=int, default=None, help="model input height (default: keep aspect ratio)")
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--guidance-scale", type=float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
+    parser.add_argument("--guidance-scale", type=finite_float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
     add_map_command_options(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import explain  # torch and diffusers: imported by the command, not by --help
+    from .. import explain, get_adapter  # torch and diffusers: imported by the command, not by --help
     from ..images import load_image
 
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.image):
+        raise CLIError(f"--image {args.image!r}: URLs are not supported; download the file first and give its path.")
+    concepts = list(check_concept_list(args.concepts))
+    if (args.height is None) != (args.width is None):
+        raise CLIError("Give both --height and --width, or neither (the image's aspect ratio is kept).")
+    check_memory_before_loading(args, args.height, args.width, batch=args.samples)
     image = load_image(args.image)  # bad files fail before the model loads
     if args.noise_level is not None:
         check_noise_levels(args.noise_level)  # so do bad noise levels
     loaded = load_model_from_args(args)
     pipe = loaded.pipeline
+    check_model_concepts(loaded, concepts)
     check_sizes(args, pipe)
+    if args.height is None or args.width is None:
+        height, width = get_adapter(pipe).explain_resolution(pipe, image.size)
+    else:
+        height, width = args.height, args.width
+    check_memory_for_model(args, pipe, height=height, width=width, batch=args.samples, concepts=len(concepts))
     maps = explain(
         pipe,
         image,
-        args.concepts,
+        concepts,
         caption=args.caption,
         noise_level=args.noise_level,
         num_samples=args.samples,

@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import time
+from typing import Any
 
 from .common import (
+    CLIError,
     add_map_command_options,
     call_kwargs,
+    check_concept_list,
+    check_memory_before_loading,
+    check_memory_for_model,
+    check_model_concepts,
     check_output_folder,
     check_sizes,
     finish_map_command,
+    finite_float,
     load_model_from_args,
     map_command_settings,
     method_options,
+    nonnegative_int,
+    positive_int,
+    seed_int,
 )
 
 
@@ -26,15 +37,50 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--concepts", nargs="+", default=None, help="concepts to map, e.g. --concepts dragon rock sky 'red car'"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    parser.add_argument("--guidance-scale", type=float, default=None)
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of the initial noise, 0 to 2**63 - 1")
+    parser.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    parser.add_argument("--guidance-scale", type=finite_float, default=None)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="steps to average (default: all)")
-    parser.add_argument("--frames", type=int, default=None, help="video models: number of frames")
-    parser.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the model's)")
+    parser.add_argument(
+        "--timesteps",
+        type=nonnegative_int,
+        nargs="+",
+        default=None,
+        help="denoising steps to average, 0 to steps-1 (default: all)",
+    )
+    parser.add_argument("--frames", type=positive_int, default=None, help="video models: number of frames")
+    parser.add_argument(
+        "--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the model's)"
+    )
     add_map_command_options(parser, run)
+
+
+def _call_default(pipeline: Any, name: str) -> Any:
+    """The default of ``name`` in the pipeline's ``__call__`` (None if it has none)."""
+    parameter = inspect.signature(pipeline.__call__).parameters.get(name)
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return None
+    return parameter.default
+
+
+def _default_side(pipeline: Any) -> int:
+    """The image side a pipeline uses when none is given (``default_sample_size`` latents), else 1024."""
+    sample_size = getattr(pipeline, "default_sample_size", None)
+    scale = getattr(pipeline, "vae_scale_factor", None) or getattr(pipeline, "vae_scale_factor_spatial", None) or 8
+    return int(sample_size) * int(scale) if isinstance(sample_size, int) else 1024
+
+
+def _check_timesteps(timesteps: list[int] | None, steps: Any) -> None:
+    """``--timesteps`` must name steps that run (0 to steps-1)."""
+    if not timesteps or not isinstance(steps, int):
+        return
+    outside = sorted({step for step in timesteps if step >= steps})
+    if outside:
+        raise CLIError(
+            f"--timesteps {' '.join(map(str, outside))} is out of range: this run has {steps} denoising steps, "
+            f"numbered 0 to {steps - 1} (set --steps to run more)."
+        )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -44,6 +90,9 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
+    if args.concepts is not None:
+        check_concept_list(args.concepts)
+    check_memory_before_loading(args, args.height, args.width, frames=args.frames or 1)
     loaded = load_model_from_args(args)
     defaults = loaded.defaults
     pipe = loaded.pipeline
@@ -53,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--prompt is required for this model.")
     if not concepts:
         raise ValueError("--concepts is required for this model (e.g. --concepts dog grass sky).")
+    concepts = list(check_concept_list(concepts))
+    check_model_concepts(loaded, concepts)
     check_sizes(args, pipe)
-    if args.frames is not None and args.frames < 1:
-        raise ValueError(f"--frames must be at least 1, got {args.frames}.")
-    if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+    video = get_adapter(pipe).modality == "video"
+    if args.frames is not None and not video:
+        raise CLIError(
+            f"--frames is for video models; {loaded.description} makes images. Remove --frames (or choose a video "
+            "model such as cogvideox-2b)."
+        )
     options = method_options(args)
     options["timesteps"] = tuple(args.timesteps) if args.timesteps else None
     generator_device = "cpu" if args.offload != "none" else args.device
@@ -72,9 +125,23 @@ def run(args: argparse.Namespace) -> int:
             "generator": torch.Generator(generator_device).manual_seed(args.seed),
         },
     )
-    video = get_adapter(pipe).modality == "video"
     if video:
         kwargs.update(call_kwargs(pipe, {"num_frames": args.frames or defaults.get("num_frames"), "output_type": "pil"}))
+    _check_timesteps(args.timesteps, kwargs.get("num_inference_steps", _call_default(pipe, "num_inference_steps")))
+    height = kwargs.get("height") or _call_default(pipe, "height")
+    width = kwargs.get("width") or _call_default(pipe, "width")
+    height = height if isinstance(height, int) else _default_side(pipe)
+    width = width if isinstance(width, int) else _default_side(pipe)
+    frame_count = (kwargs.get("num_frames") or _call_default(pipe, "num_frames")) if video else 1
+    check_memory_for_model(
+        args,
+        pipe,
+        height=height,
+        width=width,
+        frames=frame_count if isinstance(frame_count, int) else 1,
+        concepts=len(concepts),
+        text_tokens=kwargs.get("max_sequence_length"),
+    )
     with ConceptAttention(pipe, concepts, **options) as attention:
         result = pipe(prompt=prompt, **kwargs)  # by keyword: some pipelines (Flux2Klein) take an image first
     frames = list(result.frames[0]) if video else None

@@ -82,7 +82,15 @@ def _run_command(args: argparse.Namespace) -> int | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 usage or input error)."""
+    """Run the command line; returns the exit status (0 ok, 2 usage or input error, 130 after Ctrl+C)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # while starting up (imports, parsing, loading): one line, the shell's status
+        print("conceptattention: interrupted.", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "train-toy":  # the trainer parses its own options (argparse cannot forward "--x" args)

@@ -63,7 +63,13 @@ from conceptattention.evaluation.metrics import (
     per_image_counts,
 )
 from conceptattention.evaluation.report import environment_info, git_revision, hardware_info, write_report
-from conceptattention.outputs import OutputExistsError, OutputPathError, atomic_write_json
+from conceptattention.outputs import (
+    OutputExistsError,
+    OutputPathError,
+    atomic_write_json,
+    check_writable_location,
+    protected_location,
+)
 
 
 __all__ = [
@@ -788,7 +794,8 @@ def check_reusable_folder(
 
     Raises:
         ValueError: ``resume`` and ``overwrite`` together.
-        OutputPathError: ``out`` is a file.
+        OutputPathError: ``out`` is a file, cannot be written, or (with ``overwrite``) is not a folder of this program
+            (no valid ``marker``) or a protected location (home, root, the current directory or an ancestor).
         OutputExistsError: ``out`` exists and neither ``resume`` nor ``overwrite`` is given.
         RunMismatchError: ``resume`` into a non-empty folder without ``marker``.
     """
@@ -797,10 +804,13 @@ def check_reusable_folder(
             "--resume and --overwrite exclude each other: resume keeps the results, overwrite drops them."
         )
     if not os.path.lexists(out):
+        check_writable_location(out)
         return None
     if not out.is_dir():
-        raise OutputPathError(f"The output path '{out}' exists and is not a folder; choose another --out.")
+        raise OutputPathError(f"The output path '{out}' is a file, not a folder; choose another --out.")
     if overwrite:
+        _check_replaceable(out, marker)
+        check_writable_location(out)
         return None
     if not resume:
         raise OutputExistsError(exists_message)
@@ -810,6 +820,28 @@ def check_reusable_folder(
             raise RunMismatchError(foreign_message)
         return None
     return marker_file
+
+
+#: The keys every marker file of a run or sweep folder has (what ``--overwrite`` checks before replacing results).
+_MARKER_KEYS = {"run.json": ("dataset", "method"), "sweep.json": ("sweep",)}
+
+
+def _check_replaceable(out: Path, marker: str) -> None:
+    """Refuse ``--overwrite`` of a folder that is not a run/sweep folder of this program, or a protected location."""
+    protected = protected_location(out)
+    if protected is not None:
+        raise OutputPathError(f"'{out}' cannot be used as an output folder: {protected}. Choose another --out.")
+    if not any(out.iterdir()):
+        return
+    try:
+        stored = json.loads((out / marker).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        stored = None
+    if not isinstance(stored, dict) or not all(key in stored for key in _MARKER_KEYS.get(marker, ())):
+        raise OutputPathError(
+            f"'{out}' exists but has no valid {marker}: conceptattention did not write it, so --overwrite does not "
+            "replace it. Choose another --out (or delete that folder yourself)."
+        )
 
 
 def _check_output(out: Path, identity: dict[str, Any] | None, *, resume: bool, overwrite: bool) -> None:
