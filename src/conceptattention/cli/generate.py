@@ -18,6 +18,7 @@ from .common import (
     map_command_settings,
     method_options,
 )
+from .mask_options import add_mask_options, check_mask_options, mask_settings, mask_writer
 
 
 HELP = "generate an image from a prompt and write concept maps for it"
@@ -37,12 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--timesteps", type=int, nargs="+", default=None, help="steps to average (default: all)")
     parser.add_argument("--frames", type=int, default=None, help="video models: number of frames")
     parser.add_argument("--max-sequence-length", type=int, default=None, help="prompt tokens (default: the model's)")
+    add_mask_options(parser)
     add_map_command_options(parser, run)
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     check_output_folder(args.out, args.overwrite)
+    check_mask_options(args)
     loaded = load_model_from_args(args)
     defaults = loaded.defaults
     pipe = loaded.pipeline
@@ -88,5 +91,9 @@ def run(args: argparse.Namespace) -> int:
         "pipeline_kwargs": {k: v for k, v in kwargs.items() if k != "generator"},
         **map_command_settings(args, loaded, maps),
     }
+    settings["masks"] = mask_settings(args)
     settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
-    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, frames=frames)
+    extra = mask_writer(args, maps, (image.height, image.width))
+    return finish_map_command(
+        args, image=image, maps=maps, settings=settings, started=started, frames=frames, extra=extra
+    )
