@@ -135,7 +135,9 @@ def _check_none(none: float | None) -> float | None:
     if none is None:
         return None
     if isinstance(none, bool) or not isinstance(none, int | float) or not np.isfinite(none):
-        raise ValueError(f"none must be a finite number (the null concept's standardised logit) or None, got {none!r}.")
+        raise ValueError(
+            f"none must be a finite number (the null concept's standardised logit) or None, got {none!r}."
+        )
     return float(none)
 
 
@@ -442,7 +444,8 @@ def coco_annotations(
             category["color"] = list(colors[index])
         categories.append(category)
     images = [
-        {"id": image_id, "file_name": name, "height": height, "width": width} for image_id, name in zip(ids, file_names)
+        {"id": image_id, "file_name": name, "height": height, "width": width}
+        for image_id, name in zip(ids, file_names)
     ]
     annotations = []
     next_id = first_annotation_id

@@ -31,8 +31,24 @@ def offline(monkeypatch):
 
 def generate(model_dir: Path, out: Path, *extra: str) -> list[str]:
     return [
-        "generate", "--model", str(model_dir), "--prompt", "a dragon on a rock", "--concepts", "dragon", "rock",
-        "red car", "--height", "32", "--width", "48", "--steps", "2", "--out", str(out), *extra,
+        "generate",
+        "--model",
+        str(model_dir),
+        "--prompt",
+        "a dragon on a rock",
+        "--concepts",
+        "dragon",
+        "rock",
+        "red car",
+        "--height",
+        "32",
+        "--width",
+        "48",
+        "--steps",
+        "2",
+        "--out",
+        str(out),
+        *extra,
     ]
 
 

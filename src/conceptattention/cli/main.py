@@ -11,7 +11,7 @@ from .common import run_reporting_errors
 
 
 # subcommand modules, in the order --help lists them
-SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "app", "train-toy", "env")
+SUBCOMMANDS = ("generate", "explain", "evaluate", "ablate", "dataset", "app", "train-toy", "env")
 
 
 def build_parser() -> argparse.ArgumentParser:
