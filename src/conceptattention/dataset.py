@@ -419,8 +419,10 @@ def build_dataset(
         progress: Show a tqdm progress bar (main process).
 
     Returns:
-        A summary: ``{"items", "done_before", "generated", "seconds", "items_per_second", "processes"}``
-        (``generated`` and the rate are this process's).
+        A summary: ``{"items", "done_before", "generated", "seconds", "items_per_second",
+        "generated_all_processes", "seconds_all_processes", "items_per_second_all_processes", "processes"}``
+        (``generated``, ``seconds`` and ``items_per_second`` are this process's; the ``*_all_processes`` entries
+        count every process's items over the time until the last one finished).
 
     Raises:
         DatasetFolderError: If ``out`` cannot be used (before any work).
@@ -449,12 +451,16 @@ def build_dataset(
             bar.update(1)
     seconds = time.perf_counter() - started
     barrier()
+    seconds_all = time.perf_counter() - started  # until every process is done
     summary = {
         "items": len(items),
         "done_before": len(done),
         "generated": len(shard),
         "seconds": round(seconds, 3),
         "items_per_second": round(len(shard) / seconds, 4) if shard and seconds > 0 else None,
+        "generated_all_processes": len(pending),
+        "seconds_all_processes": round(seconds_all, 3),
+        "items_per_second_all_processes": round(len(pending) / seconds_all, 4) if pending else None,
         "processes": world_size,
     }
     if rank == 0:
