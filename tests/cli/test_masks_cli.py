@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +114,11 @@ def test_unknown_rule_is_a_usage_error(model_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(generate(model_dir, tmp_path / "run", "--masks", "median"))
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_missing_pycocotools_is_one_error_line(model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pycocotools", None)  # import pycocotools now raises ImportError
+    out = tmp_path / "run"
+    assert main(generate(model_dir, out, "--masks", "mean")) == 2
+    assert "conceptattention[masks]" in capsys.readouterr().err
+    assert not out.exists()

@@ -61,7 +61,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--offload", choices=["none", "model", "sequential"], default="none", help="CPU offload")
     model.add_argument("--allow-pickle", action="store_true", help="allow non-safetensors weights")
     add_method_options(parser)
-    add_mask_options(parser, default="mean")
+    add_mask_options(parser, default="argmax")
     parser.add_argument(
         "--out", type=Path, required=True, help="dataset folder (new, empty, or a previous run of this command)"
     )
@@ -132,7 +132,7 @@ def items_digest(items: list[Any]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from ..dataset import ItemOutputs, build_dataset, check_folder
     from ..evaluation.runner import process_context
-    from ..models import load_model
+    from ..models import load_model, parse_dtype
     from .evaluate import resolve_device
 
     started = time.perf_counter()
@@ -144,9 +144,14 @@ def run(args: argparse.Namespace) -> int:
     items = items_from_args(args)
     options = method_options(args)
     mask_options = {"rule": args.masks, "threshold": args.mask_threshold, "none_logit": args.none_logit}
-    # What decides the files; the device, dtype and process count are left out so that a run can resume elsewhere.
+    context = process_context()
+    device = resolve_device(args.device, context)
+    dtype = parse_dtype(args.dtype, device.split(":")[0])  # as load_model resolves it
+    # What decides the files. The device and the process count are left out, so that a run can resume on another
+    # machine or with more processes (the dtype, which follows the device by default, is kept).
     settings = {
         "model": args.model or "shapesworld",
+        "dtype": str(dtype).replace("torch.", ""),
         "source": {"prompts": str(args.prompts)} if args.prompts else {"template": args.template, "words": args.words},
         "items": items_digest(items),
         "generation": {
@@ -161,11 +166,10 @@ def run(args: argparse.Namespace) -> int:
         "masks": mask_options,
     }
     check_folder(args.out, settings)  # a foreign folder or other settings fail before the model loads
-    context = process_context()
     loaded = load_model(
         args.model,
-        device=resolve_device(args.device, context),
-        dtype=args.dtype,
+        device=device,
+        dtype=dtype,
         offload=args.offload,
         allow_pickle=args.allow_pickle,
     )

@@ -57,7 +57,10 @@ def check_mask_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{name} must be a finite number, got {value}.")
     from ..masks import _pycocotools_mask
 
-    _pycocotools_mask()
+    try:
+        _pycocotools_mask()
+    except ImportError as error:  # one error line, before any work
+        raise RuntimeError(str(error)) from error
 
 
 def mask_settings(args: argparse.Namespace) -> dict[str, Any] | None:
