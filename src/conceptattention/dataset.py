@@ -56,7 +56,9 @@ __all__ = [
     "DATASET_FORMAT",
     "DatasetFolderError",
     "DatasetItem",
+    "ItemOutputs",
     "build_dataset",
+    "check_folder",
     "item_seed",
     "items_from_prompts",
     "items_from_template",
@@ -86,6 +88,10 @@ class DatasetItem:
         concepts: The concepts mapped for this item.
         seed: The generator seed (:func:`item_seed`).
         words: The template words of this item (``{}`` for prompts from a file).
+
+    Example:
+        >>> DatasetItem(42, "a red car", ("car", "sky"), item_seed(0, 42)).name
+        '000042'
     """
 
     index: int
@@ -263,6 +269,11 @@ def check_folder(out: Path, settings: Mapping[str, Any]) -> bool:
     Raises:
         DatasetFolderError: ``out`` is a file, a non-empty folder of something else, or a dataset folder made with
             other settings.
+
+    Example:
+        >>> import tempfile
+        >>> check_folder(Path(tempfile.mkdtemp()) / "new", {"model": "shapesworld"})
+        False
     """
     if not os.path.lexists(out):
         return False
@@ -291,6 +302,12 @@ def prepare_folder(out: Path, settings: Mapping[str, Any]) -> bool:
 
     Returns:
         Whether a previous run is continued.
+
+    Example:
+        >>> import tempfile
+        >>> out = Path(tempfile.mkdtemp()) / "dataset"
+        >>> prepare_folder(out, {"model": "shapesworld"}), prepare_folder(out, {"model": "shapesworld"})
+        (False, True)
     """
     resumed = check_folder(out, settings)
     out.mkdir(parents=True, exist_ok=True)
@@ -342,7 +359,12 @@ def read_records(out: Path) -> dict[int, dict[str, Any]]:
 
 @dataclass
 class ItemOutputs:
-    """What :func:`build_dataset` needs from the model for one item (returned by its ``generate_item``)."""
+    """What :func:`build_dataset` needs from the model for one item (returned by its ``generate_item``).
+
+    Attributes:
+        image: The generated ``PIL.Image.Image``.
+        maps: Its :class:`~conceptattention.ConceptMaps`.
+    """
 
     image: Any
     maps: Any
@@ -426,6 +448,20 @@ def build_dataset(
 
     Raises:
         DatasetFolderError: If ``out`` cannot be used (before any work).
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> from conceptattention import ConceptMaps
+        >>> def fake_model(item):  # stands in for a pipeline run under ConceptAttention
+        ...     maps = ConceptMaps(item.concepts, torch.rand(len(item.concepts), 1, 4, 4))  # [C, 1, h, w]
+        ...     return ItemOutputs(Image.new("RGB", (16, 16)), maps)
+        >>> items = items_from_prompts(["a cat", "a dog"], ["animal", "background"])
+        >>> out = Path(tempfile.mkdtemp()) / "dataset"
+        >>> summary = build_dataset(out, items, fake_model, settings={"model": "fake"},
+        ...                         mask_options={"rule": "argmax"}, progress=False)
+        >>> summary["generated"], len((out / "manifest.jsonl").read_text().splitlines())
+        (2, 2)
     """
     from tqdm.auto import tqdm
 

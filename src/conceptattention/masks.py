@@ -348,6 +348,13 @@ def read_legend(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
     Raises:
         ValueError: If the PNG has no legend chunk.
+
+    Example:
+        >>> import tempfile
+        >>> from conceptattention import ConceptMaps
+        >>> path = save_label_image(label_image(ConceptMaps(["cat"], torch.rand(1, 1, 2, 2))), f"{tempfile.mkdtemp()}/l.png")
+        >>> read_legend(path)[1]["name"]
+        'cat'
     """
     with Image.open(path) as image:
         text = getattr(image, "text", {}).get("legend")
@@ -505,6 +512,14 @@ def write_masks(
 
     Raises:
         ImportError: If pycocotools is not installed (checked before anything is written).
+
+    Example:
+        >>> import tempfile
+        >>> from conceptattention import ConceptMaps
+        >>> maps = ConceptMaps(["cat", "sky"], torch.rand(2, 1, 4, 4))
+        >>> files = write_masks(tempfile.mkdtemp(), maps, "argmax", size=(16, 16))
+        >>> files["masks"]["sky"], files["labels"], files["annotations"]
+        ('masks/sky.png', 'labels.png', 'annotations.json')
     """
     _pycocotools_mask()
     out = Path(folder)
