@@ -32,6 +32,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "eval": ("torchmetrics", "h5py", "accelerate"),
     "app": ("gradio",),
     "video": ("imageio", "imageio_ffmpeg"),
+    "masks": ("pycocotools",),
+    "dataset": ("pycocotools", "accelerate"),
 }
 
 

@@ -394,6 +394,35 @@ class ConceptMaps:
         values = self._maps if size is None else self.upsample(size, mode="bilinear")
         return values.argmax(dim=0)  # [C, F, H, W] -> [F, H, W]
 
+    def masks(
+        self,
+        rule: Literal["mean", "otsu", "threshold", "argmax"] = "mean",
+        threshold: float | None = None,
+        size: tuple[int, int] | None = None,
+        none: float | None = None,
+    ) -> torch.Tensor:
+        """Binary masks, one per concept and frame; see :func:`conceptattention.masks.concept_masks`.
+
+        Args:
+            rule: ``"mean"`` (map above its mean), ``"otsu"``, ``"threshold"`` (map above ``threshold``) or
+                ``"argmax"`` (the concept with the largest map).
+            threshold: The value for ``rule="threshold"``.
+            size: ``(H, W)``; the maps are bilinearly upsampled first (as the heatmaps). ``None``: the token grid.
+            none: Beyond the paper, off by default: a null concept with this standardised logit takes the pixels
+                where no concept scores high (see :func:`conceptattention.masks.none_pixels`).
+
+        Returns:
+            Bool tensor ``[C, F, H, W]``.
+
+        Example:
+            >>> maps = ConceptMaps(["a", "b"], torch.tensor([[[[0.9, 0.2]]], [[[0.1, 0.8]]]]))  # [2, 1, 1, 2]
+            >>> maps.masks("argmax", size=(1, 4))[0, 0].tolist()
+            [[True, True, False, False]]
+        """
+        from conceptattention.masks import concept_masks
+
+        return concept_masks(self, rule, threshold=threshold, size=size, none=none)
+
     # ------------------------------------------------------------------ images
 
     def heatmap(

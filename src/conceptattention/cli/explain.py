@@ -24,6 +24,7 @@ from .common import (
     positive_int,
     seed_int,
 )
+from .mask_options import add_mask_options, check_mask_options, mask_settings, mask_writer
 
 
 HELP = "write concept maps for an existing image (VAE-encode, add noise, one early-exit forward pass)"
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help="model input height (default: keep aspect ratio)")
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--guidance-scale", type=finite_float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
+    add_mask_options(parser)
     add_map_command_options(parser, run)
 
 
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.height is None) != (args.width is None):
         raise CLIError("Give both --height and --width, or neither (the image's aspect ratio is kept).")
     check_memory_before_loading(args, args.height, args.width, batch=args.samples)
+    check_mask_options(args)
     image = load_image(args.image)  # bad files fail before the model loads
     if args.noise_level is not None:
         check_noise_levels(args.noise_level)  # so do bad noise levels
@@ -92,5 +95,7 @@ def run(args: argparse.Namespace) -> int:
         "image": str(args.image),
         "concepts": list(maps.concepts),
         **map_command_settings(args, loaded, maps),
+        "masks": mask_settings(args),
     }
-    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started)
+    extra = mask_writer(args, maps, (image.height, image.width))
+    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, extra=extra)

@@ -26,6 +26,7 @@ from .common import (
     positive_int,
     seed_int,
 )
+from .mask_options import add_mask_options, check_mask_options, mask_settings, mask_writer
 
 
 HELP = "generate an image from a prompt and write concept maps for it"
@@ -53,6 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the model's)"
     )
+    add_mask_options(parser)
     add_map_command_options(parser, run)
 
 
@@ -93,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     if args.concepts is not None:
         check_concept_list(args.concepts)
     check_memory_before_loading(args, args.height, args.width, frames=args.frames or 1)
+    check_mask_options(args)
     loaded = load_model_from_args(args)
     defaults = loaded.defaults
     pipe = loaded.pipeline
@@ -156,5 +159,9 @@ def run(args: argparse.Namespace) -> int:
         "pipeline_kwargs": {k: v for k, v in kwargs.items() if k != "generator"},
         **map_command_settings(args, loaded, maps),
     }
+    settings["masks"] = mask_settings(args)
     settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
-    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, frames=frames)
+    extra = mask_writer(args, maps, (image.height, image.width))
+    return finish_map_command(
+        args, image=image, maps=maps, settings=settings, started=started, frames=frames, extra=extra
+    )

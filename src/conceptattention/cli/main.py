@@ -19,16 +19,18 @@ SUBCOMMANDS: dict[str, str] = {
     "explain": "write concept maps for an existing image (VAE-encode, add noise, one early-exit forward pass)",
     "evaluate": "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)",
     "ablate": "run an ablation sweep of the paper (table3: spaces ± softmax, table4: cross/self, figure7: layers, noise)",
+    "dataset": "generate a labelled dataset: images + concept maps + masks + COCO annotations + a JSONL manifest",
     "app": "serve the web app: prompt or image + concepts -> maps in the browser (needs the 'app' extra)",
     "train-toy": "train the ShapesWorld toy model (time-budgeted, resumable); see 'train-toy --help'",
     "env": "print versions, devices and supported models (paste it into bug reports)",
 }
 
 #: The optional extra each subcommand needs (checked before it runs; its --help works without).
-REQUIRED_EXTRAS: dict[str, str] = {"evaluate": "eval", "ablate": "eval", "app": "app"}
+REQUIRED_EXTRAS: dict[str, str] = {"evaluate": "eval", "ablate": "eval", "dataset": "dataset", "app": "app"}
 
 INTERRUPTED = (
-    "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far (continue with --resume)."
+    "interrupted. generate/explain wrote nothing; evaluate/ablate keep the results scored so far (continue with --resume);"
+    " dataset keeps the finished items (rerun the same command to resume)."
 )
 
 
