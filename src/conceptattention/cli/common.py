@@ -389,11 +389,13 @@ def write_run_folder(
     cmap: str = "plasma",
     frames: list[Image.Image] | None = None,
     fps: float = 8,
+    extra_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write image, maps, heatmaps, overlays, segmentation, grid figure and settings.json atomically.
 
     For videos (``frames`` given), ``image`` is the first frame and the folder also holds ``video.gif``,
-    ``video.mp4``, one overlay GIF and MP4 per concept, and ``frames_grid.png``.
+    ``video.mp4``, one overlay GIF and MP4 per concept, and ``frames_grid.png``. ``extra_files(folder)`` writes
+    more files into the (temporary) folder and returns their listing for settings.json (e.g. ``--animate``).
 
     Returns:
         The file listing written into settings.json.
@@ -421,6 +423,8 @@ def write_run_folder(
         files["grid"] = "grid.png"
         if frames is not None:
             files.update(_write_video_files(folder, frames, maps, cmap, fps))
+        if extra_files is not None:
+            files.update(extra_files(folder))
         settings = dict(settings)
         settings["files"] = files
         settings["environment"] = environment()
@@ -463,6 +467,7 @@ def finish_map_command(
     settings: dict[str, Any],
     started: float,
     frames: list[Image.Image] | None = None,
+    extra_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> int:
     """Write the run folder of ``generate`` / ``explain`` (``--out``, ``--overwrite``, ``--cmap``), print the summary.
 
@@ -473,12 +478,20 @@ def finish_map_command(
         settings: The settings.json entries.
         started: ``time.perf_counter()`` at the start of the command.
         frames: Video frames, if any.
+        extra_files: Writes more files into the run folder (see :func:`write_run_folder`).
 
     Returns:
         The exit status, 0.
     """
     write_run_folder(
-        args.out, overwrite=args.overwrite, image=image, maps=maps, settings=settings, cmap=args.cmap, frames=frames
+        args.out,
+        overwrite=args.overwrite,
+        image=image,
+        maps=maps,
+        settings=settings,
+        cmap=args.cmap,
+        frames=frames,
+        extra_files=extra_files,
     )
     print_summary(args.out, maps, time.perf_counter() - started)
     return 0

@@ -7,6 +7,7 @@ import re
 import time
 
 from ..config import check_noise_levels
+from .animate import add_animate_options, animation_writer, check_animation_memory, check_explain_steps, image_tokens
 from .common import (
     CLIError,
     add_map_command_options,
@@ -47,10 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--guidance-scale", type=finite_float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
     add_map_command_options(parser, run)
+    add_animate_options(parser, steps_help="noise level (--noise-level with several values)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import explain, get_adapter  # torch and diffusers: imported by the command, not by --help
+    from .. import ConceptAttention, explain, get_adapter  # torch and diffusers: imported by the command, not --help
+    from ..config import model_defaults
     from ..images import load_image
 
     started = time.perf_counter()
@@ -73,6 +76,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         height, width = args.height, args.width
     check_memory_for_model(args, pipe, height=height, width=width, batch=args.samples, concepts=len(concepts))
+    options = method_options(args)
+    animate, labels = None, None
+    attentions: list = []
+    if args.animate:  # the kept per-step scores are checked before the run
+        options["keep_per_step"] = True
+        levels = check_noise_levels(args.noise_level or model_defaults(pipe.transformer).noise_levels or 0.5)
+        check_explain_steps(args, levels)
+        labels = [f"noise {level:g}" for level in levels] if args.animate == "steps" else None
+        animate = check_animation_memory(
+            args,
+            ConceptAttention(pipe, concepts, **options),
+            steps=len(levels),
+            tokens=image_tokens(pipe, height=height, width=width),
+            batch=args.samples,
+        )
     maps = explain(
         pipe,
         image,
@@ -84,7 +102,8 @@ def run(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         guidance_scale=args.guidance_scale,
-        **method_options(args),
+        on_attention=attentions.append,
+        **options,
     )
     settings = {
         "command": "explain",
@@ -93,4 +112,8 @@ def run(args: argparse.Namespace) -> int:
         "concepts": list(maps.concepts),
         **map_command_settings(args, loaded, maps),
     }
-    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started)
+    extra_files = None
+    if animate is not None:
+        settings["animate"] = animate
+        extra_files = animation_writer(args, attentions[0], image, settings, labels=labels)
+    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, extra_files=extra_files)
