@@ -231,7 +231,14 @@ def maps_over(attention: ConceptAttention, over: TimelineAxis = "steps", *, inde
 
 
 def timeline_labels(maps: Sequence[ConceptMaps]) -> list[str]:
-    """The ``"label"`` of each map set of :func:`maps_over` (``"step 3"``, ``"block 15"``), else its position."""
+    """The ``"label"`` of each map set of :func:`maps_over` (``"step 3"``, ``"block 15"``), else its position.
+
+    Example:
+        >>> timeline_labels([ConceptMaps(["a"], torch.rand(1, 1, 2, 2), config={"label": "step 0"})] * 2)
+        ['step 0', 'step 0']
+        >>> timeline_labels([ConceptMaps(["a"], torch.rand(1, 1, 2, 2))])
+        ['#0']
+    """
     return [str(item.config.get("label", f"#{position}")) for position, item in enumerate(maps)]
 
 
@@ -415,7 +422,12 @@ def save_animation(pictures: Sequence[Image.Image], path: str | os.PathLike[str]
 
 
 def mp4_available() -> bool:
-    """Whether MP4 can be written (imageio and imageio-ffmpeg, the ``video`` extra, are installed)."""
+    """Whether MP4 can be written (imageio and imageio-ffmpeg, the ``video`` extra, are installed).
+
+    Example:
+        >>> isinstance(mp4_available(), bool)
+        True
+    """
     import importlib.util
 
     return all(importlib.util.find_spec(name) is not None for name in ("imageio", "imageio_ffmpeg"))

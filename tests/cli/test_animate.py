@@ -128,3 +128,24 @@ def test_shipped_model_animation(tmp_path):
     assert main(["generate", "--steps", "2", "--animate", "blocks", "--layers", "0", "1", "2", "3", "4", "5",
                  "--out", str(out)]) == 0
     check_animation_files(out, 6)
+
+
+@pytest.mark.parametrize("family", ["flux", "cogvideox"])
+def test_the_estimate_is_the_bytes_actually_kept(family):
+    """The guard's estimate (from sizes, before the run) equals the bytes of the kept score tensors after it."""
+    from conceptattention import ConceptAttention
+    from conceptattention.cli.animate import image_tokens
+    from conceptattention.testing_models import tiny_cogvideox_pipeline
+    from conceptattention.timeline import estimate_timeline_bytes
+
+    if family == "flux":
+        pipe, size, call = tiny_flux_pipeline(num_layers=3), (32, 48), {"max_sequence_length": 32}
+        frames = 1
+    else:
+        pipe, size, call = tiny_cogvideox_pipeline(), (16, 24), {"num_frames": 9, "max_sequence_length": 16}
+        frames = 9
+    with ConceptAttention(pipe, ["boat", "sea", "sky"], keep_per_step=True) as attention:
+        pipe("a boat", height=size[0], width=size[1], num_inference_steps=3, guidance_scale=2.0, **call)
+    kept = sum(tensor.numel() * tensor.element_size() for tensor in attention.per_step_scores.values())
+    tokens = image_tokens(pipe, height=size[0], width=size[1], frames=frames)
+    assert estimate_timeline_bytes(steps=3, layers=len(attention.layers), concepts=3, image_tokens=tokens) == kept
