@@ -9,7 +9,7 @@ softmax-normalised per sample, level and layer, then averaged.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,7 @@ def explain(
     samples_per_batch: int | None = None,
     concept_embeds: torch.Tensor | None = None,
     config: ConceptAttentionConfig | None = None,
+    on_attention: Callable[[ConceptAttention], None] | None = None,
     **options: Any,
 ) -> ConceptMaps:
     """Concept maps of a real image.
@@ -60,6 +61,9 @@ def explain(
         samples_per_batch: Noise samples per transformer call (default: all in one call).
         concept_embeds: Precomputed ``[C, D_text]`` concept embeddings instead of encoding ``concepts``.
         config: Method options; or pass :class:`ConceptAttentionConfig` fields as keyword options.
+        on_attention: Called with the finished :class:`ConceptAttention` block before returning, e.g. to read the
+            maps of each noise level or block with ``keep_per_step=True`` and
+            :func:`conceptattention.timeline.maps_over`.
 
     Returns:
         :class:`ConceptMaps` with one frame, on the model's token grid.
@@ -128,6 +132,8 @@ def explain(
             except EarlyExit:
                 pass
     maps = attention.maps
+    if on_attention is not None:
+        on_attention(attention)
     settings = dict(maps.config)
     settings.update(
         {

@@ -170,7 +170,9 @@ def test_old_runs_are_deleted(toy_model, tmp_path):
         ({"concepts": ""}, "Enter at least one concept"),
         ({"concepts": "boat, boat"}, "'boat' appears more than once"),
         ({"concepts": "sky " * 20}, "characters long"),
-        ({"concepts": "boat, dragon"}, "uses words the toy model does not know (dragon)"),
+        ({"concepts": "boat, dragon"}, "uses words this model does not know ('dragon')"),
+        ({"concepts": "boat, 🚤"}, "uses words this model does not know ('🚤')"),  # emoji: no \\w, still refused
+        ({"concepts": "boat, sea!"}, "uses words this model does not know ('sea!')"),
         ({"prompt": "  "}, "The prompt is empty"),
         ({"prompt": "boat " * 200}, "The prompt is 999 characters long; use at most 500"),
         ({"height": 33}, "Height must be a multiple of 2"),
@@ -443,7 +445,7 @@ def test_concurrent_users_are_served_one_after_the_other(running_app, toy_photo,
     }
     monkeypatch.setattr(service, "generate", tracked(service.generate))
     monkeypatch.setattr(service, "explain", tracked(service.explain))
-    method = [[2, 3, 4, 5], "output", True]
+    method = [[2, 3, 4, 5], "output", True, True]  # layers, space, softmax, keep the maps of each step
 
     def call_generate(concepts: str) -> tuple:
         client = Client(demo.local_url, verbose=False)
@@ -460,7 +462,7 @@ def test_concurrent_users_are_served_one_after_the_other(running_app, toy_photo,
         explain_output = explained.result(timeout=120)
     assert most_active[0] == 1
     for concepts, output in outputs.items():
-        status, *_, heatmaps, overlays, downloads = output
+        status, heatmaps, overlays, downloads = output[0], output[4], output[5], output[6]
         assert status.startswith("**Done**"), status
         assert len(heatmaps) == len(overlays) == 2
         tensor_file = next(path for path in downloads if path.endswith(".safetensors"))

@@ -9,6 +9,7 @@ Chromium, Playwright or Gradio fails these tests; elsewhere they are skipped wit
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -236,3 +237,76 @@ def test_an_error_stays_in_its_tab(page):
     page.wait_for_function(
         "() => !document.querySelector('#status').innerText.includes('Upload an image first')", timeout=10_000
     )
+
+
+def click_image_pixel(page, selector: str, x: int, y: int) -> None:
+    """Click where pixel ``(x, y)`` of the image's natural size is drawn (the image is scaled to fit its box)."""
+    page.locator(selector).scroll_into_view_if_needed()
+    left, top, width, height, natural_width, natural_height = page.locator(selector).evaluate(
+        "image => { const box = image.getBoundingClientRect();"
+        " return [box.left, box.top, box.width, box.height, image.naturalWidth, image.naturalHeight]; }"
+    )
+    scale = min(width / natural_width, height / natural_height, 1)
+    offset_x, offset_y = (width - natural_width * scale) / 2, (height - natural_height * scale) / 2
+    page.mouse.click(left + offset_x + (x + 0.25) * scale, top + offset_y + (y + 0.25) * scale)
+
+
+def read_ranking(page, previous: str = "") -> tuple[int, int, str, list[tuple[str, float]]]:
+    """Wait for a new ranking under the image; return the pixel, the title and the ``(concept, score)`` entries."""
+    page.wait_for_function(
+        "previous => { const title = document.querySelector('#pixel-ranking .ranking-title');"
+        " return title !== null && title.innerText !== previous; }",
+        arg=previous,
+    )
+    title = page.locator("#pixel-ranking .ranking-title").inner_text()
+    match = re.search(r"pixel \((\d+), (\d+)\)", title)
+    assert match, title
+    names = page.locator("#pixel-ranking .ranked-concept .concept").all_inner_texts()
+    scores = [float(text) for text in page.locator("#pixel-ranking .ranked-concept .score").all_inner_texts()]
+    return int(match[1]), int(match[2]), title, list(zip(names, scores))
+
+
+def test_clicking_the_image_ranks_the_concepts_and_the_slider_shows_each_step(page, tmp_path):
+    concepts = ["boat", "sun", "sea", "sky"]
+    fill_generate_form(page, ", ".join(concepts))
+    page.locator("#generate-button").click()
+    page.locator("#status").filter(has_text="Done").wait_for()
+    image = "#result-image img"
+    page.wait_for_function(
+        "selector => { const image = document.querySelector(selector);"
+        " return image !== null && image.complete && image.naturalWidth > 0; }",
+        arg=image,
+    )
+    natural_width, natural_height = rendered_image_sizes(page, image)[0]
+    links = page.locator("#downloads a")
+    links.first.wait_for()
+    hrefs = links.evaluate_all("anchors => anchors.map(anchor => anchor.href)")
+    tensor_file = tmp_path / "maps.safetensors"
+    tensor_file.write_bytes(page.request.get(next(h for h in hrefs if h.split("?")[0].endswith(".safetensors"))).body())
+    maps = ConceptMaps.load(tensor_file)
+    labels = maps.segmentation(size=(natural_height, natural_width))[0]  # [H, W] argmax of the saved maps
+
+    title = ""
+    for wanted_x, wanted_y in ((60, 60), (190, 330), (300, 200)):
+        click_image_pixel(page, image, wanted_x, wanted_y)
+        x, y, title, ranking = read_ranking(page, title)
+        assert abs(x - wanted_x) <= 1 and abs(y - wanted_y) <= 1
+        assert ranking[0][0] == maps.concepts[int(labels[y, x])]  # first entry: the argmax at that pixel
+        assert sorted(name for name, _ in ranking) == sorted(concepts)
+        assert [score for _, score in ranking] == sorted((score for _, score in ranking), reverse=True)
+
+    page.locator("#shown-maps").get_by_text("one step").click()
+    caption = page.locator("#shown-caption")
+    caption.filter(has_text="step 0 (1 of 6)").wait_for()
+    before = page.locator("#overlays img").first.get_attribute("src")
+    page.locator("#timeline-index input[type=range]").fill("5")
+    caption.filter(has_text="step 5 (6 of 6)").wait_for()
+    page.wait_for_function(
+        "before => { const image = document.querySelector('#overlays img');"
+        " return image !== null && image.getAttribute('src') !== before && image.complete; }",
+        arg=before,
+    )
+    click_image_pixel(page, image, 100, 100)
+    _, _, title, ranking = read_ranking(page, "")
+    assert "step 5" in title and len(ranking) == 4
+    assert "Traceback" not in page.content()

@@ -27,6 +27,7 @@ import time
 import warnings
 import weakref
 import zipfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,9 @@ from .. import (
 )
 from ..config import SPACES
 from ..images import ImageLoadError, load_image
-from ..models import DEFAULT_MODEL, LoadedModel
+from ..models import LoadedModel, UnknownWordsError, check_vocabulary
+from ..outputs import OutputPathError, atomic_output_dir, remove_output_dir
+from ..timeline import TimelineError, estimate_timeline_bytes, maps_over
 
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "MapResult",
     "MapService",
     "Outcome",
+    "SHOWN_MAPS",
     "parse_concepts",
     "run_safely",
 ]
@@ -63,6 +67,11 @@ logger = logging.getLogger("conceptattention.app")
 
 #: Shown images, heatmaps and overlays are scaled so that their longer side has this many pixels.
 DISPLAY_SIDE = 384
+
+#: What the page can show: the result (mean over steps and blocks), or the maps of one step or one block.
+SHOWN_MAPS = ("mean", "steps", "blocks")
+
+_RUN_NAME = re.compile(r"run-\d{6}")  # the run folders this service writes (pruning touches no other name)
 
 _PNG_COMPRESS_LEVEL = 1  # zlib level of written PNGs: 6x faster than PIL's default 6, files ~20% larger
 
@@ -98,7 +107,10 @@ class AppLimits:
         max_frames: Most frames of a video model's generation.
         max_upload_bytes: Largest uploaded file, in bytes (also given to Gradio as ``max_file_size``).
         max_pixels: Largest uploaded image, in pixels (width x height), checked before decoding.
-        kept_runs: How many past runs keep their downloadable files on disk.
+        kept_runs: How many past runs keep their downloadable files on disk (and their maps in memory, for the
+            pixel ranking and the step/block slider).
+        max_timeline_bytes: Most bytes of kept per-step scores of one request (steps x layers x batch x concepts x
+            image tokens x 4); above it the maps of each step and block are not kept and a note says so.
 
     Example:
         >>> AppLimits(max_concepts=4).max_concepts
@@ -115,6 +127,7 @@ class AppLimits:
     max_upload_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 25_000_000
     kept_runs: int = 16
+    max_timeline_bytes: int = 2**30
 
     def __post_init__(self) -> None:
         for name in (
@@ -128,6 +141,7 @@ class AppLimits:
             "max_upload_bytes",
             "max_pixels",
             "kept_runs",
+            "max_timeline_bytes",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -153,6 +167,10 @@ class MapResult:
         settings: The request's settings, as written into the zip.
         notes: Sentences to show next to the result (library warnings, vocabulary hints, model notices).
         seconds: Wall time of the run, validation to written files.
+        timeline: ``{"steps": [...], "blocks": [...]}``: the maps of each denoising step (explain: noise level) and
+            of each selected block (see :func:`conceptattention.timeline.maps_over`); empty when not kept.
+        run_id: The name of the run's folder; :meth:`MapService.rank_at` and :meth:`MapService.view` find the run
+            by it while it is among the last ``limits.kept_runs``.
     """
 
     image: Image.Image
@@ -167,6 +185,27 @@ class MapResult:
     settings: dict[str, Any]
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    timeline: dict[str, list[ConceptMaps]] = field(default_factory=dict)
+    run_id: str = ""
+
+
+@dataclass(frozen=True)
+class MapView:
+    """The maps of one step or block (or the result), drawn like a result.
+
+    Attributes:
+        maps: The maps shown.
+        heatmaps: ``C`` pairs ``(heatmap, concept)`` at the size of the result's ``display_image``.
+        overlays: ``C`` pairs ``(overlay, concept)``.
+        segmentation: The argmax segmentation at that size.
+        caption: What is shown, in words (``"step 3 of 6"``).
+    """
+
+    maps: ConceptMaps
+    heatmaps: list[tuple[Image.Image, str]]
+    overlays: list[tuple[Image.Image, str]]
+    segmentation: Image.Image
+    caption: str
 
 
 @dataclass(frozen=True)
@@ -319,18 +358,15 @@ def _file_stem(index: int, concept: str) -> str:
 
 
 def model_vocabulary(loaded: LoadedModel) -> tuple[str, ...] | None:
-    """The words the model knows, when that is a short list (the shipped ShapesWorld model), else None.
+    """The words the model knows, when it declares them (:attr:`LoadedModel.vocabulary`: the shipped ShapesWorld
+    model), else None.
 
     Example:
         >>> from conceptattention.models import LoadedModel
         >>> model_vocabulary(LoadedModel(pipeline=None, name="black-forest-labs/FLUX.1-dev", description="")) is None
         True
     """
-    if loaded.name != DEFAULT_MODEL or loaded.notice is not None:
-        return None
-    from ..shapesworld import CAPTION_WORDS
-
-    return tuple(word for word in CAPTION_WORDS if word.isalpha())
+    return loaded.vocabulary
 
 
 class MapService:
@@ -384,6 +420,7 @@ class MapService:
         self.vocabulary = model_vocabulary(loaded)
         self._lock = threading.Lock()
         self._run_counter = 0
+        self._results: OrderedDict[str, MapResult] = OrderedDict()  # the last limits.kept_runs results
         if work_dir is None:
             self.work_dir = Path(tempfile.mkdtemp(prefix="conceptattention-app-"))
             self._cleanup = weakref.finalize(self, shutil.rmtree, self.work_dir, ignore_errors=True)
@@ -470,21 +507,51 @@ class MapService:
         return {"layers": tuple(sorted(set(chosen))), "space": space, "softmax": softmax}
 
     def _check_vocabulary(self, concepts: Sequence[str], prompt: str) -> list[str]:
-        """Refuse concept words the toy model does not know; return a note for unknown prompt words."""
+        """Refuse concepts with words the model does not know (:func:`conceptattention.models.check_vocabulary`:
+        every whitespace-separated word, so punctuation and emoji are refused too); return a note for unknown prompt
+        words."""
         if self.vocabulary is None:
             return []
+        try:
+            check_vocabulary(concepts, self.vocabulary)
+        except UnknownWordsError as error:
+            raise AppInputError(str(error)) from None
         known = set(self.vocabulary)
-        for concept in concepts:
-            unknown = [word for word in re.findall(r"\w+", concept.lower()) if word not in known]
-            if unknown:
-                raise AppInputError(
-                    f"The concept {concept!r} uses words the toy model does not know ({', '.join(unknown)}); it "
-                    f"knows only: {', '.join(self.vocabulary)}."
-                )
         unknown_in_prompt = sorted({word for word in re.findall(r"\w+", prompt.lower()) if word not in known})
         if unknown_in_prompt:
             return [f"Note: the toy model ignores the unknown prompt words {', '.join(unknown_in_prompt)}."]
         return []
+
+    def _image_tokens(self, height: int, width: int, frames: int) -> int:
+        """Image tokens of one transformer call (token grid times latent frames of a video model)."""
+        temporal = int(getattr(self.pipeline, "vae_scale_factor_temporal", 1) or 1)
+        latent_frames = 1 + (int(frames) - 1) // temporal if frames > 1 else 1
+        return -(-height // self.size_multiple) * -(-width // self.size_multiple) * latent_frames
+
+    def _keep_timeline(
+        self,
+        timeline: Any,
+        *,
+        steps: int,
+        options: dict[str, Any],
+        concepts: Sequence[str],
+        tokens: int,
+        batch: int = 1,
+    ) -> bool | str:
+        """Whether to keep the per-step scores: True, False (not asked for), or the note saying why not."""
+        if not isinstance(timeline, bool):
+            raise AppInputError(f"Keeping the maps of each step must be on or off, got {timeline!r}.")
+        if not timeline:
+            return False
+        estimate = estimate_timeline_bytes(
+            steps=steps, layers=len(options["layers"]), concepts=len(concepts), image_tokens=tokens, batch=batch
+        )
+        if estimate > self.limits.max_timeline_bytes:
+            return (
+                f"The maps of each step and block were not kept: they would take {estimate / 2**20:.0f} MiB, more "
+                f"than this app's limit of {self.limits.max_timeline_bytes / 2**20:.0f} MiB."
+            )
+        return True
 
     def _call_kwargs(self, candidates: dict[str, Any]) -> dict[str, Any]:
         """The subset of ``candidates`` that the pipeline's ``__call__`` accepts (None values dropped)."""
@@ -507,6 +574,7 @@ class MapService:
         layers: Any = None,
         space: Any = "output",
         softmax: Any = True,
+        timeline: Any = True,
     ) -> MapResult:
         """Generate an image from a prompt and map the concepts in it.
 
@@ -523,6 +591,8 @@ class MapService:
             layers: Joint block indices to average (default: :attr:`default_layers`).
             space: ``"output"``, ``"cross_attention"`` or ``"value"``.
             softmax: Softmax over concepts.
+            timeline: Also keep the maps of each step and block (:attr:`MapResult.timeline`), within
+                ``limits.max_timeline_bytes``.
 
         Returns:
             :class:`MapResult`.
@@ -560,12 +630,18 @@ class MapService:
                 frame_count = _whole_number("Frames", frame_count, 1, self.limits.max_frames)
             kwargs.update(self._call_kwargs({"num_frames": frame_count, "output_type": "pil"}))
             notes.append("Video model: the first frame and its maps are shown; use the CLI for the whole video.")
+        tokens = self._image_tokens(image_height, image_width, kwargs.get("num_frames") or 1)
+        keep = self._keep_timeline(timeline, steps=step_count, options=options, concepts=concept_list, tokens=tokens)
+        if isinstance(keep, str):
+            notes.append(keep)
+        options["keep_per_step"] = keep is True
         with self._lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             generator = torch.Generator(self.generator_device).manual_seed(seed_value)
             with ConceptAttention(self.pipeline, concept_list, **options) as attention:
                 output = self.pipeline(prompt_text, generator=generator, **kwargs)
             maps = attention.maps
+            per_step = _timeline_of(attention) if keep is True else {}
         notes.extend(str(warning.message) for warning in caught if issubclass(warning.category, UserWarning))
         image = output.frames[0][0] if video else output.images[0]
         settings = {
@@ -577,7 +653,7 @@ class MapService:
             "pipeline_kwargs": kwargs,
             "method": maps.config,
         }
-        return self._finish(image, maps, settings, notes, started)
+        return self._finish(image, maps, settings, notes, started, per_step)
 
     def explain(
         self,
@@ -591,6 +667,7 @@ class MapService:
         layers: Any = None,
         space: Any = "output",
         softmax: Any = True,
+        timeline: Any = True,
     ) -> MapResult:
         """Map the concepts in an uploaded image (VAE-encode, add noise, one early-exit forward pass).
 
@@ -604,6 +681,7 @@ class MapService:
             layers: Joint block indices to average (default: :attr:`default_layers`).
             space: ``"output"``, ``"cross_attention"`` or ``"value"``.
             softmax: Softmax over concepts.
+            timeline: Also keep the maps of each block (and of the one noise level, as its only "step").
 
         Returns:
             :class:`MapResult` whose ``image`` is the uploaded image.
@@ -625,6 +703,18 @@ class MapService:
         options = self._method_options(self.default_layers if layers is None else layers, space, softmax)
         image = self._load_upload(path)
         height, width = self._explain_size(image)
+        keep = self._keep_timeline(
+            timeline,
+            steps=1,
+            options=options,
+            concepts=concept_list,
+            tokens=self._image_tokens(height, width, 1),
+            batch=sample_count,
+        )
+        if isinstance(keep, str):
+            notes.append(keep)
+        options["keep_per_step"] = keep is True
+        attentions: list[Any] = []
         with self._lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             maps = explain(
@@ -638,8 +728,10 @@ class MapService:
                 height=height,
                 width=width,
                 guidance_scale=self.default_guidance_scale,
+                on_attention=attentions.append,
                 **options,
             )
+            per_step = _timeline_of(attentions[0]) if keep is True else {}
         notes.extend(str(warning.message) for warning in caught if issubclass(warning.category, UserWarning))
         settings = {
             "tab": "explain",
@@ -649,7 +741,7 @@ class MapService:
             "concepts": list(maps.concepts),
             "method": maps.config,
         }
-        return self._finish(image, maps, settings, notes, started)
+        return self._finish(image, maps, settings, notes, started, per_step)
 
     def _load_upload(self, path: Path) -> Image.Image:
         """Load an uploaded image with the size limits; messages name the file, never the server's folders."""
@@ -700,7 +792,13 @@ class MapService:
     # ----- outputs -----------------------------------------------------------------------------------------------
 
     def _finish(
-        self, image: Image.Image, maps: ConceptMaps, settings: dict[str, Any], notes: list[str], started: float
+        self,
+        image: Image.Image,
+        maps: ConceptMaps,
+        settings: dict[str, Any],
+        notes: list[str],
+        started: float,
+        timeline: dict[str, list[ConceptMaps]] | None = None,
     ) -> MapResult:
         if self.loaded.notice:
             notes.append(self.loaded.notice)
@@ -709,8 +807,11 @@ class MapService:
         heatmaps = [(maps.heatmap(concept, size=display_size, cmap=self.cmap), concept) for concept in maps.concepts]
         overlays = [(maps.overlay(display_image, concept, cmap=self.cmap), concept) for concept in maps.concepts]
         segmentation = maps.segmentation_image(size=display_size)
+        timeline = timeline or {}
+        if timeline:
+            settings["timeline"] = {over: len(parts) for over, parts in timeline.items()}
         views, files = self._write_files(image, display_image, maps, heatmaps, overlays, segmentation, settings)
-        return MapResult(
+        result = MapResult(
             image=image,
             display_image=display_image,
             maps=maps,
@@ -723,7 +824,104 @@ class MapService:
             settings=settings,
             notes=notes,
             seconds=time.perf_counter() - started,
+            timeline=timeline,
+            run_id=files[0].parent.name,
         )
+        with self._lock:
+            self._results[result.run_id] = result
+            while len(self._results) > self.limits.kept_runs:
+                self._results.popitem(last=False)
+        return result
+
+    # ----- exploring a result: the maps of one step or block, the concepts ranked at a pixel ----------------------
+
+    def result(self, run_id: Any) -> MapResult:
+        """The result of a recent run (one of the last ``limits.kept_runs``).
+
+        Raises:
+            AppInputError: No such run, or it is no longer kept.
+        """
+        with self._lock:
+            result = self._results.get(run_id) if isinstance(run_id, str) else None
+        if result is None:
+            raise AppInputError("This result is no longer kept on the server; run the request again.")
+        return result
+
+    def shown_maps(self, run_id: Any, over: Any = "mean", index: Any = 0) -> tuple[ConceptMaps, str]:
+        """The maps of the result (``over="mean"``), of step ``index`` (``"steps"``) or of block ``index``
+        (``"blocks"``), with a caption such as ``"step 3 (4 of 6)"``.
+
+        Raises:
+            AppInputError: Unknown run, ``over`` not in :data:`SHOWN_MAPS`, per-step maps not kept, or ``index`` out
+                of range.
+        """
+        result = self.result(run_id)
+        if over not in SHOWN_MAPS:
+            raise AppInputError(f"The maps shown must be one of {', '.join(SHOWN_MAPS)}, got {over!r}.")
+        if over == "mean":
+            return result.maps, "the result: the mean over the selected steps and blocks"
+        parts = result.timeline.get(over)
+        if not parts:
+            raise AppInputError("The maps of each step and block were not kept for this result.")
+        position = _whole_number("The step or block", index, 0, len(parts) - 1)
+        chosen = parts[position]
+        return chosen, f"{chosen.config.get('label', over)} ({position + 1} of {len(parts)})"
+
+    def view(self, run_id: Any, over: Any = "mean", index: Any = 0) -> MapView:
+        """The heatmaps, overlays and segmentation of :meth:`shown_maps`, at the result's display size.
+
+        Example:
+            >>> from conceptattention.models import load_model
+            >>> service = MapService(load_model())
+            >>> result = service.generate(prompt="a red boat", concepts="boat, sea", steps=3)
+            >>> service.view(result.run_id, "steps", 2).caption
+            'step 2 (3 of 3)'
+        """
+        maps, caption = self.shown_maps(run_id, over, index)
+        display_image = self.result(run_id).display_image
+        size = (display_image.height, display_image.width)
+        return MapView(
+            maps=maps,
+            heatmaps=[(maps.heatmap(concept, size=size, cmap=self.cmap), concept) for concept in maps.concepts],
+            overlays=[(maps.overlay(display_image, concept, cmap=self.cmap), concept) for concept in maps.concepts],
+            segmentation=maps.segmentation_image(size=size),
+            caption=caption,
+        )
+
+    def rank_at(self, run_id: Any, x: Any, y: Any, over: Any = "mean", index: Any = 0) -> list[tuple[str, float]]:
+        """The concepts ranked by their map's value at pixel ``(x, y)`` of the shown image, highest first.
+
+        The maps are bilinearly upsampled to the display size, as for the segmentation, so the first entry is the
+        segmentation's concept at that pixel (ties go to the concept listed first, as there).
+
+        Args:
+            run_id: :attr:`MapResult.run_id`.
+            x: Column in the displayed image (``display_image``), from 0.
+            y: Row, from 0.
+            over: ``"mean"``, ``"steps"`` or ``"blocks"`` (see :meth:`shown_maps`).
+            index: The step or block.
+
+        Returns:
+            ``(concept, value)`` pairs, all concepts, highest value first.
+
+        Raises:
+            AppInputError: Unknown run, or a pixel outside the image.
+
+        Example:
+            >>> from conceptattention.models import load_model
+            >>> service = MapService(load_model())
+            >>> result = service.generate(prompt="a red boat", concepts="boat, sea", steps=2)
+            >>> ranking = service.rank_at(result.run_id, x=10, y=300)
+            >>> sorted(name for name, _ in ranking), ranking[0][1] >= ranking[1][1]
+            (['boat', 'sea'], True)
+        """
+        maps, _ = self.shown_maps(run_id, over, index)
+        display_image = self.result(run_id).display_image
+        column = _whole_number("The pixel's x", x, 0, display_image.width - 1)
+        row = _whole_number("The pixel's y", y, 0, display_image.height - 1)
+        values = maps.upsample((display_image.height, display_image.width), mode="bilinear")[:, 0, row, column]  # [C]
+        order = sorted(range(len(maps.concepts)), key=lambda concept: -float(values[concept]))  # stable: ties keep order
+        return [(maps.concepts[concept], float(values[concept])) for concept in order]
 
     def _write_files(
         self,
@@ -737,17 +935,17 @@ class MapService:
     ) -> tuple[dict[str, Any], list[Path]]:
         """Write the shown PNGs, ``conceptattention-maps.zip`` and ``maps.safetensors`` into a new run folder.
 
-        All or nothing: the folder is removed if any file fails. PNGs are written once, with fast compression, and
-        stored uncompressed in the zip (they are compressed already).
+        All or nothing: the folder is written with :func:`conceptattention.outputs.atomic_output_dir` (it appears
+        complete, with the marker that lets :meth:`_prune_runs` delete it later, or not at all). PNGs are written
+        once, with fast compression, and stored uncompressed in the zip (they are compressed already).
 
         Returns:
             ``(views, downloads)`` as in :class:`MapResult`.
         """
         with self._lock:
             self._run_counter += 1
-            run_dir = self.work_dir / f"run-{self._run_counter:06d}"
-        run_dir.mkdir(parents=True)
-        try:
+            final_dir = self.work_dir / f"run-{self._run_counter:06d}"
+        with atomic_output_dir(final_dir) as run_dir:
             (run_dir / "heatmaps").mkdir()
             (run_dir / "overlays").mkdir()
             image.save(run_dir / "image.png", compress_level=_PNG_COMPRESS_LEVEL)
@@ -771,16 +969,35 @@ class MapService:
                 for member in members:
                     compression = zipfile.ZIP_STORED if member.endswith(".png") else zipfile.ZIP_DEFLATED
                     archive.write(run_dir / member, member, compress_type=compression)
-        except BaseException:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+
+        def moved(path: Path) -> Path:  # the same file in the finished folder
+            return final_dir / path.relative_to(run_dir)
+
+        views = {
+            key: [moved(path) for path in value] if isinstance(value, list) else moved(value)
+            for key, value in views.items()
+        }
         self._prune_runs()
-        return views, [zip_path, tensor_path]
+        return views, [moved(zip_path), moved(tensor_path)]
 
     def _prune_runs(self) -> None:
-        runs = sorted(path for path in self.work_dir.glob("run-*") if path.is_dir())
+        """Delete the oldest run folders beyond ``limits.kept_runs`` with
+        :func:`~conceptattention.outputs.remove_output_dir`, which deletes only folders this program wrote (a folder
+        someone else put there, or one holding a foreign file, is left alone and logged)."""
+        runs = sorted(path for path in self.work_dir.iterdir() if _RUN_NAME.fullmatch(path.name) and path.is_dir())
         for old_run in runs[: max(0, len(runs) - self.limits.kept_runs)]:
-            shutil.rmtree(old_run, ignore_errors=True)
+            try:
+                remove_output_dir(old_run)
+            except (OutputPathError, FileNotFoundError) as error:
+                logger.warning("Old run folder not removed: %s", error)
+
+
+def _timeline_of(attention: ConceptAttention) -> dict[str, list[ConceptMaps]]:
+    """The maps of each step and of each block of a finished run with ``keep_per_step=True``."""
+    try:
+        return {over: maps_over(attention, over) for over in ("steps", "blocks")}
+    except TimelineError:
+        return {}
 
 
 def declared_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:

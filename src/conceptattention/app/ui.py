@@ -15,14 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from ..config import SPACES
 from ..extras import MissingExtraError, require
-from .service import MapResult, MapService, Outcome, run_safely
+from .service import USER_ERRORS, MapResult, MapService, MapView, Outcome, run_safely
 
 
 if TYPE_CHECKING:
     import gradio
 
 
-__all__ = ["GradioMissingError", "build_app", "import_gradio", "launch_app", "outcome_to_outputs"]
+__all__ = [
+    "GradioMissingError",
+    "build_app",
+    "import_gradio",
+    "launch_app",
+    "outcome_to_outputs",
+    "ranking_html",
+    "view_to_outputs",
+]
 
 #: Element ids of the page, for tests and custom CSS.
 ELEMENT_IDS = {
@@ -44,7 +52,18 @@ ELEMENT_IDS = {
     "heatmaps": "heatmaps",
     "overlays": "overlays",
     "downloads": "downloads",
+    "keep_timeline": "keep-timeline",
+    "shown_maps": "shown-maps",
+    "timeline_index": "timeline-index",
+    "shown_caption": "shown-caption",
+    "ranking": "pixel-ranking",
 }
+
+#: Choices of the "Maps shown" control: label and value (values as in :data:`service.SHOWN_MAPS`).
+SHOWN_MAPS_CHOICES = [("the result (mean)", "mean"), ("one step", "steps"), ("one block", "blocks")]
+
+#: Shown under the image before a pixel is clicked.
+RANKING_HINT = "Click the image to rank the concepts at that pixel."
 
 #: Browser-side handler of a tab switch: the new value of the status line (empty).
 CLEAR_STATUS_JS = "() => ''"
@@ -91,6 +110,28 @@ def legend_html(legend: list[tuple[str, tuple[int, int, int]]]) -> str:
         )
         items.append(f'<span class="legend-item" style="margin-right:1em">{swatch}{html.escape(concept)}</span>')
     return f'<div class="concept-legend">{"".join(items)}</div>'
+
+
+def ranking_html(ranking: list[tuple[str, float]], x: int, y: int, caption: str = "") -> str:
+    """The concepts ranked at a pixel as an ordered list (names escaped), highest first.
+
+    Example:
+        >>> html_text = ranking_html([("sea", 0.7), ("<b>", 0.3)], 4, 5)
+        >>> "pixel (4, 5)" in html_text, html_text.count("<li")
+        (True, 2)
+    """
+    where = f" &middot; {html.escape(caption)}" if caption else ""
+    items = "".join(
+        f'<li class="ranked-concept"><span class="concept">{html.escape(concept)}</span> '
+        f'<span class="score">{score:.4f}</span></li>'
+        for concept, score in ranking
+    )
+    return f'<div class="ranking-title">Concepts at pixel ({x}, {y}){where}:</div><ol class="ranking">{items}</ol>'
+
+
+def view_to_outputs(view: MapView) -> tuple[Any, ...]:
+    """The values of the components a step/block view changes: ``(heatmaps, overlays, segmentation, caption)``."""
+    return (view.heatmaps, view.overlays, view.segmentation, f"Showing {view.caption}.")
 
 
 def outcome_to_outputs(outcome: Outcome) -> tuple[Any, ...]:
@@ -152,7 +193,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         outcome = run_safely(request)
         if outcome.error is not None:
             gr.Warning(html.escape(outcome.error))
-        return outcome_to_outputs(outcome)
+        return outcome_to_outputs(outcome) + timeline_outputs(outcome)
 
     def on_generate(
         prompt: str,
@@ -166,6 +207,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         layers: Any,
         space: Any,
         softmax: Any,
+        keep_timeline: Any,
     ) -> tuple[Any, ...]:
         return respond(
             lambda: service.generate(
@@ -180,6 +222,7 @@ def build_app(service: MapService) -> gradio.Blocks:
                 layers=layers,
                 space=space,
                 softmax=softmax,
+                timeline=keep_timeline,
             )
         )
 
@@ -193,6 +236,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         layers: Any,
         space: Any,
         softmax: Any,
+        keep_timeline: Any,
     ) -> tuple[Any, ...]:
         return respond(
             lambda: service.explain(
@@ -205,8 +249,65 @@ def build_app(service: MapService) -> gradio.Blocks:
                 layers=layers,
                 space=space,
                 softmax=softmax,
+                timeline=keep_timeline,
             )
         )
+
+    def timeline_outputs(outcome: Outcome) -> tuple[Any, ...]:
+        """``(run id, maps-shown control, step/block slider, caption, ranking)`` after a request."""
+        result = outcome.result
+        kept = result is not None and bool(result.timeline)
+        return (
+            result.run_id if result is not None else None,
+            gr.Radio(value="mean", visible=kept),
+            gr.Slider(value=0, minimum=0, maximum=1, visible=False),
+            "",
+            RANKING_HINT if result is not None else "",
+        )
+
+    def on_shown_maps(run_id: Any, over: Any) -> tuple[Any, ...]:
+        """The maps-shown control changed: resize the slider to the steps or blocks, show their first one."""
+        outcome = run_safely(lambda: service.result(run_id))
+        if outcome.result is None:
+            return (gr.Slider(visible=False), *(gr.skip(),) * 3, outcome.status, "")
+        count = len(outcome.result.timeline.get(over, [])) if over != "mean" else 0
+        slider = gr.Slider(
+            value=0,
+            minimum=0,
+            maximum=max(count - 1, 1),
+            step=1,
+            label="Step" if over == "steps" else "Block",
+            visible=count > 1,
+        )
+        return (slider, *show_view(run_id, over, 0))
+
+    def show_view(run_id: Any, over: Any, index: Any) -> tuple[Any, ...]:
+        """``(heatmaps, overlays, segmentation, caption, ranking)`` of one step or block (or of the result)."""
+        try:
+            view = service.view(run_id, over, index)
+        except USER_ERRORS as error:
+            return (*(gr.skip(),) * 3, f"**Error:** {html.escape(str(error))}", "")
+        return (*view_to_outputs(view), RANKING_HINT)
+
+    def on_index(run_id: Any, over: Any, index: Any) -> tuple[Any, ...]:
+        if over == "mean":
+            return (*(gr.skip(),) * 4, gr.skip())
+        return show_view(run_id, over, index)
+
+    def on_select(run_id: Any, over: Any, index: Any, event: gradio.SelectData) -> str:
+        """A click on the image: rank the concepts of the maps shown at that pixel."""
+        if not isinstance(event.index, list | tuple) or len(event.index) != 2:
+            return RANKING_HINT
+        x, y = event.index
+        try:
+            _, caption = service.shown_maps(run_id, over, index)
+            ranking = service.rank_at(run_id, x, y, over, index)
+        except USER_ERRORS as error:
+            return f"<b>Error:</b> {html.escape(str(error))}"
+        return ranking_html(ranking, int(x), int(y), caption)
+
+    # Gradio hands the click to the parameter annotated SelectData; with postponed annotations it sees a string.
+    on_select.__annotations__["event"] = gr.SelectData
 
     limits = service.limits
     with gr.Blocks(title="ConceptAttention", analytics_enabled=False, delete_cache=(3600, 3600)) as demo:
@@ -283,9 +384,23 @@ def build_app(service: MapService) -> gradio.Blocks:
                     label="Space ('output' is the method; the others are the paper's baselines)",
                 )
                 softmax = gr.Checkbox(value=True, label="Softmax over concepts")
+                keep_timeline = gr.Checkbox(
+                    value=True,
+                    label="Keep the maps of each step and block (a slider then shows them)",
+                    elem_id=ids["keep_timeline"],
+                )
         status = gr.Markdown(elem_id=ids["status"])
+        run_id = gr.State(None)
         with gr.Row():
-            image = gr.Image(label="Image", type="pil", format="png", interactive=False, elem_id=ids["image"])
+            with gr.Column():
+                image = gr.Image(
+                    label="Image (click a pixel to rank the concepts there)",
+                    type="pil",
+                    format="png",
+                    interactive=False,
+                    elem_id=ids["image"],
+                )
+                ranking = gr.HTML(elem_id=ids["ranking"])
             with gr.Column():
                 segmentation = gr.Image(
                     label="Segmentation (argmax over concepts)",
@@ -295,6 +410,17 @@ def build_app(service: MapService) -> gradio.Blocks:
                     elem_id=ids["segmentation"],
                 )
                 legend = gr.HTML(elem_id=ids["legend"])
+                shown_maps = gr.Radio(
+                    choices=SHOWN_MAPS_CHOICES,
+                    value="mean",
+                    label="Maps shown",
+                    visible=False,
+                    elem_id=ids["shown_maps"],
+                )
+                timeline_index = gr.Slider(
+                    minimum=0, maximum=1, step=1, value=0, label="Step", visible=False, elem_id=ids["timeline_index"]
+                )
+                shown_caption = gr.Markdown(elem_id=ids["shown_caption"])
         heatmaps = gr.Gallery(label="Heatmaps", columns=4, format="png", elem_id=ids["heatmaps"])
         overlays = gr.Gallery(label="Overlays", columns=4, format="png", elem_id=ids["overlays"])
         downloads = gr.File(
@@ -305,7 +431,8 @@ def build_app(service: MapService) -> gradio.Blocks:
         )
 
         outputs = [status, image, segmentation, legend, heatmaps, overlays, downloads]
-        method_inputs = [layers, space, softmax]
+        outputs += [run_id, shown_maps, timeline_index, shown_caption, ranking]
+        method_inputs = [layers, space, softmax, keep_timeline]
         generate_inputs = [prompt, generate_concepts, seed, steps, image_height, image_width, guidance_scale, frames]
         explain_inputs = [upload, explain_concepts, caption, noise_level, samples, explain_seed]
         for triggers, handler, inputs, api_name in (
@@ -328,6 +455,10 @@ def build_app(service: MapService) -> gradio.Blocks:
             )
         # The status line speaks of the last request of the tab on show: switching tabs clears it (in the browser,
         # no server round trip), so one tab's error never sits under the other tab's form.
+        view_outputs = [heatmaps, overlays, segmentation, shown_caption, ranking]
+        shown_maps.input(on_shown_maps, [run_id, shown_maps], [timeline_index, *view_outputs], api_visibility="private")
+        timeline_index.input(on_index, [run_id, shown_maps, timeline_index], view_outputs, api_visibility="private")
+        image.select(on_select, [run_id, shown_maps, timeline_index], [ranking], api_visibility="private")
         for tab in (generate_tab, explain_tab):
             tab.select(fn=None, inputs=None, outputs=[status], js=CLEAR_STATUS_JS, queue=False, api_visibility="private")
     return demo

@@ -379,6 +379,30 @@ def environment() -> dict[str, str]:
     }
 
 
+def combined_writers(
+    writers: Sequence[Callable[[Path], dict[str, Any]] | None],
+) -> Callable[[Path], dict[str, Any]] | None:
+    """One ``extra_files`` writer that runs each given writer in turn (None when none is given).
+
+    Example:
+        >>> combined_writers([None, None]) is None
+        True
+        >>> sorted(combined_writers([lambda folder: {"a": "a.png"}, None, lambda folder: {"b": "b.png"}])(Path(".")))
+        ['a', 'b']
+    """
+    given = [writer for writer in writers if writer is not None]
+    if not given:
+        return None
+
+    def write_all(folder: Path) -> dict[str, Any]:
+        files: dict[str, Any] = {}
+        for writer in given:
+            files.update(writer(folder))
+        return files
+
+    return write_all
+
+
 def write_run_folder(
     out: Path,
     *,
@@ -389,13 +413,13 @@ def write_run_folder(
     cmap: str = "plasma",
     frames: list[Image.Image] | None = None,
     fps: float = 8,
-    extra: Callable[[Path], dict[str, Any]] | None = None,
+    extra_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write image, maps, heatmaps, overlays, segmentation, grid figure and settings.json atomically.
 
     For videos (``frames`` given), ``image`` is the first frame and the folder also holds ``video.gif``,
-    ``video.mp4``, one overlay GIF and MP4 per concept, and ``frames_grid.png``. ``extra(folder)`` (e.g. the
-    ``--masks`` writer) writes more files into the folder before settings.json; its file listing is added.
+    ``video.mp4``, one overlay GIF and MP4 per concept, and ``frames_grid.png``. ``extra_files(folder)`` writes
+    more files into the (temporary) folder and returns their listing for settings.json (e.g. ``--animate``).
 
     Returns:
         The file listing written into settings.json.
@@ -423,8 +447,8 @@ def write_run_folder(
         files["grid"] = "grid.png"
         if frames is not None:
             files.update(_write_video_files(folder, frames, maps, cmap, fps))
-        if extra is not None:
-            files.update(extra(folder))
+        if extra_files is not None:
+            files.update(extra_files(folder))
         settings = dict(settings)
         settings["files"] = files
         settings["environment"] = environment()
@@ -467,7 +491,7 @@ def finish_map_command(
     settings: dict[str, Any],
     started: float,
     frames: list[Image.Image] | None = None,
-    extra: Callable[[Path], dict[str, Any]] | None = None,
+    extra_files: Callable[[Path], dict[str, Any]] | None = None,
 ) -> int:
     """Write the run folder of ``generate`` / ``explain`` (``--out``, ``--overwrite``, ``--cmap``), print the summary.
 
@@ -478,7 +502,7 @@ def finish_map_command(
         settings: The settings.json entries.
         started: ``time.perf_counter()`` at the start of the command.
         frames: Video frames, if any.
-        extra: Writes more files into the folder (see :func:`write_run_folder`).
+        extra_files: Writes more files into the run folder (see :func:`write_run_folder`).
 
     Returns:
         The exit status, 0.
@@ -491,7 +515,7 @@ def finish_map_command(
         settings=settings,
         cmap=args.cmap,
         frames=frames,
-        extra=extra,
+        extra_files=extra_files,
     )
     print_summary(args.out, maps, time.perf_counter() - started)
     return 0

@@ -7,6 +7,7 @@ import re
 import time
 
 from ..config import check_noise_levels
+from .animate import add_animate_options, animation_writer, check_animation_memory, check_explain_steps, image_tokens
 from .common import (
     CLIError,
     add_map_command_options,
@@ -16,6 +17,7 @@ from .common import (
     check_model_concepts,
     check_output_folder,
     check_sizes,
+    combined_writers,
     finish_map_command,
     finite_float,
     load_model_from_args,
@@ -49,10 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance-scale", type=finite_float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
     add_mask_options(parser)
     add_map_command_options(parser, run)
+    add_animate_options(parser, steps_help="noise level (--noise-level with several values)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import explain, get_adapter  # torch and diffusers: imported by the command, not by --help
+    from .. import ConceptAttention, explain, get_adapter  # torch and diffusers: imported by the command, not --help
+    from ..config import model_defaults
     from ..images import load_image
 
     started = time.perf_counter()
@@ -76,6 +80,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         height, width = args.height, args.width
     check_memory_for_model(args, pipe, height=height, width=width, batch=args.samples, concepts=len(concepts))
+    options = method_options(args)
+    animate, labels = None, None
+    attentions: list = []
+    if args.animate:  # the kept per-step scores are checked before the run
+        options["keep_per_step"] = True
+        levels = check_noise_levels(args.noise_level or model_defaults(pipe.transformer).noise_levels or 0.5)
+        check_explain_steps(args, levels)
+        labels = [f"noise {level:g}" for level in levels] if args.animate == "steps" else None
+        animate = check_animation_memory(
+            args,
+            ConceptAttention(pipe, concepts, **options),
+            steps=len(levels),
+            tokens=image_tokens(pipe, height=height, width=width),
+            batch=args.samples,
+        )
     maps = explain(
         pipe,
         image,
@@ -87,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
         height=args.height,
         width=args.width,
         guidance_scale=args.guidance_scale,
-        **method_options(args),
+        on_attention=attentions.append,
+        **options,
     )
     settings = {
         "command": "explain",
@@ -97,5 +117,10 @@ def run(args: argparse.Namespace) -> int:
         **map_command_settings(args, loaded, maps),
         "masks": mask_settings(args),
     }
-    extra = mask_writer(args, maps, (image.height, image.width))
-    return finish_map_command(args, image=image, maps=maps, settings=settings, started=started, extra=extra)
+    extra_files = [mask_writer(args, maps, (image.height, image.width))]
+    if animate is not None:
+        settings["animate"] = animate
+        extra_files.append(animation_writer(args, attentions[0], image, settings, labels=labels))
+    return finish_map_command(
+        args, image=image, maps=maps, settings=settings, started=started, extra_files=combined_writers(extra_files)
+    )

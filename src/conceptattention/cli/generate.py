@@ -7,6 +7,7 @@ import inspect
 import time
 from typing import Any
 
+from .animate import add_animate_options, animation_writer, check_animation_memory, image_tokens
 from .common import (
     CLIError,
     add_map_command_options,
@@ -17,6 +18,7 @@ from .common import (
     check_model_concepts,
     check_output_folder,
     check_sizes,
+    combined_writers,
     finish_map_command,
     finite_float,
     load_model_from_args,
@@ -56,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_mask_options(parser)
     add_map_command_options(parser, run)
+    add_animate_options(parser, steps_help="denoising step")
 
 
 def _call_default(pipeline: Any, name: str) -> Any:
@@ -145,7 +148,19 @@ def run(args: argparse.Namespace) -> int:
         concepts=len(concepts),
         text_tokens=kwargs.get("max_sequence_length"),
     )
-    with ConceptAttention(pipe, concepts, **options) as attention:
+    animate: dict[str, Any] | None = None
+    if args.animate:
+        options["keep_per_step"] = True
+    attention = ConceptAttention(pipe, concepts, **options)
+    if args.animate:  # the kept per-step scores are checked before the run
+        steps = kwargs.get("num_inference_steps", _call_default(pipe, "num_inference_steps"))
+        animate = check_animation_memory(
+            args,
+            attention,
+            steps=len(args.timesteps) if args.timesteps else int(steps or 1),
+            tokens=image_tokens(pipe, height=height, width=width, frames=frame_count if video else 1),
+        )
+    with attention:
         result = pipe(prompt=prompt, **kwargs)  # by keyword: some pipelines (Flux2Klein) take an image first
     frames = list(result.frames[0]) if video else None
     image = frames[0] if frames else result.images[0]
@@ -160,8 +175,17 @@ def run(args: argparse.Namespace) -> int:
         **map_command_settings(args, loaded, maps),
     }
     settings["masks"] = mask_settings(args)
+    extra_files = [mask_writer(args, maps, (image.height, image.width))]
+    if animate is not None:
+        settings["animate"] = animate
+        extra_files.append(animation_writer(args, attention, image, settings))
     settings["seconds_total_before_writing"] = round(time.perf_counter() - started, 3)
-    extra = mask_writer(args, maps, (image.height, image.width))
     return finish_map_command(
-        args, image=image, maps=maps, settings=settings, started=started, frames=frames, extra=extra
+        args,
+        image=image,
+        maps=maps,
+        settings=settings,
+        started=started,
+        frames=frames,
+        extra_files=combined_writers(extra_files),
     )
