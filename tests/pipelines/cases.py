@@ -177,15 +177,16 @@ CASES: dict[str, PipelineCase] = {
 }
 
 
-def generate(case: PipelineCase, pipe: Any, **overrides: Any) -> Any:
+def generate(case: PipelineCase, pipe: Any, reseed: bool = True, **overrides: Any) -> Any:
     """One short seeded generation: ``case.call`` updated with ``overrides``; ``prompt`` defaults to :data:`PROMPT`.
 
-    The global RNG is reseeded too, so that anything drawing from it (not the pipeline here) would be reproducible.
+    With ``reseed`` the global RNG is reseeded first, so that anything drawing from it is reproducible.
     """
     kwargs = {"prompt": PROMPT, "output_type": "pt", **case.call, **overrides}
     if "prompt_embeds" in kwargs:
         kwargs.pop("prompt")
-    torch.manual_seed(1234)
+    if reseed:
+        torch.manual_seed(1234)
     kwargs.setdefault("generator", torch.Generator().manual_seed(0))
     return getattr(pipe(**kwargs), case.output)
 
@@ -216,7 +217,7 @@ def _hooks_of(module: nn.Module) -> tuple[Any, ...]:
         tuple(getattr(module, "_forward_hooks_with_kwargs", {})),
         "forward" in vars(module),
         tuple(registry._hook_order) if registry is not None else (),  # pipelines create an empty one on first call
-        getattr(module, "_hf_hook", None),
+        type(getattr(module, "_hf_hook", None)).__name__,  # model CPU offload re-creates its hooks every call
     )
 
 
@@ -224,7 +225,7 @@ def snapshot(pipe: Any) -> dict[str, Any]:
     """Every attention processor (by identity) and every hook of every module of the pipeline's components.
 
     Two snapshots compare equal when nothing was added, removed or swapped: torch hooks (their handle ids), diffusers
-    hook registries (hook names in order), accelerate hooks, instance-level ``forward`` overrides, processors.
+    hook registries (hook names in order), accelerate hooks (by class), instance-level ``forward`` overrides, processors.
     """
     state: dict[str, Any] = {}
     for name, component in pipe.components.items():

@@ -3,7 +3,7 @@
 For each tiny pipeline of ``tests/pipelines/cases.py`` and each feature a user may combine with maps (step-end
 callbacks, also one that changes the latents; precomputed prompt embeddings; several images per prompt; a batch of
 prompts; classifier-free guidance with a negative prompt; LoRA; VAE tiling and slicing; every ``output_type``; a
-save/load round trip; group offloading), the output inside ``with ConceptAttention(...)`` must equal the output
+save/load round trip; group offloading and model CPU offload), the output inside ``with ConceptAttention(...)`` must equal the output
 without maps bit for bit (``torch.equal`` / ``np.array_equal`` / identical pixels), maps must be recorded for every
 image, and afterwards every processor and hook of the pipeline must be the one that was there before.
 
@@ -161,10 +161,23 @@ def test_save_pretrained_round_trip(case: PipelineCase, pipe: Any, tmp_path: Any
     torch.testing.assert_close(again.maps.maps, attention.maps.maps, rtol=0, atol=0)
 
 
-def test_group_offloading(case: PipelineCase) -> None:
-    """Group offloading (CPU to CPU here; the hooks are those used with an accelerator) stays bit-identical."""
+OFFLOAD = {
+    "group_block_level": lambda pipe: pipe.transformer.enable_group_offload(
+        torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1
+    ),
+    "group_leaf_level": lambda pipe: pipe.enable_group_offload(torch.device("cpu"), offload_type="leaf_level"),
+    "model_cpu_offload": lambda pipe: pipe.enable_model_cpu_offload(device="cpu"),
+}
+
+
+@pytest.mark.parametrize("offload", list(OFFLOAD))
+def test_offload_hooks(case: PipelineCase, offload: str) -> None:
+    """Offload hooks (CPU to CPU here: the hooks are those used with an accelerator) stay bit-identical and in place.
+
+    ``enable_sequential_cpu_offload(device="cpu")`` is not covered: it fails on a CPU-only machine without maps too.
+    """
     pipe = case.build()
     reference = generate(case, pipe)
-    pipe.transformer.enable_group_offload(torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1)
+    OFFLOAD[offload](pipe)
     assert_identical(generate(case, pipe), reference)
     compare(case, pipe)
