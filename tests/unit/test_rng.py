@@ -108,3 +108,22 @@ def test_outputs_identical_with_maps_on_and_off(case: PipelineCase, pipe: Any, s
         ours = generate(case, pipe, reseed=False, **kwargs)
     assert torch.equal(ours, reference)
     assert len(attention.batch_maps) == 1
+
+
+@pytest.mark.parametrize("name", ["flux", "sd3", "chroma", "qwenimage", "auraflow"])
+def test_explain_leaves_random_state_untouched(name: str) -> None:
+    """explain() encodes concepts and the caption; with dropout-mode encoders neither may draw from the caller's
+    generator, and the maps equal those of eval-mode encoders."""
+    from PIL import Image
+
+    from conceptattention import explain
+
+    image = Image.new("RGB", (32, 32), (200, 40, 40))
+    pipe = CASES[name].build()
+    expected = explain(pipe, image, list(CONCEPTS), caption="a cat", height=32, width=32)
+    with_dropout(pipe)
+    state = torch.get_rng_state()
+    maps = explain(pipe, image, list(CONCEPTS), caption="a cat", height=32, width=32)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(maps.maps, expected.maps)
+    assert all(module.training for encoder in pipeline_text_encoders(pipe) for module in encoder.modules())
