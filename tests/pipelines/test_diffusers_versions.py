@@ -36,7 +36,7 @@ def test_installed_diffusers_is_in_range() -> None:
     assert (0, 38) <= _diffusers_release() < (0, 43), diffusers.__version__
 
 
-def test_qwenimage_refused_before_0_39(qwen: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_qwen_image_refused_before_0_39(qwen: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(diffusers, "__version__", "0.38.0")
     with pytest.raises(UnsupportedModelError, match=r"QwenImageTransformer2DModel on diffusers >= 0\.39; this is "
                        r"diffusers 0\.38\.0\. Upgrade with: pip install 'diffusers>=0\.39,<0\.43'"):
