@@ -22,6 +22,7 @@ from conceptattention.testing_extra import (
     tiny_auraflow_pipeline,
     tiny_chroma_pipeline,
     tiny_flux2_klein_pipeline,
+    tiny_flux2_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwenimage_pipeline,
 )
@@ -41,7 +42,8 @@ class PipelineCase:
         build: Builds the tiny pipeline (random weights, in-memory tokenizers, progress bar off).
         call: Keyword arguments of a short generation (size, steps, sequence length, ``output_type``).
         embeds: ``(pipe, prompt) -> kwargs`` with precomputed prompt embeddings replacing ``prompt``.
-        cfg: Keyword arguments that turn on classifier-free guidance (true CFG / negative prompt).
+        cfg: Keyword arguments that turn on classifier-free guidance (true CFG / negative prompt); None for a
+            guidance-distilled pipeline without it (FLUX.2-dev).
         per_prompt: Name of the images-per-prompt argument.
         output: Attribute of the pipeline's result holding the images (``"images"``) or videos (``"frames"``).
         lora_targets: Linear layers of the joint blocks that get a LoRA (``"to_q"``, ``"add_q_proj"``...).
@@ -51,7 +53,7 @@ class PipelineCase:
     build: Callable[[], Any]
     call: dict[str, Any]
     embeds: Callable[[Any, str], dict[str, Any]]
-    cfg: dict[str, Any]
+    cfg: dict[str, Any] | None
     per_prompt: str = "num_images_per_prompt"
     output: str = "images"
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
@@ -142,6 +144,13 @@ CASES: dict[str, PipelineCase] = {
             dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=64),
             _flux2_embeds,
             dict(guidance_scale=3.0),  # Klein (not distilled): CFG against the empty prompt
+        ),
+        PipelineCase(
+            "flux2_dev",
+            tiny_flux2_pipeline,
+            dict(height=32, width=32, num_inference_steps=2, guidance_scale=4.0, max_sequence_length=64),
+            _flux2_embeds,
+            None,  # guidance-distilled: no negative prompt, no CFG
         ),
         PipelineCase(
             "qwenimage",
