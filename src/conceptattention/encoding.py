@@ -196,7 +196,9 @@ def _rng_devices(pipeline: Any, encoders: Sequence[nn.Module]) -> dict[str, list
     for device in devices:
         if device.type in ("cpu", "meta"):
             continue
-        index = device.index if device.index is not None else torch.get_device_module(device.type).current_device()
+        index = device.index
+        if index is None:  # e.g. "cuda": the current device of that type
+            index = getattr(torch.get_device_module(device.type), "current_device", lambda: 0)()
         indices.setdefault(device.type, set()).add(int(index))
     return {device_type: sorted(found) for device_type, found in indices.items()}
 

@@ -127,3 +127,31 @@ def test_explain_leaves_random_state_untouched(name: str) -> None:
     assert torch.equal(torch.get_rng_state(), state)
     assert torch.equal(maps.maps, expected.maps)
     assert all(module.training for encoder in pipeline_text_encoders(pipe) for module in encoder.modules())
+
+
+def test_forks_the_generator_of_every_device_the_encoders_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPU always; plus each accelerator holding encoder weights or running the pipeline (offloaded encoders sit on
+    the CPU or ``meta`` and run on the execution device). No accelerator is needed: fork_rng is recorded."""
+    import contextlib
+
+    calls: list[tuple[str, list[int]]] = []
+
+    @contextlib.contextmanager
+    def record(devices: Any, device_type: str = "cuda") -> Any:
+        calls.append((device_type, list(devices)))
+        yield
+
+    monkeypatch.setattr(torch.random, "fork_rng", record)
+
+    class Pipe:
+        def __init__(self, execution: torch.device) -> None:
+            self.components = {"text_encoder": nn.Linear(2, 2, device="meta"), "transformer": nn.Linear(2, 2)}
+            self._execution_device = execution
+
+    with isolated_text_encoding(Pipe(torch.device("cuda", 1))):
+        pass
+    assert calls == [("cuda", [1])]
+    calls.clear()
+    with isolated_text_encoding(Pipe(torch.device("cpu"))):
+        pass
+    assert calls == [("cuda", [])]  # devices=[]: the CPU generator only
