@@ -8,6 +8,7 @@ exactly (tensors, arrays, PIL images, nested lists) and snapshot every processor
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,8 +123,31 @@ CASES: dict[str, PipelineCase] = {
             dict(negative_prompt="blurry", guidance_scale=3.0),
         ),
         PipelineCase(
+            "sd35",  # SD3.5-Medium layout: dual attention in the first block, RMS q/k norms
+            functools.partial(tiny_sd3_pipeline, sd35=True),
+            dict(height=32, width=32, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
+            _sd3_embeds,
+            dict(  # with skip-layer guidance (an extra transformer call on step 1)
+                negative_prompt="blurry",
+                guidance_scale=3.0,
+                skip_guidance_layers=[1],
+                skip_layer_guidance_start=0.0,
+                skip_layer_guidance_stop=1.0,
+            ),
+        ),
+        PipelineCase(
             "cogvideox",
             tiny_cogvideox_pipeline,
+            dict(height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
+            _cogvideox_embeds,
+            dict(negative_prompt="blurry", guidance_scale=6.0),
+            per_prompt="num_videos_per_prompt",
+            output="frames",
+            lora_targets=("to_q", "to_k", "to_v"),
+        ),
+        PipelineCase(
+            "cogvideox15",  # CogVideoX 1.5: temporal patches, RoPE
+            functools.partial(tiny_cogvideox_pipeline, version="1.5"),
             dict(height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
             _cogvideox_embeds,
             dict(negative_prompt="blurry", guidance_scale=6.0),

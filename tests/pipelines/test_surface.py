@@ -122,7 +122,8 @@ def test_classifier_free_guidance_negative_prompt(case: PipelineCase, pipe: Any)
         assert "negative_prompt" not in inspect.signature(type(pipe).__call__).parameters
         return
     steps = case.call["num_inference_steps"]
-    assert transformer_rows(case, pipe, **case.cfg) == 2 * transformer_rows(case, pipe) == 2 * steps  # guided
+    guided, plain = transformer_rows(case, pipe, **case.cfg), transformer_rows(case, pipe)
+    assert plain == steps and guided >= 2 * steps  # guided (SD3 skip-layer guidance adds calls)
     attention = compare(case, pipe, **case.cfg)
     assert len(attention.batch_maps) == 1  # the conditional half only
 
