@@ -12,7 +12,7 @@ from torch import nn
 
 from .adapters import UnsupportedSetupError, find_transformer, get_adapter
 from .config import ConceptAttentionConfig, ConfigError, model_defaults
-from .encoding import ConceptError, validate_concepts
+from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
 from .maps import ConceptMaps
 from .session import ConceptSession
 
@@ -45,8 +45,9 @@ class _TransformerCallHook(ModelHook):
         self.context_state = StateManager(_NoState)
 
     def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        context = self.context_state._context
-        self.owner._begin_call(args, kwargs, unconditional=context is not None and context.name == "uncond")
+        context = getattr(self.context_state, "_context", getattr(self.context_state, "_current_context", None))
+        name = getattr(context, "name", context)  # diffusers >= 0.41: a CacheContext; before: the name (str)
+        self.owner._begin_call(args, kwargs, unconditional=name == "uncond")
         return args, kwargs
 
     def post_forward(self, module: nn.Module, output: Any) -> Any:
@@ -236,7 +237,7 @@ class ConceptAttention(ProcessorSwap):
         common_checks(self.transformer)
         embeds = self._concept_embeds
         if embeds is None:
-            embeds = self.adapter.encode_concepts(self.pipeline, self.concepts, self.config.concept_pooling)
+            embeds = encode_concepts_isolated(self.adapter, self.pipeline, self.concepts, self.config.concept_pooling)
         self.session = ConceptSession(
             self.config, embeds.detach(), self.layers, self.effective_softmax, reduce_batch=self._reduce_batch
         )
@@ -277,8 +278,9 @@ class ConceptAttention(ProcessorSwap):
         registry = getattr(self.transformer, "_diffusers_hook", None)
         if self._hook is not None and registry is not None and registry.get_hook(_HOOK_NAME) is not None:
             registry.remove_hook(_HOOK_NAME, recurse=False)
-            if self._created_registry and not registry._hook_order:
-                del self.transformer._diffusers_hook
+            if not registry._hook_order:  # also when the pipeline made the (empty) registry: unpin forward
+                if self._created_registry:
+                    del self.transformer._diffusers_hook
                 if not self._had_instance_forward and "forward" in vars(self.transformer):
                     del self.transformer.forward
         self._hook = None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from .config import ConceptPooling
 
@@ -203,3 +205,100 @@ def encode_masked_concepts(
     with torch.no_grad():
         hidden = text_encoder(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device))[0]  # [C, L, D]
     return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
+
+
+def pipeline_text_encoders(pipeline: Any) -> list[nn.Module]:
+    """The text encoders of a diffusers pipeline: its ``nn.Module`` components named ``text_encoder*``.
+
+    Example:
+        >>> from conceptattention.testing import tiny_flux_pipeline
+        >>> [type(encoder).__name__ for encoder in pipeline_text_encoders(tiny_flux_pipeline())]
+        ['CLIPTextModel', 'T5EncoderModel']
+    """
+    components = getattr(pipeline, "components", None) or {}
+    return [
+        module
+        for name, module in components.items()
+        if name.startswith("text_encoder") and isinstance(module, nn.Module)
+    ]
+
+
+def _rng_devices(pipeline: Any, encoders: Sequence[nn.Module]) -> dict[str, list[int]]:
+    """Non-CPU devices (by device type, as indices) that the encoders' weights or the pipeline's execution live on."""
+    devices = {tensor.device for encoder in encoders for tensor in (*encoder.parameters(), *encoder.buffers())}
+    try:
+        execution = getattr(pipeline, "_execution_device", None)  # offloaded encoders run there, not where they sit
+    except Exception:  # an unusual component set; the weights' devices are then all we know
+        execution = None
+    if execution is not None:
+        devices.add(torch.device(execution))
+    indices: dict[str, set[int]] = {}
+    for device in devices:
+        if device.type in ("cpu", "meta"):
+            continue
+        index = device.index
+        if index is None:  # e.g. "cuda": the current device of that type
+            index = getattr(torch.get_device_module(device.type), "current_device", lambda: 0)()
+        indices.setdefault(device.type, set()).add(int(index))
+    return {device_type: sorted(found) for device_type, found in indices.items()}
+
+
+@contextlib.contextmanager
+def isolated_text_encoding(pipeline: Any) -> Iterator[None]:
+    """Run the pipeline's text encoders in eval mode under forked random states, leaving both as they were.
+
+    Concept encoding must not draw from the caller's random generators: a text encoder left in train mode (as
+    diffusers' own tests build them) draws its dropout from the global generator, which would change every later
+    generator-free draw (latents after ``torch.manual_seed``) and the pipeline's own prompt encoding. Inside this
+    context the encoders are in eval mode (no dropout), and the CPU generator and those of every accelerator the
+    encoders or the pipeline's execution device use are forked (``torch.random.fork_rng``), so whatever is drawn
+    is discarded on exit. Each submodule's ``training`` flag is restored exactly on exit, also after errors, so the
+    pipeline's own calls behave as before.
+
+    Args:
+        pipeline: A diffusers pipeline (its ``text_encoder*`` components are used; none is fine).
+
+    Example:
+        >>> from conceptattention.testing import tiny_flux_pipeline
+        >>> pipe = tiny_flux_pipeline()
+        >>> _ = pipe.text_encoder_2.train()
+        >>> state = torch.get_rng_state()
+        >>> with isolated_text_encoding(pipe):
+        ...     pipe.text_encoder_2.training, torch.rand(1).shape
+        (False, torch.Size([1]))
+        >>> pipe.text_encoder_2.training, torch.equal(torch.get_rng_state(), state)
+        (True, True)
+    """
+    encoders = pipeline_text_encoders(pipeline)
+    flags = [(module, module.training) for encoder in encoders for module in encoder.modules()]
+    with contextlib.ExitStack() as stack:
+        forked = _rng_devices(pipeline, encoders)
+        if not forked:
+            stack.enter_context(torch.random.fork_rng(devices=[]))  # CPU generator only
+        for device_type, indices in forked.items():  # each also forks the CPU generator
+            stack.enter_context(torch.random.fork_rng(devices=indices, device_type=device_type))
+        try:
+            for encoder in encoders:
+                encoder.eval()
+            yield
+        finally:
+            for module, training in flags:
+                module.training = training
+
+
+def encode_concepts_isolated(
+    adapter: Any, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling
+) -> torch.Tensor:
+    """``adapter.encode_concepts(pipeline, concepts, pooling)`` under :func:`isolated_text_encoding`: ``[C, D_text]``.
+
+    The caller's random state and the encoders' train/eval modes are exactly as before afterwards.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing import tiny_flux_pipeline
+        >>> pipe = tiny_flux_pipeline()
+        >>> encode_concepts_isolated(get_adapter(pipe), pipe, ["dog", "sky"], "mean").shape
+        torch.Size([2, 32])
+    """
+    with isolated_text_encoding(pipeline):
+        return adapter.encode_concepts(pipeline, concepts, pooling)  # [C, D_text]

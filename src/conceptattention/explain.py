@@ -17,6 +17,7 @@ from PIL import Image
 
 from .capture import ConceptAttention
 from .config import ConceptAttentionConfig, ConfigError, check_noise_levels, model_defaults
+from .encoding import isolated_text_encoding
 from .maps import ConceptMaps
 from .session import EarlyExit
 
@@ -113,7 +114,7 @@ def explain(
     attention._reduce_batch = True
     attention._stop_after_last_layer = True
     seeds = [seed + index for index in range(num_samples)]
-    with attention, torch.no_grad():
+    with attention, torch.no_grad(), isolated_text_encoding(pipeline):  # caption encoding: eval, forked RNG
         batches = [(level, start) for level in noise_levels for start in range(0, num_samples, samples_per_batch)]
         for level, start in batches:  # each level sees the same noise samples
             batch = adapter.prepare_explain(

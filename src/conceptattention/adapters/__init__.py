@@ -41,6 +41,9 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "AuraFlowTransformer2DModel": ("conceptattention.adapters.auraflow", "AuraFlowAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
+#: Oldest diffusers minor release each built-in adapter is tested with (docs/compatibility.md); older ones are refused.
+MIN_DIFFUSERS: dict[str, tuple[int, int]] = dict.fromkeys(_BUILTIN_ADAPTERS, (0, 38))
+MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the processor a prebuilt mask: no maps
 
 
 class UnsupportedModelError(TypeError):
@@ -63,9 +66,33 @@ def register_adapter(transformer_class: type | str, adapter: ConceptAdapter) -> 
     _REGISTRY[transformer_class] = adapter
 
 
+def _diffusers_release() -> tuple[int, int]:
+    """``(major, minor)`` of the installed diffusers (a ``0.39.0.dev0`` build counts as 0.39)."""
+    import diffusers
+    from packaging.version import Version
+
+    major, minor, *_ = (*Version(diffusers.__version__).release, 0, 0)
+    return major, minor
+
+
+def _check_diffusers(name: str) -> None:
+    """Refuse a built-in adapter on a diffusers release older than it supports, naming the fix."""
+    minimum = MIN_DIFFUSERS.get(name)
+    if minimum is None or _diffusers_release() >= minimum:
+        return
+    import diffusers
+
+    needed = f"{minimum[0]}.{minimum[1]}"
+    raise UnsupportedModelError(
+        f"ConceptAttention supports {name} on diffusers >= {needed}; this is diffusers {diffusers.__version__}. "
+        f"Upgrade with: pip install 'diffusers>={needed},<0.43'."
+    )
+
+
 def _builtin(name: str) -> ConceptAdapter | None:
     if name not in _BUILTIN_ADAPTERS:
         return None
+    _check_diffusers(name)
     module_name, class_name = _BUILTIN_ADAPTERS[name]
     try:
         module = importlib.import_module(module_name)
@@ -100,6 +127,8 @@ def get_adapter(model: Any) -> ConceptAdapter:
     for cls in type(transformer).__mro__:
         for key in (cls, cls.__name__):
             if key in _REGISTRY:
+                if key == cls.__name__ and key in _BUILTIN_ADAPTERS:
+                    _check_diffusers(key)  # a cached built-in adapter
                 return _REGISTRY[key]
         adapter = _builtin(cls.__name__)
         if adapter is not None:
@@ -116,9 +145,13 @@ def get_adapter(model: Any) -> ConceptAdapter:
 
 
 def supported_models() -> list[dict[str, str]]:
-    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers, tests."""
+    """One row per built-in adapter usable with the installed diffusers: family, transformer class, pipelines,
+    modality, default layers, tests, supported diffusers range."""
     rows = []
     for transformer_name in _BUILTIN_ADAPTERS:
+        minimum = MIN_DIFFUSERS[transformer_name]
+        if _diffusers_release() < minimum:
+            continue  # refused by get_adapter on this diffusers
         adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
         if adapter is None:
             continue
@@ -130,6 +163,7 @@ def supported_models() -> list[dict[str, str]]:
                 "modality": adapter.modality,
                 "default_layers": adapter.official_default_layers,
                 "tested": adapter.tested,
+                "diffusers": f">={minimum[0]}.{minimum[1]},<0.43",
             }
         )
     return rows
