@@ -135,7 +135,7 @@ class ConceptAttention(ProcessorSwap):
         self.config = config if config is not None else ConceptAttentionConfig(**options)
         self.model = model
         self.transformer = find_transformer(model)
-        self.pipeline = model if model is not self.transformer else None
+        self.pipeline = None if isinstance(model, nn.Module) else model
         self.adapter = get_adapter(self.transformer)
         self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
         self.effective_softmax = self.config.softmax

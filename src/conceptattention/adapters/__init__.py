@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
+import torch._dynamo
 from torch import nn
 
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, common_checks
@@ -27,6 +29,7 @@ __all__ = [
     "get_adapter",
     "register_adapter",
     "supported_models",
+    "unwrap_compiled",
 ]
 
 # transformer class name -> (module, adapter class name); filled lazily
@@ -78,13 +81,30 @@ def _builtin(name: str) -> ConceptAdapter | None:
     return adapter
 
 
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile(module)`` (an ``OptimizedModule``), or ``module`` itself.
+
+    Processors and hooks are installed on the inner module; the compiled wrapper runs it, so calls through
+    ``pipe.transformer`` (compiled) reach them (the processor swap invalidates the compiled graph's guards).
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> unwrap_compiled(torch.compile(layer)) is layer
+        True
+    """
+    while isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
 def find_transformer(model: Any) -> nn.Module:
-    """The denoiser of a pipeline (``pipe.transformer``) or the model itself."""
+    """The denoiser of a pipeline (``pipe.transformer``) or the model itself, unwrapped from ``torch.compile``."""
     transformer = getattr(model, "transformer", None)
     if isinstance(transformer, nn.Module):
-        return transformer
+        return unwrap_compiled(transformer)
     if isinstance(model, nn.Module):
-        return model
+        return unwrap_compiled(model)
     raise UnsupportedModelError(
         f"Expected a diffusers pipeline with a `.transformer` or a transformer model, got {type(model).__name__}."
     )

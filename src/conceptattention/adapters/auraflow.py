@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "auraflow_temb"
 
 
@@ -82,7 +82,7 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
         *args: Any,
         **kwargs: Any,
     ) -> torch.FloatTensor:
-        if encoder_hidden_states is None or not self.session.needs_concepts(self.layer):
+        if encoder_hidden_states is None or not self.session.needs_concepts():
             return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
 
         # ---- stock joint attention (diffusers 0.42.1 AuraFlowAttnProcessor2_0), pre-projection outputs ----
@@ -150,7 +150,7 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
         head_dim: int,
     ) -> None:
         session, block, transformer = self.session, self._block(), self._transformer()
-        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of AuraFlow block")
+        temb = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of AuraFlow block")
         call = session.call
         assert call is not None and block is not None and transformer is not None
         if call.concept_hidden_states is None:

@@ -77,7 +77,7 @@ class ConceptAdapter(ABC):
         attention_attribute: The attention module of a joint block whose processor is replaced (``"attn"``).
         processor_class: The concept processor, built as ``processor_class(session, layer, block, transformer,
             original_processor)``.
-        stock_processor_class: The diffusers processor it replaces; :meth:`check_model` refuses any other.
+        stock_processor_class: The diffusers processor(s) it takes over; :meth:`check_model` refuses any other.
         stock_processor_remedy: What else may be installed and how to undo it (for that message).
     """
 
@@ -85,7 +85,7 @@ class ConceptAdapter(ABC):
     blocks_attribute: str = "transformer_blocks"
     attention_attribute: str = "attn"
     processor_class: type | None = None
-    stock_processor_class: type | None = None
+    stock_processor_class: type | tuple[type, ...] | None = None
     stock_processor_remedy: str = ""
     transformer_classes: tuple[str, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
@@ -132,13 +132,20 @@ class ConceptAdapter(ABC):
             )
 
     def check_stock_processors(
-        self, transformer: nn.Module, stock: type, concept: type, *, attribute: str = "attn", remedy: str = ""
+        self,
+        transformer: nn.Module,
+        stock: type | tuple[type, ...],
+        concept: type,
+        *,
+        attribute: str = "attn",
+        remedy: str = "",
     ) -> None:
         """Raise unless every joint block's attention runs diffusers' ``stock`` processor (or our ``concept`` one).
 
         Args:
             transformer: The transformer.
-            stock: The processor class the concept processor replaces (exact type: subclasses may change the math).
+            stock: The processor class(es) the concept processor takes over (exact types: subclasses may change the
+                math), e.g. the plain and the fused-projection processor.
             concept: The adapter's concept processor class (already installed: a re-entry, refused elsewhere).
             attribute: Name of the attention module in a block, for the message (``"attn"``, ``"attn1"``).
             remedy: What set-up replaced it and how to undo it, appended to the message.
@@ -146,12 +153,14 @@ class ConceptAdapter(ABC):
         Raises:
             UnsupportedSetupError: naming the block, the processor found and the way out.
         """
+        stocks = stock if isinstance(stock, tuple) else (stock,)
+        names = " or ".join(cls.__name__ for cls in stocks)
         for index, block in enumerate(self.joint_blocks(transformer)):
             processor = self.attention_module(block).processor
-            if type(processor) is not stock and not isinstance(processor, concept):
+            if type(processor) not in stocks and not isinstance(processor, concept):
                 raise UnsupportedSetupError(
                     f"{self.block_path(index)}.{attribute} uses {type(processor).__name__}, not diffusers' "
-                    f"{stock.__name__}. ConceptAttention would drop it; {remedy or 'restore the default processor.'}"
+                    f"{names}. ConceptAttention would drop it; {remedy or 'restore the default processor.'}"
                 )
 
     # ----- per call -------------------------------------------------------------------------------------------
@@ -304,7 +313,9 @@ def bind_call(
 def block_input_grabbers(
     blocks: Sequence[nn.Module], session: ConceptSession, argument: str, key: str, last_layer: int | None = None
 ) -> list[Any]:
-    """Capture-only pre-hooks storing ``(layer, <block argument>)`` in ``session.call.inputs[key]``.
+    """Capture-only pre-hooks storing ``<block argument>`` in ``session.call.inputs[key]``.
+
+    The hooks hold no per-block value (no layer index), so a compiled block class traces one graph for all blocks.
 
     Args:
         blocks: The joint blocks, in order.
@@ -334,12 +345,12 @@ def block_input_grabbers(
         if layer > last_layer:
             break
         handles.append(
-            block.register_forward_pre_hook(_grabber(session, layer, block, argument, key), with_kwargs=True)
+            block.register_forward_pre_hook(_grabber(session, block, argument, key), with_kwargs=True)
         )
     return handles
 
 
-def _grabber(session: ConceptSession, layer: int, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
+def _grabber(session: ConceptSession, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
     signature = inspect.signature(block.forward)
 
     def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -347,31 +358,30 @@ def _grabber(session: ConceptSession, layer: int, block: nn.Module, argument: st
         if call is None or not call.recording:
             return
         bound = signature.bind(*args, **kwargs)  # gradient checkpointing passes positional arguments
-        call.inputs[key] = (layer, bound.arguments[argument])
+        call.inputs[key] = bound.arguments[argument]
 
     return grab
 
 
-def captured_block_input(session: ConceptSession, layer: int, key: str, what: str) -> Any:
-    """The block input that :func:`block_input_grabbers` stored for joint block ``layer``.
+def captured_block_input(session: ConceptSession, key: str, what: str) -> Any:
+    """The block input that :func:`block_input_grabbers` stored for the running joint block.
 
     Args:
         session: The run state.
-        layer: The block asking.
         key: The call-inputs key the grabber used.
-        what: Description for the message (``"the temb of AuraFlow block"``).
+        what: Description for the message (``"the temb of an AuraFlow block"``).
 
     Raises:
-        RuntimeError: if the block's pre-hook did not run before its attention (a block called directly).
+        RuntimeError: if no block pre-hook ran before the attention (a block or attention module called directly).
     """
     call = session.call
     captured = None if call is None else call.inputs.get(key)
-    if captured is None or captured[0] != layer:
+    if captured is None:
         raise RuntimeError(
-            f"{what} {layer} was not captured (its block pre-hook did not run before the attention). Call the "
-            "transformer itself, not a block or attention module directly."
+            f"{what} was not captured (its block pre-hook did not run before the attention). Call the transformer "
+            "itself, not a block or attention module directly."
         )
-    return captured[1]
+    return captured
 
 
 def image_pixels(pipeline: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)`` of the running block.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "chroma_block_temb"
 #: Key of the captured call inputs flagging the unconditional call of the pipeline's true CFG.
 TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
@@ -68,7 +68,7 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
 
     def _block_text_conditioning(self) -> torch.Tensor:
         """This block's text modulation rows ``temb[:, 6:]``: ``[B, 6, d]``."""
-        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The modulation input of Chroma block")
+        temb = captured_block_input(self.session, BLOCK_TEMB_KEY, "The modulation input of Chroma block")
         return temb[:, 6:]  # [B, 6, d]
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 BLOCK_TEMB_KEY = "cogvideox_block_temb"
-"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
+"""Call-inputs key of the running block's ``temb``, captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -106,7 +106,7 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.session.needs_concepts(self.layer):
+        if not self.session.needs_concepts():
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
             raise UnsupportedSetupError(
@@ -161,7 +161,7 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         session, block, transformer = self.session, self._block(), self._transformer()
         call = session.call
         assert call is not None and block is not None and transformer is not None
-        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
+        temb = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
         if call.concept_hidden_states is None:
             call.concept_hidden_states = self._concept_tokens(video_output, transformer.patch_embed.text_proj)
         concepts = call.concept_hidden_states  # [B, C, d]

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb_mod_txt)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb_mod_txt``.
 BLOCK_MODULATION_KEY = "flux2_temb_mod_txt"
 #: Key of ``session.call.inputs`` caching the concepts' RoPE tables ``(cos, sin)``.
 CONCEPT_ROPE_KEY = "flux2_concept_rope"
@@ -97,7 +97,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         if (
             encoder_hidden_states is None
             or attn.added_kv_proj_dim is None
-            or not self.session.needs_concepts(self.layer)
+            or not self.session.needs_concepts()
         ):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
@@ -147,7 +147,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
     def _block_modulation(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """The text stream's ``(shift, scale, gate)`` for attention and MLP, each ``[B, 1, d]``."""
         modulation = captured_block_input(
-            self.session, self.layer, BLOCK_MODULATION_KEY, "The text modulation of Flux.2 block"
+            self.session, BLOCK_MODULATION_KEY, "The text modulation of Flux.2 block"
         )
         return Flux2Modulation.split(modulation, 2)
 

@@ -72,7 +72,7 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnPr
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None or attn.add_q_proj is None or not self.session.needs_concepts(self.layer):
+        if encoder_hidden_states is None or attn.add_q_proj is None or not self.session.needs_concepts():
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         # ---- stock joint attention (diffusers 0.42.1 HunyuanVideoAttnProcessor2_0), pre-projection outputs ----

@@ -63,23 +63,24 @@ class ConceptProcessorMixin:
         return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def _record_scores(self, **tensors: torch.Tensor) -> bool:
-        """Record this block's saliency scores if it is selected; whether the concept stream must still advance.
+        """Record this block's saliency scores; whether the concept stream must still advance (always, except on
+        the explain path's last needed block).
 
         ``tensors`` are the :func:`~conceptattention.core.saliency_scores` inputs (``concept_output``,
-        ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``).
+        ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``). Every concept block
+        computes its scores (a ``[B, C, I]`` product, small next to the block) and the session keeps the selected
+        layers' ones: no branch here reads the layer index, so a compiled block class traces a single graph.
 
         Raises:
             EarlyExit: after the last needed block on the explain path (nothing later has to run).
         """
         session = self.session
         config = session.config
-        if session.is_selected(self.layer):
-            scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
-            session.record(self.layer, scores)  # [B, C, I]
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
-            return False
+        scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
+        session.record(scores)  # [B, C, I]
+        if session.stop_after_last_layer and self.layer >= session.last_layer:  # explain path only (eager)
+            session.end_call()
+            raise EarlyExit()
         return True
 
     def _concept_tokens(self, like: torch.Tensor, text_input: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "qwenimage_temb"
 #: Key of ``session.call.inputs`` caching the concepts' complex RoPE frequencies ``[C, D/2]``.
 CONCEPT_ROPE_KEY = "qwenimage_concept_rope"
@@ -92,7 +92,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         attention_mask: torch.FloatTensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
-        if encoder_hidden_states is None or attention_mask is not None or not self.session.needs_concepts(self.layer):
+        if encoder_hidden_states is None or attention_mask is not None or not self.session.needs_concepts():
             return super().__call__(
                 attn,
                 hidden_states,
@@ -177,7 +177,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
 
     def _text_modulation(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``txt_mod(temb)`` of this block, split for the attention and the MLP: ``[B, 3d]`` each."""
-        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The temb of Qwen-Image block")
+        temb = captured_block_input(self.session, BLOCK_TEMB_KEY, "The temb of Qwen-Image block")
         if block.zero_cond_t:  # the text stream (and so the concepts) uses the first half, as the block does
             temb = torch.chunk(temb, 2, dim=0)[0]
         return block.txt_mod(temb).chunk(2, dim=-1)

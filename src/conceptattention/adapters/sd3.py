@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 ConceptTextEncoder = Literal["clip", "t5"]
 
 BLOCK_TEMB_KEY = "sd3_block_temb"
-"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
+"""Call-inputs key of the running block's ``temb``, captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -127,7 +127,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         if (
             encoder_hidden_states is None
             or call is None
-            or not session.needs_concepts(self.layer)
+            or not session.needs_concepts()
             or _is_skip_layer_call(call.inputs)
         ):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
@@ -190,7 +190,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         batch = like.shape[0]
         concepts = self._concept_tokens(like, transformer.context_embedder)  # [B, C, d]
         if session.config.concept_conditioning == "prompt":
-            conditioning = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of SD3 block")
+            conditioning = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of SD3 block")
         else:  # "null_pooled": the timestep embedding with a zero pooled CLIP vector
             pooled = inputs["pooled_projections"]
             conditioning = transformer.time_text_embed(inputs["timestep"], torch.zeros_like(pooled))  # [B, d]
