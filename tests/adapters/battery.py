@@ -379,6 +379,69 @@ class AdapterBattery:
                 checked += 1
         assert checked > 0
 
+    # ----- torch.compile -----
+
+    def make_compile_transformer(self) -> Any:
+        """A fresh model for the regional-compile test (compiling changes the module, so never the cached one)."""
+        return self.make_transformer()
+
+    def test_compiled_whole_model(self):
+        """``torch.compile(transformer)`` is accepted (its ``_orig_mod`` is used): outputs with maps are equal to
+        the compiled outputs without, the maps match the eager ones, and a second block reuses the graph."""
+        inputs = self.make_inputs()
+        model = self.make_transformer()  # a fresh one: compiling changes the module
+        with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
+            self.run(model, inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            compiled = torch.compile(model, backend="aot_eager")
+            plain = self.run(compiled, inputs)
+            for _ in range(2):
+                with ConceptAttention(compiled, concept_embeds=self.embeds()) as ca:
+                    output = self.run(compiled, inputs)
+                assert torch.equal(plain, output)
+                torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graph again
+            assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
+            assert not counters["graph_break"], dict(counters["graph_break"])
+        finally:
+            torch._dynamo.reset()
+
+    def test_regional_compile_one_graph_per_block_class(self):
+        """``compile_repeated_blocks()``: no per-block recompilation (the layer index is never traced), so a
+        generation uses the same few graphs whatever the number of blocks, with maps equal to the eager ones."""
+        model = self.make_compile_transformer()
+        if not getattr(model, "_repeated_blocks", None):
+            pytest.skip(f"diffusers offers no compile_repeated_blocks for {type(model).__name__}")
+        inputs = self.make_inputs()
+        with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
+            self.run(model, inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            model.compile_repeated_blocks(backend="aot_eager")
+            plain = self.run(model, inputs)
+            graphs_off = counters["stats"]["unique_graphs"]
+            with ConceptAttention(model, concept_embeds=self.embeds()) as ca:
+                output = self.run(model, inputs)
+                graphs_first_call = counters["stats"]["unique_graphs"]
+                self.run(model, inputs)  # a second step
+            assert torch.equal(plain, output)
+            torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+            # the concept blocks add at most two graphs (the first joint block, which embeds the concepts, and
+            # every other one), never one per block; later steps and later blocks reuse them
+            assert graphs_first_call - graphs_off <= 2, dict(counters["stats"])
+            with ConceptAttention(model, concept_embeds=self.embeds()) as again:
+                self.run(model, inputs)
+            torch.testing.assert_close(again.maps.maps, eager.maps.maps)
+            assert counters["stats"]["unique_graphs"] == graphs_first_call, dict(counters["stats"])
+            assert not counters["graph_break"], dict(counters["graph_break"])
+        finally:
+            torch._dynamo.reset()
+
     def test_pipeline_bit_identical_and_maps(self, pipeline):
         reference = self.generate(pipeline)
         with ConceptAttention(pipeline, ["house", "sea", "red car"]) as ca:

@@ -428,6 +428,9 @@ class TestFluxBattery(AdapterBattery):
     def make_transformer(self):
         return tiny_flux_transformer(num_layers=3, num_single_layers=1)
 
+    def make_compile_transformer(self):
+        return tiny_flux_transformer(num_layers=6, num_single_layers=2)  # more blocks than graphs
+
 
 
 class TestMemoryFeatures:

@@ -351,14 +351,25 @@ def block_input_grabbers(
 
 
 def _grabber(session: ConceptSession, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
-    signature = inspect.signature(block.forward)
+    parameters = list(inspect.signature(block.forward).parameters.values())
+    names = [parameter.name for parameter in parameters]
+    if argument not in names:
+        raise TypeError(f"{type(block).__name__}.forward has no argument {argument!r}.")
+    position = names.index(argument)
+    default = parameters[position].default
+    default = None if default is inspect.Parameter.empty else default
 
     def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         call = session.call
         if call is None or not call.recording:
             return
-        bound = signature.bind(*args, **kwargs)  # gradient checkpointing passes positional arguments
-        call.inputs[key] = bound.arguments[argument]
+        # gradient checkpointing passes positional arguments (no inspect.signature.bind here: it breaks compiled
+        # graphs)
+        if argument in kwargs:
+            value = kwargs[argument]
+        else:
+            value = args[position] if len(args) > position else default
+        call.inputs[key] = value
 
     return grab
 
