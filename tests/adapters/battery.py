@@ -379,6 +379,28 @@ class AdapterBattery:
                 checked += 1
         assert checked > 0
 
+    # ----- fused projections -----
+
+    #: The fused processor computes something else than the unfused one (diffusers' FusedJointAttnProcessor2_0 drops
+    #: SD3.5's QK-norm), so fused maps are only compared with themselves.
+    fused_changes_model = False
+
+    def test_fused_qkv_projections(self):
+        """``transformer.fuse_qkv_projections()`` (as ``pipe.fuse_qkv_projections()`` does) is supported: outputs
+        stay bit-identical to the fused model's, and the maps match the unfused ones (same weights)."""
+        model = self.make_transformer()  # a fresh one: fusing changes the module
+        inputs = self.make_inputs()
+        with ConceptAttention(model, concept_embeds=self.embeds()) as unfused:
+            self.run(model, inputs)
+        model.fuse_qkv_projections()
+        reference = self.run(model, inputs)
+        with ConceptAttention(model, concept_embeds=self.embeds()) as fused:
+            output = self.run(model, inputs)
+        assert torch.equal(reference, output)
+        assert torch.isfinite(fused.maps.maps).all()
+        if not self.fused_changes_model:
+            torch.testing.assert_close(fused.maps.maps, unfused.maps.maps, rtol=1e-4, atol=1e-5)
+
     # ----- torch.compile -----
 
     def make_compile_transformer(self) -> Any:

@@ -73,6 +73,16 @@ class TestSD35Battery(TestSD3Battery):
     """The shared battery on an SD3.5-medium-like config: RMS QK-norm and dual attention in block 0."""
 
     tiny_kwargs = dict(num_layers=3, sd35=True)
+    fused_changes_model = True  # diffusers' FusedJointAttnProcessor2_0 applies no QK-norm
+
+    def test_fused_qkv_projections(self):
+        """diffusers 0.42.1 cannot run a fused SD3.5-medium (dual attention): fuse_qkv_projections gives attn2 the
+        joint FusedJointAttnProcessor2_0, which needs encoder states. Fails once diffusers fixes it (then the
+        battery's test applies)."""
+        model = self.make_transformer()
+        model.fuse_qkv_projections()
+        with pytest.raises(AttributeError):
+            self.run(model, self.make_inputs())
 
 
 class TestMethod:
@@ -272,13 +282,6 @@ class TestConceptEncoding:
 
 
 class TestRefusals:
-    def test_fused_projections_refused(self):
-        model = tiny_sd3_transformer()
-        model.fuse_qkv_projections()
-        with pytest.raises(UnsupportedSetupError, match="FusedJointAttnProcessor2_0"):
-            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
-        assert not getattr(model, "_conceptattention_active", False)
-
     def test_foreign_processor_refused(self):
         model = tiny_sd3_transformer()
         model.transformer_blocks[1].attn.set_processor(AttnProcessor2_0())

@@ -29,7 +29,7 @@ from .base import (
     guidance_tensor,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -37,59 +37,16 @@ if TYPE_CHECKING:
 
 
 
-class _Tap:
-    """A module call that also keeps its input (``keep_input``) or its output in ``sink[key]``."""
-
-    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False) -> None:
-        self.module = module
-        self.sink = sink
-        self.key = key
-        self.keep_input = keep_input
-
-    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        output = self.module(hidden_states, *args, **kwargs)
-        self.sink[self.key] = hidden_states if self.keep_input else output
-        return output
-
-
-class AttentionView:
-    """Stand-in for a ``FluxAttention`` module, handed to diffusers' own processor: every attribute is the module's,
-    except that ``norm_q``, ``norm_k``, ``to_v``, ``to_qkv`` and ``to_out[0]`` also leave what the concept branch
-    needs in ``sink``.
-
-    The stock processor runs unchanged on it (same modules, same operations, same order), so the image is
-    bit-identical by construction; nothing is registered on the model, so nothing can leak.
-
-    Keys written to ``sink``: ``"query"``/``"key"`` (image rows after QK-norm, before RoPE, ``[B, I, H, D]``),
-    ``"value"`` (``[B, I, H·D]``) or ``"qkv"`` (fused projections, ``[B, I, 3·H·D]``), ``"output"`` (image attention
-    output before the output projection, ``[B, I, H·D]``).
-
-    Example:
-        >>> from conceptattention.testing import tiny_flux_transformer
-        >>> attn = tiny_flux_transformer().transformer_blocks[0].attn
-        >>> sink = {}
-        >>> AttentionView(attn, sink).heads == attn.heads
-        True
-    """
-
-    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor]) -> None:
-        self._attn = attn
-        self.norm_q = _Tap(attn.norm_q, sink, "query")
-        self.norm_k = _Tap(attn.norm_k, sink, "key")
-        self.to_v = _Tap(attn.to_v, sink, "value")
-        if getattr(attn, "to_qkv", None) is not None:
-            self.to_qkv = _Tap(attn.to_qkv, sink, "qkv")
-        self.to_out = (_Tap(attn.to_out[0], sink, "output", keep_input=True), *attn.to_out[1:])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._attn, name)
+#: Modules of ``FluxAttention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+FLUX_TAPS = ("norm_q", "norm_k", "to_v", "to_qkv")
 
 
 class FluxConceptAttnProcessor(ConceptProcessorMixin):
     """Flux double-block processor: runs diffusers' own processor untouched, and the concept branch beside it.
 
     The processor it replaces (diffusers' ``FluxAttnProcessor``, or ``FluxIPAdapterAttnProcessor`` with an
-    IP-Adapter loaded) is called on an :class:`AttentionView` of the attention module, which hands the concept
+    IP-Adapter loaded) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
+    module, which hands the concept
     branch the image keys after QK-norm (RoPE is re-applied to the image rows), the image values and the image
     attention output before ``to_out[0]``. No diffusers code is copied: the image path is the stock one, so outputs
     are bit-identical by construction. Calls in which no concept work is needed (unrecorded steps, single blocks)
@@ -141,17 +98,14 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
         sink: dict[str, torch.Tensor] = {}
         outputs = self.original(
-            AttentionView(attn, sink), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra
+            AttentionView(attn, sink, FLUX_TAPS),
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            image_rotary_emb,
+            **extra,
         )
-        missing = [key for key in ("key", "output") if key not in sink] + (
-            [] if "value" in sink or "qkv" in sink else ["value"]
-        )
-        if missing:
-            raise RuntimeError(
-                f"{type(self.original).__name__} did not pass the image {', '.join(missing)} through the attention "
-                "module's norm_k / to_v (to_qkv) / to_out[0], where ConceptAttention takes them. The installed "
-                "diffusers changed its Flux attention processor: re-check conceptattention.adapters.flux."
-            )
+        check_captured(sink, (("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux")
         self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
         return outputs
 
@@ -178,16 +132,16 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         num_concepts = concept_key.shape[1]
 
         # image keys as the joint attention used them: RoPE (image rows of the tables) on the QK-normed keys
-        image_key = sink["key"]  # [B, I, H, D]
-        image_value = sink["qkv"].chunk(3, dim=-1)[2] if "qkv" in sink else sink["value"]  # [B, I, H·D]
+        image_key = sink["norm_k"]  # [B, I, H, D]
+        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
         image_value = image_value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        image_query = sink.get("query")  # [B, I, H, D]
+        image_query = sink.get("norm_q")  # [B, I, H, D]
         if image_rotary_emb is not None:
             image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
             image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
             if session.config.space == "cross_attention" and image_query is not None:
                 image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
-        image_output = sink["output"]  # [B, I, H·D], before to_out[0]
+        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
 
         # ---- concept attention (FLUX.1 concept ids are zero: RoPE is the identity), scores, residual stream ----
         key = torch.cat([image_key, concept_key], dim=1)  # [B, I + C, H, D]

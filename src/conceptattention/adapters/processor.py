@@ -20,6 +20,66 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
+class _Tap:
+    """A module call that also keeps its input (``keep_input``) or its output in ``sink[key]``."""
+
+    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False) -> None:
+        self.module = module
+        self.sink = sink
+        self.key = key
+        self.keep_input = keep_input
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        output = self.module(hidden_states, *args, **kwargs)
+        self.sink[self.key] = hidden_states if self.keep_input else output
+        return output
+
+
+class AttentionView:
+    """Stand-in for an attention module, handed to diffusers' own processor: every attribute is the module's, except
+    that the ``taps`` (e.g. ``("norm_k", "to_v", "to_qkv")``) also leave their output in ``sink[name]`` and
+    ``to_out[0]`` leaves its *input* (the attention output before the output projection) in ``sink["to_out"]``.
+
+    The stock processor runs unchanged on it (same modules, same operations, same order), so the model's outputs
+    are bit-identical by construction, and nothing is registered on the model, so nothing can leak. A tap whose
+    module is absent (``None``, e.g. no QK-norm) is left as it is.
+
+    Example:
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> attn = tiny_flux_transformer().transformer_blocks[0].attn
+        >>> sink = {}
+        >>> view = AttentionView(attn, sink, ("norm_k",))
+        >>> view.heads == attn.heads
+        True
+    """
+
+    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor], taps: tuple[str, ...]) -> None:
+        self._attn = attn
+        for name in taps:
+            module = getattr(attn, name, None)
+            if module is not None:
+                setattr(self, name, _Tap(module, sink, name))
+        self.to_out = (_Tap(attn.to_out[0], sink, "to_out", keep_input=True), *attn.to_out[1:])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attn, name)
+
+
+def check_captured(sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...], ...], processor: Any, module: str) -> None:
+    """Raise unless ``sink`` holds one key of every group (what the stock processor must have passed through).
+
+    Raises:
+        RuntimeError: naming what is missing and the adapter module to re-check against the installed diffusers.
+    """
+    missing = [" / ".join(group) for group in groups if not any(key in sink for key in group)]
+    if missing:
+        raise RuntimeError(
+            f"diffusers' {type(processor).__name__} did not call {', '.join(missing)} of the attention module, where "
+            f"ConceptAttention takes the image tensors. The installed diffusers changed this processor: re-check "
+            f"conceptattention.adapters.{module}."
+        )
+
+
 def native_backend_active() -> bool:
     """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
     from diffusers.models import attention_dispatch
