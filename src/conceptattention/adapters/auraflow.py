@@ -81,6 +81,12 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.AuraFlowAttnProcessor2_0.__call__", "d417a0352a9d75e1c75e1a10844f2577a348900f3808ed133c47bf06d4b3dc35"),
+        ("diffusers.models.attention_processor.FusedAuraFlowAttnProcessor2_0.__call__", "6b3ee0d2fd8170f1b8262065f5ae298a52166ebb2e124837fa56ee7750eb94a8"),
+    )
+
     def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
         super().__init__(session, layer, block, transformer, original)
         self.original = original

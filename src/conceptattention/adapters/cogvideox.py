@@ -104,6 +104,12 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
         torch.Size([2, 2, 2, 3])
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.CogVideoXAttnProcessor2_0.__call__", "692d60ab2cc8eb8d282326860a6e824e177e5e473bcf46508d855eac8a08ce4e"),
+        ("diffusers.models.attention_processor.FusedCogVideoXAttnProcessor2_0.__call__", "3fd017b6f1b422202c2a308500072f60f1971c54f2a40cd83abe1bf7ffeeff1e"),
+    )
+
     def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
         super().__init__(session, layer, block, transformer, original)
         self.original = original

@@ -69,6 +69,15 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         'FluxAttnProcessor'
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__", "7eb778467bc972f7971fd389505606c318b7a00d3d239c50d24019878a141cc4"),
+        ("diffusers.models.transformers.transformer_flux.FluxIPAdapterAttnProcessor.__call__", "5c61d7b4140acef095a31940deed1ff09b3c154577d65a1855e72b1412393109"),
+        ("diffusers.models.transformers.transformer_flux._get_qkv_projections", "988dc64295fd8e55a2106625126f691c4bbbd05c6f1bc4ae18661a97d30c8730"),
+        ("diffusers.models.transformers.transformer_flux._get_projections", "445b79ab35e5c95ee707ec24da8cf1c3c7cfd090f225ae086a3f6b04d96480c5"),
+        ("diffusers.models.transformers.transformer_flux._get_fused_projections", "7b6e97d1e24fd16b40b4f8b40e14a9ebee0aff11620d8d0b67a8ea5f1e45fbc0"),
+    )
+
     def __init__(
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:

@@ -86,6 +86,13 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock joint-attention body it re-implements (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__", "9b2d7481a371f72913cb32dd56bcfb18409d01660142532b98ed72f10261fccb"),
+        ("diffusers.models.transformers.transformer_flux2._get_qkv_projections", "81ae9e9cfb7889acdc7ebcba3bc22071ed075caa0a59fd5a55d694542b5f597d"),
+    )
+    COPIES_STOCK = True
+
     def __call__(
         self,
         attn: nn.Module,
@@ -241,6 +248,7 @@ class Flux2Adapter(FluxAdapter):
 
     name = "flux2"
     processor_class = Flux2ConceptAttnProcessor
+    stock_processor_class = Flux2AttnProcessor  # check_model below also names the KV-cache processor
     transformer_classes = ("Flux2Transformer2DModel",)
     pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     modality = "image"

@@ -64,6 +64,12 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnPr
         torch.Size([2, 2, 3, 4])
     """
 
+    #: the stock joint-attention body it re-implements (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0.__call__", "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9"),
+    )
+    COPIES_STOCK = True
+
     def __call__(
         self,
         attn: nn.Module,

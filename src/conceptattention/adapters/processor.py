@@ -4,6 +4,11 @@ ones."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
+import inspect
+import textwrap
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -80,6 +85,63 @@ def check_captured(sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...],
         )
 
 
+#: diffusers release against which every ``STOCK_SOURCES`` fingerprint was taken (and the adapters re-checked).
+STOCK_SOURCES_VERSION = "0.42.1"
+
+
+def resolve_dotted(path: str) -> Any:
+    """The object at ``"package.module.Class.attribute"`` (the longest importable module prefix, then attributes).
+
+    Example:
+        >>> resolve_dotted("torch.nn.Linear.forward").__name__
+        'forward'
+    """
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(f"Cannot import {path!r}.")
+
+
+def source_fingerprint(obj: Any) -> str:
+    """SHA-256 of a function's normalised source: its syntax tree without docstrings, so comments, formatting and
+    docstrings do not count, any change to the code does.
+
+    Example:
+        >>> len(source_fingerprint(resolve_dotted("torch.nn.Linear.forward")))
+        64
+    """
+    tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+def stock_source_drift(processor_class: type) -> list[str]:
+    """The diffusers functions in ``processor_class.STOCK_SOURCES`` whose installed source differs from the one
+    the class was written against (empty when nothing changed).
+
+    Example:
+        >>> from conceptattention.adapters.flux import FluxConceptAttnProcessor
+        >>> stock_source_drift(FluxConceptAttnProcessor)  # diffusers 0.42.1
+        []
+    """
+    return [path for path, digest in processor_class.STOCK_SOURCES if source_fingerprint(resolve_dotted(path)) != digest]
+
+
 def native_backend_active() -> bool:
     """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
     from diffusers.models import attention_dispatch
@@ -94,6 +156,12 @@ def native_backend_active() -> bool:
 class ConceptProcessorMixin:
     """Put first in the bases of a concept processor: ``class X(ConceptProcessorMixin, StockProcessor)``.
 
+    Every concept processor lists in ``STOCK_SOURCES`` the diffusers functions it depends on, as ``(dotted path,
+    source fingerprint)`` pairs taken on diffusers :data:`STOCK_SOURCES_VERSION`: the stock processor(s) it runs
+    through an :class:`AttentionView` (their capture points) or, for ``COPIES_STOCK`` processors, the stock body
+    whose joint-attention path it re-implements. ``tests/adapters/test_stock_drift.py`` fails when the installed
+    diffusers differs, with the processor to re-check.
+
     Args:
         session: The shared run state.
         layer: Index of the processor's block among the joint blocks.
@@ -102,6 +170,9 @@ class ConceptProcessorMixin:
         original: The processor being replaced: its attention backend and parallel config are kept, so that later
             ``set_attention_backend`` calls reach the new processor too.
     """
+
+    STOCK_SOURCES: tuple[tuple[str, str], ...] = ()
+    COPIES_STOCK: bool = False
 
     def __init__(
         self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any

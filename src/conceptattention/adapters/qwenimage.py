@@ -83,6 +83,12 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock joint-attention body it re-implements (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0.__call__", "4cbb851f9a3ef9d1c45472559ce62f90a4a45b30e0b57112aa30b5d79a24e03e"),
+    )
+    COPIES_STOCK = True
+
     def __call__(
         self,
         attn: nn.Module,

@@ -120,6 +120,12 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.JointAttnProcessor2_0.__call__", "ed23f45c129bf15987951f21976c9300ce330fb82418240f3e7643fa69558eb4"),
+        ("diffusers.models.attention_processor.FusedJointAttnProcessor2_0.__call__", "9698a9bae7e74a59054fc1acd7c1bc74b8d0c2d2c444f129b1aac1b25094bdc3"),
+    )
+
     def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
         super().__init__(session, layer, block, transformer, original)
         self.original = original
