@@ -193,14 +193,53 @@ class TestRefusals:
                 model(**tiny_flux_inputs())
         assert ca.maps.maps.shape[0] == 2
 
-    def test_cache_accelerator_raises(self):
+    @pytest.mark.parametrize(
+        ("config_name", "kwargs"),
+        [
+            ("FirstBlockCacheConfig", dict(threshold=0.2)),
+            ("FasterCacheConfig", dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500)),
+            (
+                "PyramidAttentionBroadcastConfig",
+                dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+            ),
+            ("TaylorSeerCacheConfig", {}),
+            ("MagCacheConfig", dict(num_inference_steps=2, mag_ratios=[1.0, 1.0])),
+            ("SeaCacheConfig", {}),
+            ("TextKVCacheConfig", {}),
+        ],
+    )
+    def test_cache_accelerator_refused_by_name(self, config_name, kwargs):
+        import diffusers
+
+        model = tiny_flux_transformer(num_layers=2)
+        model.enable_cache(getattr(diffusers, config_name)(**kwargs))
+        before = dict(model.attn_processors)
+        cache = config_name.removesuffix("Config")
+        with pytest.raises(UnsupportedSetupError, match=rf"The {cache} cache accelerator.*transformer\.disable_cache\(\)"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+        assert all(model.attn_processors[name] is before[name] for name in before)
+        model.disable_cache()  # the way out the message gives
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca, torch.no_grad():
+            model(**tiny_flux_inputs())
+        assert torch.isfinite(ca.maps.maps).all()
+
+    def test_cache_applied_with_hook_function_refused(self):
+        from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+        model = tiny_flux_transformer(num_layers=2)
+        apply_first_block_cache(model, FirstBlockCacheConfig(threshold=0.2))  # no enable_cache: hooks only
+        with pytest.raises(UnsupportedSetupError, match="The FirstBlockCache cache accelerator"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+
+    def test_cache_enabled_inside_the_block_refused(self):
         from diffusers import FirstBlockCacheConfig
 
         model = tiny_flux_transformer(num_layers=2)
-        model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-        with pytest.raises(UnsupportedSetupError, match="disable_cache"):
-            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
-        assert not any(type(p).__name__ == "FluxConceptAttnProcessor" for p in model.attn_processors.values())
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)):
+            model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+            with pytest.raises(UnsupportedSetupError, match="The FirstBlockCache cache accelerator"), torch.no_grad():
+                model(**tiny_flux_inputs())
+        model.disable_cache()
 
     def test_foreign_processor_raises(self):
         model = tiny_flux_transformer(num_layers=2)

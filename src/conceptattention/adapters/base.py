@@ -257,19 +257,63 @@ class ConceptAdapter(ABC):
         raise NotImplementedError(f"The {self.name!r} adapter has no real-image (explain) path yet.")
 
 
+#: diffusers hook-name prefixes of the cache accelerators (``diffusers.hooks``) -> the cache's name.
+_CACHE_HOOK_PREFIXES = {
+    "fbc_": "FirstBlockCache",
+    "faster_cache": "FasterCache",
+    "pyramid_attention_broadcast": "PyramidAttentionBroadcast",
+    "taylorseer_cache": "TaylorSeerCache",
+    "mag_cache": "MagCache",
+    "sea_cache": "SeaCache",
+    "text_kv_cache": "TextKVCache",
+}
+
+
+def active_cache(transformer: nn.Module) -> str | None:
+    """The name of the diffusers cache accelerator active on ``transformer`` (``"FirstBlockCache"``...), or None.
+
+    Finds caches enabled with ``transformer.enable_cache(config)`` and caches applied with the ``diffusers.hooks``
+    functions (``apply_first_block_cache``...), which leave their hooks on the blocks.
+
+    Example:
+        >>> from diffusers import FirstBlockCacheConfig
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> model = tiny_flux_transformer()
+        >>> model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+        >>> active_cache(model)
+        'FirstBlockCache'
+    """
+    config = getattr(transformer, "_cache_config", None)
+    if config is not None:
+        return type(config).__name__.removesuffix("Config")
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name in getattr(registry, "_hook_order", ()):
+            for prefix, cache in _CACHE_HOOK_PREFIXES.items():
+                if hook_name.startswith(prefix):
+                    return cache
+    return None
+
+
+def cache_refusal(cache: str) -> UnsupportedSetupError:
+    """The error for an active cache accelerator: what it breaks and how to turn it off."""
+    return UnsupportedSetupError(
+        f"The {cache} cache accelerator is enabled on the transformer: it skips or reuses blocks and attention "
+        "between steps, so concept maps would be missing or stale (ConceptAttention supports no cache exactly). "
+        "Call `transformer.disable_cache()` (e.g. `pipe.transformer.disable_cache()`) before entering "
+        "ConceptAttention, and `enable_cache(...)` again afterwards if you want it back."
+    )
+
+
 def common_checks(transformer: nn.Module) -> None:
     """Checks shared by all adapters: cache accelerators and context parallelism.
 
     Raises:
         UnsupportedSetupError: with the way out in the message.
     """
-    is_cache_enabled = getattr(transformer, "is_cache_enabled", False)
-    if is_cache_enabled:
-        raise UnsupportedSetupError(
-            "A cache accelerator (FirstBlockCache, TaylorSeer, MagCache, FasterCache, ...) is enabled on the "
-            "transformer: it skips blocks, so concept maps would be missing or stale. Call "
-            "`transformer.disable_cache()` before using ConceptAttention."
-        )
+    cache = active_cache(transformer)
+    if cache is not None:
+        raise cache_refusal(cache)
     if getattr(transformer, "_parallel_config", None) is not None:
         raise UnsupportedSetupError(
             "Context/tensor parallelism is enabled on the transformer: image tokens are sharded across ranks, but "
