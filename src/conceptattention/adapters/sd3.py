@@ -27,7 +27,8 @@ Concept text embeddings (``concept_text_encoder`` of :class:`SD3Adapter`): by de
 official SD3 code, but without its two bugs. Each concept is encoded on its own (one padded, masked batch), the
 penultimate states of CLIP-L and CLIP-G are pooled over the concept's **content tokens** (never index 0, the start
 token, which is the same vector for every concept; never the end token), concatenated (``768 + 1280 = 2048``) and
-zero-padded to ``joint_attention_dim`` exactly as the pipeline lays out a prompt's CLIP part. The CLIP stream is the
+zero-padded (or cropped, when CLIP-L ⊕ CLIP-G is wider) to ``joint_attention_dim`` exactly as the pipeline lays out a
+prompt's CLIP part. The CLIP stream is the
 one the official SD3 maps (and so the paper's SD3.5 figures) were computed with, and it needs no T5 (pipelines are
 often loaded without ``text_encoder_3``). ``SD3Adapter(concept_text_encoder="t5")`` pools T5 content tokens instead
 (the prompt's other half; bidirectional, so every token sees the whole concept).
@@ -386,12 +387,10 @@ class SD3Adapter(ConceptAdapter):
             hidden = output.hidden_states[-2]  # [C, L, D_clip], penultimate layer as the pipeline (clip_skip=None)
             parts.append(pool_token_states(hidden, content_mask.to(hidden.device), pooling))  # [C, D_clip]
         clip = torch.cat(parts, dim=-1)  # [C, D_clip_l + D_clip_g]
-        if clip.shape[-1] > joint_dim:
-            raise ValueError(
-                f"CLIP-L ⊕ CLIP-G width {clip.shape[-1]} exceeds joint_attention_dim {joint_dim}; this SD3 pipeline "
-                "is not laid out like the released ones. Use SD3Adapter('t5') or pass `concept_embeds=`."
-            )
-        return F.pad(clip, (0, joint_dim - clip.shape[-1]))  # [C, joint_attention_dim], zero-padded as the pipeline
+        # [C, joint_attention_dim]: zero-padded, or cropped when CLIP-L ⊕ CLIP-G is wider (diffusers' own test
+        # layout), exactly as StableDiffusion3Pipeline.encode_prompt lays out the prompt's CLIP part (F.pad with a
+        # negative width crops)
+        return F.pad(clip, (0, joint_dim - clip.shape[-1]))
 
     # ----- real images -------------------------------------------------------------------------------------------
 
