@@ -452,6 +452,51 @@ def test_no_warnings_from_processors(transformer):
             transformer(**tiny_flux_inputs())
 
 
+def _load_random_ip_adapter(pipe, clip_dim: int = 8, seed: int = 3) -> None:
+    """A random-weight IP-Adapter (diffusers' Flux IP-Adapter layout) loaded through the transformer's own loader."""
+    transformer = pipe.transformer
+    generator = torch.Generator().manual_seed(seed)
+    joint, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    image_proj = {
+        "proj.weight": torch.randn(4 * joint, clip_dim, generator=generator) * 0.1,  # 4 image tokens
+        "proj.bias": torch.zeros(4 * joint),
+        "norm.weight": torch.ones(joint),
+        "norm.bias": torch.zeros(joint),
+    }
+    ip_adapter = {}
+    for index in range(len(transformer.transformer_blocks)):
+        for name in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{index}.{name}.weight"] = torch.randn(inner, joint, generator=generator) * 0.1
+            ip_adapter[f"{index}.{name}.bias"] = torch.zeros(inner)
+    transformer._load_ip_adapter_weights([{"image_proj": image_proj, "ip_adapter": ip_adapter}], low_cpu_mem_usage=False)
+
+
+def test_ip_adapter_supported():
+    """With an IP-Adapter loaded (FluxIPAdapterAttnProcessor, an nn.Module with weights), the concept processor
+    wraps it: the image is unchanged, maps are recorded, the adapter's weights stay in the module tree, and the very
+    same processors are back afterwards."""
+    from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
+
+    pipe = tiny_flux_pipeline(num_layers=3)
+    plain = generate(pipe)
+    _load_random_ip_adapter(pipe)
+    ip_kwargs = dict(
+        ip_adapter_image_embeds=[torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(4))],  # [B, images, D]
+        negative_ip_adapter_image_embeds=[torch.zeros(1, 1, 8)],  # no image encoder in the tiny pipeline
+    )
+    before = snapshot(pipe.transformer)
+    assert isinstance(before["transformer_blocks.0.attn.processor"], FluxIPAdapterAttnProcessor)
+    reference = generate(pipe, **ip_kwargs)
+    assert not torch.equal(reference, plain)  # the adapter is active
+    with ConceptAttention(pipe, ["dog", "rock", "sky"]) as ca:
+        weights = {name for name, _ in pipe.transformer.named_parameters() if "to_k_ip" in name}
+        output = generate(pipe, **ip_kwargs)
+    assert torch.equal(reference, output)
+    assert len(weights) == 6 and all(".processor.original.to_k_ip." in name for name in weights)  # still registered
+    assert torch.isfinite(ca.maps.maps).all() and ca.maps.maps.shape == (3, 1, 16, 24)
+    assert_restored(pipe.transformer, before)
+
+
 class TestFluxBattery(AdapterBattery):
     """The shared adapter battery on FLUX.1."""
 
