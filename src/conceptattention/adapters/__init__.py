@@ -136,12 +136,18 @@ def get_adapter(model: Any) -> ConceptAdapter:
 
 
 def supported_models() -> list[dict[str, str]]:
-    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers, tests."""
+    """One row per built-in adapter: family, transformer class, pipelines, modality, default layers, tests, and the
+    features of the pipeline surface (attention path, ``torch.compile``, fused QKV, IP-Adapter, cache accelerators)."""
+    import diffusers
+
     rows = []
     for transformer_name in _BUILTIN_ADAPTERS:
         adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
         if adapter is None:
             continue
+        processor = adapter.processor_class
+        copies = bool(getattr(processor, "COPIES_STOCK", False))
+        regional = bool(getattr(getattr(diffusers, transformer_name, None), "_repeated_blocks", None))
         rows.append(
             {
                 "family": adapter.name,
@@ -150,6 +156,11 @@ def supported_models() -> list[dict[str, str]]:
                 "modality": adapter.modality,
                 "default_layers": adapter.official_default_layers,
                 "tested": adapter.tested,
+                "attention": "re-implemented stock body (drift-tested)" if copies else "diffusers' own processor",
+                "compile": "whole model + regional" if regional else "whole model",
+                "fused_qkv": adapter.fused_qkv,
+                "ip_adapter": adapter.ip_adapter,
+                "caches": "refused by name",
             }
         )
     return rows

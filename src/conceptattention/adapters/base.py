@@ -73,6 +73,8 @@ class ConceptAdapter(ABC):
         modality: ``"image"`` or ``"video"``.
         official_default_layers: Human-readable description of the default layer choice.
         tested: How the adapter is tested (shown in the README's table of supported models).
+        fused_qkv: ``fuse_qkv_projections()`` support, for that table.
+        ip_adapter: IP-Adapter support, for that table (``"yes"``, ``"refused"``, ``"not offered by diffusers"``...).
         blocks_attribute: The transformer's list of joint blocks (``"transformer_blocks"``).
         attention_attribute: The attention module of a joint block whose processor is replaced (``"attn"``).
         processor_class: The concept processor, built as ``processor_class(session, layer, block, transformer,
@@ -92,6 +94,8 @@ class ConceptAdapter(ABC):
     modality: str = "image"
     official_default_layers: str = ""
     tested: str = "adapter battery (tiny random model + tiny offline pipeline), naive float64 reference for every space/mode"
+    ip_adapter: str = "not offered by diffusers"
+    fused_qkv: str = "yes"
 
     # ----- structure -------------------------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class ChromaAdapter(FluxAdapter):
     transformer_classes = ("ChromaTransformer2DModel",)
     pipeline_classes = ("ChromaPipeline",)
     modality = "image"
+    ip_adapter = "wrapped like FLUX.1; diffusers 0.42.1 cannot load one into Chroma"
     official_default_layers = "last 4 double blocks (Chroma1: 15-18; no official choice, FLUX.1's)"
     tested = "adapter battery + naive reference; guidance calls without cache context; explain path; bf16/fp16 on an H100"
 

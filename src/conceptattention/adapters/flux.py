@@ -274,6 +274,7 @@ class FluxAdapter(ConceptAdapter):
     transformer_classes = ("FluxTransformer2DModel",)
     pipeline_classes = ("FluxPipeline",)
     modality = "image"
+    ip_adapter = "yes"
     official_default_layers = "last 4 double blocks (FLUX.1: 15-18)"
 
     def make_processor(

@@ -252,6 +252,7 @@ class Flux2Adapter(FluxAdapter):
     transformer_classes = ("Flux2Transformer2DModel",)
     pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     modality = "image"
+    ip_adapter = "not offered by diffusers"
     official_default_layers = "last 3 double blocks (FLUX.2-dev: 5-7, as the official code)"
     tested = "adapter battery + naive reference with Flux2KleinPipeline (Qwen3 template); Flux2Pipeline bit-identity with a stand-in Mistral-template tokenizer; explain path; bf16/fp16 on an H100"
 

@@ -262,6 +262,7 @@ class QwenImageAdapter(FluxAdapter):
     transformer_classes = ("QwenImageTransformer2DModel",)
     pipeline_classes = ("QwenImagePipeline",)
     modality = "image"
+    ip_adapter = "not offered by diffusers"
     official_default_layers = "last 4 joint blocks (Qwen-Image: 56-59; no official choice)"
     tested = "adapter battery + naive reference; true CFG; zero_cond_t; explain path; bf16/fp16 on an H100"
 

@@ -282,6 +282,8 @@ class SD3Adapter(ConceptAdapter):
     transformer_classes = ("SD3Transformer2DModel",)
     pipeline_classes = ("StableDiffusion3Pipeline",)
     modality = "image"
+    ip_adapter = "refused (SD3IPAdapterJointAttnProcessor2_0)"
+    fused_qkv = "yes (SD3.5-medium: fails in diffusers itself)"
     official_default_layers = "all joint blocks (official SD3.5: 0-37)"
     tested = "adapter battery + naive reference for SD3 and an SD3.5-like config (dual attention, RMS QK-norm); CFG; skip-layer guidance; explain path; bf16/fp16 on an H100"
 
