@@ -1,9 +1,9 @@
 """Drift guard: every concept processor names the diffusers code it depends on, fingerprinted on diffusers 0.42.1.
 
-Processors that run diffusers' own processor through an ``AttentionView`` (FLUX.1, Chroma, SD3, CogVideoX, AuraFlow)
-depend on *where* that processor passes the image tensors (their capture points); processors that re-implement the
-stock joint-attention body (Flux.2, Qwen-Image, HunyuanVideo: ``COPIES_STOCK``) depend on the body itself. When the
-installed diffusers changes any of these functions, the test fails and says which adapter to re-check.
+Every processor now runs diffusers' own processor through an ``AttentionView`` and depends on *where* that processor
+passes the image tensors (its capture points: which modules it calls, in which order relative to QK-norm and RoPE);
+a processor that re-implemented a stock body (``COPIES_STOCK``) would depend on the body itself. When the installed
+diffusers changes any of these functions, the test fails and says which adapter to re-check.
 """
 
 from __future__ import annotations

@@ -64,7 +64,9 @@ class AttentionView:
             module = getattr(attn, name, None)
             if module is not None:
                 setattr(self, name, _Tap(module, sink, name))
-        self.to_out = (_Tap(attn.to_out[0], sink, "to_out", keep_input=True), *attn.to_out[1:])
+        to_out = getattr(attn, "to_out", None)
+        if to_out is not None:
+            self.to_out = (_Tap(to_out[0], sink, "to_out", keep_input=True), *to_out[1:])
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._attn, name)
