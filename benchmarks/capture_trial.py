@@ -9,8 +9,12 @@ design). Run this script once per source tree and compare the JSON outputs::
     OMP_NUM_THREADS=1 python benchmarks/capture_trial.py --json new.json
     python benchmarks/capture_trial.py --compare old.json new.json
 
-Every double block runs the concept branch (``layers`` = all double blocks), so "per block" is
-``(with maps - without maps) / number of double blocks``. Measured on the CPU with ``torch.profiler``:
+``--family flux`` (default) is a small-but-not-tiny FLUX.1 (6 double blocks, 8 heads × 32, 1024 image tokens);
+``--family sd3|cogvideox|chroma|flux2|qwenimage|hunyuan_video|auraflow`` use the library's tiny test models (their
+per-block numbers are host overhead: what matters on a GPU, where the concept branch is launch-bound).
+
+Every joint block runs the concept branch (``layers`` = all joint blocks), so "per block" is
+``(with maps - without maps) / number of joint blocks``. Measured on the CPU with ``torch.profiler``:
 
 * ``aten_ops``: aten operator calls per forward (nested calls included) — the CPU analogue of kernel launches;
 * ``median_ms`` / ``median_cpu_ms``: wall / process CPU time per forward, medians of interleaved repeats (CPU time
@@ -72,25 +76,51 @@ def profile_forward(fn: Any) -> tuple[int, int]:
     return ops, peak
 
 
+def build_family(family: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any], int]:
+    """(model, inputs, concept embedding width) of a benchmark family."""
+    if family == "flux":
+        from diffusers import FluxTransformer2DModel
+
+        torch.manual_seed(0)
+        model = FluxTransformer2DModel(patch_size=1, **CONFIG).eval().requires_grad_(False)
+        return model, build_inputs(model, args.grid, args.text_tokens), CONFIG["joint_attention_dim"]
+    from conceptattention import testing, testing_extra, testing_models
+
+    factories = {
+        "sd3": (testing_models.tiny_sd3_transformer, lambda model: testing_models.tiny_sd3_inputs(), 48),
+        "cogvideox": (testing_models.tiny_cogvideox_transformer, testing_models.tiny_cogvideox_inputs, 32),
+        "chroma": (testing_extra.tiny_chroma_transformer, lambda model: testing_extra.tiny_chroma_inputs(), 32),
+        "flux2": (testing_extra.tiny_flux2_transformer, lambda model: testing_extra.tiny_flux2_inputs(), 24),
+        "qwenimage": (testing_extra.tiny_qwenimage_transformer, lambda model: testing_extra.tiny_qwenimage_inputs(), 16),
+        "hunyuan_video": (
+            testing_extra.tiny_hunyuan_video_transformer,
+            lambda model: testing_extra.tiny_hunyuan_video_inputs(),
+            16,
+        ),
+        "auraflow": (testing_extra.tiny_auraflow_transformer, lambda model: testing_extra.tiny_auraflow_inputs(), 32),
+        "flux-tiny": (testing.tiny_flux_transformer, lambda model: testing.tiny_flux_inputs(), 32),
+    }
+    build, inputs, width = factories[family]
+    model = build(num_layers=4)
+    return model, inputs(model), width
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.src is not None:
         sys.path.insert(0, str(args.src))
     else:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from diffusers import FluxTransformer2DModel
-
     import conceptattention
-    from conceptattention import ConceptAttention
+    from conceptattention import ConceptAttention, get_adapter
 
-    torch.manual_seed(0)
-    model = FluxTransformer2DModel(patch_size=1, **CONFIG).eval().requires_grad_(False)
-    inputs = build_inputs(model, args.grid, args.text_tokens)
-    embeds = torch.randn(args.concepts, CONFIG["joint_attention_dim"], generator=torch.Generator().manual_seed(1))
-    blocks = CONFIG["num_layers"]
+    model, inputs, width = build_family(args.family, args)
+    embeds = torch.randn(args.concepts, width, generator=torch.Generator().manual_seed(1))
+    blocks = len(get_adapter(model).joint_blocks(model))
     attention = ConceptAttention(model, concept_embeds=embeds, layers=list(range(blocks)), softmax=False)
 
     def forward() -> torch.Tensor:
-        return model(**inputs)[0]
+        output = model(**inputs)
+        return output[0] if isinstance(output, tuple) else output.sample
 
     with torch.no_grad():
         reference = forward()
@@ -117,11 +147,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cpu_median = {name: statistics.median(values) * 1000 for name, values in cpu_times.items()}
     return {
         "source": str(Path(conceptattention.__file__).parent),
+        "family": args.family,
+        "joint_blocks": blocks,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "config": CONFIG,
-        "image_tokens": args.grid * args.grid,
-        "text_tokens": args.text_tokens,
+        "config": CONFIG if args.family == "flux" else "tiny test model, 4 joint blocks",
         "concepts": args.concepts,
         "repeats": args.repeats,
         "bit_identical": identical,
@@ -141,11 +171,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 def compare(paths: list[Path]) -> None:
     rows = [json.loads(path.read_text()) for path in paths]
-    print(f"{'source':40} {'ms/fwd plain':>12} {'ms/fwd maps':>12} {'+ms/block':>10} {'+cpu ms/block':>13} "
+    print(f"{'family':14} {'source':40} {'ms/fwd plain':>12} {'ms/fwd maps':>12} {'+ms/block':>10} {'+cpu ms/block':>13} "
           f"{'+ops/block':>10} {'peak MB plain':>13} {'peak MB maps':>12}")
     for row in rows:
         print(
-            f"{row['source'][-40:]:40} {row['median_ms']['plain']:12.2f} {row['median_ms']['maps']:12.2f} "
+            f"{row.get('family', 'flux'):14} {row['source'][-40:]:40} {row['median_ms']['plain']:12.2f} {row['median_ms']['maps']:12.2f} "
             f"{row['per_block']['ms']:10.3f} {row['per_block'].get('cpu_ms', float('nan')):13.3f} "
             f"{row['per_block']['aten_ops']:10.1f} "
             f"{row['peak_bytes']['plain'] / 2**20:13.2f} {row['peak_bytes']['maps'] / 2**20:12.2f}"
@@ -155,6 +185,11 @@ def compare(paths: list[Path]) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--src", type=Path, default=None, help="source tree holding the conceptattention package")
+    parser.add_argument(
+        "--family",
+        default="flux",
+        choices=["flux", "flux-tiny", "sd3", "cogvideox", "chroma", "flux2", "qwenimage", "hunyuan_video", "auraflow"],
+    )
     parser.add_argument("--grid", type=int, default=32, help="image token grid side (32: 1024 tokens, 512² images)")
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--concepts", type=int, default=5)

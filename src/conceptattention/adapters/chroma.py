@@ -46,7 +46,7 @@ TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
 class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
     """Chroma double-block processor: the FLUX.1 concept processor with Chroma's per-block concept modulation.
 
-    The joint attention path is the stock ``FluxAttnProcessor`` one (inherited, op for op); only the concept stream's
+    The joint attention is diffusers' own ``FluxAttnProcessor``, run untouched (inherited); only the concept stream's
     modulation input differs: block ``i``'s text slice ``temb[:, 6:]`` (``[B, 6, d]``) instead of a shared vector.
 
     Args:

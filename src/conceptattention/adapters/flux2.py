@@ -124,11 +124,13 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
         query, key = sink["norm_q"], sink["norm_k"]  # [B, I, H, D]
         value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
         value = value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        needs_query = self.session.config.space == "cross_attention"  # image queries are read only there
         if image_rotary_emb is not None:
             num_text = encoder_hidden_states.shape[1]
             image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
-            query = apply_rotary_emb(query, image_rope, sequence_dim=1)
             key = apply_rotary_emb(key, image_rope, sequence_dim=1)
+            if needs_query:
+                query = apply_rotary_emb(query, image_rope, sequence_dim=1)
         self._concept_branch(attn, sink["to_out"], query, key, value, 0)
         return outputs
 

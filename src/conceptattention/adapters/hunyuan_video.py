@@ -101,8 +101,9 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
         key = sink.get("norm_k", sink["to_k"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
         value = sink["to_v"].unflatten(2, (attn.heads, -1))  # [B, V, H, D]
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
             key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            if self.session.config.space == "cross_attention":  # video queries are read only there
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
         self._concept_branch(attn, sink["to_out"], query, key, value)
         return outputs
 

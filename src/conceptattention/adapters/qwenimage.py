@@ -135,8 +135,9 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
         img_value = sink["to_v"].unflatten(-1, (-1, head_dim))  # [B, I, H, D]
         if image_rotary_emb is not None:
             img_freqs = image_rotary_emb[0]
-            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
             img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+            if self.session.config.space == "cross_attention":  # image queries are read only there
+                img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
         self._concept_branch(
             attn, sink["to_out"], img_query, img_key, img_value, head_dim, encoder_hidden_states.shape[1]
         )
