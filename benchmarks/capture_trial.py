@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import statistics
 import sys
@@ -156,6 +157,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "repeats": args.repeats,
         "bit_identical": identical,
         "logits_sum": float(logits.double().sum()),
+        "logits_sha256": hashlib.sha256(logits.contiguous().numpy().tobytes()).hexdigest(),  # bitwise map identity
         "median_ms": median,
         "median_cpu_ms": cpu_median,
         "aten_ops": {"plain": ops_plain, "maps": ops_maps},

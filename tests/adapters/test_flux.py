@@ -497,6 +497,26 @@ def test_ip_adapter_supported():
     assert_restored(pipe.transformer, before)
 
 
+def test_compiled_pipeline_transformer():
+    """``pipe.transformer = torch.compile(pipe.transformer)``: ConceptAttention builds on ``_orig_mod``; the compiled
+    pipeline's images with maps equal its images without, and the maps equal the eager pipeline's."""
+    pipe = tiny_flux_pipeline(num_layers=3)
+    with ConceptAttention(pipe, ["dog", "sky"]) as eager:
+        generate(pipe)
+    torch._dynamo.reset()
+    try:
+        pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+        plain = generate(pipe)
+        with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+            output = generate(pipe)
+        assert ca.transformer is pipe.transformer._orig_mod
+        assert torch.equal(plain, output)
+        torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+        assert not torch._dynamo.utils.counters["graph_break"]
+    finally:
+        torch._dynamo.reset()
+
+
 class TestFluxBattery(AdapterBattery):
     """The shared adapter battery on FLUX.1."""
 
