@@ -546,6 +546,29 @@ def test_regional_compile_inductor():
             torch._dynamo.reset()
 
 
+def test_attention_backend_set_inside_the_block_reaches_the_stock_processor():
+    """``set_attention_backend`` inside the ``with`` block reaches diffusers' processor that computes the joint
+    attention (wrapped by ours), and stays on it after the block."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    model = tiny_flux_transformer(num_layers=2)
+    inputs = tiny_flux_inputs()
+    stock = model.transformer_blocks[0].attn.processor
+    active = _AttentionBackendRegistry._active_backend
+    try:
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca, torch.no_grad():
+            model.set_attention_backend("native")
+            ours = model.transformer_blocks[0].attn.processor
+            assert ours is not stock and ours.original is stock
+            assert stock._attention_backend is not None and ours._attention_backend is stock._attention_backend
+            model(**inputs)
+        assert torch.isfinite(ca.maps.maps).all()
+        assert model.transformer_blocks[0].attn.processor is stock and stock._attention_backend is not None
+    finally:
+        model.reset_attention_backend()
+        _AttentionBackendRegistry._active_backend = active
+
+
 class TestFluxBattery(AdapterBattery):
     """The shared adapter battery on FLUX.1."""
 

@@ -87,10 +87,6 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.attention_processor.FusedAuraFlowAttnProcessor2_0.__call__", "6b3ee0d2fd8170f1b8262065f5ae298a52166ebb2e124837fa56ee7750eb94a8"),
     )
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,

@@ -110,10 +110,6 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.attention_processor.FusedCogVideoXAttnProcessor2_0.__call__", "3fd017b6f1b422202c2a308500072f60f1971c54f2a40cd83abe1bf7ffeeff1e"),
     )
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,

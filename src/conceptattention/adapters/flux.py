@@ -82,7 +82,6 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:
         super().__init__(session, layer, block, transformer, original)
-        self.original = original
         # keyword arguments the attention module may pass (IP-Adapter) that the original processor takes
         accepted = inspect.signature(original.__call__).parameters
         self._ip_arguments = tuple(name for name in ("ip_hidden_states", "ip_adapter_masks") if name in accepted)

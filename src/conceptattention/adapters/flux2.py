@@ -96,10 +96,6 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_flux2._get_fused_projections", "1fa01c8e207c8282f7a6f6c7d139fd56656e7ad380f212a44bac117de91a4270"),
     )
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,

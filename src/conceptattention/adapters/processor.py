@@ -169,8 +169,9 @@ class ConceptProcessorMixin:
         layer: Index of the processor's block among the joint blocks.
         block: The transformer block (held weakly; its text-stream norms and MLP are used).
         transformer: The transformer (held weakly; its text/time embedders are used).
-        original: The processor being replaced: its attention backend and parallel config are kept, so that later
-            ``set_attention_backend`` calls reach the new processor too.
+        original: The diffusers processor being wrapped (``self.original``): it computes the joint attention; its
+            attention backend and parallel config are read and written through this processor, so that
+            ``set_attention_backend`` calls inside the ``with`` block reach it.
     """
 
     STOCK_SOURCES: tuple[tuple[str, str], ...] = ()
@@ -180,12 +181,29 @@ class ConceptProcessorMixin:
         self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:
         super().__init__()
+        self.original = original
         self.session = session
         self.layer = layer
         self._block = weakref.ref(block)
         self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    # The attention backend and parallel config live on the wrapped diffusers processor, which computes the joint
+    # attention: ``transformer.set_attention_backend(...)`` inside the ``with`` block reaches it through these.
+    @property
+    def _attention_backend(self) -> Any:
+        return getattr(self.original, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value: Any) -> None:
+        self.original._attention_backend = value
+
+    @property
+    def _parallel_config(self) -> Any:
+        return getattr(self.original, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.original._parallel_config = value
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Attention of the C concept rows on (B, S, H, D) tensors: the model's backend, or plain SDPA when that is

@@ -95,10 +95,6 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0.__call__", "4cbb851f9a3ef9d1c45472559ce62f90a4a45b30e0b57112aa30b5d79a24e03e"),
     )
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,

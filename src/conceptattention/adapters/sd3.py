@@ -127,10 +127,6 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.attention_processor.FusedJointAttnProcessor2_0.__call__", "9698a9bae7e74a59054fc1acd7c1bc74b8d0c2d2c444f129b1aac1b25094bdc3"),
     )
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
