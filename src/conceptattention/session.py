@@ -33,6 +33,7 @@ class TransformerCall:
         block_counter: 0-d long tensor: how many concept blocks have run in this call (the layer index). A tensor,
             not a Python int, so that compiled blocks do not specialise on it (one graph serves every block).
         score_slots: ``[last_layer + 1]`` long tensor: the row of ``scores`` that each layer writes.
+        blocks_before_buffers: Unselected blocks run eagerly before the buffers existed (start of ``block_counter``).
     """
 
     step: int
@@ -43,6 +44,7 @@ class TransformerCall:
     scores: torch.Tensor | None = None
     block_counter: torch.Tensor | None = None
     score_slots: torch.Tensor | None = None
+    blocks_before_buffers: int = 0
 
 
 class ConceptSession:
@@ -69,6 +71,7 @@ class ConceptSession:
         self.concept_embeds = concept_embeds
         self.selected_layers = tuple(sorted(selected_layers))
         self._selected = frozenset(self.selected_layers)
+        self._slot_of = {layer: slot for slot, layer in enumerate(self.selected_layers)}
         self.last_layer = self.selected_layers[-1]
         self.effective_softmax = effective_softmax
         self.reduce_batch = reduce_batch
@@ -113,8 +116,19 @@ class ConceptSession:
     def is_selected(self, layer: int) -> bool:
         return layer in self._selected
 
+    def _ensure_buffers(self, call: TransformerCall, scores: torch.Tensor) -> None:
+        """Allocate the call's score buffer, slot table and block counter (in the first joint block)."""
+        if call.scores is not None:
+            return
+        num_slots = len(self.selected_layers)
+        slots = torch.full((self.last_layer + 1,), num_slots, dtype=torch.long)
+        slots[list(self.selected_layers)] = torch.arange(num_slots)
+        call.score_slots = slots.to(scores.device)
+        call.block_counter = torch.full((), call.blocks_before_buffers, dtype=torch.long, device=scores.device)
+        call.scores = scores.new_zeros((num_slots + 1, *scores.shape))  # [L_sel + 1, B, C, I]
+
     def record(self, scores: torch.Tensor) -> None:
-        """Store the ``[B, C, I]`` scores of the joint block that is running, and count the block.
+        """Store the ``[B, C, I]`` scores of the joint block that is running, and count the block (compiled path).
 
         Per-block Python state (the layer index, whether it is selected) is never read here: the row is looked up
         with a tensor counter, so a compiled block (``compile_repeated_blocks``) traces one graph for all blocks.
@@ -123,17 +137,30 @@ class ConceptSession:
         call = self.call
         assert call is not None
         scores = scores.float()
-        if call.scores is None:  # the first joint block of the call
-            num_slots = len(self.selected_layers)
-            slots = torch.full((self.last_layer + 1,), num_slots, dtype=torch.long)
-            slots[list(self.selected_layers)] = torch.arange(num_slots)
-            call.score_slots = slots.to(scores.device)
-            call.block_counter = torch.zeros((), dtype=torch.long, device=scores.device)
-            call.scores = scores.new_zeros((num_slots + 1, *scores.shape))  # [L_sel + 1, B, C, I]
-        assert call.block_counter is not None and call.score_slots is not None
+        self._ensure_buffers(call, scores)
+        assert call.block_counter is not None and call.score_slots is not None and call.scores is not None
         slot = call.score_slots.index_select(0, call.block_counter.view(1))  # [1]
         call.scores.index_copy_(0, slot, scores.unsqueeze(0))
         call.block_counter.add_(1)
+
+    def record_layer(self, layer: int, scores: torch.Tensor) -> None:
+        """Eager path of :meth:`record` for a selected layer: the row is known on the host."""
+        call = self.call
+        assert call is not None
+        scores = scores.float()
+        self._ensure_buffers(call, scores)
+        assert call.block_counter is not None and call.scores is not None
+        call.scores[self._slot_of[layer]].copy_(scores)
+        call.block_counter.add_(1)  # kept in step for blocks that run compiled in the same call
+
+    def skip_layer(self) -> None:
+        """Eager path for an unselected layer: no scores are computed, the block is only counted."""
+        call = self.call
+        assert call is not None
+        if call.block_counter is None:
+            call.blocks_before_buffers += 1
+        else:
+            call.block_counter.add_(1)
 
     def end_call(self) -> None:
         """Fold the selected layers' scores of the current call into the accumulator, then drop the per-call state

@@ -220,15 +220,21 @@ class ConceptProcessorMixin:
         ``tensors`` are the :func:`~conceptattention.core.saliency_scores` inputs (``concept_output``,
         ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``). Every concept block
         computes its scores (a ``[B, C, I]`` product, small next to the block) and the session keeps the selected
-        layers' ones: no branch here reads the layer index, so a compiled block class traces a single graph.
+        layers' ones: while compiling, no branch here reads the layer index, so a compiled block class traces a
+        single graph; eagerly, unselected layers skip the scores.
 
         Raises:
             EarlyExit: after the last needed block on the explain path (nothing later has to run).
         """
         session = self.session
         config = session.config
-        scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
-        session.record(scores)  # [B, C, I]
+        if torch.compiler.is_compiling():  # traced: no branch on the layer (one graph for every block)
+            session.record(saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors))
+        elif session.is_selected(self.layer):  # eager: unselected layers compute no scores
+            scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
+            session.record_layer(self.layer, scores)  # [B, C, I]
+        else:
+            session.skip_layer()
         if session.stop_after_last_layer and self.layer >= session.last_layer:  # explain path only (eager)
             session.end_call()
             raise EarlyExit()
