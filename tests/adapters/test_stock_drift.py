@@ -40,10 +40,11 @@ def test_stock_sources_unchanged(family, adapter):
     assert processor.STOCK_SOURCES, f"{processor.__name__} names no diffusers source it depends on"
     drifted = stock_source_drift(processor)
     how = "re-implements" if processor.COPIES_STOCK else "takes its image tensors from"
+    found = {path: source_fingerprint(resolve_dotted(path)) for path in drifted}
     assert not drifted, (
         f"diffusers {diffusers.__version__} changed {', '.join(drifted)}, which {processor.__name__} ({family}) {how} "
         f"(checked against diffusers {STOCK_SOURCES_VERSION}). Re-check {processor.__module__} against the new source, "
-        "then update STOCK_SOURCES."
+        f"then add its fingerprint to STOCK_SOURCES: {found}"
     )
 
 
@@ -95,7 +96,13 @@ def test_get_adapter_unaffected():
 
 
 def test_drift_is_reported_for_a_changed_source():
-    class Pinned:
-        STOCK_SOURCES = (("diffusers.models.transformers.transformer_flux._get_qkv_projections", "0" * 64),)
+    path = "diffusers.models.transformers.transformer_flux._get_qkv_projections"
 
-    assert stock_source_drift(Pinned) == ["diffusers.models.transformers.transformer_flux._get_qkv_projections"]
+    class Pinned:
+        STOCK_SOURCES = ((path, "0" * 64),)
+
+    class CheckedTwice:  # an older release's fingerprint and the installed one
+        STOCK_SOURCES = ((path, ("0" * 64, source_fingerprint(resolve_dotted(path)))),)
+
+    assert stock_source_drift(Pinned) == [path]
+    assert stock_source_drift(CheckedTwice) == []

@@ -133,15 +133,23 @@ def source_fingerprint(obj: Any) -> str:
 
 
 def stock_source_drift(processor_class: type) -> list[str]:
-    """The diffusers functions in ``processor_class.STOCK_SOURCES`` whose installed source differs from the one
-    the class was written against (empty when nothing changed).
+    """The diffusers functions in ``processor_class.STOCK_SOURCES`` whose installed source differs from every
+    version the class was checked against (empty when nothing changed).
+
+    ``STOCK_SOURCES`` entries are ``(dotted path, digest)`` or ``(dotted path, (digest, ...))``: one digest per
+    diffusers release whose source was re-checked (their fingerprints may differ while the capture points hold).
 
     Example:
         >>> from conceptattention.adapters.flux import FluxConceptAttnProcessor
         >>> stock_source_drift(FluxConceptAttnProcessor)  # diffusers 0.42.1
         []
     """
-    return [path for path, digest in processor_class.STOCK_SOURCES if source_fingerprint(resolve_dotted(path)) != digest]
+    drifted = []
+    for path, digests in processor_class.STOCK_SOURCES:
+        accepted = (digests,) if isinstance(digests, str) else tuple(digests)
+        if source_fingerprint(resolve_dotted(path)) not in accepted:
+            drifted.append(path)
+    return drifted
 
 
 def native_backend_active() -> bool:
@@ -174,7 +182,7 @@ class ConceptProcessorMixin:
             ``set_attention_backend`` calls inside the ``with`` block reach it.
     """
 
-    STOCK_SOURCES: tuple[tuple[str, str], ...] = ()
+    STOCK_SOURCES: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
     COPIES_STOCK: bool = False
 
     def __init__(
