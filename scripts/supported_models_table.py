@@ -13,10 +13,21 @@ def table() -> str:
         "| family | diffusers transformer | pipelines | output | default layers | tested how |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for row in supported_models():
+    models = supported_models()
+    for row in models:
         rows.append(
             f"| {row['family']} | `{row['transformer']}` | {', '.join(f'`{p}`' for p in row['pipelines'].split(', '))} "
             f"| {row['modality']} | {row['default_layers']} | {row['tested']} |"
+        )
+    rows += [
+        "",
+        "| family | diffusers | attention path | `torch.compile` | fused QKV | IP-Adapter | cache accelerators (`enable_cache`) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in models:
+        rows.append(
+            f"| {row['family']} | {row['diffusers']} | {row['attention']} | {row['compile']} | {row['fused_qkv']} | {row['ip_adapter']} "
+            f"| {row['caches']} |"
         )
     return "\n".join(rows)
 

@@ -11,6 +11,7 @@ from diffusers.hooks.hooks import BaseState, HookRegistry, ModelHook, StateManag
 from torch import nn
 
 from .adapters import UnsupportedSetupError, find_transformer, get_adapter
+from .adapters.base import active_cache, cache_refusal
 from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
 from .maps import ConceptMaps
@@ -136,7 +137,7 @@ class ConceptAttention(ProcessorSwap):
         self.config = config if config is not None else ConceptAttentionConfig(**options)
         self.model = model
         self.transformer = find_transformer(model)
-        self.pipeline = model if model is not self.transformer else None
+        self.pipeline = None if isinstance(model, nn.Module) else model
         self.adapter = get_adapter(self.transformer)
         self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
         self.effective_softmax = self.config.softmax
@@ -296,11 +297,8 @@ class ConceptAttention(ProcessorSwap):
                 "Gradient checkpointing is on and gradients are enabled: blocks would run twice and corrupt the "
                 "concept stream. Run under torch.no_grad() or call transformer.disable_gradient_checkpointing()."
             )
-        if getattr(self.transformer, "is_cache_enabled", False):
-            raise UnsupportedSetupError(
-                "A cache accelerator was enabled inside the ConceptAttention block; it skips blocks, so maps would be "
-                "wrong. Call transformer.disable_cache()."
-            )
+        if getattr(self.transformer, "is_cache_enabled", False):  # enabled inside the with block
+            raise cache_refusal(active_cache(self.transformer) or "enabled")
         for (attention, _), processor in zip(self._saved_processors, self._our_processors):
             if attention.processor is not processor:
                 raise RuntimeError(

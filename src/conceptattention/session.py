@@ -28,6 +28,12 @@ class TransformerCall:
         inputs: Architecture-specific inputs captured from the forward's arguments (timestep, ids, ...).
         concept_hidden_states: The concept residual stream ``[B, C, d]``, created lazily by the first joint block.
         concept_conditioning: The concept stream's modulation input ``[B, d_t]`` (architecture-specific).
+        scores: ``[L_sel + 1, B, C, I]`` float32: the scores of each selected layer (row ``L_sel`` takes the
+            scores of the unselected layers and is never read), written on the activations' device.
+        block_counter: 0-d long tensor: how many concept blocks have run in this call (the layer index). A tensor,
+            not a Python int, so that compiled blocks do not specialise on it (one graph serves every block).
+        score_slots: ``[last_layer + 1]`` long tensor: the row of ``scores`` that each layer writes.
+        blocks_before_buffers: Unselected blocks run eagerly before the buffers existed (start of ``block_counter``).
     """
 
     step: int
@@ -35,6 +41,10 @@ class TransformerCall:
     inputs: dict[str, Any] = field(default_factory=dict)
     concept_hidden_states: torch.Tensor | None = None
     concept_conditioning: Any = None
+    scores: torch.Tensor | None = None
+    block_counter: torch.Tensor | None = None
+    score_slots: torch.Tensor | None = None
+    blocks_before_buffers: int = 0
 
 
 class ConceptSession:
@@ -61,6 +71,7 @@ class ConceptSession:
         self.concept_embeds = concept_embeds
         self.selected_layers = tuple(sorted(selected_layers))
         self._selected = frozenset(self.selected_layers)
+        self._slot_of = {layer: slot for slot, layer in enumerate(self.selected_layers)}
         self.last_layer = self.selected_layers[-1]
         self.effective_softmax = effective_softmax
         self.reduce_batch = reduce_batch
@@ -96,24 +107,71 @@ class ConceptSession:
         self.call = TransformerCall(step=step, recording=recording, inputs=inputs)
         return self.call
 
-    def end_call(self) -> None:
-        """Drop the per-call state (the concept stream) so that nothing large outlives the forward."""
-        self.call = None
-
-    def needs_concepts(self, layer: int) -> bool:
-        """Whether the concept stream must run in joint block ``layer`` during the current call."""
+    def needs_concepts(self) -> bool:
+        """Whether the concept stream runs during the current call (a recorded call; the processors are only
+        installed on the joint blocks up to the last selected one)."""
         call = self.call
-        return call is not None and call.recording and layer <= self.last_layer
+        return call is not None and call.recording
 
     def is_selected(self, layer: int) -> bool:
         return layer in self._selected
 
-    def record(self, layer: int, scores: torch.Tensor) -> None:
-        """Add the ``[B, C, I]`` scores of a selected layer of the current call."""
-        assert self.call is not None
+    def _ensure_buffers(self, call: TransformerCall, scores: torch.Tensor) -> None:
+        """Allocate the call's score buffer, slot table and block counter (in the first joint block)."""
+        if call.scores is not None:
+            return
+        num_slots = len(self.selected_layers)
+        slots = torch.full((self.last_layer + 1,), num_slots, dtype=torch.long)
+        slots[list(self.selected_layers)] = torch.arange(num_slots)
+        call.score_slots = slots.to(scores.device)
+        call.block_counter = torch.full((), call.blocks_before_buffers, dtype=torch.long, device=scores.device)
+        call.scores = scores.new_zeros((num_slots + 1, *scores.shape))  # [L_sel + 1, B, C, I]
+
+    def record(self, scores: torch.Tensor) -> None:
+        """Store the ``[B, C, I]`` scores of the joint block that is running, and count the block (compiled path).
+
+        Per-block Python state (the layer index, whether it is selected) is never read here: the row is looked up
+        with a tensor counter, so a compiled block (``compile_repeated_blocks``) traces one graph for all blocks.
+        The selected rows are folded into the accumulator when the transformer call ends (:meth:`end_call`).
+        """
+        call = self.call
+        assert call is not None
+        scores = scores.float()
+        self._ensure_buffers(call, scores)
+        assert call.block_counter is not None and call.score_slots is not None and call.scores is not None
+        slot = call.score_slots.index_select(0, call.block_counter.view(1))  # [1]
+        call.scores.index_copy_(0, slot, scores.unsqueeze(0))
+        call.block_counter.add_(1)
+
+    def record_layer(self, layer: int, scores: torch.Tensor) -> None:
+        """Eager path of :meth:`record` for a selected layer: the row is known on the host."""
+        call = self.call
+        assert call is not None
+        scores = scores.float()
+        self._ensure_buffers(call, scores)
+        assert call.block_counter is not None and call.scores is not None
+        call.scores[self._slot_of[layer]].copy_(scores)
+        call.block_counter.add_(1)  # kept in step for blocks that run compiled in the same call
+
+    def skip_layer(self) -> None:
+        """Eager path for an unselected layer: no scores are computed, the block is only counted."""
+        call = self.call
+        assert call is not None
+        if call.block_counter is None:
+            call.blocks_before_buffers += 1
+        else:
+            call.block_counter.add_(1)
+
+    def end_call(self) -> None:
+        """Fold the selected layers' scores of the current call into the accumulator, then drop the per-call state
+        (the concept stream) so that nothing large outlives the forward. Safe to call more than once."""
+        call, self.call = self.call, None
+        if call is None or call.scores is None:
+            return
         if self.grid_inputs is None:
-            self.grid_inputs = self.call.inputs
-        self.accumulator.add(scores[self.batch_slice], step=self.call.step, layer=layer)
+            self.grid_inputs = call.inputs
+        for slot, layer in enumerate(self.selected_layers):
+            self.accumulator.add(call.scores[slot][self.batch_slice], step=call.step, layer=layer)
 
     def reset(self) -> None:
         """Forget the recorded scores and the call counter."""

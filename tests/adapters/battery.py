@@ -379,6 +379,91 @@ class AdapterBattery:
                 checked += 1
         assert checked > 0
 
+    # ----- fused projections -----
+
+    #: The fused processor computes something else than the unfused one (diffusers' FusedJointAttnProcessor2_0 drops
+    #: SD3.5's QK-norm), so fused maps are only compared with themselves.
+    fused_changes_model = False
+
+    def test_fused_qkv_projections(self):
+        """``transformer.fuse_qkv_projections()`` (as ``pipe.fuse_qkv_projections()`` does) is supported: outputs
+        stay bit-identical to the fused model's, and the maps match the unfused ones (same weights)."""
+        model = self.make_transformer()  # a fresh one: fusing changes the module
+        inputs = self.make_inputs()
+        with ConceptAttention(model, concept_embeds=self.embeds()) as unfused:
+            self.run(model, inputs)
+        model.fuse_qkv_projections()
+        reference = self.run(model, inputs)
+        with ConceptAttention(model, concept_embeds=self.embeds()) as fused:
+            output = self.run(model, inputs)
+        assert torch.equal(reference, output)
+        assert torch.isfinite(fused.maps.maps).all()
+        if not self.fused_changes_model:
+            torch.testing.assert_close(fused.maps.maps, unfused.maps.maps, rtol=1e-4, atol=1e-5)
+
+    # ----- torch.compile -----
+
+    def make_compile_transformer(self) -> Any:
+        """A fresh model for the regional-compile test (compiling changes the module, so never the cached one)."""
+        return self.make_transformer()
+
+    def test_compiled_whole_model(self):
+        """``torch.compile(transformer)`` is accepted (its ``_orig_mod`` is used): outputs with maps are equal to
+        the compiled outputs without, the maps match the eager ones, and a second block reuses the graph."""
+        inputs = self.make_inputs()
+        model = self.make_transformer()  # a fresh one: compiling changes the module
+        with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
+            self.run(model, inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            compiled = torch.compile(model, backend="aot_eager")
+            plain = self.run(compiled, inputs)
+            for _ in range(2):
+                with ConceptAttention(compiled, concept_embeds=self.embeds()) as ca:
+                    output = self.run(compiled, inputs)
+                assert torch.equal(plain, output)
+                torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graph again
+            assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
+            assert not counters["graph_break"], dict(counters["graph_break"])
+        finally:
+            torch._dynamo.reset()
+
+    def test_regional_compile_one_graph_per_block_class(self):
+        """``compile_repeated_blocks()``: no per-block recompilation (the layer index is never traced), so a
+        generation uses the same few graphs whatever the number of blocks, with maps equal to the eager ones."""
+        model = self.make_compile_transformer()
+        if not getattr(model, "_repeated_blocks", None):
+            pytest.skip(f"diffusers offers no compile_repeated_blocks for {type(model).__name__}")
+        inputs = self.make_inputs()
+        with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
+            self.run(model, inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            model.compile_repeated_blocks(backend="aot_eager")
+            plain = self.run(model, inputs)
+            graphs_off = counters["stats"]["unique_graphs"]
+            with ConceptAttention(model, concept_embeds=self.embeds()) as ca:
+                output = self.run(model, inputs)
+                graphs_first_call = counters["stats"]["unique_graphs"]
+                self.run(model, inputs)  # a second step
+            assert torch.equal(plain, output)
+            torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+            # the concept blocks add at most two graphs (the first joint block, which embeds the concepts, and
+            # every other one), never one per block; later steps and later blocks reuse them
+            assert graphs_first_call - graphs_off <= 2, dict(counters["stats"])
+            with ConceptAttention(model, concept_embeds=self.embeds()) as again:
+                self.run(model, inputs)
+            torch.testing.assert_close(again.maps.maps, eager.maps.maps)
+            assert counters["stats"]["unique_graphs"] == graphs_first_call, dict(counters["stats"])
+            assert not counters["graph_break"], dict(counters["graph_break"])
+        finally:
+            torch._dynamo.reset()
+
     def test_pipeline_bit_identical_and_maps(self, pipeline):
         reference = self.generate(pipeline)
         with ConceptAttention(pipeline, ["house", "sea", "red car"]) as ca:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conceptattention import ConceptAttention, UnsupportedSetupError, explain
+from conceptattention import ConceptAttention, explain
 from conceptattention.adapters.cogvideox import CogVideoXAdapter
 from conceptattention.session import EarlyExit
 from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
@@ -137,12 +137,6 @@ class TestGuidanceAndEncoding:
         concepts = ["red car", "sky"]
         encoded = {p: CogVideoXAdapter().encode_concepts(pipe, concepts, p) for p in ("mean", "first", "last")}
         assert_t5_poolings(encoded, *t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts))
-
-    def test_fused_projections_refused(self):
-        model = tiny_cogvideox_transformer()
-        model.fuse_qkv_projections()
-        with pytest.raises(UnsupportedSetupError, match="FusedCogVideoXAttnProcessor2_0"):
-            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
 
     def test_missing_timestep(self):
         model = tiny_cogvideox_transformer()

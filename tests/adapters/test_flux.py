@@ -193,14 +193,53 @@ class TestRefusals:
                 model(**tiny_flux_inputs())
         assert ca.maps.maps.shape[0] == 2
 
-    def test_cache_accelerator_raises(self):
+    @pytest.mark.parametrize(
+        ("config_name", "kwargs"),
+        [
+            ("FirstBlockCacheConfig", dict(threshold=0.2)),
+            ("FasterCacheConfig", dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500)),
+            (
+                "PyramidAttentionBroadcastConfig",
+                dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+            ),
+            ("TaylorSeerCacheConfig", {}),
+            ("MagCacheConfig", dict(num_inference_steps=2, mag_ratios=[1.0, 1.0])),
+            ("SeaCacheConfig", {}),
+            ("TextKVCacheConfig", {}),
+        ],
+    )
+    def test_cache_accelerator_refused_by_name(self, config_name, kwargs):
+        import diffusers
+
+        model = tiny_flux_transformer(num_layers=2)
+        model.enable_cache(getattr(diffusers, config_name)(**kwargs))
+        before = dict(model.attn_processors)
+        cache = config_name.removesuffix("Config")
+        with pytest.raises(UnsupportedSetupError, match=rf"The {cache} cache accelerator.*transformer\.disable_cache\(\)"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+        assert all(model.attn_processors[name] is before[name] for name in before)
+        model.disable_cache()  # the way out the message gives
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca, torch.no_grad():
+            model(**tiny_flux_inputs())
+        assert torch.isfinite(ca.maps.maps).all()
+
+    def test_cache_applied_with_hook_function_refused(self):
+        from diffusers.hooks import FirstBlockCacheConfig, apply_first_block_cache
+
+        model = tiny_flux_transformer(num_layers=2)
+        apply_first_block_cache(model, FirstBlockCacheConfig(threshold=0.2))  # no enable_cache: hooks only
+        with pytest.raises(UnsupportedSetupError, match="The FirstBlockCache cache accelerator"):
+            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
+
+    def test_cache_enabled_inside_the_block_refused(self):
         from diffusers import FirstBlockCacheConfig
 
         model = tiny_flux_transformer(num_layers=2)
-        model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
-        with pytest.raises(UnsupportedSetupError, match="disable_cache"):
-            ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
-        assert not any(type(p).__name__ == "FluxConceptAttnProcessor" for p in model.attn_processors.values())
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)):
+            model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+            with pytest.raises(UnsupportedSetupError, match="The FirstBlockCache cache accelerator"), torch.no_grad():
+                model(**tiny_flux_inputs())
+        model.disable_cache()
 
     def test_foreign_processor_raises(self):
         model = tiny_flux_transformer(num_layers=2)
@@ -413,6 +452,123 @@ def test_no_warnings_from_processors(transformer):
             transformer(**tiny_flux_inputs())
 
 
+def _load_random_ip_adapter(pipe, clip_dim: int = 8, seed: int = 3) -> None:
+    """A random-weight IP-Adapter (diffusers' Flux IP-Adapter layout) loaded through the transformer's own loader."""
+    transformer = pipe.transformer
+    generator = torch.Generator().manual_seed(seed)
+    joint, inner = transformer.config.joint_attention_dim, transformer.inner_dim
+    image_proj = {
+        "proj.weight": torch.randn(4 * joint, clip_dim, generator=generator) * 0.1,  # 4 image tokens
+        "proj.bias": torch.zeros(4 * joint),
+        "norm.weight": torch.ones(joint),
+        "norm.bias": torch.zeros(joint),
+    }
+    ip_adapter = {}
+    for index in range(len(transformer.transformer_blocks)):
+        for name in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{index}.{name}.weight"] = torch.randn(inner, joint, generator=generator) * 0.1
+            ip_adapter[f"{index}.{name}.bias"] = torch.zeros(inner)
+    transformer._load_ip_adapter_weights([{"image_proj": image_proj, "ip_adapter": ip_adapter}], low_cpu_mem_usage=False)
+
+
+def test_ip_adapter_supported():
+    """With an IP-Adapter loaded (FluxIPAdapterAttnProcessor, an nn.Module with weights), the concept processor
+    wraps it: the image is unchanged, maps are recorded, the adapter's weights stay in the module tree, and the very
+    same processors are back afterwards."""
+    from diffusers.models.transformers.transformer_flux import FluxIPAdapterAttnProcessor
+
+    pipe = tiny_flux_pipeline(num_layers=3)
+    plain = generate(pipe)
+    _load_random_ip_adapter(pipe)
+    ip_kwargs = dict(
+        ip_adapter_image_embeds=[torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(4))],  # [B, images, D]
+        negative_ip_adapter_image_embeds=[torch.zeros(1, 1, 8)],  # no image encoder in the tiny pipeline
+    )
+    before = snapshot(pipe.transformer)
+    assert isinstance(before["transformer_blocks.0.attn.processor"], FluxIPAdapterAttnProcessor)
+    reference = generate(pipe, **ip_kwargs)
+    assert not torch.equal(reference, plain)  # the adapter is active
+    with ConceptAttention(pipe, ["dog", "rock", "sky"]) as ca:
+        weights = {name for name, _ in pipe.transformer.named_parameters() if "to_k_ip" in name}
+        output = generate(pipe, **ip_kwargs)
+    assert torch.equal(reference, output)
+    assert len(weights) == 6 and all(".processor.original.to_k_ip." in name for name in weights)  # still registered
+    assert torch.isfinite(ca.maps.maps).all() and ca.maps.maps.shape == (3, 1, 16, 24)
+    assert_restored(pipe.transformer, before)
+
+
+def test_compiled_pipeline_transformer():
+    """``pipe.transformer = torch.compile(pipe.transformer)``: ConceptAttention builds on ``_orig_mod``; the compiled
+    pipeline's images with maps equal its images without, and the maps equal the eager pipeline's."""
+    pipe = tiny_flux_pipeline(num_layers=3)
+    with ConceptAttention(pipe, ["dog", "sky"]) as eager:
+        generate(pipe)
+    torch._dynamo.reset()
+    try:
+        pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
+        plain = generate(pipe)
+        with ConceptAttention(pipe, ["dog", "sky"]) as ca:
+            output = generate(pipe)
+        assert ca.transformer is pipe.transformer._orig_mod
+        assert torch.equal(plain, output)
+        torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+        assert not torch._dynamo.utils.counters["graph_break"]
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.slow
+def test_regional_compile_inductor():
+    """``compile_repeated_blocks()`` with the default (inductor) backend on the CPU: images with maps are bit-identical
+    to the compiled images without, maps match the eager ones, two graphs for the concept blocks (the first joint
+    block and the rest), none per block, no graph break (~1 min: inductor compiles C++ kernels)."""
+    model = tiny_flux_transformer(num_layers=4, num_single_layers=1)
+    inputs = tiny_flux_inputs()
+    embeds = torch.randn(3, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        with ConceptAttention(model, concept_embeds=embeds) as eager:
+            model(**inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            model.compile_repeated_blocks()
+            plain = model(**inputs)[0]
+            graphs_off = counters["stats"]["unique_graphs"]
+            with ConceptAttention(model, concept_embeds=embeds) as ca:
+                first = model(**inputs)[0]
+                second = model(**inputs)[0]
+            assert torch.equal(plain, first) and torch.equal(plain, second)
+            torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+            assert counters["stats"]["unique_graphs"] - graphs_off <= 2, dict(counters["stats"])
+            assert not counters["graph_break"], dict(counters["graph_break"])
+        finally:
+            torch._dynamo.reset()
+
+
+def test_attention_backend_set_inside_the_block_reaches_the_stock_processor():
+    """``set_attention_backend`` inside the ``with`` block reaches diffusers' processor that computes the joint
+    attention (wrapped by ours), and stays on it after the block."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    model = tiny_flux_transformer(num_layers=2)
+    inputs = tiny_flux_inputs()
+    stock = model.transformer_blocks[0].attn.processor
+    active = _AttentionBackendRegistry._active_backend
+    try:
+        with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca, torch.no_grad():
+            model.set_attention_backend("native")
+            ours = model.transformer_blocks[0].attn.processor
+            assert ours is not stock and ours.original is stock
+            assert stock._attention_backend is not None and ours._attention_backend is stock._attention_backend
+            model(**inputs)
+        assert torch.isfinite(ca.maps.maps).all()
+        assert model.transformer_blocks[0].attn.processor is stock and stock._attention_backend is not None
+    finally:
+        model.reset_attention_backend()
+        _AttentionBackendRegistry._active_backend = active
+
+
 class TestFluxBattery(AdapterBattery):
     """The shared adapter battery on FLUX.1."""
 
@@ -427,6 +583,9 @@ class TestFluxBattery(AdapterBattery):
 
     def make_transformer(self):
         return tiny_flux_transformer(num_layers=3, num_single_layers=1)
+
+    def make_compile_transformer(self):
+        return tiny_flux_transformer(num_layers=6, num_single_layers=2)  # more blocks than graphs
 
 
 

@@ -73,6 +73,16 @@ class TestSD35Battery(TestSD3Battery):
     """The shared battery on an SD3.5-medium-like config: RMS QK-norm and dual attention in block 0."""
 
     tiny_kwargs = dict(num_layers=3, sd35=True)
+    fused_changes_model = True  # diffusers' FusedJointAttnProcessor2_0 applies no QK-norm
+
+    def test_fused_qkv_projections(self):
+        """diffusers 0.42.1 cannot run a fused SD3.5-medium (dual attention): fuse_qkv_projections gives attn2 the
+        joint FusedJointAttnProcessor2_0, which needs encoder states. Fails once diffusers fixes it (then the
+        battery's test applies)."""
+        model = self.make_transformer()
+        model.fuse_qkv_projections()
+        with pytest.raises(AttributeError):
+            self.run(model, self.make_inputs())
 
 
 class TestMethod:
@@ -271,14 +281,43 @@ class TestConceptEncoding:
             SD3Adapter("llama")
 
 
-class TestRefusals:
-    def test_fused_projections_refused(self):
-        model = tiny_sd3_transformer()
-        model.fuse_qkv_projections()
-        with pytest.raises(UnsupportedSetupError, match="FusedJointAttnProcessor2_0"):
-            ConceptAttention(model, concept_embeds=concept_embeds()).__enter__()
-        assert not getattr(model, "_conceptattention_active", False)
+class TestWideClipLayout:
+    """CLIP-L ⊕ CLIP-G wider than joint_attention_dim (diffusers' own SD3 test layout): the pipeline crops the prompt's
+    CLIP part to the T5 width, and concepts are laid out the same way instead of being refused."""
 
+    def test_wide_clip_pipeline(self, pipe):
+        from diffusers import StableDiffusion3Pipeline
+        from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+        from conceptattention.testing import tiny_clip_tokenizer
+
+        tokenizer = tiny_clip_tokenizer()
+
+        def wide_clip(seed: int) -> CLIPTextModelWithProjection:
+            torch.manual_seed(seed)
+            config = CLIPTextConfig(
+                vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                num_hidden_layers=2, bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=16,
+                max_position_embeddings=77,
+            )
+            return CLIPTextModelWithProjection(config).eval()
+
+        components = {**pipe.components, "text_encoder": wide_clip(10), "text_encoder_2": wide_clip(11)}
+        components.update(tokenizer=tokenizer, tokenizer_2=tokenizer)
+        wide = StableDiffusion3Pipeline(**components)
+        wide.set_progress_bar_config(disable=True)
+        joint_dim = wide.transformer.config.joint_attention_dim
+        assert 32 + 32 > joint_dim  # the layout under test
+        embeds = SD3Adapter().encode_concepts(wide, ["house", "sea"], "mean")
+        assert embeds.shape == (2, joint_dim)
+        reference = generate(wide)
+        with ConceptAttention(wide, ["house", "sea"]) as ca:
+            output = generate(wide)
+        assert torch.equal(reference, output)
+        assert torch.isfinite(ca.maps.maps).all()
+
+
+class TestRefusals:
     def test_foreign_processor_refused(self):
         model = tiny_sd3_transformer()
         model.transformer_blocks[1].attn.set_processor(AttnProcessor2_0())

@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+import torch
+import torch._dynamo
 from torch import nn
 
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, common_checks
@@ -27,6 +29,7 @@ __all__ = [
     "get_adapter",
     "register_adapter",
     "supported_models",
+    "unwrap_compiled",
 ]
 
 # transformer class name -> (module, adapter class name); filled lazily
@@ -105,13 +108,30 @@ def _builtin(name: str) -> ConceptAdapter | None:
     return adapter
 
 
+def unwrap_compiled(module: nn.Module) -> nn.Module:
+    """The module inside ``torch.compile(module)`` (an ``OptimizedModule``), or ``module`` itself.
+
+    Processors and hooks are installed on the inner module; the compiled wrapper runs it, so calls through
+    ``pipe.transformer`` (compiled) reach them (the processor swap invalidates the compiled graph's guards).
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> unwrap_compiled(torch.compile(layer)) is layer
+        True
+    """
+    while isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
+        module = module._orig_mod
+    return module
+
+
 def find_transformer(model: Any) -> nn.Module:
-    """The denoiser of a pipeline (``pipe.transformer``) or the model itself."""
+    """The denoiser of a pipeline (``pipe.transformer``) or the model itself, unwrapped from ``torch.compile``."""
     transformer = getattr(model, "transformer", None)
     if isinstance(transformer, nn.Module):
-        return transformer
+        return unwrap_compiled(transformer)
     if isinstance(model, nn.Module):
-        return model
+        return unwrap_compiled(model)
     raise UnsupportedModelError(
         f"Expected a diffusers pipeline with a `.transformer` or a transformer model, got {type(model).__name__}."
     )
@@ -146,7 +166,10 @@ def get_adapter(model: Any) -> ConceptAdapter:
 
 def supported_models() -> list[dict[str, str]]:
     """One row per built-in adapter usable with the installed diffusers: family, transformer class, pipelines,
-    modality, default layers, tests, supported diffusers range."""
+    modality, default layers, tests, supported diffusers range, and the features of the pipeline surface (attention
+    path, ``torch.compile``, fused QKV, IP-Adapter, cache accelerators)."""
+    import diffusers
+
     rows = []
     for transformer_name in _BUILTIN_ADAPTERS:
         minimum = MIN_DIFFUSERS[transformer_name]
@@ -155,6 +178,9 @@ def supported_models() -> list[dict[str, str]]:
         adapter = _REGISTRY.get(transformer_name) or _builtin(transformer_name)
         if adapter is None:
             continue
+        processor = adapter.processor_class
+        copies = bool(getattr(processor, "COPIES_STOCK", False))
+        regional = bool(getattr(getattr(diffusers, transformer_name, None), "_repeated_blocks", None))
         rows.append(
             {
                 "family": adapter.name,
@@ -164,6 +190,11 @@ def supported_models() -> list[dict[str, str]]:
                 "default_layers": adapter.official_default_layers,
                 "tested": adapter.tested,
                 "diffusers": f">={minimum[0]}.{minimum[1]},<0.43",
+                "attention": "re-implemented stock body (drift-tested)" if copies else "diffusers' own processor",
+                "compile": "whole model + regional" if regional else "whole model",
+                "fused_qkv": adapter.fused_qkv,
+                "ip_adapter": adapter.ip_adapter,
+                "caches": "refused by name",
             }
         )
     return rows

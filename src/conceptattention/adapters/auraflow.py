@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0
+from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0, FusedAuraFlowAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
@@ -40,7 +40,7 @@ from .base import (
     flow_noised,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -48,21 +48,28 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "auraflow_temb"
 
 
-class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2_0):
-    """AuraFlow joint-block processor that also advances the concept stream and records saliency scores.
+#: Modules of AuraFlow's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+AURAFLOW_TAPS = ("to_q", "to_k", "to_v", "norm_q", "norm_k", "to_qkv")
 
-    Adapted from diffusers 0.42.1 ``AuraFlowAttnProcessor2_0.__call__``; the joint attention is the stock path op for
-    op, only the concept branch is new.
+
+class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
+    """AuraFlow joint-block processor: runs diffusers' own processor untouched, and the concept branch beside it.
+
+    The processor it replaces (``AuraFlowAttnProcessor2_0``, or ``FusedAuraFlowAttnProcessor2_0`` after
+    ``fuse_qkv_projections()``) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the
+    attention module, which hands the concept branch the image queries/keys/values (after QK-norm) and the image
+    attention output before ``to_out[0]``. No diffusers code is copied: outputs are bit-identical by construction.
 
     Args:
         session: The shared run state.
         layer: Index of this block among the joint (MM-DiT) blocks.
         block: The ``AuraFlowJointTransformerBlock`` (held weakly; its text norms and MLP are used).
         transformer: The ``AuraFlowTransformer2DModel`` (held weakly; its ``context_embedder`` embeds the concepts).
+        original: The processor being replaced; it computes the joint attention.
 
     Example:
         >>> from conceptattention import ConceptAttention
@@ -74,6 +81,12 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.AuraFlowAttnProcessor2_0.__call__", "d417a0352a9d75e1c75e1a10844f2577a348900f3808ed133c47bf06d4b3dc35"),
+        ("diffusers.models.attention_processor.FusedAuraFlowAttnProcessor2_0.__call__", "6b3ee0d2fd8170f1b8262065f5ae298a52166ebb2e124837fa56ee7750eb94a8"),
+    )
+
     def __call__(
         self,
         attn: nn.Module,
@@ -82,63 +95,25 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
         *args: Any,
         **kwargs: Any,
     ) -> torch.FloatTensor:
-        if encoder_hidden_states is None or not self.session.needs_concepts(self.layer):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
-
-        # ---- stock joint attention (diffusers 0.42.1 AuraFlowAttnProcessor2_0), pre-projection outputs ----
+        if encoder_hidden_states is None or not self.session.needs_concepts():
+            return self.original(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(AttentionView(attn, sink, AURAFLOW_TAPS), hidden_states, encoder_hidden_states, *args, **kwargs)
+        check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "auraflow")
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        encoder_hidden_states_query_proj = attn.add_q_proj(encoder_hidden_states)
-        encoder_hidden_states_key_proj = attn.add_k_proj(encoder_hidden_states)
-        encoder_hidden_states_value_proj = attn.add_v_proj(encoder_hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
+        if "to_qkv" in sink:  # fused projections
+            qkv = sink["to_qkv"]  # [B, I, 3·H·D]
+            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, I, H·D] each
+        else:
+            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, I, H·D] each
+        head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
         key = key.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
         value = value.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        encoder_hidden_states_query_proj = encoder_hidden_states_query_proj.view(
-            batch_size, -1, attn.heads, head_dim
-        )  # [B, T, H, D]
-        encoder_hidden_states_key_proj = encoder_hidden_states_key_proj.view(
-            batch_size, -1, attn.heads, head_dim
-        )  # [B, T, H, D]
-        encoder_hidden_states_value_proj = encoder_hidden_states_value_proj.view(
-            batch_size, -1, attn.heads, head_dim
-        )  # [B, T, H, D]
-        if attn.norm_added_q is not None:
-            encoder_hidden_states_query_proj = attn.norm_added_q(encoder_hidden_states_query_proj)
-        if attn.norm_added_k is not None:
-            encoder_hidden_states_key_proj = attn.norm_added_k(encoder_hidden_states_key_proj)
-        image_query, image_key, image_value = query, key, value  # [B, I, H, D], kept for the concept branch
-        query = torch.cat([encoder_hidden_states_query_proj, query], dim=1)  # [B, T + I, H, D]
-        key = torch.cat([encoder_hidden_states_key_proj, key], dim=1)  # [B, T + I, H, D]
-        value = torch.cat([encoder_hidden_states_value_proj, value], dim=1)  # [B, T + I, H, D]
-        query = query.transpose(1, 2)  # [B, H, T + I, D]
-        key = key.transpose(1, 2)  # [B, H, T + I, D]
-        value = value.transpose(1, 2)  # [B, H, T + I, D]
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=0.0, scale=attn.scale, is_causal=False
-        )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, T + I, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-        hidden_states, encoder_hidden_states = (
-            hidden_states[:, encoder_hidden_states.shape[1] :],
-            hidden_states[:, : encoder_hidden_states.shape[1]],
-        )  # [B, I, H·D], [B, T, H·D]
-
-        # ---- concept branch ----
-        self._concept_branch(attn, hidden_states, image_query, image_key, image_value, head_dim)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        query = sink.get("norm_q", query)  # after QK-norm where the processor applied it
+        key = sink.get("norm_k", key)
+        self._concept_branch(attn, sink["to_out"], query, key, value, head_dim)
+        return outputs
 
     def _concept_branch(
         self,
@@ -150,7 +125,7 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
         head_dim: int,
     ) -> None:
         session, block, transformer = self.session, self._block(), self._transformer()
-        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of AuraFlow block")
+        temb = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of AuraFlow block")
         call = session.call
         assert call is not None and block is not None and transformer is not None
         if call.concept_hidden_states is None:
@@ -160,9 +135,14 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin, AuraFlowAttnProcessor2
 
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=temb)
         batch = normed.shape[0]
-        concept_query = attn.add_q_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
-        concept_key = attn.add_k_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
-        concept_value = attn.add_v_proj(normed).view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        if getattr(attn, "fused_projections", False) and getattr(attn, "to_added_qkv", None) is not None:
+            concept_qkv = attn.to_added_qkv(normed)  # [B, C, 3·H·D], as the fused processor projects the prompt
+            concept_query, concept_key, concept_value = torch.split(concept_qkv, concept_qkv.shape[-1] // 3, dim=-1)
+        else:
+            concept_query, concept_key, concept_value = attn.add_q_proj(normed), attn.add_k_proj(normed), attn.add_v_proj(normed)
+        concept_query = concept_query.view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        concept_key = concept_key.view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
+        concept_value = concept_value.view(batch, -1, attn.heads, head_dim)  # [B, C, H, D]
         if attn.norm_added_q is not None:
             concept_query = attn.norm_added_q(concept_query)
         if attn.norm_added_k is not None:
@@ -211,11 +191,8 @@ class AuraFlowAdapter(ConceptAdapter):
     name = "auraflow"
     blocks_attribute = "joint_transformer_blocks"
     processor_class = AuraFlowConceptAttnProcessor
-    stock_processor_class = AuraFlowAttnProcessor2_0
-    stock_processor_remedy = (
-        "after fuse_qkv_projections, call `transformer.unfuse_qkv_projections()` or restore the default processors "
-        "first."
-    )
+    stock_processor_class = (AuraFlowAttnProcessor2_0, FusedAuraFlowAttnProcessor2_0)
+    stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     transformer_classes = ("AuraFlowTransformer2DModel",)
     pipeline_classes = ("AuraFlowPipeline",)
     modality = "image"

@@ -73,11 +73,13 @@ class ConceptAdapter(ABC):
         modality: ``"image"`` or ``"video"``.
         official_default_layers: Human-readable description of the default layer choice.
         tested: How the adapter is tested (shown in the README's table of supported models).
+        fused_qkv: ``fuse_qkv_projections()`` support, for that table.
+        ip_adapter: IP-Adapter support, for that table (``"yes"``, ``"refused"``, ``"not offered by diffusers"``...).
         blocks_attribute: The transformer's list of joint blocks (``"transformer_blocks"``).
         attention_attribute: The attention module of a joint block whose processor is replaced (``"attn"``).
         processor_class: The concept processor, built as ``processor_class(session, layer, block, transformer,
             original_processor)``.
-        stock_processor_class: The diffusers processor it replaces; :meth:`check_model` refuses any other.
+        stock_processor_class: The diffusers processor(s) it takes over; :meth:`check_model` refuses any other.
         stock_processor_remedy: What else may be installed and how to undo it (for that message).
     """
 
@@ -85,13 +87,15 @@ class ConceptAdapter(ABC):
     blocks_attribute: str = "transformer_blocks"
     attention_attribute: str = "attn"
     processor_class: type | None = None
-    stock_processor_class: type | None = None
+    stock_processor_class: type | tuple[type, ...] | None = None
     stock_processor_remedy: str = ""
     transformer_classes: tuple[str, ...] = ()
     pipeline_classes: tuple[str, ...] = ()
     modality: str = "image"
     official_default_layers: str = ""
     tested: str = "adapter battery (tiny random model + tiny offline pipeline), naive float64 reference for every space/mode"
+    ip_adapter: str = "not offered by diffusers"
+    fused_qkv: str = "yes"
 
     # ----- structure -------------------------------------------------------------------------------------------
 
@@ -132,13 +136,20 @@ class ConceptAdapter(ABC):
             )
 
     def check_stock_processors(
-        self, transformer: nn.Module, stock: type, concept: type, *, attribute: str = "attn", remedy: str = ""
+        self,
+        transformer: nn.Module,
+        stock: type | tuple[type, ...],
+        concept: type,
+        *,
+        attribute: str = "attn",
+        remedy: str = "",
     ) -> None:
         """Raise unless every joint block's attention runs diffusers' ``stock`` processor (or our ``concept`` one).
 
         Args:
             transformer: The transformer.
-            stock: The processor class the concept processor replaces (exact type: subclasses may change the math).
+            stock: The processor class(es) the concept processor takes over (exact types: subclasses may change the
+                math), e.g. the plain and the fused-projection processor.
             concept: The adapter's concept processor class (already installed: a re-entry, refused elsewhere).
             attribute: Name of the attention module in a block, for the message (``"attn"``, ``"attn1"``).
             remedy: What set-up replaced it and how to undo it, appended to the message.
@@ -146,12 +157,14 @@ class ConceptAdapter(ABC):
         Raises:
             UnsupportedSetupError: naming the block, the processor found and the way out.
         """
+        stocks = stock if isinstance(stock, tuple) else (stock,)
+        names = " or ".join(cls.__name__ for cls in stocks)
         for index, block in enumerate(self.joint_blocks(transformer)):
             processor = self.attention_module(block).processor
-            if type(processor) is not stock and not isinstance(processor, concept):
+            if type(processor) not in stocks and not isinstance(processor, concept):
                 raise UnsupportedSetupError(
                     f"{self.block_path(index)}.{attribute} uses {type(processor).__name__}, not diffusers' "
-                    f"{stock.__name__}. ConceptAttention would drop it; {remedy or 'restore the default processor.'}"
+                    f"{names}. ConceptAttention would drop it; {remedy or 'restore the default processor.'}"
                 )
 
     # ----- per call -------------------------------------------------------------------------------------------
@@ -248,19 +261,63 @@ class ConceptAdapter(ABC):
         raise NotImplementedError(f"The {self.name!r} adapter has no real-image (explain) path yet.")
 
 
+#: diffusers hook-name prefixes of the cache accelerators (``diffusers.hooks``) -> the cache's name.
+_CACHE_HOOK_PREFIXES = {
+    "fbc_": "FirstBlockCache",
+    "faster_cache": "FasterCache",
+    "pyramid_attention_broadcast": "PyramidAttentionBroadcast",
+    "taylorseer_cache": "TaylorSeerCache",
+    "mag_cache": "MagCache",
+    "sea_cache": "SeaCache",
+    "text_kv_cache": "TextKVCache",
+}
+
+
+def active_cache(transformer: nn.Module) -> str | None:
+    """The name of the diffusers cache accelerator active on ``transformer`` (``"FirstBlockCache"``...), or None.
+
+    Finds caches enabled with ``transformer.enable_cache(config)`` and caches applied with the ``diffusers.hooks``
+    functions (``apply_first_block_cache``...), which leave their hooks on the blocks.
+
+    Example:
+        >>> from diffusers import FirstBlockCacheConfig
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> model = tiny_flux_transformer()
+        >>> model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
+        >>> active_cache(model)
+        'FirstBlockCache'
+    """
+    config = getattr(transformer, "_cache_config", None)
+    if config is not None:
+        return type(config).__name__.removesuffix("Config")
+    for module in transformer.modules():
+        registry = getattr(module, "_diffusers_hook", None)
+        for hook_name in getattr(registry, "_hook_order", ()):
+            for prefix, cache in _CACHE_HOOK_PREFIXES.items():
+                if hook_name.startswith(prefix):
+                    return cache
+    return None
+
+
+def cache_refusal(cache: str) -> UnsupportedSetupError:
+    """The error for an active cache accelerator: what it breaks and how to turn it off."""
+    return UnsupportedSetupError(
+        f"The {cache} cache accelerator is enabled on the transformer: it skips or reuses blocks and attention "
+        "between steps, so concept maps would be missing or stale (ConceptAttention supports no cache exactly). "
+        "Call `transformer.disable_cache()` (e.g. `pipe.transformer.disable_cache()`) before entering "
+        "ConceptAttention, and `enable_cache(...)` again afterwards if you want it back."
+    )
+
+
 def common_checks(transformer: nn.Module) -> None:
     """Checks shared by all adapters: cache accelerators and context parallelism.
 
     Raises:
         UnsupportedSetupError: with the way out in the message.
     """
-    is_cache_enabled = getattr(transformer, "is_cache_enabled", False)
-    if is_cache_enabled:
-        raise UnsupportedSetupError(
-            "A cache accelerator (FirstBlockCache, TaylorSeer, MagCache, FasterCache, ...) is enabled on the "
-            "transformer: it skips blocks, so concept maps would be missing or stale. Call "
-            "`transformer.disable_cache()` before using ConceptAttention."
-        )
+    cache = active_cache(transformer)
+    if cache is not None:
+        raise cache_refusal(cache)
     if getattr(transformer, "_parallel_config", None) is not None:
         raise UnsupportedSetupError(
             "Context/tensor parallelism is enabled on the transformer: image tokens are sharded across ranks, but "
@@ -304,7 +361,9 @@ def bind_call(
 def block_input_grabbers(
     blocks: Sequence[nn.Module], session: ConceptSession, argument: str, key: str, last_layer: int | None = None
 ) -> list[Any]:
-    """Capture-only pre-hooks storing ``(layer, <block argument>)`` in ``session.call.inputs[key]``.
+    """Capture-only pre-hooks storing ``<block argument>`` in ``session.call.inputs[key]``.
+
+    The hooks hold no per-block value (no layer index), so a compiled block class traces one graph for all blocks.
 
     Args:
         blocks: The joint blocks, in order.
@@ -334,44 +393,54 @@ def block_input_grabbers(
         if layer > last_layer:
             break
         handles.append(
-            block.register_forward_pre_hook(_grabber(session, layer, block, argument, key), with_kwargs=True)
+            block.register_forward_pre_hook(_grabber(session, block, argument, key), with_kwargs=True)
         )
     return handles
 
 
-def _grabber(session: ConceptSession, layer: int, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
-    signature = inspect.signature(block.forward)
+def _grabber(session: ConceptSession, block: nn.Module, argument: str, key: str) -> Callable[..., None]:
+    parameters = list(inspect.signature(block.forward).parameters.values())
+    names = [parameter.name for parameter in parameters]
+    if argument not in names:
+        raise TypeError(f"{type(block).__name__}.forward has no argument {argument!r}.")
+    position = names.index(argument)
+    default = parameters[position].default
+    default = None if default is inspect.Parameter.empty else default
 
     def grab(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         call = session.call
         if call is None or not call.recording:
             return
-        bound = signature.bind(*args, **kwargs)  # gradient checkpointing passes positional arguments
-        call.inputs[key] = (layer, bound.arguments[argument])
+        # gradient checkpointing passes positional arguments (no inspect.signature.bind here: it breaks compiled
+        # graphs)
+        if argument in kwargs:
+            value = kwargs[argument]
+        else:
+            value = args[position] if len(args) > position else default
+        call.inputs[key] = value
 
     return grab
 
 
-def captured_block_input(session: ConceptSession, layer: int, key: str, what: str) -> Any:
-    """The block input that :func:`block_input_grabbers` stored for joint block ``layer``.
+def captured_block_input(session: ConceptSession, key: str, what: str) -> Any:
+    """The block input that :func:`block_input_grabbers` stored for the running joint block.
 
     Args:
         session: The run state.
-        layer: The block asking.
         key: The call-inputs key the grabber used.
-        what: Description for the message (``"the temb of AuraFlow block"``).
+        what: Description for the message (``"the temb of an AuraFlow block"``).
 
     Raises:
-        RuntimeError: if the block's pre-hook did not run before its attention (a block called directly).
+        RuntimeError: if no block pre-hook ran before the attention (a block or attention module called directly).
     """
     call = session.call
     captured = None if call is None else call.inputs.get(key)
-    if captured is None or captured[0] != layer:
+    if captured is None:
         raise RuntimeError(
-            f"{what} {layer} was not captured (its block pre-hook did not run before the attention). Call the "
-            "transformer itself, not a block or attention module directly."
+            f"{what} was not captured (its block pre-hook did not run before the attention). Call the transformer "
+            "itself, not a block or attention module directly."
         )
-    return captured[1]
+    return captured
 
 
 def image_pixels(pipeline: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:

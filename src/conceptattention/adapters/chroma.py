@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)`` of the running block.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "chroma_block_temb"
 #: Key of the captured call inputs flagging the unconditional call of the pipeline's true CFG.
 TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
@@ -46,7 +46,7 @@ TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
 class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
     """Chroma double-block processor: the FLUX.1 concept processor with Chroma's per-block concept modulation.
 
-    The joint attention path is the stock ``FluxAttnProcessor`` one (inherited, op for op); only the concept stream's
+    The joint attention is diffusers' own ``FluxAttnProcessor``, run untouched (inherited); only the concept stream's
     modulation input differs: block ``i``'s text slice ``temb[:, 6:]`` (``[B, 6, d]``) instead of a shared vector.
 
     Args:
@@ -68,7 +68,7 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
 
     def _block_text_conditioning(self) -> torch.Tensor:
         """This block's text modulation rows ``temb[:, 6:]``: ``[B, 6, d]``."""
-        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The modulation input of Chroma block")
+        temb = captured_block_input(self.session, BLOCK_TEMB_KEY, "The modulation input of Chroma block")
         return temb[:, 6:]  # [B, 6, d]
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,6 +98,7 @@ class ChromaAdapter(FluxAdapter):
     transformer_classes = ("ChromaTransformer2DModel",)
     pipeline_classes = ("ChromaPipeline",)
     modality = "image"
+    ip_adapter = "wrapped like FLUX.1; diffusers 0.42.1 cannot load one into Chroma"
     official_default_layers = "last 4 double blocks (Chroma1: 15-18; no official choice, FLUX.1's)"
     tested = "adapter battery + naive reference; guidance calls without cache context; explain path; bf16/fp16 on an H100"
 

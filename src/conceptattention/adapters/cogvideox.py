@@ -32,9 +32,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
-from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
-from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
@@ -51,7 +49,7 @@ from .base import (
     image_pixels,
     seeded_noise,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .sd3 import batch_halves_identical, guidance_half_slice
 
 
@@ -61,7 +59,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 BLOCK_TEMB_KEY = "cogvideox_block_temb"
-"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
+"""Call-inputs key of the running block's ``temb``, captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -75,18 +73,26 @@ _CALL_ARGUMENTS = (
 )
 
 
-class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcessor2_0):
-    """CogVideoX attention processor that also advances the concept stream and records saliency scores.
+#: Modules of CogVideoX's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+COGVIDEOX_TAPS = ("to_q", "to_k", "to_v", "norm_q", "norm_k", "to_qkv")
 
-    Adapted from diffusers 0.42.1 ``CogVideoXAttnProcessor2_0.__call__``; the joint-attention path is the stock one,
-    op for op (so the video is bit-identical), and only the concept branch is new. Calls without concept work go
-    straight to the stock processor.
+
+class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
+    """CogVideoX attention processor: runs diffusers' own processor untouched, and the concept branch beside it.
+
+    The processor it replaces (``CogVideoXAttnProcessor2_0``, or ``FusedCogVideoXAttnProcessor2_0`` after
+    ``fuse_qkv_projections()``) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the
+    attention module. It hands the concept branch the queries/keys/values of ``[text, video]`` after QK-norm (the
+    processor then applies RoPE to their video rows *in place*, so the captured tensors hold exactly what the joint
+    attention used) and the attention output before ``to_out[0]``. No diffusers code is copied: outputs are
+    bit-identical by construction.
 
     Args:
         session: The shared run state.
         layer: Index of this block.
         block: The ``CogVideoXBlock`` (held weakly; its ``norm1``, ``norm2`` and ``ff`` are used).
         transformer: The ``CogVideoXTransformer3DModel`` (held weakly; its ``patch_embed.text_proj`` is used).
+        original: The processor being replaced; it computes the joint attention.
 
     Example:
         >>> from conceptattention import ConceptAttention
@@ -98,6 +104,12 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         torch.Size([2, 2, 2, 3])
     """
 
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.CogVideoXAttnProcessor2_0.__call__", "692d60ab2cc8eb8d282326860a6e824e177e5e473bcf46508d855eac8a08ce4e"),
+        ("diffusers.models.attention_processor.FusedCogVideoXAttnProcessor2_0.__call__", "3fd017b6f1b422202c2a308500072f60f1971c54f2a40cd83abe1bf7ffeeff1e"),
+    )
+
     def __call__(
         self,
         attn: nn.Module,
@@ -106,48 +118,35 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.session.needs_concepts(self.layer):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if not self.session.needs_concepts():
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         if attention_mask is not None:
             raise UnsupportedSetupError(
                 "CogVideoX was called with an attention mask; ConceptAttention supports the unmasked joint attention "
                 "that CogVideoX pipelines use. Drop the mask or run without ConceptAttention."
             )
-
-        # ---- stock joint attention (diffusers 0.42.1 CogVideoXAttnProcessor2_0), keeping pre-projection outputs ----
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, COGVIDEOX_TAPS), hidden_states, encoder_hidden_states, None, image_rotary_emb
+        )
+        check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "cogvideox")
         text_seq_length = encoder_hidden_states.size(1)
-        hidden_states = torch.cat([encoder_hidden_states, hidden_states], dim=1)  # [B, T + V, d]
-        batch_size, sequence_length, _ = hidden_states.shape
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
+        batch_size = hidden_states.shape[0]
+        fused = "to_qkv" in sink
+        if fused:
+            qkv = sink["to_qkv"]  # [B, T + V, 3·H·D]
+            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, T + V, H·D] each
+        else:
+            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, T + V, H·D] each
+        head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
         key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if image_rotary_emb is not None:
-            query[:, :, text_seq_length:] = apply_rotary_emb(query[:, :, text_seq_length:], image_rotary_emb)
-            if not attn.is_cross_attention:
-                key[:, :, text_seq_length:] = apply_rotary_emb(key[:, :, text_seq_length:], image_rotary_emb)
-        hidden_states = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
-        )
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, T + V, H·D]
-
-        # ---- concept branch ----
-        self._concept_branch(attn, hidden_states[:, text_seq_length:], query, key, value, text_seq_length)
-
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states, hidden_states = hidden_states.split(
-            [text_seq_length, hidden_states.size(1) - text_seq_length], dim=1
-        )  # [B, T, d], [B, V, d]
-        return hidden_states, encoder_hidden_states
+        query = sink.get("norm_q", query)  # after QK-norm (and the in-place RoPE of the video rows)
+        key = sink.get("norm_k", key)
+        video_output = sink["to_out"][:, text_seq_length:]  # [B, V, H·D]
+        self._concept_branch(attn, video_output, query, key, value, text_seq_length, fused)
+        return outputs
 
     def _concept_branch(
         self,
@@ -157,11 +156,12 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
         key: torch.Tensor,
         value: torch.Tensor,
         text_seq_length: int,
+        fused: bool = False,
     ) -> None:
         session, block, transformer = self.session, self._block(), self._transformer()
         call = session.call
         assert call is not None and block is not None and transformer is not None
-        temb = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
+        temb = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of CogVideoX block")
         if call.concept_hidden_states is None:
             call.concept_hidden_states = self._concept_tokens(video_output, transformer.patch_embed.text_proj)
         concepts = call.concept_hidden_states  # [B, C, d]
@@ -169,9 +169,14 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin, CogVideoXAttnProcesso
 
         # The text half of the expert adaptive LayerNorm (the video half, computed on the same tokens, is unused).
         _, normed, _, text_gate = block.norm1(concepts, concepts, temb)  # [B, C, d], gate [B, 1, d]
-        concept_query = attn.to_q(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        concept_key = attn.to_k(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        if fused:  # one projection, as the fused processor projects [text, video]
+            concept_qkv = attn.to_qkv(normed)  # [B, C, 3·H·D]
+            concept_query, concept_key, concept_value = torch.split(concept_qkv, concept_qkv.shape[-1] // 3, dim=-1)
+        else:
+            concept_query, concept_key, concept_value = attn.to_q(normed), attn.to_k(normed), attn.to_v(normed)
+        concept_query = concept_query.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_key = concept_key.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_value = concept_value.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
         if attn.norm_q is not None:
             concept_query = attn.norm_q(concept_query)
         if attn.norm_k is not None:
@@ -213,11 +218,8 @@ class CogVideoXAdapter(ConceptAdapter):
     name = "cogvideox"
     attention_attribute = "attn1"
     processor_class = CogVideoXConceptAttnProcessor
-    stock_processor_class = CogVideoXAttnProcessor2_0
-    stock_processor_remedy = (
-        "fused QKV projections or a custom processor is active: call `transformer.unfuse_qkv_projections()` or "
-        "`transformer.set_default_attn_processor()` first."
-    )
+    stock_processor_class = (CogVideoXAttnProcessor2_0, FusedCogVideoXAttnProcessor2_0)
+    stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()` first."
     transformer_classes = ("CogVideoXTransformer3DModel",)
     pipeline_classes = ("CogVideoXPipeline",)
     modality = "video"

@@ -7,14 +7,14 @@ are all zero, so RoPE is the identity for concepts. Single-stream blocks are nev
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxIPAdapterAttnProcessor
 from torch import nn
 
 from ..config import ConceptPooling
@@ -29,7 +29,7 @@ from .base import (
     guidance_tensor,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -37,20 +37,54 @@ if TYPE_CHECKING:
 
 
 
-class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
-    """Flux double-block processor that also advances the concept stream and records saliency scores.
+#: Modules of ``FluxAttention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+FLUX_TAPS = ("norm_q", "norm_k", "to_v", "to_qkv")
 
-    Adapted from diffusers 0.42.1 ``FluxAttnProcessor.__call__``; the joint-attention path is the stock one, op for
-    op (so the image is bit-identical), and only the concept branch is new. Calls in which no concept work is needed
-    (layers after the last selected one, unrecorded steps) go straight to the stock processor.
+
+class FluxConceptAttnProcessor(ConceptProcessorMixin):
+    """Flux double-block processor: runs diffusers' own processor untouched, and the concept branch beside it.
+
+    The processor it replaces (diffusers' ``FluxAttnProcessor``, or ``FluxIPAdapterAttnProcessor`` with an
+    IP-Adapter loaded) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
+    module, which hands the concept
+    branch the image keys after QK-norm (RoPE is re-applied to the image rows), the image values and the image
+    attention output before ``to_out[0]``. No diffusers code is copied: the image path is the stock one, so outputs
+    are bit-identical by construction. Calls in which no concept work is needed (unrecorded steps, single blocks)
+    go straight to the original processor.
 
     Args:
         session: The shared run state.
         layer: Index of this block among the double-stream blocks.
         block: The ``FluxTransformerBlock`` (held weakly; its text-stream norms and MLP are used).
         transformer: The ``FluxTransformer2DModel`` (held weakly; its text/time embedders are used).
-        original: The processor being replaced (its attention backend and parallel config are kept).
+        original: The processor being replaced; it computes the joint attention.
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing import tiny_flux_inputs, tiny_flux_transformer
+        >>> model = tiny_flux_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
+        ...     _ = model(**tiny_flux_inputs())
+        >>> type(model.transformer_blocks[0].attn.processor).__name__
+        'FluxAttnProcessor'
     """
+
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__", "7eb778467bc972f7971fd389505606c318b7a00d3d239c50d24019878a141cc4"),
+        ("diffusers.models.transformers.transformer_flux.FluxIPAdapterAttnProcessor.__call__", "5c61d7b4140acef095a31940deed1ff09b3c154577d65a1855e72b1412393109"),
+        ("diffusers.models.transformers.transformer_flux._get_qkv_projections", "988dc64295fd8e55a2106625126f691c4bbbd05c6f1bc4ae18661a97d30c8730"),
+        ("diffusers.models.transformers.transformer_flux._get_projections", "445b79ab35e5c95ee707ec24da8cf1c3c7cfd090f225ae086a3f6b04d96480c5"),
+        ("diffusers.models.transformers.transformer_flux._get_fused_projections", "7b6e97d1e24fd16b40b4f8b40e14a9ebee0aff11620d8d0b67a8ea5f1e45fbc0"),
+    )
+
+    def __init__(
+        self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
+    ) -> None:
+        super().__init__(session, layer, block, transformer, original)
+        # keyword arguments the attention module may pass (IP-Adapter) that the original processor takes
+        accepted = inspect.signature(original.__call__).parameters
+        self._ip_arguments = tuple(name for name in ("ip_hidden_states", "ip_adapter_masks") if name in accepted)
 
     def __call__(
         self,
@@ -58,13 +92,41 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
         hidden_states: torch.Tensor,
         encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: torch.Tensor | None = None,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+        ip_hidden_states: list[torch.Tensor] | None = None,
+        ip_adapter_masks: torch.Tensor | None = None,
     ) -> Any:
+        extra: dict[str, Any] = {}
+        if "ip_hidden_states" in self._ip_arguments:
+            extra["ip_hidden_states"] = ip_hidden_states
+        if "ip_adapter_masks" in self._ip_arguments:
+            extra["ip_adapter_masks"] = ip_adapter_masks
         session = self.session
-        if encoder_hidden_states is None or not session.needs_concepts(self.layer):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if encoder_hidden_states is None or not session.needs_concepts():
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, FLUX_TAPS),
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            image_rotary_emb,
+            **extra,
+        )
+        check_captured(sink, (("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux")
+        self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
+        return outputs
 
-        # ---- concept tokens: modulation and projections with the text stream's modules ----
+    def _concept_branch(
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        num_text: int,
+        hidden_states: torch.Tensor,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> None:
+        """Advance the concept stream through this block and record its scores, from the captured image tensors."""
+        session = self.session
         call, block = session.call, self._block()
         assert call is not None and block is not None
         if call.concept_hidden_states is None:
@@ -77,87 +139,37 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
         concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
         num_concepts = concept_key.shape[1]
 
-        # ---- stock joint attention (diffusers 0.42.1 FluxAttnProcessor), keeping the pre-projection outputs ----
-        # The concept keys/values are appended to the stock concatenation (one copy instead of two); the joint
-        # attention reads the first T + I rows, which hold exactly the stock values.
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
-        )
-        query = query.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        key = key.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        value = value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_query = attn.norm_added_q(encoder_query)
-        encoder_key = attn.norm_added_k(encoder_key)
-        query = torch.cat([encoder_query, query], dim=1)  # [B, T + I, H, D]
-        key = torch.cat([encoder_key, key, concept_key], dim=1)  # [B, T + I + C, H, D]
-        value = torch.cat([encoder_value, value, concept_value], dim=1)  # [B, T + I + C, H, D]
+        # image keys as the joint attention used them: RoPE (image rows of the tables) on the QK-normed keys
+        image_key = sink["norm_k"]  # [B, I, H, D]
+        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
+        image_value = image_value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        image_query = sink.get("norm_q")  # [B, I, H, D]
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            # FLUX.1 text (and concept) ids are zero: the concept rows get the identity rotation
-            key = apply_rotary_emb(key, self._with_identity_rows(image_rotary_emb, num_concepts), sequence_dim=1)
-        num_joint = query.shape[1]
-        hidden_states = dispatch_attention_fn(
-            query,
-            key[:, :num_joint],
-            value[:, :num_joint],
-            attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3)  # [B, T + I, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-        num_text = encoder_hidden_states.shape[1]
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [num_text, hidden_states.shape[1] - num_text], dim=1
-        )  # [B, T, H·D], [B, I, H·D]
+            image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
+            image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
+            if session.config.space == "cross_attention" and image_query is not None:
+                image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
+        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
 
-        # ---- concept attention, scores, and the concept residual stream ----
+        # ---- concept attention (FLUX.1 concept ids are zero: RoPE is the identity), scores, residual stream ----
+        key = torch.cat([image_key, concept_key], dim=1)  # [B, I + C, H, D]
+        value = torch.cat([image_value, concept_value], dim=1)  # [B, I + C, H, D]
         concept_output = concept_attention_packed(
-            concept_query,
-            key[:, num_text:],  # [B, I + C, H, D]: image keys after QK-norm and RoPE, then concept keys
-            value[:, num_text:],  # [B, I + C, H, D]
-            num_concepts,
-            session.config.concept_attention,
-            self._attend,
+            concept_query, key, value, num_concepts, session.config.concept_attention, self._attend
         )
-        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
+        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
         self._record_and_advance(
             attn,
             block,
             concepts,
             concept_output,
-            image_output=hidden_states,
-            image_query=query[:, num_text:],
+            image_output=image_output,
+            image_query=image_query,
             concept_key=concept_key,
-            image_value=value[:, num_text:num_joint],
+            image_value=image_value,
             concept_value=concept_value,
             modulation=(gate_msa, shift_mlp, scale_mlp, gate_mlp),
         )
-
-        hidden_states = attn.to_out[0](hidden_states.contiguous())
-        hidden_states = attn.to_out[1](hidden_states)
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states.contiguous())
-        return hidden_states, encoder_hidden_states
-
-    def _with_identity_rows(self, rotary_emb: tuple[torch.Tensor, torch.Tensor], count: int) -> tuple[torch.Tensor, ...]:
-        """RoPE tables extended by ``count`` identity rows (cos 1, sin 0), cached for the current call."""
-        call = self.session.call
-        assert call is not None
-        cached = call.inputs.get("_rope_with_concepts")
-        if cached is not None and cached[0] is rotary_emb[0]:
-            return cached[1]
-        cos, sin = rotary_emb  # [T + I, D] each
-        extended = (
-            torch.cat([cos, cos.new_ones(count, cos.shape[1])], dim=0),  # [T + I + C, D]
-            torch.cat([sin, sin.new_zeros(count, sin.shape[1])], dim=0),  # [T + I + C, D]
-        )
-        call.inputs["_rope_with_concepts"] = (rotary_emb[0], extended)
-        return extended
 
     def _concept_conditioning(self) -> torch.Tensor:
         """This block's modulation input of the concept stream (FLUX.1: one vector for the whole call).
@@ -230,6 +242,20 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin, FluxAttnProcessor):
         session.call.concept_hidden_states = concepts
 
 
+_MODULE_VARIANTS: dict[type, type] = {}
+
+
+def module_variant(processor_class: type) -> type:
+    """``processor_class`` made an ``nn.Module`` too, for replacing a processor that holds weights (IP-Adapter).
+
+    The replaced processor stays registered under ``processor.original``, so device moves, offloading hooks and
+    ``state_dict`` still reach its weights while the ``with`` block is active (keys gain an ``original.`` infix).
+    """
+    if processor_class not in _MODULE_VARIANTS:
+        _MODULE_VARIANTS[processor_class] = type(f"{processor_class.__name__}Module", (processor_class, nn.Module), {})
+    return _MODULE_VARIANTS[processor_class]
+
+
 class FluxAdapter(ConceptAdapter):
     """Adapter for FLUX.1 [dev]/[schnell] and every model built on ``FluxTransformer2DModel``.
 
@@ -242,15 +268,23 @@ class FluxAdapter(ConceptAdapter):
 
     name = "flux"
     processor_class = FluxConceptAttnProcessor
-    stock_processor_class = FluxAttnProcessor
-    stock_processor_remedy = (
-        "an IP-Adapter or a custom processor is loaded: unload it (e.g. `pipe.unload_ip_adapter()`) or call "
-        "`transformer.set_default_attn_processor()`."
-    )
+    stock_processor_class = (FluxAttnProcessor, FluxIPAdapterAttnProcessor)
+    stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     transformer_classes = ("FluxTransformer2DModel",)
     pipeline_classes = ("FluxPipeline",)
     modality = "image"
+    ip_adapter = "yes"
     official_default_layers = "last 4 double blocks (FLUX.1: 15-18)"
+
+    def make_processor(
+        self, session: Any, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
+    ) -> Any:
+        """The concept processor wrapping ``original_processor`` (an ``nn.Module`` one when it holds weights)."""
+        assert self.processor_class is not None
+        cls = self.processor_class
+        if isinstance(original_processor, nn.Module):
+            cls = module_variant(cls)
+        return cls(session, layer, block, transformer, original_processor)
     tested = (
         "adapter battery + naive reference; true CFG; explain path; full-size FLUX.1-schnell architecture "
         "(random bf16 weights) bit-identical on an H100"

@@ -25,12 +25,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux2 import (
     Flux2AttnProcessor,
     Flux2Modulation,
-    _get_qkv_projections,
 )
 from torch import nn
 
@@ -48,8 +46,8 @@ from .base import (
     guidance_tensor,
     image_pixels,
 )
-from .flux import FluxAdapter
-from .processor import ConceptProcessorMixin
+from .flux import FLUX_TAPS, FluxAdapter
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -57,17 +55,20 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb_mod_txt)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb_mod_txt``.
 BLOCK_MODULATION_KEY = "flux2_temb_mod_txt"
 #: Key of ``session.call.inputs`` caching the concepts' RoPE tables ``(cos, sin)``.
 CONCEPT_ROPE_KEY = "flux2_concept_rope"
 
 
-class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
-    """Flux.2 double-block processor that also advances the concept stream and records saliency scores.
+class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
+    """Flux.2 double-block processor: runs diffusers' own ``Flux2AttnProcessor`` untouched, and the concept branch
+    beside it.
 
-    Adapted from diffusers 0.42.1 ``Flux2AttnProcessor.__call__``; the joint attention is the stock path op for op,
-    only the concept branch is new. Calls that need no concept work go straight to the stock processor.
+    The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
+    module, which hands the concept branch the image queries/keys after QK-norm (RoPE is re-applied to the image
+    rows), the image values and the image attention output before ``to_out[0]``. No diffusers code is copied: the
+    output is bit-identical by construction. Calls that need no concept work go straight to the stock processor.
 
     Args:
         session: The shared run state.
@@ -86,6 +87,15 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock processor it runs through an AttentionView: its capture points (diffusers 0.42.1); see
+    #: tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__", "9b2d7481a371f72913cb32dd56bcfb18409d01660142532b98ed72f10261fccb"),
+        ("diffusers.models.transformers.transformer_flux2._get_qkv_projections", "81ae9e9cfb7889acdc7ebcba3bc22071ed075caa0a59fd5a55d694542b5f597d"),
+        ("diffusers.models.transformers.transformer_flux2._get_projections", "f0c880815d9045e44f3f9c8a160e92a080137a6da0394af7a9591963fb0e7108"),
+        ("diffusers.models.transformers.transformer_flux2._get_fused_projections", "1fa01c8e207c8282f7a6f6c7d139fd56656e7ad380f212a44bac117de91a4270"),
+    )
+
     def __call__(
         self,
         attn: nn.Module,
@@ -97,57 +107,33 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin, Flux2AttnProcessor):
         if (
             encoder_hidden_states is None
             or attn.added_kv_proj_dim is None
-            or not self.session.needs_concepts(self.layer)
+            or not self.session.needs_concepts()
         ):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
-        # ---- stock joint attention (diffusers 0.42.1 Flux2AttnProcessor), keeping the pre-projection outputs ----
-        query, key, value, encoder_query, encoder_key, encoder_value = _get_qkv_projections(
-            attn, hidden_states, encoder_hidden_states
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, FLUX_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
         )
-        query = query.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        key = key.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        check_captured(sink, (("norm_q",), ("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux2")
+        # the image rows as the joint attention used them: QK-normed, then RoPE with the image rows of the tables
+        query, key = sink["norm_q"], sink["norm_k"]  # [B, I, H, D]
+        value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
         value = value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        query = attn.norm_q(query)
-        key = attn.norm_k(key)
-        encoder_query = encoder_query.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_key = encoder_key.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_value = encoder_value.unflatten(-1, (-1, attn.head_dim))  # [B, T, H, D]
-        encoder_query = attn.norm_added_q(encoder_query)
-        encoder_key = attn.norm_added_k(encoder_key)
-        query = torch.cat([encoder_query, query], dim=1)  # [B, T + I, H, D]
-        key = torch.cat([encoder_key, key], dim=1)  # [B, T + I, H, D]
-        value = torch.cat([encoder_value, value], dim=1)  # [B, T + I, H, D]
+        needs_query = self.session.config.space == "cross_attention"  # image queries are read only there
         if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
-        )
-        hidden_states = hidden_states.flatten(2, 3)  # [B, T + I, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-        num_text = encoder_hidden_states.shape[1]
-        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
-            [num_text, hidden_states.shape[1] - num_text], dim=1
-        )  # [B, T, H·D], [B, I, H·D]
-
-        # ---- concept branch ----
-        self._concept_branch(attn, hidden_states, query, key, value, num_text)
-
-        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        return hidden_states, encoder_hidden_states
+            num_text = encoder_hidden_states.shape[1]
+            image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
+            key = apply_rotary_emb(key, image_rope, sequence_dim=1)
+            if needs_query:
+                query = apply_rotary_emb(query, image_rope, sequence_dim=1)
+        self._concept_branch(attn, sink["to_out"], query, key, value, 0)
+        return outputs
 
     def _block_modulation(self) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
         """The text stream's ``(shift, scale, gate)`` for attention and MLP, each ``[B, 1, d]``."""
         modulation = captured_block_input(
-            self.session, self.layer, BLOCK_MODULATION_KEY, "The text modulation of Flux.2 block"
+            self.session, BLOCK_MODULATION_KEY, "The text modulation of Flux.2 block"
         )
         return Flux2Modulation.split(modulation, 2)
 
@@ -241,9 +227,11 @@ class Flux2Adapter(FluxAdapter):
 
     name = "flux2"
     processor_class = Flux2ConceptAttnProcessor
+    stock_processor_class = Flux2AttnProcessor  # check_model below also names the KV-cache processor
     transformer_classes = ("Flux2Transformer2DModel",)
     pipeline_classes = ("Flux2Pipeline", "Flux2KleinPipeline")
     modality = "image"
+    ip_adapter = "not offered by diffusers"
     official_default_layers = "last 3 double blocks (FLUX.2-dev: 5-7, as the official code)"
     tested = "adapter battery + naive reference with Flux2KleinPipeline (Qwen3 template); Flux2Pipeline bit-identity with a stand-in Mistral-template tokenizer; explain path; bf16/fp16 on an H100"
 
@@ -276,7 +264,9 @@ class Flux2Adapter(FluxAdapter):
         names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids", "guidance")
         bound = bind_call("Flux2Transformer2DModel", names, args, kwargs, required=("timestep", "img_ids", "txt_ids"))
         img_ids = bound["img_ids"][0] if bound["img_ids"].ndim == 3 else bound["img_ids"]
-        if torch.unique(img_ids[:, 0]).numel() != 1:
+        # data-dependent, so skipped inside a compiled forward (torch.compile(transformer)); token_grid still
+        # refuses reference-image tokens there, when the maps are read
+        if not torch.compiler.is_compiling() and torch.unique(img_ids[:, 0]).numel() != 1:
             raise ValueError(
                 "This Flux.2 call has reference-image tokens (image editing with `image=`); they have no place "
                 "on the output grid and are not supported by ConceptAttention. Generate without reference images."

@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoAttnProcessor2_0
 from torch import nn
@@ -33,7 +32,7 @@ from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -41,11 +40,18 @@ if TYPE_CHECKING:
 
 
 
-class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnProcessor2_0):
-    """HunyuanVideo double-stream processor that also advances the concept stream and records saliency scores.
+#: Modules of HunyuanVideo's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input too).
+HUNYUAN_TAPS = ("to_q", "to_k", "to_v", "norm_q", "norm_k")
 
-    Adapted from diffusers 0.42.1 ``HunyuanVideoAttnProcessor2_0.__call__`` (double-stream branch); the joint
-    attention is the stock path op for op, only the concept branch is new.
+
+class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
+    """HunyuanVideo double-stream processor: runs diffusers' own ``HunyuanVideoAttnProcessor2_0`` untouched, and the
+    concept branch beside it.
+
+    The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
+    module, which hands the concept branch the video queries/keys after QK-norm (RoPE is re-applied), the video
+    values and the video attention output before ``to_out[0]``. No diffusers code is copied: the output is
+    bit-identical by construction.
 
     Args:
         session: The shared run state.
@@ -64,6 +70,12 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnPr
         torch.Size([2, 2, 3, 4])
     """
 
+    #: the stock processor it runs through an AttentionView: its capture points (diffusers 0.42.1); see
+    #: tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0.__call__", "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9"),
+    )
+
     def __call__(
         self,
         attn: nn.Module,
@@ -72,64 +84,24 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin, HunyuanVideoAttnPr
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None or attn.add_q_proj is None or not self.session.needs_concepts(self.layer):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        if encoder_hidden_states is None or attn.add_q_proj is None or not self.session.needs_concepts():
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
-        # ---- stock joint attention (diffusers 0.42.1 HunyuanVideoAttnProcessor2_0), pre-projection outputs ----
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        query = query.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
-        key = key.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
-        value = value.unflatten(2, (attn.heads, -1))  # [B, I, H, D]
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-        encoder_query = attn.add_q_proj(encoder_hidden_states)
-        encoder_key = attn.add_k_proj(encoder_hidden_states)
-        encoder_value = attn.add_v_proj(encoder_hidden_states)
-        encoder_query = encoder_query.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
-        encoder_key = encoder_key.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
-        encoder_value = encoder_value.unflatten(2, (attn.heads, -1))  # [B, T, H, D]
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            encoder_key = attn.norm_added_k(encoder_key)
-        query = torch.cat([query, encoder_query], dim=1)  # [B, I + T, H, D]
-        key = torch.cat([key, encoder_key], dim=1)  # [B, I + T, H, D]
-        value = torch.cat([value, encoder_value], dim=1)  # [B, I + T, H, D]
-        hidden_states = dispatch_attention_fn(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, HUNYUAN_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
         )
-        hidden_states = hidden_states.flatten(2, 3)  # [B, I + T, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-        num_text = encoder_hidden_states.shape[1]
-        hidden_states, encoder_hidden_states = (
-            hidden_states[:, :-num_text],
-            hidden_states[:, -num_text:],
-        )  # [B, I, H·D], [B, T, H·D]
-
-        # ---- concept branch ----
-        num_video = hidden_states.shape[1]
-        self._concept_branch(attn, hidden_states, query[:, :num_video], key[:, :num_video], value[:, :num_video])
-
-        if getattr(attn, "to_out", None) is not None:
-            hidden_states = attn.to_out[0](hidden_states)
-            hidden_states = attn.to_out[1](hidden_states)
-        if getattr(attn, "to_add_out", None) is not None:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        return hidden_states, encoder_hidden_states
+        check_captured(sink, (("to_q",), ("to_k",), ("to_v",), ("to_out",)), self.original, "hunyuan_video")
+        # the video rows as the joint attention used them: QK-norm (where present), then RoPE
+        query = sink.get("norm_q", sink["to_q"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
+        key = sink.get("norm_k", sink["to_k"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
+        value = sink["to_v"].unflatten(2, (attn.heads, -1))  # [B, V, H, D]
+        if image_rotary_emb is not None:
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+            if self.session.config.space == "cross_attention":  # video queries are read only there
+                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        self._concept_branch(attn, sink["to_out"], query, key, value)
+        return outputs
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after the token refiner ``[B, C, d]`` and the concept ``temb`` ``[B, d]``."""

@@ -4,6 +4,11 @@ ones."""
 
 from __future__ import annotations
 
+import ast
+import hashlib
+import importlib
+import inspect
+import textwrap
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,6 +25,133 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
+class _Tap:
+    """A module call that also keeps its input (``keep_input``) or its output in ``sink[key]``."""
+
+    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False) -> None:
+        self.module = module
+        self.sink = sink
+        self.key = key
+        self.keep_input = keep_input
+
+    def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        output = self.module(hidden_states, *args, **kwargs)
+        self.sink[self.key] = hidden_states if self.keep_input else output
+        return output
+
+
+class AttentionView:
+    """Stand-in for an attention module, handed to diffusers' own processor: every attribute is the module's, except
+    that the ``taps`` (e.g. ``("norm_k", "to_v", "to_qkv")``) also leave their output in ``sink[name]`` and
+    ``to_out[0]`` leaves its *input* (the attention output before the output projection) in ``sink["to_out"]``.
+
+    The stock processor runs unchanged on it (same modules, same operations, same order), so the model's outputs
+    are bit-identical by construction, and nothing is registered on the model, so nothing can leak. A tap whose
+    module is absent (``None``, e.g. no QK-norm) is left as it is.
+
+    Example:
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> attn = tiny_flux_transformer().transformer_blocks[0].attn
+        >>> sink = {}
+        >>> view = AttentionView(attn, sink, ("norm_k",))
+        >>> view.heads == attn.heads
+        True
+    """
+
+    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor], taps: tuple[str, ...]) -> None:
+        self._attn = attn
+        for name in taps:
+            module = getattr(attn, name, None)
+            if module is not None:
+                setattr(self, name, _Tap(module, sink, name))
+        to_out = getattr(attn, "to_out", None)
+        if to_out is not None:
+            self.to_out = (_Tap(to_out[0], sink, "to_out", keep_input=True), *to_out[1:])
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attn, name)
+
+
+def check_captured(sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...], ...], processor: Any, module: str) -> None:
+    """Raise unless ``sink`` holds one key of every group (what the stock processor must have passed through).
+
+    Raises:
+        RuntimeError: naming what is missing and the adapter module to re-check against the installed diffusers.
+    """
+    missing = [" / ".join(group) for group in groups if not any(key in sink for key in group)]
+    if missing:
+        raise RuntimeError(
+            f"diffusers' {type(processor).__name__} did not call {', '.join(missing)} of the attention module, where "
+            f"ConceptAttention takes the image tensors. The installed diffusers changed this processor: re-check "
+            f"conceptattention.adapters.{module}."
+        )
+
+
+#: diffusers release against which every ``STOCK_SOURCES`` fingerprint was taken (and the adapters re-checked).
+STOCK_SOURCES_VERSION = "0.42.1"
+
+
+def resolve_dotted(path: str) -> Any:
+    """The object at ``"package.module.Class.attribute"`` (the longest importable module prefix, then attributes).
+
+    Example:
+        >>> resolve_dotted("torch.nn.Linear.forward").__name__
+        'forward'
+    """
+    parts = path.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        try:
+            target: Any = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            target = getattr(target, name)
+        return target
+    raise ImportError(f"Cannot import {path!r}.")
+
+
+def source_fingerprint(obj: Any) -> str:
+    """SHA-256 of a function's normalised source: its syntax tree without docstrings, so comments, formatting and
+    docstrings do not count, any change to the code does.
+
+    Example:
+        >>> len(source_fingerprint(resolve_dotted("torch.nn.Linear.forward")))
+        64
+    """
+    tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (
+            isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Module)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()
+
+
+def stock_source_drift(processor_class: type) -> list[str]:
+    """The diffusers functions in ``processor_class.STOCK_SOURCES`` whose installed source differs from every
+    version the class was checked against (empty when nothing changed).
+
+    ``STOCK_SOURCES`` entries are ``(dotted path, digest)`` or ``(dotted path, (digest, ...))``: one digest per
+    diffusers release whose source was re-checked (their fingerprints may differ while the capture points hold).
+
+    Example:
+        >>> from conceptattention.adapters.flux import FluxConceptAttnProcessor
+        >>> stock_source_drift(FluxConceptAttnProcessor)  # diffusers 0.42.1
+        []
+    """
+    drifted = []
+    for path, digests in processor_class.STOCK_SOURCES:
+        accepted = (digests,) if isinstance(digests, str) else tuple(digests)
+        if source_fingerprint(resolve_dotted(path)) not in accepted:
+            drifted.append(path)
+    return drifted
+
+
 def native_backend_active() -> bool:
     """Whether diffusers' active attention backend is PyTorch's native SDPA (the default)."""
     from diffusers.models import attention_dispatch
@@ -34,25 +166,52 @@ def native_backend_active() -> bool:
 class ConceptProcessorMixin:
     """Put first in the bases of a concept processor: ``class X(ConceptProcessorMixin, StockProcessor)``.
 
+    Every concept processor lists in ``STOCK_SOURCES`` the diffusers functions it depends on, as ``(dotted path,
+    source fingerprint)`` pairs taken on diffusers :data:`STOCK_SOURCES_VERSION`: the stock processor(s) it runs
+    through an :class:`AttentionView` (their capture points) or, for ``COPIES_STOCK`` processors, the stock body
+    whose joint-attention path it re-implements. ``tests/adapters/test_stock_drift.py`` fails when the installed
+    diffusers differs, with the processor to re-check.
+
     Args:
         session: The shared run state.
         layer: Index of the processor's block among the joint blocks.
         block: The transformer block (held weakly; its text-stream norms and MLP are used).
         transformer: The transformer (held weakly; its text/time embedders are used).
-        original: The processor being replaced: its attention backend and parallel config are kept, so that later
-            ``set_attention_backend`` calls reach the new processor too.
+        original: The diffusers processor being wrapped (``self.original``): it computes the joint attention; its
+            attention backend and parallel config are read and written through this processor, so that
+            ``set_attention_backend`` calls inside the ``with`` block reach it.
     """
+
+    STOCK_SOURCES: tuple[tuple[str, str | tuple[str, ...]], ...] = ()
+    COPIES_STOCK: bool = False
 
     def __init__(
         self, session: ConceptSession, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:
         super().__init__()
+        self.original = original
         self.session = session
         self.layer = layer
         self._block = weakref.ref(block)
         self._transformer = weakref.ref(transformer)
-        self._attention_backend = getattr(original, "_attention_backend", None)
-        self._parallel_config = getattr(original, "_parallel_config", None)
+
+    # The attention backend and parallel config live on the wrapped diffusers processor, which computes the joint
+    # attention: ``transformer.set_attention_backend(...)`` inside the ``with`` block reaches it through these.
+    @property
+    def _attention_backend(self) -> Any:
+        return getattr(self.original, "_attention_backend", None)
+
+    @_attention_backend.setter
+    def _attention_backend(self, value: Any) -> None:
+        self.original._attention_backend = value
+
+    @property
+    def _parallel_config(self) -> Any:
+        return getattr(self.original, "_parallel_config", None)
+
+    @_parallel_config.setter
+    def _parallel_config(self, value: Any) -> None:
+        self.original._parallel_config = value
 
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Attention of the C concept rows on (B, S, H, D) tensors: the model's backend, or plain SDPA when that is
@@ -63,23 +222,30 @@ class ConceptProcessorMixin:
         return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
 
     def _record_scores(self, **tensors: torch.Tensor) -> bool:
-        """Record this block's saliency scores if it is selected; whether the concept stream must still advance.
+        """Record this block's saliency scores; whether the concept stream must still advance (always, except on
+        the explain path's last needed block).
 
         ``tensors`` are the :func:`~conceptattention.core.saliency_scores` inputs (``concept_output``,
-        ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``).
+        ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``). Every concept block
+        computes its scores (a ``[B, C, I]`` product, small next to the block) and the session keeps the selected
+        layers' ones: while compiling, no branch here reads the layer index, so a compiled block class traces a
+        single graph; eagerly, unselected layers skip the scores.
 
         Raises:
             EarlyExit: after the last needed block on the explain path (nothing later has to run).
         """
         session = self.session
         config = session.config
-        if session.is_selected(self.layer):
+        if torch.compiler.is_compiling():  # traced: no branch on the layer (one graph for every block)
+            session.record(saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors))
+        elif session.is_selected(self.layer):  # eager: unselected layers compute no scores
             scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
-            session.record(self.layer, scores)  # [B, C, I]
-        if self.layer >= session.last_layer:
-            if session.stop_after_last_layer:
-                raise EarlyExit()
-            return False
+            session.record_layer(self.layer, scores)  # [B, C, I]
+        else:
+            session.skip_layer()
+        if session.stop_after_last_layer and self.layer >= session.last_layer:  # explain path only (eager)
+            session.end_call()
+            raise EarlyExit()
         return True
 
     def _concept_tokens(self, like: torch.Tensor, text_input: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

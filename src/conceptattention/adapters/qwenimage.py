@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.transformers.transformer_qwenimage import (
     QwenDoubleStreamAttnProcessor2_0,
     apply_rotary_emb_qwen,
@@ -46,7 +45,7 @@ from .base import (
 )
 from .flux import FluxAdapter
 from .flux2 import templated_concept_batch
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -54,17 +53,24 @@ if TYPE_CHECKING:
 
     from ..session import ConceptSession
 
-#: Key of ``session.call.inputs`` under which the block pre-hook stores ``(layer, temb)``.
+#: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "qwenimage_temb"
 #: Key of ``session.call.inputs`` caching the concepts' complex RoPE frequencies ``[C, D/2]``.
 CONCEPT_ROPE_KEY = "qwenimage_concept_rope"
 
 
-class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnProcessor2_0):
-    """Qwen-Image double-stream processor that also advances the concept stream and records saliency scores.
+#: Modules of Qwen-Image's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+QWEN_TAPS = ("to_q", "to_k", "to_v", "norm_q", "norm_k")
 
-    Adapted from diffusers 0.42.1 ``QwenDoubleStreamAttnProcessor2_0.__call__``; the joint attention is the stock path
-    op for op, only the concept branch is new.
+
+class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
+    """Qwen-Image double-stream processor: runs diffusers' own ``QwenDoubleStreamAttnProcessor2_0`` untouched, and the
+    concept branch beside it.
+
+    The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
+    module, which hands the concept branch the image queries/keys after QK-norm (the image RoPE is re-applied), the
+    image values and the image attention output before ``to_out[0]``. No diffusers code is copied: the output is
+    bit-identical by construction.
 
     Args:
         session: The shared run state.
@@ -83,6 +89,12 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the stock processor it runs through an AttentionView: its capture points (diffusers 0.42.1); see
+    #: tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0.__call__", "4cbb851f9a3ef9d1c45472559ce62f90a4a45b30e0b57112aa30b5d79a24e03e"),
+    )
+
     def __call__(
         self,
         attn: nn.Module,
@@ -92,8 +104,8 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
         attention_mask: torch.FloatTensor | None = None,
         image_rotary_emb: torch.Tensor | None = None,
     ) -> torch.FloatTensor:
-        if encoder_hidden_states is None or attention_mask is not None or not self.session.needs_concepts(self.layer):
-            return super().__call__(
+        if encoder_hidden_states is None or attention_mask is not None or not self.session.needs_concepts():
+            return self.original(
                 attn,
                 hidden_states,
                 encoder_hidden_states,
@@ -102,66 +114,30 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
                 image_rotary_emb,
             )  # the stock processor also raises the stock errors
 
-        # ---- stock joint attention (diffusers 0.42.1 QwenDoubleStreamAttnProcessor2_0), pre-projection outputs ----
-        if encoder_hidden_states_mask is not None:
-            seq_img = hidden_states.shape[1]
-            image_mask = torch.ones((hidden_states.shape[0], seq_img), dtype=torch.bool, device=hidden_states.device)
-            attention_mask = torch.cat([encoder_hidden_states_mask, image_mask], dim=1)  # [B, T + I]
-            attention_mask = attention_mask[:, None, None, :]  # [B, 1, 1, T + I]
-        seq_txt = encoder_hidden_states.shape[1]
-        img_query = attn.to_q(hidden_states)
-        img_key = attn.to_k(hidden_states)
-        img_value = attn.to_v(hidden_states)
-        txt_query = attn.add_q_proj(encoder_hidden_states)
-        txt_key = attn.add_k_proj(encoder_hidden_states)
-        txt_value = attn.add_v_proj(encoder_hidden_states)
-        head_dim = attn.inner_dim // attn.heads
-        img_query = img_query.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
-        img_key = img_key.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
-        img_value = img_value.unflatten(-1, (-1, head_dim))  # [B, I, H, D]
-        txt_query = txt_query.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
-        txt_key = txt_key.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
-        txt_value = txt_value.unflatten(-1, (-1, head_dim))  # [B, T, H, D]
-        if attn.norm_q is not None:
-            img_query = attn.norm_q(img_query)
-        if attn.norm_k is not None:
-            img_key = attn.norm_k(img_key)
-        if attn.norm_added_q is not None:
-            txt_query = attn.norm_added_q(txt_query)
-        if attn.norm_added_k is not None:
-            txt_key = attn.norm_added_k(txt_key)
-        if image_rotary_emb is not None:
-            img_freqs, txt_freqs = image_rotary_emb
-            img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
-            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
-            txt_query = apply_rotary_emb_qwen(txt_query, txt_freqs, use_real=False)
-            txt_key = apply_rotary_emb_qwen(txt_key, txt_freqs, use_real=False)
-        joint_query = torch.cat([txt_query, img_query], dim=1)  # [B, T + I, H, D]
-        joint_key = torch.cat([txt_key, img_key], dim=1)  # [B, T + I, H, D]
-        joint_value = torch.cat([txt_value, img_value], dim=1)  # [B, T + I, H, D]
-        joint_hidden_states = dispatch_attention_fn(
-            joint_query,
-            joint_key,
-            joint_value,
-            attn_mask=attention_mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=self._attention_backend,
-            parallel_config=self._parallel_config,
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, QWEN_TAPS),
+            hidden_states,
+            encoder_hidden_states,
+            encoder_hidden_states_mask,
+            attention_mask,
+            image_rotary_emb,
         )
-        joint_hidden_states = joint_hidden_states.flatten(2, 3)  # [B, T + I, H·D]
-        joint_hidden_states = joint_hidden_states.to(joint_query.dtype)
-        txt_attn_output = joint_hidden_states[:, :seq_txt, :]  # [B, T, H·D]
-        img_attn_output = joint_hidden_states[:, seq_txt:, :]  # [B, I, H·D]
-
-        # ---- concept branch ----
-        self._concept_branch(attn, img_attn_output, img_query, img_key, img_value, head_dim, seq_txt)
-
-        img_attn_output = attn.to_out[0](img_attn_output.contiguous())
-        if len(attn.to_out) > 1:
-            img_attn_output = attn.to_out[1](img_attn_output)  # dropout
-        txt_attn_output = attn.to_add_out(txt_attn_output.contiguous())
-        return img_attn_output, txt_attn_output
+        check_captured(sink, (("to_q",), ("to_k",), ("to_v",), ("to_out",)), self.original, "qwenimage")
+        head_dim = attn.inner_dim // attn.heads
+        # the image rows as the joint attention used them: QK-norm (where present), then the image RoPE
+        img_query = sink.get("norm_q", sink["to_q"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
+        img_key = sink.get("norm_k", sink["to_k"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
+        img_value = sink["to_v"].unflatten(-1, (-1, head_dim))  # [B, I, H, D]
+        if image_rotary_emb is not None:
+            img_freqs = image_rotary_emb[0]
+            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+            if self.session.config.space == "cross_attention":  # image queries are read only there
+                img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+        self._concept_branch(
+            attn, sink["to_out"], img_query, img_key, img_value, head_dim, encoder_hidden_states.shape[1]
+        )
+        return outputs
 
     def _concept_rope(self, device: torch.device, num_text: int, num_concepts: int) -> torch.Tensor:
         """Complex RoPE frequencies ``[C, D/2]`` of the text position right after the padded prompt (cached)."""
@@ -177,7 +153,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin, QwenDoubleStreamAttnP
 
     def _text_modulation(self, block: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         """``txt_mod(temb)`` of this block, split for the attention and the MLP: ``[B, 3d]`` each."""
-        temb = captured_block_input(self.session, self.layer, BLOCK_TEMB_KEY, "The temb of Qwen-Image block")
+        temb = captured_block_input(self.session, BLOCK_TEMB_KEY, "The temb of Qwen-Image block")
         if block.zero_cond_t:  # the text stream (and so the concepts) uses the first half, as the block does
             temb = torch.chunk(temb, 2, dim=0)[0]
         return block.txt_mod(temb).chunk(2, dim=-1)
@@ -256,6 +232,7 @@ class QwenImageAdapter(FluxAdapter):
     transformer_classes = ("QwenImageTransformer2DModel",)
     pipeline_classes = ("QwenImagePipeline",)
     modality = "image"
+    ip_adapter = "not offered by diffusers"
     official_default_layers = "last 4 joint blocks (Qwen-Image: 56-59; no official choice)"
     tested = "adapter battery + naive reference; true CFG; zero_cond_t; explain path; bf16/fp16 on an H100"
 

@@ -27,7 +27,8 @@ Concept text embeddings (``concept_text_encoder`` of :class:`SD3Adapter`): by de
 official SD3 code, but without its two bugs. Each concept is encoded on its own (one padded, masked batch), the
 penultimate states of CLIP-L and CLIP-G are pooled over the concept's **content tokens** (never index 0, the start
 token, which is the same vector for every concept; never the end token), concatenated (``768 + 1280 = 2048``) and
-zero-padded to ``joint_attention_dim`` exactly as the pipeline lays out a prompt's CLIP part. The CLIP stream is the
+zero-padded (or cropped, when CLIP-L ⊕ CLIP-G is wider) to ``joint_attention_dim`` exactly as the pipeline lays out a
+prompt's CLIP part. The CLIP stream is the
 one the official SD3 maps (and so the paper's SD3.5 figures) were computed with, and it needs no T5 (pipelines are
 often loaded without ``text_encoder_3``). ``SD3Adapter(concept_text_encoder="t5")`` pools T5 content tokens instead
 (the prompt's other half; bidirectional, so every token sees the whole concept).
@@ -42,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import _chunked_feed_forward
-from diffusers.models.attention_processor import JointAttnProcessor2_0
+from diffusers.models.attention_processor import FusedJointAttnProcessor2_0, JointAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
@@ -58,7 +59,7 @@ from .base import (
     flow_noised,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ if TYPE_CHECKING:
 ConceptTextEncoder = Literal["clip", "t5"]
 
 BLOCK_TEMB_KEY = "sd3_block_temb"
-"""Call-inputs key of ``(layer, temb)`` captured by the block pre-hooks."""
+"""Call-inputs key of the running block's ``temb``, captured by the block pre-hooks."""
 
 _CALL_ARGUMENTS = (
     "hidden_states",
@@ -89,19 +90,26 @@ def _is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
     return skip_layers is not None and len(skip_layers) > 0
 
 
-class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
-    """SD3 joint-attention processor that also advances the concept stream and records saliency scores.
+#: Modules of SD3's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
+SD3_TAPS = ("to_q", "to_k", "to_v", "norm_q", "norm_k", "to_qkv")
 
-    Adapted from diffusers 0.42.1 ``JointAttnProcessor2_0.__call__``; the joint-attention path is the stock one, op
-    for op (so the image is bit-identical), and only the concept branch is new. Calls without concept work (layers
-    after the last selected one, unrecorded steps, skip-layer-guidance calls, image-only self-attention) go straight
-    to the stock processor.
+
+class SD3ConceptAttnProcessor(ConceptProcessorMixin):
+    """SD3 joint-attention processor: runs diffusers' own processor untouched, and the concept branch beside it.
+
+    The processor it replaces (``JointAttnProcessor2_0``, or ``FusedJointAttnProcessor2_0`` after
+    ``fuse_qkv_projections()``) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the
+    attention module, which hands the concept branch the image queries/keys/values (after QK-norm where the processor
+    applies it) and the image attention output before ``to_out[0]``. No diffusers code is copied: outputs are
+    bit-identical by construction. Calls without concept work (unrecorded steps, skip-layer-guidance calls,
+    image-only self-attention) go straight to the original processor.
 
     Args:
         session: The shared run state.
         layer: Index of this block among the joint blocks.
         block: The ``JointTransformerBlock`` (held weakly; its text-stream norms and MLP are used).
         transformer: The ``SD3Transformer2DModel`` (held weakly; its text/time embedders are used).
+        original: The processor being replaced; it computes the joint attention.
 
     Example:
         >>> from conceptattention import ConceptAttention
@@ -112,6 +120,12 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
+
+    #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
+    STOCK_SOURCES = (
+        ("diffusers.models.attention_processor.JointAttnProcessor2_0.__call__", "ed23f45c129bf15987951f21976c9300ce330fb82418240f3e7643fa69558eb4"),
+        ("diffusers.models.attention_processor.FusedJointAttnProcessor2_0.__call__", "9698a9bae7e74a59054fc1acd7c1bc74b8d0c2d2c444f129b1aac1b25094bdc3"),
+    )
 
     def __call__(
         self,
@@ -127,57 +141,30 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         if (
             encoder_hidden_states is None
             or call is None
-            or not session.needs_concepts(self.layer)
+            or not session.needs_concepts()
             or _is_skip_layer_call(call.inputs)
         ):
-            return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
-
-        # ---- stock joint attention (diffusers 0.42.1 JointAttnProcessor2_0), keeping the pre-projection outputs ----
-        residual = hidden_states
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(
+            AttentionView(attn, sink, SD3_TAPS), hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
+        )
+        check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "sd3")
         batch_size = hidden_states.shape[0]
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(hidden_states)
-        value = attn.to_v(hidden_states)
-        inner_dim = key.shape[-1]
-        head_dim = inner_dim // attn.heads
+        if "to_qkv" in sink:  # fused projections (the fused processor applies no QK-norm)
+            qkv = sink["to_qkv"]  # [B, I, 3·H·D]
+            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, I, H·D] each
+        else:
+            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, I, H·D] each
+        head_dim = key.shape[-1] // attn.heads
         query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
         key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        encoder_query = attn.add_q_proj(encoder_hidden_states)
-        encoder_key = attn.add_k_proj(encoder_hidden_states)
-        encoder_value = attn.add_v_proj(encoder_hidden_states)
-        encoder_query = encoder_query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
-        encoder_key = encoder_key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
-        encoder_value = encoder_value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T, D]
-        if attn.norm_added_q is not None:
-            encoder_query = attn.norm_added_q(encoder_query)
-        if attn.norm_added_k is not None:
-            encoder_key = attn.norm_added_k(encoder_key)
-        query = torch.cat([query, encoder_query], dim=2)  # [B, H, I + T, D]
-        key = torch.cat([key, encoder_key], dim=2)  # [B, H, I + T, D]
-        value = torch.cat([value, encoder_value], dim=2)  # [B, H, I + T, D]
-
-        hidden_states = F.scaled_dot_product_attention(query, key, value, dropout_p=0.0, is_causal=False)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)  # [B, I + T, H·D]
-        hidden_states = hidden_states.to(query.dtype)
-        num_image = residual.shape[1]
-        hidden_states, encoder_hidden_states = (
-            hidden_states[:, :num_image],  # [B, I, H·D]
-            hidden_states[:, num_image:],  # [B, T, H·D]
-        )
-
-        # ---- concept branch ----
-        self._concept_branch(attn, hidden_states, query, key, value, num_image)
-
-        if not attn.context_pre_only:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        hidden_states = attn.to_out[0](hidden_states)
-        hidden_states = attn.to_out[1](hidden_states)
-        return hidden_states, encoder_hidden_states
+        query = sink.get("norm_q", query)  # after QK-norm where the processor applied it
+        key = sink.get("norm_k", key)
+        fused = "to_qkv" in sink
+        self._concept_branch(attn, sink["to_out"], query, key, value, hidden_states.shape[1], fused)
+        return outputs
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after ``context_embedder`` ``[B, C, d]`` and their conditioning vector ``[B, d]``.
@@ -190,7 +177,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         batch = like.shape[0]
         concepts = self._concept_tokens(like, transformer.context_embedder)  # [B, C, d]
         if session.config.concept_conditioning == "prompt":
-            conditioning = captured_block_input(session, self.layer, BLOCK_TEMB_KEY, "The temb of SD3 block")
+            conditioning = captured_block_input(session, BLOCK_TEMB_KEY, "The temb of SD3 block")
         else:  # "null_pooled": the timestep embedding with a zero pooled CLIP vector
             pooled = inputs["pooled_projections"]
             conditioning = transformer.time_text_embed(inputs["timestep"], torch.zeros_like(pooled))  # [B, d]
@@ -204,6 +191,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         key: torch.Tensor,
         value: torch.Tensor,
         num_image: int,
+        fused: bool = False,
     ) -> None:
         session, block = self.session, self._block()
         call = session.call
@@ -219,12 +207,17 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
             gate_msa = shift_mlp = scale_mlp = gate_mlp = None
         else:
             normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=conditioning)
-        concept_query = attn.add_q_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        concept_key = attn.add_k_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        concept_value = attn.add_v_proj(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        if attn.norm_added_q is not None:
+        if fused:  # as the fused processor treats the prompt: one projection, no QK-norm
+            concept_qkv = attn.to_added_qkv(normed)  # [B, C, 3·H·D]
+            concept_query, concept_key, concept_value = torch.split(concept_qkv, concept_qkv.shape[-1] // 3, dim=-1)
+        else:
+            concept_query, concept_key, concept_value = attn.add_q_proj(normed), attn.add_k_proj(normed), attn.add_v_proj(normed)
+        concept_query = concept_query.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_key = concept_key.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        concept_value = concept_value.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
+        if attn.norm_added_q is not None and not fused:
             concept_query = attn.norm_added_q(concept_query)
-        if attn.norm_added_k is not None:
+        if attn.norm_added_k is not None and not fused:
             concept_key = attn.norm_added_k(concept_key)
         # SD3 has no RoPE; the image keys/values are those of the joint attention (after QK-norm).
         image_key = key[:, :, :num_image].transpose(1, 2)  # [B, I, H, D]
@@ -232,7 +225,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin, JointAttnProcessor2_0):
         concept_output = concept_attention(
             concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention
         )  # [B, C, H, D]
-        concept_output = concept_output.flatten(2, 3).to(query.dtype)  # [B, C, H·D]
+        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
 
         advance = self._record_scores(
             concept_output=concept_output,
@@ -277,15 +270,16 @@ class SD3Adapter(ConceptAdapter):
     name = "sd3"
     attention_attribute = "attn"  # never attn2 (SD3.5 dual attention: image-only, shares the processor instance)
     processor_class = SD3ConceptAttnProcessor
-    stock_processor_class = JointAttnProcessor2_0
+    stock_processor_class = (JointAttnProcessor2_0, FusedJointAttnProcessor2_0)
     stock_processor_remedy = (
-        "IP-Adapter, PAG, fused QKV projections or a custom processor is active: undo it first (e.g. "
-        "`pipe.unload_ip_adapter()`, `transformer.unfuse_qkv_projections()` or "
+        "IP-Adapter, PAG or a custom processor is active: undo it first (e.g. `pipe.unload_ip_adapter()` or "
         "`transformer.set_default_attn_processor()`)."
     )
     transformer_classes = ("SD3Transformer2DModel",)
     pipeline_classes = ("StableDiffusion3Pipeline",)
     modality = "image"
+    ip_adapter = "refused (SD3IPAdapterJointAttnProcessor2_0)"
+    fused_qkv = "yes (SD3.5-medium: fails in diffusers itself)"
     official_default_layers = "all joint blocks (official SD3.5: 0-37)"
     tested = "adapter battery + naive reference for SD3 and an SD3.5-like config (dual attention, RMS QK-norm); CFG; skip-layer guidance; explain path; bf16/fp16 on an H100"
 
@@ -391,12 +385,10 @@ class SD3Adapter(ConceptAdapter):
             hidden = output.hidden_states[-2]  # [C, L, D_clip], penultimate layer as the pipeline (clip_skip=None)
             parts.append(pool_token_states(hidden, content_mask.to(hidden.device), pooling))  # [C, D_clip]
         clip = torch.cat(parts, dim=-1)  # [C, D_clip_l + D_clip_g]
-        if clip.shape[-1] > joint_dim:
-            raise ValueError(
-                f"CLIP-L ⊕ CLIP-G width {clip.shape[-1]} exceeds joint_attention_dim {joint_dim}; this SD3 pipeline "
-                "is not laid out like the released ones. Use SD3Adapter('t5') or pass `concept_embeds=`."
-            )
-        return F.pad(clip, (0, joint_dim - clip.shape[-1]))  # [C, joint_attention_dim], zero-padded as the pipeline
+        # [C, joint_attention_dim]: zero-padded, or cropped when CLIP-L ⊕ CLIP-G is wider (diffusers' own test
+        # layout), exactly as StableDiffusion3Pipeline.encode_prompt lays out the prompt's CLIP part (F.pad with a
+        # negative width crops)
+        return F.pad(clip, (0, joint_dim - clip.shape[-1]))
 
     # ----- real images -------------------------------------------------------------------------------------------
 
