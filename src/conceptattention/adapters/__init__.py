@@ -42,6 +42,9 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "QwenImageTransformer2DModel": ("conceptattention.adapters.qwenimage", "QwenImageAdapter"),
     "HunyuanVideoTransformer3DModel": ("conceptattention.adapters.hunyuan_video", "HunyuanVideoAdapter"),
     "AuraFlowTransformer2DModel": ("conceptattention.adapters.auraflow", "AuraFlowAdapter"),
+    "BriaTransformer2DModel": ("conceptattention.adapters.bria", "BriaAdapter"),
+    "LongCatImageTransformer2DModel": ("conceptattention.adapters.longcat_image", "LongCatImageAdapter"),
+    "OvisImageTransformer2DModel": ("conceptattention.adapters.ovis_image", "OvisImageAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 

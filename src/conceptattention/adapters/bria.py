@@ -1,0 +1,78 @@
+"""Bria 3.x adapter (``BriaTransformer2DModel``, ``BriaPipeline``) — docs/models.md.
+
+Bria's double-stream block, attention module and ``BriaAttnProcessor`` are FLUX.1's under another name, so the FLUX.1
+capture design applies (diffusers' processor runs untouched; see :mod:`conceptattention.adapters.flux_like`). Text ids
+are all zero (concept RoPE is the identity, as in FLUX.1); ``temb`` is the timestep embedding (plus a guidance
+embedding in guidance-distilled variants) without pooled text, captured per block for the concepts. T5 text only.
+``BriaPipeline`` batches classifier-free guidance as ``[uncond, cond]``: maps come from the conditional half.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
+from torch import nn
+
+from ..config import ConceptPooling
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
+
+
+class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
+    """Bria double-block processor: ``BriaAttnProcessor`` untouched, concept branch beside it (``context_embedder``).
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_zoo import tiny_bria_inputs, tiny_bria_transformer
+        >>> model = tiny_bria_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
+        ...     _ = model(**tiny_bria_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+
+class BriaAdapter(FluxLikeAdapter):
+    """Adapter for Bria 3.x text-to-image (``BriaTransformer2DModel``, ``BriaPipeline``).
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_zoo import tiny_bria_transformer
+        >>> get_adapter(tiny_bria_transformer()).name
+        'bria'
+    """
+
+    name = "bria"
+    processor_class = BriaConceptAttnProcessor
+    stock_processor_class = BriaAttnProcessor
+    transformer_classes = ("BriaTransformer2DModel",)
+    pipeline_classes = ("BriaPipeline",)
+    modality = "image"
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        inputs = super().capture_call(transformer, args, kwargs)
+        latents = args[0] if args else kwargs.get("hidden_states")
+        inputs["identical_halves"] = isinstance(latents, torch.Tensor) and batch_halves_identical(latents)
+        return inputs
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """The conditional half of ``BriaPipeline``'s batched ``[uncond, cond]`` guidance call."""
+        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+
+    def encode_concepts(
+        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+    ) -> torch.Tensor:
+        """T5 states of all concepts in one masked batch, pooled over each concept's own tokens: ``[C, 4096]``."""
+        tokenizer, text_encoder = pipeline_text_encoder(
+            pipeline, "tokenizer", "text_encoder", "This Bria pipeline has no T5 text encoder"
+        )
+        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+        max_length = min(128, getattr(tokenizer, "model_max_length", 128) or 128)  # BriaPipeline's default
+        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
+
+
+__all__ = ["BriaAdapter", "BriaConceptAttnProcessor"]

@@ -1,0 +1,161 @@
+"""Tiny random-weight models and pipelines of the FLUX.1-architecture clones (Bria, LongCat-Image, Ovis-Image), built
+fully offline, in the spirit of :mod:`conceptattention.testing` and :mod:`conceptattention.testing_extra`.
+
+Example:
+    >>> tiny_bria_transformer().config.num_layers
+    3
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .testing import _tiny_flux_vae, _tiny_t5, seeded_eval, tiny_flux_inputs
+from .testing_extra import _FLUX_FAMILY_GEOMETRY, _flow_matching_pipeline
+
+
+#: RoPE axes of the tiny FLUX.1 clones (2 heads × 16).
+_AXES = (4, 4, 8)
+
+
+def _flux_clone_inputs(
+    batch_size: int, height: int, width: int, text_tokens: int, seed: int, diagonal_text_ids: bool
+) -> dict[str, Any]:
+    """FLUX.1's tiny inputs without the pooled vector; with ``diagonal_text_ids`` the text ids are ``(0, i, i)``
+    (LongCat-Image, Ovis-Image) and the image ids are offset past them, as those pipelines build them."""
+    inputs = tiny_flux_inputs(batch_size, height, width, text_tokens, seed=seed)
+    del inputs["pooled_projections"]
+    if diagonal_text_ids:
+        positions = torch.arange(text_tokens, dtype=torch.float32)  # [T]
+        inputs["txt_ids"] = torch.stack([torch.zeros(text_tokens), positions, positions], dim=1)  # [T, 3]
+        image_ids = inputs["img_ids"].clone()  # [I, 3]
+        image_ids[:, 0] = 1  # modality id of the image
+        image_ids[:, 1:] += text_tokens
+        inputs["img_ids"] = image_ids
+    return inputs
+
+
+# ----- Bria ----------------------------------------------------------------------------------------------------------
+
+
+def tiny_bria_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+    """A random-weight ``BriaTransformer2DModel`` (2 heads × 16, T5 width 32, eval mode).
+
+    Example:
+        >>> tiny_bria_transformer(num_layers=2).config.num_layers
+        2
+    """
+    from diffusers import BriaTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        BriaTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=32,
+        axes_dims_rope=_AXES,
+    )
+
+
+def tiny_bria_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``BriaTransformer2DModel`` call (text ids all zero, as ``BriaPipeline``'s).
+
+    Example:
+        >>> sorted(tiny_bria_inputs())
+        ['encoder_hidden_states', 'hidden_states', 'img_ids', 'timestep', 'txt_ids']
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=False)
+
+
+def tiny_bria_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``BriaPipeline``: tiny T5 (in-memory tokenizer), one-level VAE, transformer.
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens.
+
+    Example:
+        >>> type(tiny_bria_pipeline()).__name__
+        'BriaPipeline'
+    """
+    from diffusers import BriaPipeline
+
+    tokenizer, text_encoder = _tiny_t5(32, seed + 1)
+    vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
+    transformer = tiny_bria_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(BriaPipeline, tokenizer, text_encoder, vae, transformer)
+
+
+# ----- LongCat-Image -------------------------------------------------------------------------------------------------
+
+
+def tiny_longcat_image_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+    """A random-weight ``LongCatImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
+
+    Example:
+        >>> tiny_longcat_image_transformer().config.joint_attention_dim
+        32
+    """
+    from diffusers import LongCatImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        LongCatImageTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=list(_AXES),
+    )
+
+
+def tiny_longcat_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``LongCatImageTransformer2DModel`` call, text ids ``(0, i, i)`` as the pipeline's.
+
+    Example:
+        >>> tiny_longcat_image_inputs()["txt_ids"][2].tolist()
+        [0.0, 2.0, 2.0]
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)
+
+
+# ----- Ovis-Image ----------------------------------------------------------------------------------------------------
+
+
+def tiny_ovis_image_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+    """A random-weight ``OvisImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
+
+    Example:
+        >>> tiny_ovis_image_transformer().config.num_single_layers
+        1
+    """
+    from diffusers import OvisImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        OvisImageTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
+        out_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=32,
+        axes_dims_rope=_AXES,
+    )
+
+
+def tiny_ovis_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``OvisImageTransformer2DModel`` call, text ids ``(0, i, i)`` as the pipeline's.
+
+    Example:
+        >>> tiny_ovis_image_inputs(batch_size=2)["hidden_states"].shape
+        torch.Size([2, 24, 4])
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)

@@ -1,0 +1,119 @@
+"""The adapter battery for the FLUX.1 clones without pooled text (Bria, LongCat-Image, Ovis-Image), plus the checks
+they share: processors restored (also on models without ``AttentionMixin``), concept position and permutation,
+conditioning options, fused projections, a foreign processor refused, no explain path yet."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+
+from conceptattention import ConceptAttention, get_adapter
+
+from .battery import (
+    AdapterBattery,
+    _Boom,
+    assert_concepts_permute,
+    assert_right_not_wrong,
+    assert_subclassed_processor_refused,
+    layer_logits,
+    random_image,
+    seeded_embeds,
+)
+from .flux_like_reference import naive_flux_like_scores
+
+
+def attention_processors(transformer: Any) -> dict[str, Any]:
+    """Every attention module's processor by module path (``attn_processors`` needs ``AttentionMixin``, which Bria
+    and Ovis-Image lack)."""
+    return {name: module.processor for name, module in transformer.named_modules() if hasattr(module, "processor")}
+
+
+class FluxLikeBattery(AdapterBattery):
+    """Subclasses set the factories, ``family`` and ``stock_processor``."""
+
+    family: str = ""
+    stock_processor: type | None = None
+    naive_reference = naive_flux_like_scores
+    expected_grid = (1, 4, 6)
+
+    def test_restored_after_normal_exit_and_exception(self, transformer):
+        before = attention_processors(transformer)
+        with ConceptAttention(transformer, concept_embeds=self.embeds()):
+            self.run(transformer, self.make_inputs())
+        assert attention_processors(transformer) == before
+        blocks = get_adapter(transformer).joint_blocks(transformer)
+
+        def explode(*args: Any, **kwargs: Any) -> None:
+            raise _Boom()
+
+        handle = blocks[-1].register_forward_pre_hook(explode)
+        try:
+            with pytest.raises(_Boom):
+                with ConceptAttention(transformer, concept_embeds=self.embeds()):
+                    self.run(transformer, self.make_inputs())
+        finally:
+            handle.remove()
+        after = attention_processors(transformer)
+        assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+        assert not any(handle for block in blocks for handle in block._forward_pre_hooks.values())
+        assert not getattr(transformer, "_conceptattention_active", False)
+
+    def test_registry_and_stock_processor_kept(self, transformer):
+        assert get_adapter(transformer).name == self.family
+        with ConceptAttention(transformer, concept_embeds=self.embeds()):
+            self.run(transformer, self.make_inputs())
+            # the concept processor wraps diffusers' own processor, which still does the joint attention
+            processor = transformer.transformer_blocks[0].attn.processor
+            assert type(processor.original) is self.stock_processor
+
+    def test_concepts_at_first_text_position_and_permutable(self, transformer):
+        """Concepts take text id (0, 0, 0) (no rotation): the reference with concepts at the last text token's
+        id differs (when text ids are not all zero), and permuting concepts permutes the scores."""
+        inputs = self.make_inputs()
+        embeds = seeded_embeds(3, self.concept_dim, seed=5)
+        ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
+        right = naive_flux_like_scores(transformer, inputs, embeds, [2])[0, 0].float()
+        if inputs["txt_ids"][-1].abs().sum() > 0:
+            wrong = naive_flux_like_scores(transformer, inputs, embeds, [2], concept_position=-1)[0, 0].float()
+            assert_right_not_wrong(ours, right, wrong)
+        assert_concepts_permute(transformer, inputs, embeds, [2], ours, [2, 0, 1])
+
+    def test_conditioning_options_coincide(self, transformer):
+        """No pooled text: "null_pooled" and "prompt" both modulate concepts with the block's own temb."""
+        inputs = self.make_inputs()
+        maps = []
+        for conditioning in ("null_pooled", "prompt"):
+            with ConceptAttention(transformer, concept_embeds=self.embeds(), concept_conditioning=conditioning) as ca:
+                self.run(transformer, inputs)
+            maps.append(ca.maps.maps)
+        assert torch.equal(maps[0], maps[1])
+
+    def test_fused_projections(self, transformer):
+        """With fused QKV projections the stock processor's fused path runs: bit-identical outputs, same maps."""
+        inputs = self.make_inputs()
+        with ConceptAttention(transformer, concept_embeds=self.embeds(), softmax=False) as plain:
+            self.run(transformer, inputs)
+        fused = copy.deepcopy(transformer)
+        for block in fused.transformer_blocks:
+            block.attn.fuse_projections()
+        assert hasattr(fused.transformer_blocks[0].attn, "to_added_qkv")
+        reference = self.run(fused, inputs)
+        with ConceptAttention(fused, concept_embeds=self.embeds(), softmax=False) as ca:
+            output = self.run(fused, inputs)
+        assert torch.equal(reference, output)
+        torch.testing.assert_close(ca.maps.logits, plain.maps.logits, rtol=1e-4, atol=1e-5)
+
+    def test_subclassed_processor_refused(self):
+        model = self.make_transformer()
+        assert self.stock_processor is not None
+        assert_subclassed_processor_refused(model, model.transformer_blocks[1].attn, self.stock_processor, self.concept_dim)
+
+    def test_explain_is_refused_clearly(self, transformer):
+        adapter = get_adapter(transformer)
+        with pytest.raises(NotImplementedError, match="no real-image"):
+            adapter.explain_resolution(None, (16, 16))
+        with pytest.raises(NotImplementedError, match="no real-image"):
+            adapter.explain_batch(None, random_image(), None)
