@@ -12,8 +12,13 @@ from typing import Any
 
 import torch
 
-from .testing import _tiny_flux_vae, _tiny_t5, seeded_eval, tiny_flux_inputs
-from .testing_extra import _FLUX_FAMILY_GEOMETRY, _flow_matching_pipeline
+from .testing import _tiny_flux_vae, _tiny_t5, quiet_pipeline, seeded_eval, tiny_flux_inputs
+from .testing_extra import (
+    _FLUX_FAMILY_GEOMETRY,
+    _flow_matching_pipeline,
+    tiny_byte_level_tokenizer,
+    tiny_qwen25vl_encoder,
+)
 
 
 #: RoPE axes of the tiny FLUX.1 clones (2 heads × 16).
@@ -92,7 +97,9 @@ def tiny_bria_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
 # ----- LongCat-Image -------------------------------------------------------------------------------------------------
 
 
-def tiny_longcat_image_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+def tiny_longcat_image_transformer(
+    num_layers: int = 3, num_single_layers: int = 1, joint_attention_dim: int = 32, in_channels: int = 4, seed: int = 0
+) -> Any:
     """A random-weight ``LongCatImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
 
     Example:
@@ -104,11 +111,11 @@ def tiny_longcat_image_transformer(num_layers: int = 3, num_single_layers: int =
     return seeded_eval(
         seed,
         LongCatImageTransformer2DModel,
-        **_FLUX_FAMILY_GEOMETRY,
+        **{**_FLUX_FAMILY_GEOMETRY, "in_channels": in_channels},
         num_layers=num_layers,
         num_single_layers=num_single_layers,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
+        joint_attention_dim=joint_attention_dim,
+        pooled_projection_dim=joint_attention_dim,
         axes_dims_rope=list(_AXES),
     )
 
@@ -125,10 +132,43 @@ def tiny_longcat_image_inputs(
     return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)
 
 
+def tiny_longcat_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``LongCatImagePipeline``: tiny Qwen2.5-VL (width 16), byte-level tokenizer, one-level
+    VAE with the 16 latent channels the pipeline hard-codes, transformer. No ``text_processor``: call the pipeline
+    with ``enable_prompt_rewrite=False`` (rewriting generates text with the encoder).
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens; prompts are padded to 512 tokens, as the pipeline's.
+
+    Example:
+        >>> tiny_longcat_image_pipeline().transformer.config.in_channels
+        64
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, LongCatImagePipeline
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
+    vae = _tiny_flux_vae(latent_channels=16, seed=seed + 2)
+    transformer = tiny_longcat_image_transformer(
+        num_layers=num_layers, joint_attention_dim=16, in_channels=64, seed=seed + 3
+    )
+    return quiet_pipeline(
+        LongCatImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_processor=None,
+            transformer=transformer,
+        )
+    )
+
+
 # ----- Ovis-Image ----------------------------------------------------------------------------------------------------
 
 
-def tiny_ovis_image_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+def tiny_ovis_image_transformer(
+    num_layers: int = 3, num_single_layers: int = 1, joint_attention_dim: int = 32, seed: int = 0
+) -> Any:
     """A random-weight ``OvisImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
 
     Example:
@@ -144,7 +184,7 @@ def tiny_ovis_image_transformer(num_layers: int = 3, num_single_layers: int = 1,
         out_channels=4,
         num_layers=num_layers,
         num_single_layers=num_single_layers,
-        joint_attention_dim=32,
+        joint_attention_dim=joint_attention_dim,
         axes_dims_rope=_AXES,
     )
 
@@ -159,3 +199,41 @@ def tiny_ovis_image_inputs(
         torch.Size([2, 24, 4])
     """
     return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)
+
+
+#: Hidden size of the tiny Qwen3 text encoder of the Ovis-Image pipeline.
+OVIS_TEXT_HIDDEN = 16
+
+
+def tiny_ovis_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``OvisImagePipeline``: tiny two-layer ``Qwen3Model`` (width 16), byte-level tokenizer
+    with a chat template, one-level VAE, transformer.
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens.
+
+    Example:
+        >>> type(tiny_ovis_image_pipeline().text_encoder).__name__
+        'Qwen3Model'
+    """
+    from diffusers import OvisImagePipeline
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = seeded_eval(
+        seed + 1,
+        Qwen3Model,
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=OVIS_TEXT_HIDDEN,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=1024,
+            pad_token_id=0,
+        ),
+    )
+    vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
+    transformer = tiny_ovis_image_transformer(num_layers=num_layers, joint_attention_dim=OVIS_TEXT_HIDDEN, seed=seed + 3)
+    return _flow_matching_pipeline(OvisImagePipeline, tokenizer, text_encoder, vae, transformer)
