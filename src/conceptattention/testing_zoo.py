@@ -237,3 +237,55 @@ def tiny_ovis_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
     vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
     transformer = tiny_ovis_image_transformer(num_layers=num_layers, joint_attention_dim=OVIS_TEXT_HIDDEN, seed=seed + 3)
     return _flow_matching_pipeline(OvisImagePipeline, tokenizer, text_encoder, vae, transformer)
+
+
+# ----- HunyuanImage 2.1 ----------------------------------------------------------------------------------------------
+
+
+def tiny_hunyuan_image_transformer(
+    num_layers: int = 3, num_single_layers: int = 1, guidance_embeds: bool = False, seed: int = 0
+) -> Any:
+    """A random-weight ``HunyuanImageTransformer2DModel`` (2 heads × 8, one refiner layer, text width 16, patch 1).
+
+    Example:
+        >>> tiny_hunyuan_image_transformer().config.text_embed_dim
+        16
+    """
+    from diffusers import HunyuanImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        HunyuanImageTransformer2DModel,
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        num_refiner_layers=1,
+        patch_size=(1, 1),
+        guidance_embeds=guidance_embeds,
+        text_embed_dim=16,
+        rope_axes_dim=(4, 4),
+    )
+
+
+def tiny_hunyuan_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, padded_text: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``HunyuanImageTransformer2DModel`` call (latent ``[B, 4, H, W]``, padded prompt).
+
+    Example:
+        >>> tiny_hunyuan_image_inputs()["encoder_attention_mask"].tolist()
+        [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    return {
+        "hidden_states": torch.randn(batch_size, 4, height, width, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "encoder_attention_mask": mask,
+    }

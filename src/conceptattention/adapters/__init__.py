@@ -45,6 +45,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "BriaTransformer2DModel": ("conceptattention.adapters.bria", "BriaAdapter"),
     "LongCatImageTransformer2DModel": ("conceptattention.adapters.longcat_image", "LongCatImageAdapter"),
     "OvisImageTransformer2DModel": ("conceptattention.adapters.ovis_image", "OvisImageAdapter"),
+    "HunyuanImageTransformer2DModel": ("conceptattention.adapters.hunyuan_image", "HunyuanImageAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 

@@ -1,0 +1,92 @@
+"""HunyuanImage 2.1 adapter: the shared battery on a tiny HunyuanImage 2.1 model ([image, text] joint attention,
+image-only RoPE, token refiner, padded prompt), per-concept refinement, guidance embedding, refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_hunyuanimage import HunyuanImageAttnProcessor
+
+from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
+from conceptattention.testing_zoo import tiny_hunyuan_image_inputs, tiny_hunyuan_image_transformer
+
+from .battery import (
+    AdapterBattery,
+    assert_close_scaled,
+    assert_concepts_permute,
+    assert_padding_mask_kept,
+    assert_right_not_wrong,
+    assert_subclassed_processor_refused,
+    layer_logits,
+    module_fixtures,
+    seeded_embeds,
+)
+from .hunyuan_image_reference import naive_hunyuan_image_scores
+
+
+class TestHunyuanImageBattery(AdapterBattery):
+    """The shared adapter battery on a tiny HunyuanImage 2.1 (3 double blocks, padded prompt)."""
+
+    concept_dim = 16
+    expected_grid = (1, 4, 6)
+    tiny_transformer = tiny_hunyuan_image_transformer
+    tiny_inputs = tiny_hunyuan_image_inputs
+    naive_reference = naive_hunyuan_image_scores
+
+
+transformer, _ = module_fixtures(TestHunyuanImageBattery)
+
+
+def test_registry_and_stock_processor_kept(transformer):
+    assert get_adapter(transformer).name == "hunyuan_image"
+    with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)):
+        transformer(**tiny_hunyuan_image_inputs())
+        assert type(transformer.transformer_blocks[0].attn.processor.original) is HunyuanImageAttnProcessor
+
+
+def test_concepts_refined_one_by_one_and_permutable(transformer):
+    """Each concept is refined as its own one-token prompt (refining them together would mix them)."""
+    inputs = tiny_hunyuan_image_inputs()
+    embeds = seeded_embeds(3, 16, seed=5)
+    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
+    right = naive_hunyuan_image_scores(transformer, inputs, embeds, [2])[0, 0].float()
+    wrong = naive_hunyuan_image_scores(transformer, inputs, embeds, [2], refine_concepts_together=True)[0, 0].float()
+    assert_right_not_wrong(ours, right, wrong)
+    assert_concepts_permute(transformer, inputs, embeds, [2], ours, [1, 2, 0])
+
+
+def test_padding_mask_kept(transformer):
+    masked = tiny_hunyuan_image_inputs(padded_text=4)
+    assert_padding_mask_kept(transformer, masked, dict(masked, encoder_attention_mask=torch.ones(1, 8)), dim=16)
+
+
+def test_guidance_embedding_model():
+    """Guidance-distilled variant: temb includes the guidance embedding (captured from the blocks)."""
+    model = tiny_hunyuan_image_transformer(num_layers=2, guidance_embeds=True)
+    inputs = dict(tiny_hunyuan_image_inputs(), guidance=torch.full((1,), 3500.0))
+    embeds = seeded_embeds(2, 16, seed=3)
+    ours = layer_logits(model, inputs, embeds, [1])
+    assert_close_scaled(ours, naive_hunyuan_image_scores(model, inputs, embeds, [1])[0, 0].float())
+
+
+def test_subclassed_processor_refused():
+    model = tiny_hunyuan_image_transformer(num_layers=2)
+    assert_subclassed_processor_refused(model, model.transformer_blocks[1].attn, HunyuanImageAttnProcessor, 16)
+
+
+def test_video_latents_refused(transformer):
+    inputs = dict(tiny_hunyuan_image_inputs(), hidden_states=torch.randn(1, 4, 2, 4, 6))
+    with pytest.raises(ValueError, match="4-D image latents"):
+        with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)):
+            transformer(**inputs)
+
+
+def test_model_without_qk_norm_refused():
+    from diffusers import HunyuanImageTransformer2DModel
+
+    model = HunyuanImageTransformer2DModel(
+        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8, num_layers=1, num_single_layers=1,
+        num_refiner_layers=1, patch_size=(1, 1), text_embed_dim=16, rope_axes_dim=(4, 4), qk_norm=None,
+    )
+    with pytest.raises(UnsupportedSetupError, match="QK-norm"):
+        ConceptAttention(model, concept_embeds=torch.randn(2, 16)).__enter__()
