@@ -72,7 +72,7 @@ def tiny_bria_inputs(
 
     Example:
         >>> sorted(tiny_bria_inputs())
-        ['encoder_hidden_states', 'hidden_states', 'img_ids', 'timestep', 'txt_ids']
+        ['encoder_hidden_states', 'hidden_states', 'img_ids', 'return_dict', 'timestep', 'txt_ids']
     """
     return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=False)
 

@@ -86,8 +86,8 @@ class FluxLikeAdapter(FluxAdapter):
     stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     official_default_layers = "last 4 double blocks (no official choice)"
     tested = (
-        "adapter battery (tiny random model + tiny offline pipeline, CFG), naive float64 reference for every "
-        "space/mode, stock-processor equality with FLUX.1's"
+        "adapter battery + naive reference; tiny offline pipeline with CFG; fused QKV; concept encoding checked "
+        "against the pipeline's own prompt encoding; no explain path yet"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

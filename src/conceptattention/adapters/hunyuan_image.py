@@ -98,7 +98,10 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     pipeline_classes = ("HunyuanImagePipeline",)
     modality = "image"
     official_default_layers = "last 4 double blocks (HunyuanImage 2.1: 16-19; no official choice)"
-    tested = "adapter battery (tiny random model), naive float64 reference for every space/mode"
+    tested = (
+        "adapter battery + naive reference on a tiny random model (guidance-distilled variant too); no tiny pipeline "
+        "test yet; no explain path yet"
+    )
 
     def check_model(self, transformer: nn.Module) -> None:
         attn = transformer.transformer_blocks[0].attn if len(transformer.transformer_blocks) else None
