@@ -289,3 +289,72 @@ def tiny_hunyuan_image_inputs(
         "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
         "encoder_attention_mask": mask,
     }
+
+
+# ----- HunyuanVideo 1.5 ----------------------------------------------------------------------------------------------
+
+
+def tiny_hunyuan_video15_transformer(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``HunyuanVideo15Transformer3DModel`` (2 heads × 8, one refiner layer, Qwen width 16, ByT5
+    width 8, image-embedding width 8, patch 1).
+
+    Example:
+        >>> tiny_hunyuan_video15_transformer().config.num_layers
+        3
+    """
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return seeded_eval(
+        seed,
+        HunyuanVideo15Transformer3DModel,
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_refiner_layers=1,
+        text_embed_dim=16,
+        text_embed_2_dim=8,
+        image_embed_dim=8,
+        rope_axes_dim=(2, 2, 4),
+    )
+
+
+def tiny_hunyuan_video15_inputs(
+    batch_size: int = 1,
+    frames: int = 2,
+    height: int = 3,
+    width: int = 4,
+    text_tokens: int = 8,
+    padded_text: int = 3,
+    glyph_tokens: int = 4,
+    image_tokens: int = 2,
+    image_to_video: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``HunyuanVideo15Transformer3DModel`` call (latent video ``[B, 4, F, H, W]``): a padded
+    prompt, a half-padded ByT5 glyph prompt and SigLIP image embeddings (zeros for text-to-video, as the pipeline).
+
+    Example:
+        >>> tiny_hunyuan_video15_inputs()["hidden_states"].shape
+        torch.Size([1, 4, 2, 3, 4])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    glyph_mask = torch.ones(batch_size, glyph_tokens)  # [B, T2]
+    glyph_mask[:, glyph_tokens // 2 :] = 0
+    inputs = {
+        "hidden_states": torch.randn(batch_size, 4, frames, height, width, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "encoder_attention_mask": mask,
+        "encoder_hidden_states_2": torch.randn(batch_size, glyph_tokens, 8, generator=generator),
+        "encoder_attention_mask_2": glyph_mask,
+        "image_embeds": torch.randn(batch_size, image_tokens, 8, generator=generator),
+        "return_dict": False,
+    }
+    if not image_to_video:
+        inputs["image_embeds"] = torch.zeros_like(inputs["image_embeds"])
+    return inputs

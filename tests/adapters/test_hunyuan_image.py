@@ -90,3 +90,32 @@ def test_model_without_qk_norm_refused():
     )
     with pytest.raises(UnsupportedSetupError, match="QK-norm"):
         ConceptAttention(model, concept_embeds=torch.randn(2, 16)).__enter__()
+
+
+def test_concept_encoding_matches_the_pipelines_prompt_encoder():
+    """A concept's embedding is the mean of the states ``HunyuanImagePipeline._get_qwen_prompt_embeds`` (uncropped)
+    gives its tokens inside the same template (3rd-from-last layer)."""
+    import inspect
+    from types import SimpleNamespace
+
+    from diffusers import HunyuanImagePipeline
+
+    from conceptattention.adapters.hunyuan_image import HunyuanImageAdapter
+    from conceptattention.testing_extra import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=1)
+    encode = HunyuanImagePipeline._get_qwen_prompt_embeds
+    template = inspect.signature(encode).parameters["template"].default
+    pipe = SimpleNamespace(
+        text_encoder=text_encoder, tokenizer=tokenizer, prompt_template_encode=template,
+        prompt_template_encode_start_idx=34, tokenizer_max_length=1000, _execution_device=torch.device("cpu"),
+    )
+    concepts = ["red car", "sky"]
+    encoded = HunyuanImageAdapter().encode_concepts(pipe, concepts, "mean")
+    for index, concept in enumerate(concepts):
+        with torch.no_grad():
+            states, mask = encode(pipe, tokenizer, text_encoder, [concept], tokenizer_max_length=300, drop_idx=0)
+        end = int(mask.sum()) - len(tokenizer("<|im_end|>").input_ids)
+        start = end - len(tokenizer(concept).input_ids)
+        torch.testing.assert_close(encoded[index], states[0, start:end].mean(0), rtol=1e-5, atol=1e-6)

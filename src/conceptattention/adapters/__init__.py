@@ -47,6 +47,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "LongCatImageTransformer2DModel": ("conceptattention.adapters.longcat_image", "LongCatImageAdapter"),
     "OvisImageTransformer2DModel": ("conceptattention.adapters.ovis_image", "OvisImageAdapter"),
     "HunyuanImageTransformer2DModel": ("conceptattention.adapters.hunyuan_image", "HunyuanImageAdapter"),
+    "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -66,11 +67,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
         TWO_STREAM,
         "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
         "Llama-3.1 layer of its own, so concepts would need per-layer Llama features",
-    ),
-    "HunyuanVideo15Transformer3DModel": (
-        TWO_STREAM,
-        "54 double blocks with HunyuanVideo's text weights (add_{q,k,v}_proj, to_add_out, norm1_context, ff_context); "
-        "text, ByT5 and image-condition tokens share the text stream",
     ),
     "BriaFiboTransformer2DModel": (
         TWO_STREAM,
