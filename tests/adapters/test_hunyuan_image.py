@@ -11,7 +11,6 @@ from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapte
 from conceptattention.testing_zoo import tiny_hunyuan_image_inputs, tiny_hunyuan_image_transformer
 
 from .battery import (
-    AdapterBattery,
     assert_close_scaled,
     assert_concepts_permute,
     assert_padding_mask_kept,
@@ -22,9 +21,10 @@ from .battery import (
     seeded_embeds,
 )
 from .hunyuan_image_reference import naive_hunyuan_image_scores
+from .zoo_battery import ZooBattery
 
 
-class TestHunyuanImageBattery(AdapterBattery):
+class TestHunyuanImageBattery(ZooBattery):
     """The shared adapter battery on a tiny HunyuanImage 2.1 (3 double blocks, padded prompt)."""
 
     concept_dim = 16

@@ -12,7 +12,6 @@ from conceptattention.adapters.hunyuan_video15 import HunyuanVideo15Adapter
 from conceptattention.testing_zoo import tiny_hunyuan_video15_inputs, tiny_hunyuan_video15_transformer
 
 from .battery import (
-    AdapterBattery,
     assert_close_scaled,
     assert_concepts_permute,
     assert_right_not_wrong,
@@ -22,9 +21,10 @@ from .battery import (
     seeded_embeds,
 )
 from .hunyuan_video15_reference import naive_hunyuan_video15_scores
+from .zoo_battery import ZooBattery
 
 
-class TestHunyuanVideo15Battery(AdapterBattery):
+class TestHunyuanVideo15Battery(ZooBattery):
     """The shared adapter battery on a tiny HunyuanVideo 1.5 (3 blocks, text-to-video inputs)."""
 
     concept_dim = 16

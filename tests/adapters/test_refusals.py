@@ -72,11 +72,6 @@ TWO_STREAM = [
         "MochiTransformer3DModel", patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2,
         pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=4, max_sequence_length=16,
     ),
-    _tiny(
-        "CogView4Transformer2DModel", patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-        num_attention_heads=2, text_embed_dim=16, time_embed_dim=8, condition_dim=4, pos_embed_max_size=8,
-        sample_size=8, rope_axes_dim=(4, 4),
-    ),
 ]
 
 

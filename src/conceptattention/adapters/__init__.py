@@ -48,6 +48,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "OvisImageTransformer2DModel": ("conceptattention.adapters.ovis_image", "OvisImageAdapter"),
     "HunyuanImageTransformer2DModel": ("conceptattention.adapters.hunyuan_image", "HunyuanImageAdapter"),
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
+    "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -81,11 +82,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
     "JoyImageEditPlusTransformer3DModel": (
         TWO_STREAM,
         "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
-    ),
-    "CogView4Transformer2DModel": (
-        TWO_STREAM,
-        "text and image share to_q/k/v and ff, with separate text modulation (CogView4AdaLayerNormZero) - the "
-        "CogVideoX layout, which the CogVideoX adapter handles",
     ),
     "ZImageTransformer2DModel": (
         SINGLE_STREAM,
