@@ -247,13 +247,18 @@ def supported_models() -> list[dict[str, str]]:
 
 def _refusal(name: str, kind: str, evidence: str, supported: str) -> str:
     """The refusal message for a known transformer class that ConceptAttention does not support."""
+    tail = (
+        f"Supported transformers: {supported}. For an architecture with a two-stream joint attention, subclass "
+        "conceptattention.adapters.ConceptAdapter and call conceptattention.register_adapter(YourTransformerClass, "
+        "YourAdapter())."
+    )
     if kind == SINGLE_STREAM:
         return (
             f"{name} is a single-stream transformer ({evidence}). ConceptAttention, as in the paper, runs concept "
             "tokens through a separate text stream's weights next to the image; a single-stream model has no such "
             "weights, so the method does not apply as published. Extending it to single-stream blocks (concepts "
             "through the shared weights with the text modulation) is beyond the paper and planned; see "
-            f"docs/models.md. Supported transformers: {supported}."
+            f"docs/models.md. {tail}"
         )
     if kind == CROSS_ATTENTION:
         return (
@@ -261,13 +266,11 @@ def _refusal(name: str, kind: str, evidence: str, supported: str) -> str:
             "that is never updated and there is no joint text-image attention for concept tokens to join, so "
             "ConceptAttention is out of scope for it. The DAAM-style cross-attention baseline "
             "(conceptattention.evaluation.daam) covers UNet pipelines (Stable Diffusion 1.x/2.x/XL) only and does "
-            f"not support {name} either; see docs/models.md. Supported transformers: {supported}."
+            f"not support {name} either; see docs/models.md. {tail}"
         )
     return (
         f"{name} is a two-stream joint-attention transformer, the paper's setting ({evidence}), but ConceptAttention "
-        "has no adapter for it yet (planned; see docs/models.md). Supported transformers: "
-        f"{supported}. To add one, subclass conceptattention.adapters.ConceptAdapter and call "
-        "conceptattention.register_adapter(YourTransformerClass, YourAdapter())."
+        f"has no adapter for it yet (planned; see docs/models.md). {tail}"
     )
 
 
