@@ -455,3 +455,60 @@ def tiny_cogview4_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             scheduler=FlowMatchEulerDiscreteScheduler(),
         )
     )
+
+
+# ----- Mochi ---------------------------------------------------------------------------------------------------------
+
+
+def tiny_mochi_transformer(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``MochiTransformer3DModel`` (2 heads × 8, video width 16, text width 8, T5 width 16, patch 2;
+    the last block is ``context_pre_only``).
+
+    Example:
+        >>> tiny_mochi_transformer().transformer_blocks[-1].context_pre_only
+        True
+    """
+    from diffusers import MochiTransformer3DModel
+
+    return seeded_eval(
+        seed,
+        MochiTransformer3DModel,
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        pooled_projection_dim=8,
+        in_channels=4,
+        text_embed_dim=16,
+        time_embed_dim=4,
+        max_sequence_length=16,
+    )
+
+
+def tiny_mochi_inputs(
+    batch_size: int = 1,
+    frames: int = 2,
+    height: int = 2,
+    width: int = 3,
+    text_tokens: int = 8,
+    padded_text: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``MochiTransformer3DModel`` call: latent video ``[B, 4, F, 2·height, 2·width]`` (patch
+    2), a padded prompt and its mask.
+
+    Example:
+        >>> tiny_mochi_inputs()["hidden_states"].shape
+        torch.Size([1, 4, 2, 4, 6])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    return {
+        "hidden_states": torch.randn(batch_size, 4, frames, 2 * height, 2 * width, generator=generator),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_attention_mask": mask,
+        "return_dict": False,
+    }

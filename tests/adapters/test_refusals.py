@@ -69,8 +69,9 @@ CROSS_ATTENTION = [
 ]
 TWO_STREAM = [
     _tiny(
-        "MochiTransformer3DModel", patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2,
-        pooled_projection_dim=16, in_channels=4, text_embed_dim=16, time_embed_dim=4, max_sequence_length=16,
+        "BriaFiboTransformer2DModel", patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, text_encoder_dim=16,
+        axes_dims_rope=[2, 2, 4],
     ),
 ]
 

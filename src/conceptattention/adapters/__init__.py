@@ -49,6 +49,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "HunyuanImageTransformer2DModel": ("conceptattention.adapters.hunyuan_image", "HunyuanImageAdapter"),
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
+    "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -59,11 +60,6 @@ CROSS_ATTENTION = "cross-attention only (out of scope)"
 
 # transformer class name -> (kind, evidence from the diffusers 0.42.1 source); docs/models.md has the full survey
 _REFUSED: dict[str, tuple[str, str]] = {
-    "MochiTransformer3DModel": (
-        TWO_STREAM,
-        "MochiAttention has separate, narrower text weights (add_{q,k,v}_proj, to_add_out, norm1_context, "
-        "ff_context: asymmetric joint attention); the last block is context_pre_only",
-    ),
     "HiDreamImageTransformer2DModel": (
         TWO_STREAM,
         "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
