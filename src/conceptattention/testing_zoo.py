@@ -512,3 +512,38 @@ def tiny_mochi_inputs(
         "encoder_attention_mask": mask,
         "return_dict": False,
     }
+
+
+def tiny_mochi_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``MochiPipeline``: tiny T5 (in-memory tokenizer), tiny Mochi VAE (diffusers' fast-test
+    layout, 4 latent channels), transformer. The pipeline's scale factors are fixed (8 spatial, 6 temporal): a
+    7-frame 32×48 video has a 2×4×6 latent and 2×2×3 = 12 video tokens.
+
+    Example:
+        >>> tiny_mochi_pipeline().vae_temporal_scale_factor
+        6
+    """
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline
+
+    tokenizer, text_encoder = _tiny_t5(16, seed + 1)
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLMochi,
+        latent_channels=4,
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        latents_mean=(0.0,) * 4,
+        latents_std=(1.0,) * 4,
+    )
+    transformer = tiny_mochi_transformer(num_layers=num_layers, seed=seed + 3)
+    return quiet_pipeline(
+        MochiPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )

@@ -224,8 +224,8 @@ class MochiAdapter(ConceptAdapter):
     modality = "video"
     official_default_layers = "last 4 blocks (Mochi 1: 44-47; no official choice)"
     tested = (
-        "adapter battery + naive reference (both conditionings, context_pre_only last block) on a tiny random model; "
-        "concept encoding as the pipeline's T5; no tiny pipeline test yet; no explain path"
+        "adapter battery + naive reference (both conditionings, context_pre_only last block); tiny offline "
+        "MochiPipeline with batched CFG; per-frame maps; no real-video explain path"
     )
 
     def check_model(self, transformer: nn.Module) -> None:
@@ -287,6 +287,9 @@ class MochiAdapter(ConceptAdapter):
             "Mochi is a text-to-video model: the real-image explain path does not apply. Generate a video with the "
             "pipeline inside `with ConceptAttention(pipe, concepts):` to get per-frame maps."
         )
+
+    def prepare_explain(self, pipeline: Any, image: Any, **kwargs: Any) -> Any:
+        return self.explain_resolution(pipeline, (0, 0))  # always raises, before any other check
 
 
 __all__ = ["MochiAdapter", "MochiConceptAttnProcessor", "ProcessorSlot", "mochi_rotary"]
