@@ -1,12 +1,11 @@
 """The adapter battery for the FLUX.1 clones without pooled text (Bria, LongCat-Image, Ovis-Image), plus the checks
 they share: processors restored (also on models without ``AttentionMixin``), concept position and permutation,
-conditioning options, fused projections, a foreign processor refused, no explain path yet."""
+conditioning options, fused projections, a foreign processor refused, the explain path."""
 
 from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
 from conceptattention import ConceptAttention, get_adapter
@@ -15,8 +14,8 @@ from .battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    check_explain,
     layer_logits,
-    random_image,
     seeded_embeds,
 )
 from .flux_like_reference import naive_flux_like_scores
@@ -81,9 +80,8 @@ class FluxLikeBattery(ZooBattery):
         assert self.stock_processor is not None
         assert_subclassed_processor_refused(model, model.transformer_blocks[1].attn, self.stock_processor, self.concept_dim)
 
-    def test_explain_is_refused_clearly(self, transformer):
-        adapter = get_adapter(transformer)
-        with pytest.raises(NotImplementedError, match="no real-image"):
-            adapter.explain_resolution(None, (16, 16))
-        with pytest.raises(NotImplementedError, match="no real-image"):
-            adapter.explain_batch(None, random_image(), None)
+    def test_explain_shape_sums_and_early_exit(self, pipeline):
+        check_explain(
+            pipeline, height=32, width=48, grid=(1, 16, 24), bad_height=33, one_caption="",
+            skipped_block=pipeline.transformer.single_transformer_blocks[0], layers=[1],
+        )

@@ -1,17 +1,15 @@
 """Bria adapter: the FLUX.1-clone battery on a tiny Bria model and a tiny offline BriaPipeline (batched CFG), T5
-concept encoding, explain refused."""
+concept encoding."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 
-from conceptattention import explain
 from conceptattention.adapters.bria import BriaAdapter
 from conceptattention.testing_zoo import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
 
-from .battery import assert_cfg_conditional_half, make_generate, module_fixtures, random_image, t5_content_states
+from .battery import assert_cfg_conditional_half, make_generate, module_fixtures, t5_content_states
 from .flux_like_battery import FluxLikeBattery
 
 
@@ -47,8 +45,3 @@ def test_concept_encoding_uses_masked_t5_and_pools(pipe):
     encoded = BriaAdapter().encode_concepts(pipe, concepts, "mean")
     for index in range(2):
         torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
-
-
-def test_explain_refused_on_the_pipeline(pipe):
-    with pytest.raises(NotImplementedError, match="no real-image"):
-        explain(pipe, random_image(), ["house", "sky"], height=32, width=48)

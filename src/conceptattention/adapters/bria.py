@@ -63,6 +63,29 @@ class BriaAdapter(FluxLikeAdapter):
         """The conditional half of ``BriaPipeline``'s batched ``[uncond, cond]`` guidance call."""
         return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
 
+    timestep_scale = 1000.0  # BriaPipeline passes the scheduler's timesteps (0-1000); the model does not rescale
+
+    def size_multiple(self, pipeline: Any) -> int:
+        """``BriaPipeline.vae_scale_factor`` already includes the 2×2 packing."""
+        return int(getattr(pipeline, "vae_scale_factor", 16))
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """About ``default_sample_size · vae_scale_factor`` pixels a side (1024² for Bria 3.x), aspect ratio kept."""
+        multiple = self.size_multiple(pipeline)
+        side = int(getattr(pipeline, "default_sample_size", 64)) * multiple
+        width, height = image_size
+        scale = (side * side / float(width * height)) ** 0.5
+        return (
+            max(multiple, int(round(height * scale / multiple)) * multiple),
+            max(multiple, int(round(width * scale / multiple)) * multiple),
+        )
+
+    def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
+        prompt_embeds, _, text_ids = pipeline.encode_prompt(
+            prompt=caption, device=device, num_images_per_prompt=num, do_classifier_free_guidance=False
+        )
+        return prompt_embeds, text_ids[0] if text_ids.ndim == 3 else text_ids
+
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:

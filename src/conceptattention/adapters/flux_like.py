@@ -23,15 +23,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from PIL import Image
 from torch import nn
 
-from .base import ConceptAdapter, ExplainBatch, bind_call, block_input_grabbers, captured_block_input
-from .flux import FluxAdapter, FluxConceptAttnProcessor
+from .base import ExplainBatch, bind_call, block_input_grabbers, captured_block_input
+from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from ..session import ConceptSession
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running double block's ``temb``.
@@ -79,7 +78,8 @@ class FluxLikeAdapter(FluxAdapter):
     """Base adapter of FLUX.1 clones without pooled text: subclasses name the classes, processors and text encoder.
 
     The transformer call must give ``timestep`` and ``img_ids``; the token grid is read from ``img_ids`` (columns 1
-    and 2), as for FLUX.1. There is no real-image (explain) path yet.
+    and 2), as for FLUX.1. The real-image path packs and noises the VAE latents as FLUX.1's does; subclasses give the
+    caption encoding (:meth:`encode_caption`) and, where it differs, the image ids and the timestep scale.
     """
 
     processor_class = FluxLikeConceptAttnProcessor
@@ -87,7 +87,7 @@ class FluxLikeAdapter(FluxAdapter):
     official_default_layers = "last 4 double blocks (no official choice)"
     tested = (
         "adapter battery + naive reference; tiny offline pipeline with CFG; fused QKV; concept encoding checked "
-        "against the pipeline's own prompt encoding; no explain path yet"
+        "against the pipeline's own prompt encoding; explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -99,11 +99,41 @@ class FluxLikeAdapter(FluxAdapter):
         """Block pre-hooks that hand each double block's ``temb`` to its processor."""
         return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
 
-    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
-        return ConceptAdapter.explain_resolution(self, pipeline, image_size)
+    #: The transformer's ``timestep`` per unit of rectified-flow time (Bria takes the scheduler's 0-1000 scale).
+    timestep_scale: float = 1.0
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
+        """The caption's prompt embeddings ``[N, T, D_text]`` and text ids ``[T, 3]``, as the pipeline computes them."""
+        raise NotImplementedError(f"The {self.name!r} adapter has no real-image (explain) path yet.")
+
+    def image_ids(self, pipeline: Any, num: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """RoPE ids ``[h·w, 3]`` of a packed ``height × width`` token grid, as the pipeline builds them."""
+        ids = type(pipeline)._prepare_latent_image_ids(num, height, width, device, dtype)
+        return ids[0] if ids.ndim == 3 else ids
 
     def explain_batch(self, pipeline: Any, image: Image.Image | Sequence[Image.Image], request: Any) -> ExplainBatch:
-        return ConceptAdapter.explain_batch(self, pipeline, image, request)
+        """One batched call on the image: VAE-encoded, packed 2×2 and noised once per seed (rectified flow), with the
+        caption encoded by the pipeline (``guidance_scale`` and ``image_pooled`` do not apply: no pooled text)."""
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"The {self.name} explain path takes one PIL image, got {type(image).__name__}.")
+        device = pipeline._execution_device
+        dtype = pipeline.transformer.dtype
+        num = len(request.seeds)
+        noisy, latent_shape = packed_noisy_latents(pipeline, image, request)  # [N, I, 4c]
+        with torch.no_grad():
+            prompt_embeds, text_ids = self.encode_caption(pipeline, request.caption, num, device)
+        latent_height, latent_width = latent_shape[2], latent_shape[3]
+        kwargs = {
+            "hidden_states": noisy.to(dtype),
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "timestep": torch.full((num,), request.noise_level * self.timestep_scale, device=device, dtype=dtype),
+            "img_ids": self.image_ids(pipeline, num, latent_height // 2, latent_width // 2, device, dtype),
+            "txt_ids": text_ids,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=latent_shape)
 
 
 __all__ = ["BLOCK_TEMB_KEY", "FluxLikeAdapter", "FluxLikeConceptAttnProcessor"]

@@ -54,6 +54,16 @@ class LongCatImageAdapter(FluxLikeAdapter):
     pipeline_classes = ("LongCatImagePipeline",)
     modality = "image"
 
+    def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
+        return pipeline.encode_prompt(prompt=caption, num_images_per_prompt=num)
+
+    def image_ids(self, pipeline: Any, num: int, height: int, width: int, device: torch.device, dtype: torch.dtype) -> Any:
+        """Image ids ``(1, start + row, start + column)`` after the text positions, as ``LongCatImagePipeline``."""
+        from diffusers.pipelines.longcat_image.pipeline_longcat_image import prepare_pos_ids
+
+        start = int(getattr(pipeline, "tokenizer_max_length", 512))
+        return prepare_pos_ids(modality_id=1, type="image", start=(start, start), height=height, width=width).to(device)
+
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:

@@ -58,6 +58,12 @@ class OvisImageAdapter(FluxLikeAdapter):
     pipeline_classes = ("OvisImagePipeline",)
     modality = "image"
 
+    def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
+        prompt_embeds, _, text_ids, _ = pipeline.encode_prompt(
+            prompt=caption, do_classifier_free_guidance=False, device=device, num_images_per_prompt=num
+        )
+        return prompt_embeds, text_ids
+
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
