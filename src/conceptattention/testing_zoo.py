@@ -414,8 +414,9 @@ def tiny_cogview4_inputs(
 
 
 def tiny_cogview4_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
-    """A complete random-weight ``CogView4Pipeline``: tiny two-layer ``GlmModel`` (width 16), byte-level tokenizer,
-    one-level VAE with 4 latent channels, transformer.
+    """A complete random-weight ``CogView4Pipeline``: tiny two-layer ``GlmModel`` (width 16), byte-level tokenizer
+    that, like GLM-4's, prefixes ``[gMASK]<sop>`` and pads on the left, one-level VAE with 4 latent channels,
+    transformer.
 
     A 32×48 image has a 32×48 latent and (patch 2) 16×24 = 384 image tokens.
 
@@ -424,11 +425,17 @@ def tiny_cogview4_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         'GlmModel'
     """
     from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
+    from tokenizers.processors import TemplateProcessing
     from transformers import GlmConfig, GlmModel
 
     from .testing import tiny_autoencoder_kl
 
-    tokenizer = tiny_byte_level_tokenizer()
+    tokenizer = tiny_byte_level_tokenizer(special_tokens=("<|endoftext|>", "[gMASK]", "<sop>"), chat_template=None)
+    prefix = [(token, tokenizer.convert_tokens_to_ids(token)) for token in ("[gMASK]", "<sop>")]
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=prefix
+    )
+    tokenizer.padding_side = "left"
     text_encoder = seeded_eval(
         seed + 1,
         GlmModel,

@@ -15,6 +15,7 @@ from .battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    check_explain,
     layer_logits,
     make_generate,
     module_fixtures,
@@ -81,9 +82,10 @@ def test_concept_encoding_as_the_pipeline_encodes_a_prompt(pipe):
     concepts = ["red car", "sky"]
     encoded = CogView4Adapter().encode_concepts(pipe, concepts, "mean")
     for index, concept in enumerate(concepts):
-        count = len(pipe.tokenizer(concept).input_ids)
+        count = len(pipe.tokenizer(concept, add_special_tokens=False).input_ids)
+        assert pipe.tokenizer(concept).input_ids[:2] == pipe.tokenizer.convert_tokens_to_ids(["[gMASK]", "<sop>"])
         with torch.no_grad():
-            states = pipe._get_glm_embeds(concept)[0]  # [16, D]: padding first, the concept last
+            states = pipe._get_glm_embeds(concept)[0]  # [16, D]: padding, [gMASK]<sop>, then the concept
         assert states.shape[0] % 16 == 0
         torch.testing.assert_close(encoded[index], states[-count:].mean(0))
     assert not torch.allclose(CogView4Adapter().encode_concepts(pipe, concepts, "first")[0], encoded[0])
@@ -100,3 +102,15 @@ def test_rotary_list_refused(transformer):
     with pytest.raises(UnsupportedSetupError, match="list of rotary embeddings"):
         with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)):
             transformer(**inputs, image_rotary_emb=[rotary])
+
+
+def test_explain_shape_sums_and_early_exit(pipe):
+    check_explain(
+        pipe, height=32, width=48, grid=(1, 16, 24), bad_height=33, one_caption="",
+        skipped_block=pipe.transformer.transformer_blocks[2], layers=[1],
+    )
+
+
+def test_explain_resolution_keeps_the_aspect_ratio(pipe):
+    height, width = CogView4Adapter().explain_resolution(pipe, (200, 300))  # PIL size: (width, height)
+    assert height % 2 == 0 and width % 2 == 0 and height > width

@@ -30,10 +30,14 @@ from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import (
     ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
     UnsupportedSetupError,
     bind_call,
     block_input_grabbers,
     captured_block_input,
+    flow_noised,
+    image_pixels,
 )
 from .processor import ConceptProcessorMixin
 
@@ -229,7 +233,7 @@ class CogView4Adapter(ConceptAdapter):
     official_default_layers = "last 4 blocks (CogView4-6B: 24-27; no official choice)"
     tested = (
         "adapter battery + naive reference; tiny offline pipeline with CFG; concept encoding checked against the "
-        "pipeline's own prompt encoding; no explain path yet"
+        "pipeline's own prompt encoding; explain path"
     )
 
     def check_model(self, transformer: nn.Module) -> None:
@@ -261,6 +265,50 @@ class CogView4Adapter(ConceptAdapter):
     def size_multiple(self, pipeline: Any) -> int:
         patch = int(getattr(getattr(pipeline, "transformer", None), "config", {}).get("patch_size", 2))
         return int(getattr(pipeline, "vae_scale_factor", 8)) * patch
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """About 1024² pixels (``transformer.config.sample_size · vae_scale_factor``), aspect ratio kept."""
+        multiple = self.size_multiple(pipeline)
+        config = getattr(getattr(pipeline, "transformer", None), "config", {})
+        side = int(config.get("sample_size", 128)) * int(getattr(pipeline, "vae_scale_factor", 8))
+        width, height = image_size
+        scale = (side * side / float(width * height)) ** 0.5
+        return (
+            max(multiple, int(round(height * scale / multiple)) * multiple),
+            max(multiple, int(round(width * scale / multiple)) * multiple),
+        )
+
+    def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
+        """One batched CogView4 call on the image: VAE latents (scaled as the pipeline unscales them), noised once per
+        seed (rectified flow, ``timestep = 1000·t`` as the pipeline passes its scheduler's timesteps), the caption
+        encoded by the pipeline, and the image size as size conditioning (``guidance_scale``, ``image_pooled`` do not
+        apply)."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"The CogView4 explain path takes one PIL image, got {type(image).__name__}.")
+        device = pipeline._execution_device
+        vae, dtype = pipeline.vae, pipeline.transformer.dtype
+        num = len(request.seeds)
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor  # [1, c, h, w]
+            prompt_embeds, _ = pipeline.encode_prompt(
+                request.caption, do_classifier_free_guidance=False, num_images_per_prompt=num, device=device
+            )
+        size = torch.tensor([[request.height, request.width]], dtype=prompt_embeds.dtype, device=device).repeat(num, 1)
+        kwargs = {
+            "hidden_states": flow_noised(latents, request, device).to(dtype),  # [N, c, h, w]
+            "encoder_hidden_states": prompt_embeds.to(dtype),
+            "timestep": torch.full((num,), request.noise_level * 1000.0, device=device, dtype=dtype),
+            "original_size": size,
+            "target_size": size,
+            "crop_coords": torch.zeros_like(size),
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
