@@ -99,8 +99,9 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     modality = "image"
     official_default_layers = "last 4 double blocks (HunyuanImage 2.1: 16-19; no official choice)"
     tested = (
-        "adapter battery + naive reference on a tiny random model (guidance-distilled variant too); concept encoding "
-        "checked against the pipeline's own prompt encoder; no tiny pipeline test yet; no explain path yet"
+        "adapter battery + naive reference (guidance-distilled variant too); tiny offline pipeline (glyph prompts; "
+        "guider CFG bit-identical, but its unconditional call is recorded too); concept encoding checked against the "
+        "pipeline's own prompt encoder; no explain path yet"
     )
 
     def check_model(self, transformer: nn.Module) -> None:
