@@ -67,8 +67,9 @@ class HunyuanVideo15Adapter(HunyuanImageAdapter):
     modality = "video"
     official_default_layers = "last 4 blocks (HunyuanVideo 1.5: 50-53; no official choice)"
     tested = (
-        "adapter battery + naive reference on a tiny random model (text-to-video and image-to-video token layouts); "
-        "concept encoding checked against the pipeline's own prompt encoder; no tiny pipeline test yet; no explain path"
+        "adapter battery + naive reference (text-to-video and image-to-video token layouts); tiny offline pipeline "
+        "(guider CFG bit-identical, but its unconditional call is recorded too); concept encoding checked against "
+        "the pipeline's own prompt encoder; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
