@@ -1,12 +1,13 @@
-"""The adapter battery for the zoo adapters (docs/models.md): the shared battery, with the restoration check reading
-every attention module's processor, since several of these transformers (Bria, Ovis-Image, CogView4) lack diffusers'
-``AttentionMixin`` and its ``attn_processors``."""
+"""The adapter battery for the zoo adapters (docs/models.md): the shared battery, with the restoration and fused-QKV
+checks working on the attention modules directly, since several of these transformers (Bria, Ovis-Image, CogView4,
+Mochi) lack diffusers' ``AttentionMixin`` (``attn_processors``, ``fuse_qkv_projections``)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
+import torch
 
 from conceptattention import ConceptAttention, get_adapter
 
@@ -43,3 +44,29 @@ class ZooBattery(AdapterBattery):
         assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
         assert not any(handle for block in blocks for handle in block._forward_pre_hooks.values())
         assert not getattr(transformer, "_conceptattention_active", False)
+
+    def test_fused_qkv_projections(self):
+        """Fused QKV projections (``fuse_qkv_projections()``, or each joint attention's ``fuse_projections()`` where
+        the model has no ``AttentionMixin``): outputs stay bit-identical to the fused model's and the maps match the
+        unfused ones (same weights). MochiAttention has no fused variant in diffusers: skipped there."""
+        model = self.make_transformer()  # a fresh one: fusing changes the module
+        adapter = get_adapter(model)
+        attention = [getattr(block, adapter.attention_attribute) for block in adapter.joint_blocks(model)]
+        if not hasattr(model, "fuse_qkv_projections") and not hasattr(attention[0], "fuse_projections"):
+            pytest.skip(f"diffusers has no fused QKV projections for {type(attention[0]).__name__}")
+        inputs = self.make_inputs()
+        with ConceptAttention(model, concept_embeds=self.embeds(), softmax=False) as unfused:
+            self.run(model, inputs)
+        if hasattr(model, "fuse_qkv_projections"):
+            model.fuse_qkv_projections()
+        else:
+            for module in attention:
+                module.fuse_projections()
+        # (diffusers' fuse_qkv_projections() leaves legacy ``Attention`` modules, e.g. HunyuanImage's, unfused: then
+        # this checks that the call is accepted)
+        reference = self.run(model, inputs)
+        with ConceptAttention(model, concept_embeds=self.embeds(), softmax=False) as fused:
+            output = self.run(model, inputs)
+        assert torch.equal(reference, output)
+        torch.testing.assert_close(fused.maps.logits, unfused.maps.logits, rtol=1e-4, atol=1e-5)
+

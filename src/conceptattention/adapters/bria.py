@@ -35,6 +35,16 @@ class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the diffusers code it runs through the attention view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_bria.BriaAttnProcessor.__call__", "37d7bfd8eb0a6726525c93344b9658432e81f653ced5bd3e83227f59642c12a7"),
+        ("diffusers.models.transformers.transformer_bria._get_qkv_projections", "98dcc791bcd048d0d21a3763106ae944d3936a7a359bf67b40809c2950b0a2ea"),
+        ("diffusers.models.transformers.transformer_bria._get_projections", "c6cd1d81c986bffc1bb37f3b5468adec9f8fc602ec3e0fe767e92466527a8443"),
+        ("diffusers.models.transformers.transformer_bria._get_fused_projections", "1eeef8e735334a6d6a2886780e3930bf2d3c3b0f82c1055e8a64d6e98cd687b8"),
+    )
+    COPIES_STOCK = False
+
 
 class BriaAdapter(FluxLikeAdapter):
     """Adapter for Bria 3.x text-to-image (``BriaTransformer2DModel``, ``BriaPipeline``).

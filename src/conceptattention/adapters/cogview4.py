@@ -7,8 +7,8 @@ halves; ``norm2_context``). The paper's CogVideoX recipe applies: concept tokens
 and the shared weights, attend to the image keys (2-D RoPE on the image rows; text, and so concepts, carry none) and
 keep their own residual stream.
 
-Design (capture, no copied diffusers code): diffusers' ``CogView4AttnProcessor`` runs untouched on a view of the
-attention module whose taps keep the image keys and queries right after QK-norm (copied before the processor rotates
+Design (capture, no copied diffusers code): diffusers' ``CogView4AttnProcessor`` runs untouched on a
+:class:`~conceptattention.adapters.zoo_taps.TapView` of the attention module whose taps keep the image keys and queries right after QK-norm (copied before the processor rotates
 them in place), the values and the joint attention output before ``to_out[0]``. The concept branch re-applies the
 image RoPE to the kept keys, exactly as the processor does. Concepts enter through ``patch_embed.text_proj`` and are
 modulated by the ``temb`` each block receives (timestep and size conditioning, no pooled text; captured by a block
@@ -40,64 +40,21 @@ from .base import (
     image_pixels,
 )
 from .processor import ConceptProcessorMixin
+from .zoo_taps import TapKind, TapView, missing_taps
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "cogview4_block_temb"
 
 
-class _CopyTap:
-    """A module call that also keeps a copy of its output in ``sink[key]`` (the processor rotates it in place)."""
-
-    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str) -> None:
-        self.module, self.sink, self.key = module, sink, key
-
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output = self.module(hidden_states)
-        self.sink[self.key] = output.clone()
-        return output
-
-
-class _OutputTap:
-    """A module call that also keeps its output (``keep_input``: its input) in ``sink[key]``."""
-
-    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False) -> None:
-        self.module, self.sink, self.key, self.keep_input = module, sink, key, keep_input
-
-    def __call__(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        output = self.module(hidden_states)
-        self.sink[self.key] = hidden_states if self.keep_input else output
-        return output
-
-
-class CogView4AttentionView:
-    """Stand-in for CogView4's ``attn1``, handed to diffusers' own processor: every attribute is the module's, except
-    that ``norm_k`` (and ``norm_q`` when the image queries are needed) keep a copy of their output (``[B, H, T + I, D]``,
-    before the in-place RoPE), ``to_v`` its output (``[B, T + I, H·D]``) and ``to_out[0]`` its input (the joint
-    attention output ``[B, T + I, H·D]``) in ``sink``.
-
-    Example:
-        >>> from conceptattention.testing_zoo import tiny_cogview4_transformer
-        >>> attn = tiny_cogview4_transformer().transformer_blocks[0].attn1
-        >>> CogView4AttentionView(attn, {}, keep_query=False).heads == attn.heads
-        True
-    """
-
-    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor], keep_query: bool) -> None:
-        self._attn = attn
-        self.norm_k = _CopyTap(attn.norm_k, sink, "key")
-        if keep_query:
-            self.norm_q = _CopyTap(attn.norm_q, sink, "query")
-        self.to_v = _OutputTap(attn.to_v, sink, "value")
-        self.to_out = (_OutputTap(attn.to_out[0], sink, "output", keep_input=True), *attn.to_out[1:])
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._attn, name)
-
-
 class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
-    """CogView4 block processor: runs diffusers' ``CogView4AttnProcessor`` untouched on a :class:`CogView4AttentionView`
-    and advances the concept stream beside it (text half of the block's modulation, shared weights).
+    """CogView4 block processor: runs diffusers' ``CogView4AttnProcessor`` untouched on a
+    :class:`~conceptattention.adapters.zoo_taps.TapView` of ``attn1`` and advances the concept stream beside it (text
+    half of the block's modulation, shared weights).
+
+    The view keeps copies of the ``norm_k`` (and, for the cross-attention space, ``norm_q``) outputs
+    ``[B, H, T + I, D]`` before the processor rotates their image rows in place, the ``to_v`` output
+    ``[B, T + I, H·D]`` and the ``to_out[0]`` input (the joint attention output ``[B, T + I, H·D]``).
 
     Args:
         session: The shared run state.
@@ -115,6 +72,16 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
         >>> ca.maps.maps.shape
         torch.Size([2, 1, 4, 6])
     """
+
+    #: the diffusers code it runs through the view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        (
+            "diffusers.models.transformers.transformer_cogview4.CogView4AttnProcessor.__call__",
+            "7dfce8c172a888dfb7a2e87c390404a8b0ed066cd9d4468d08f4095391ba4eec",
+        ),
+    )
+    COPIES_STOCK = False
 
     def __init__(
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
@@ -138,21 +105,13 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
                 "ConceptAttention supports one image size per call."
             )
         sink: dict[str, torch.Tensor] = {}
-        keep_query = self.session.config.space == "cross_attention"
+        taps: dict[str, TapKind] = {"norm_k": "copy", "to_v": "output", "to_out": "input"}
+        if self.session.config.space == "cross_attention":
+            taps["norm_q"] = "copy"
         outputs = self.original(
-            CogView4AttentionView(attn, sink, keep_query),
-            hidden_states,
-            encoder_hidden_states,
-            attention_mask,
-            image_rotary_emb,
+            TapView(attn, sink, taps), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
         )
-        missing = [key for key in ("key", "value", "output", *(("query",) if keep_query else ())) if key not in sink]
-        if missing:
-            raise RuntimeError(
-                f"{type(self.original).__name__} did not pass the {', '.join(missing)} through attn1.norm_k / norm_q / "
-                "to_v / to_out[0], where ConceptAttention takes them. The installed diffusers changed its CogView4 "
-                "attention processor: re-check conceptattention.adapters.cogview4."
-            )
+        missing_taps(sink, tuple(taps), self.original, "cogview4")
         self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
         return outputs
 
@@ -188,10 +147,10 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
         concept_key = attn.norm_k(attn.to_k(normed).unflatten(-1, (attn.heads, -1)))  # [B, C, H, D]
         concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
         # concepts carry no position (as the text); the image keys as the joint attention used them
-        image_key = self._image_rows(sink["key"], num_text, rotary)  # [B, I, H, D]
-        image_value = sink["value"][:, num_text:].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
-        image_output = sink["output"][:, num_text:]  # [B, I, H·D], before to_out[0]
-        image_query = self._image_rows(sink["query"], num_text, rotary) if "query" in sink else None
+        image_key = self._image_rows(sink["norm_k"], num_text, rotary)  # [B, I, H, D]
+        image_value = sink["to_v"][:, num_text:].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
+        image_output = sink["to_out"][:, num_text:]  # [B, I, H·D], before to_out[0]
+        image_query = self._image_rows(sink["norm_q"], num_text, rotary) if "norm_q" in sink else None
         concept_output = concept_attention(
             concept_query, concept_key, concept_value, image_key, image_value, session.config.concept_attention,
             self._attend,

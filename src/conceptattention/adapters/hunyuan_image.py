@@ -55,6 +55,16 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the diffusers code it runs through the attention view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        (
+            "diffusers.models.transformers.transformer_hunyuanimage.HunyuanImageAttnProcessor.__call__",
+            "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9",
+        ),
+    )
+    COPIES_STOCK = False
+
     def _concept_branch(
         self,
         attn: nn.Module,

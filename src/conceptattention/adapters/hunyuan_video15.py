@@ -40,6 +40,16 @@ class HunyuanVideo15ConceptAttnProcessor(HunyuanImageConceptAttnProcessor):
         torch.Size([2, 2, 3, 4])
     """
 
+    #: the diffusers code it runs through the attention view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        (
+            "diffusers.models.transformers.transformer_hunyuan_video15.HunyuanVideo15AttnProcessor2_0.__call__",
+            "491f27a195cc7ae43e4c1691965711f2609c6e58b8febef5bf087e988485c4fe",
+        ),
+    )
+    COPIES_STOCK = False
+
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Refined concept tokens plus the MLLM-text type embedding ``[B, C, d]``, and the block's ``temb``."""
         concepts, conditioning = super()._initial_concepts(like)

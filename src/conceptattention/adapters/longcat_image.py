@@ -36,6 +36,16 @@ class LongCatImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         'LongCatImageAttnProcessor'
     """
 
+    #: the diffusers code it runs through the attention view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_longcat_image.LongCatImageAttnProcessor.__call__", "8d501f1588ab0d25067c3942d1d6f905ae089697cb2991a532ab389e3189dc03"),
+        ("diffusers.models.transformers.transformer_longcat_image._get_qkv_projections", "67179d8e37c1e01e003765e47440a26a227ce2d8621b72933549b5f4f3ba8527"),
+        ("diffusers.models.transformers.transformer_longcat_image._get_projections", "d3b99271904ec8bdfba846b13e872078bcfce74f086eb16c8c16a9d90e3371ef"),
+        ("diffusers.models.transformers.transformer_longcat_image._get_fused_projections", "bb8820d2fa049674afd4c25677d4d2a65fe020dfc9b73790750009b5f1b9c935"),
+    )
+    COPIES_STOCK = False
+
 
 class LongCatImageAdapter(FluxLikeAdapter):
     """Adapter for LongCat-Image text-to-image (``LongCatImageTransformer2DModel``, ``LongCatImagePipeline``).

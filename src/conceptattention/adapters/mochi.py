@@ -7,8 +7,8 @@ is advanced with modulated RMS norms (``norm{2,3,4}_context``). The last block i
 is only read (``MochiLayerNormContinuous``, no ``to_add_out``/``ff_context``), so the concept stream is scored there
 but not advanced.
 
-Design (capture, no copied diffusers code): diffusers' ``MochiAttnProcessor2_0`` runs untouched on a view of
-``attn1`` whose taps keep the video queries/keys right after QK-norm (the processor rotates copies of them, not
+Design (capture, no copied diffusers code): diffusers' ``MochiAttnProcessor2_0`` runs untouched on a
+:class:`~conceptattention.adapters.zoo_taps.TapView` of ``attn1`` whose taps keep the video queries/keys right after QK-norm (the processor rotates copies of them, not
 in place), the video values and the video attention output before ``to_out[0]``; the concept branch rotates the kept
 keys with the call's RoPE tables. Concepts enter through ``time_embed.caption_proj`` (Mochi's text input layer).
 Modulation: ``temb = time embedding + attention-pooled caption``; with ``concept_conditioning="null_pooled"``
@@ -36,9 +36,9 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .flux import AttentionView
 from .processor import ConceptProcessorMixin
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
+from .zoo_taps import TapKind, TapView, missing_taps
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -106,6 +106,20 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         torch.Size([2, 2, 2, 3])
     """
 
+    #: the diffusers code it runs through the view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        (
+            "diffusers.models.attention_processor.MochiAttnProcessor2_0.__call__",
+            "22d9b66e5e8adc550d924e70ec024cef796d75c602a9b68f215a5a3f972c918f",
+        ),
+        (
+            "diffusers.models.attention_processor.MochiAttention.forward",
+            "321e691914ad5d1565f79f8ad03410af4605fe90ad1acf5c4adb1ad7166c1be2",
+        ),
+    )
+    COPIES_STOCK = False
+
     def __init__(
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:
@@ -123,16 +137,11 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         sink: dict[str, torch.Tensor] = {}
+        taps: dict[str, TapKind] = {"norm_q": "output", "norm_k": "output", "to_v": "output", "to_out": "input"}
         outputs = self.original(
-            AttentionView(attn, sink), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            TapView(attn, sink, taps), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
         )
-        missing = [key for key in ("query", "key", "value", "output") if key not in sink]
-        if missing:
-            raise RuntimeError(
-                f"{type(self.original).__name__} did not pass the video {', '.join(missing)} through attn1.norm_q / "
-                "norm_k / to_v / to_out[0], where ConceptAttention takes them. The installed diffusers changed its "
-                "Mochi attention processor: re-check conceptattention.adapters.mochi."
-            )
+        missing_taps(sink, tuple(taps), self.original, "mochi")
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return outputs
 
@@ -175,12 +184,12 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         if attn.norm_added_k is not None:
             concept_key = attn.norm_added_k(concept_key)
         # concepts carry no position (as the text); the video keys as the joint attention used them
-        video_key, video_query = sink["key"], sink["query"]  # [B, I, H, D], after QK-norm
+        video_key, video_query = sink["norm_k"], sink["norm_q"]  # [B, I, H, D], after QK-norm
         if rotary is not None:
             video_key = mochi_rotary(video_key, *rotary)
             video_query = mochi_rotary(video_query, *rotary)
-        video_value = sink["value"].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
-        video_output = sink["output"]  # [B, I, H·D], before to_out[0]
+        video_value = sink["to_v"].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
+        video_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
         concept_output = concept_attention(
             concept_query, concept_key, concept_value, video_key, video_value, session.config.concept_attention,
             self._attend,

@@ -38,6 +38,16 @@ class OvisImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         torch.Size([2, 1, 4, 6])
     """
 
+    #: the diffusers code it runs through the attention view (its capture points), fingerprinted on diffusers 0.42.1
+    #: (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_ovis_image.OvisImageAttnProcessor.__call__", "21de09c93a2a95f3e63f55627f545e859aa309b28344502616106788a5eafe58"),
+        ("diffusers.models.transformers.transformer_ovis_image._get_qkv_projections", "f7cea86683246d27e1032d5d1d3bc9ffb9ca5850d9aa4a3fb4303196e851bf94"),
+        ("diffusers.models.transformers.transformer_ovis_image._get_projections", "ead5dd4420830fdd7f7258c2e4064884e4fb69fc6b99367c762d777f585f6aa2"),
+        ("diffusers.models.transformers.transformer_ovis_image._get_fused_projections", "9baed3cdacecf2156615ffb5381d805cc12ee9c9b50ae250c5dfd4bf4ebdc357"),
+    )
+    COPIES_STOCK = False
+
     text_input = ("context_embedder_norm", "context_embedder")
 
 
