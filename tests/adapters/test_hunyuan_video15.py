@@ -29,7 +29,7 @@ from .battery import (
     seeded_embeds,
 )
 from .hunyuan_video15_reference import naive_hunyuan_video15_scores
-from .zoo_battery import ZooBattery
+from .zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
@@ -46,7 +46,7 @@ def _guided(pipe: Any) -> Iterator[None]:
         pipe.guider.guidance_scale = scale
 
 
-class TestHunyuanVideo15Battery(ZooBattery):
+class TestHunyuanVideo15Battery(StockGraphBreaksCompile, ZooBattery):
     """The shared adapter battery on a tiny HunyuanVideo 1.5 (3 blocks, text-to-video inputs) and a tiny offline
     ``HunyuanVideo15Pipeline`` (guider at scale 1 by default)."""
 

@@ -23,7 +23,7 @@ from .battery import (
     t5_content_states,
 )
 from .mochi_reference import naive_mochi_scores
-from .zoo_battery import ZooBattery
+from .zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(
@@ -38,7 +38,7 @@ GEN_KW = dict(
 CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
 
 
-class TestMochiBattery(ZooBattery):
+class TestMochiBattery(StockGraphBreaksCompile, ZooBattery):
     """The shared adapter battery on a tiny Mochi (3 blocks, the last context_pre_only) and a tiny MochiPipeline."""
 
     concept_dim = 16

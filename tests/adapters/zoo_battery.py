@@ -70,3 +70,36 @@ class ZooBattery(AdapterBattery):
         assert torch.equal(reference, output)
         torch.testing.assert_close(fused.maps.logits, unfused.maps.logits, rtol=1e-4, atol=1e-5)
 
+
+class StockGraphBreaksCompile:
+    """Whole-model ``torch.compile`` check for transformers whose own forward already breaks the graph (Mochi's
+    per-sample ``nonzero``, HunyuanVideo 1.5's ``if torch.all(image_embeds == 0)``): put before the battery in the
+    bases. The concept branch must add no graph break of its own and at most one maps-on variant per graph of the
+    stock model; a second ``with`` block reuses them."""
+
+    def test_compiled_whole_model(self):
+        inputs = self.make_inputs()
+        model = self.make_transformer()  # a fresh one: compiling changes the module
+        with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
+            self.run(model, inputs)
+        torch._dynamo.reset()
+        counters = torch._dynamo.utils.counters
+        counters.clear()
+        try:
+            compiled = torch.compile(model, backend="aot_eager")
+            plain = self.run(compiled, inputs)
+            graphs_off, breaks_off = counters["stats"]["unique_graphs"], set(counters["graph_break"])
+            graphs_on = []
+            for _ in range(2):
+                with ConceptAttention(compiled, concept_embeds=self.embeds()) as ca:
+                    output = self.run(compiled, inputs)
+                assert torch.equal(plain, output)
+                torch.testing.assert_close(ca.maps.maps, eager.maps.maps)
+                graphs_on.append(counters["stats"]["unique_graphs"])
+            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graphs again
+            assert graphs_on[1] == graphs_on[0] <= 2 * graphs_off, dict(counters["stats"])
+            new_breaks = set(counters["graph_break"]) - breaks_off
+            assert all("conceptattention" not in reason and "diffusers" in reason for reason in new_breaks), new_breaks
+        finally:
+            torch._dynamo.reset()
+

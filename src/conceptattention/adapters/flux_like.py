@@ -83,6 +83,9 @@ class FluxLikeAdapter(FluxAdapter):
     """
 
     processor_class = FluxLikeConceptAttnProcessor
+    #: feature columns of the README table (read by the capture branch's supported_models())
+    ip_adapter = "not offered by diffusers"
+    fused_qkv = "yes (per attention module)"
     stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     official_default_layers = "last 4 double blocks (no official choice)"
     tested = (

@@ -107,6 +107,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     transformer_classes = ("HunyuanImageTransformer2DModel",)
     pipeline_classes = ("HunyuanImagePipeline",)
     modality = "image"
+    fused_qkv = "accepted (diffusers leaves these legacy Attention modules unfused)"
     official_default_layers = "last 4 double blocks (HunyuanImage 2.1: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference (guidance-distilled variant too); tiny offline pipeline (glyph prompts; "

@@ -63,6 +63,7 @@ class LongCatImageAdapter(FluxLikeAdapter):
     transformer_classes = ("LongCatImageTransformer2DModel",)
     pipeline_classes = ("LongCatImagePipeline",)
     modality = "image"
+    fused_qkv = "yes"
 
     def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
         return pipeline.encode_prompt(prompt=caption, num_images_per_prompt=num)
