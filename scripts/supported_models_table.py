@@ -1,11 +1,15 @@
-"""Print the README's table of supported models, generated from the adapter registry.
+"""Print the README's table of supported models and its list of refused classes, generated from the adapter registry.
 
-Usage: python scripts/supported_models_table.py   (tests/unit/test_readme.py checks the README holds this output)
+Usage: python scripts/supported_models_table.py [--refused]   (tests/unit/test_readme.py and
+tests/adapters/test_refusals.py check the README holds these outputs)
 """
 
 from __future__ import annotations
 
+import sys
+
 from conceptattention import supported_models
+from conceptattention.adapters import refused_models
 
 
 def table() -> str:
@@ -32,5 +36,13 @@ def table() -> str:
     return "\n".join(rows)
 
 
+def refused_table() -> str:
+    """The diffusers transformers that ConceptAttention refuses, with their kind and the evidence."""
+    rows = ["| diffusers transformer | kind | why (diffusers 0.42.1 source) |", "| --- | --- | --- |"]
+    for row in refused_models():
+        rows.append(f"| `{row['transformer']}` | {row['kind']} | {row['reason']} |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
-    print(table())
+    print(refused_table() if "--refused" in sys.argv[1:] else table())

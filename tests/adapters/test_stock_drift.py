@@ -22,7 +22,9 @@ from conceptattention.adapters.processor import (
 
 def _adapters():
     rows = supported_models()
-    assert len(rows) == 8
+    from conceptattention.adapters import _BUILTIN_ADAPTERS
+
+    assert len(rows) == len(_BUILTIN_ADAPTERS)  # every built-in adapter is usable on the installed diffusers
     return [(row["family"], get_adapter_by_name(row["transformer"])) for row in rows]
 
 

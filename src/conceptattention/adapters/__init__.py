@@ -27,6 +27,7 @@ __all__ = [
     "UnsupportedSetupError",
     "common_checks",
     "get_adapter",
+    "refused_models",
     "register_adapter",
     "supported_models",
     "unwrap_compiled",
@@ -42,11 +43,93 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "QwenImageTransformer2DModel": ("conceptattention.adapters.qwenimage", "QwenImageAdapter"),
     "HunyuanVideoTransformer3DModel": ("conceptattention.adapters.hunyuan_video", "HunyuanVideoAdapter"),
     "AuraFlowTransformer2DModel": ("conceptattention.adapters.auraflow", "AuraFlowAdapter"),
+    "BriaTransformer2DModel": ("conceptattention.adapters.bria", "BriaAdapter"),
+    "LongCatImageTransformer2DModel": ("conceptattention.adapters.longcat_image", "LongCatImageAdapter"),
+    "OvisImageTransformer2DModel": ("conceptattention.adapters.ovis_image", "OvisImageAdapter"),
+    "HunyuanImageTransformer2DModel": ("conceptattention.adapters.hunyuan_image", "HunyuanImageAdapter"),
+    "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
+    "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
+    "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 #: Oldest diffusers minor release each built-in adapter is tested with (docs/compatibility.md); older ones are refused.
 MIN_DIFFUSERS: dict[str, tuple[int, int]] = dict.fromkeys(_BUILTIN_ADAPTERS, (0, 38))
 MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the processor a prebuilt mask: no maps
+
+#: Kinds of diffusers transformers that ConceptAttention refuses, with what the refusal says about them.
+TWO_STREAM = "two-stream (adapter planned)"
+SINGLE_STREAM = "single-stream (beyond the paper; extension planned)"
+CROSS_ATTENTION = "cross-attention only (out of scope)"
+
+# transformer class name -> (kind, evidence from the diffusers 0.42.1 source); docs/models.md has the full survey
+_REFUSED: dict[str, tuple[str, str]] = {
+    "HiDreamImageTransformer2DModel": (
+        TWO_STREAM,
+        "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
+        "Llama-3.1 layer of its own, so concepts would need per-layer Llama features",
+    ),
+    "BriaFiboTransformer2DModel": (
+        TWO_STREAM,
+        "FLUX.1-style double blocks, but every block replaces half of the text channels with a projection of a "
+        "different text-encoder layer, so concepts would need per-layer encoder features",
+    ),
+    "JoyImageEditTransformer3DModel": (
+        TWO_STREAM,
+        "JoyImageAttention has separate text weights (txt_attn_qkv, txt_attn_proj, txt_mod, txt_mlp); an "
+        "image-editing model (reference image in the sequence)",
+    ),
+    "JoyImageEditPlusTransformer3DModel": (
+        TWO_STREAM,
+        "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
+    ),
+    "ZImageTransformer2DModel": (
+        SINGLE_STREAM,
+        "after separate noise/context refiners, ZImageTransformerBlock runs text and image as one sequence with one "
+        "set of weights (ZSingleStreamAttnProcessor)",
+    ),
+    "Krea2Transformer2DModel": (
+        SINGLE_STREAM,
+        "Krea2TransformerBlock runs text and image as one sequence; weights and modulation are shared by all tokens",
+    ),
+    "Lumina2Transformer2DModel": (
+        SINGLE_STREAM,
+        "after separate context/noise refiners, Lumina2TransformerBlock runs [text, image] with one set of weights",
+    ),
+    "ErnieImageTransformer2DModel": (
+        SINGLE_STREAM,
+        "ErnieImageSharedAdaLNBlock runs text and image as one sequence with shared weights and modulation",
+    ),
+    "Flux3Transformer2DModel": (
+        SINGLE_STREAM,
+        "text and image first run in separate per-mode blocks that never attend to each other, then in joint "
+        "single-stream blocks with shared weights (per-stream modulation only)",
+    ),
+    "QwenImage21Transformer2DModel": (
+        SINGLE_STREAM,
+        "QwenImage21TransformerBlock is single-stream: one sequence, one set of weights, shared modulation",
+    ),
+    "BriaFibo2Transformer2DModel": (
+        SINGLE_STREAM,
+        "perceiver 'gist' text tokens join the image sequence with shared weights, plus gated cross-attention to "
+        "the text encoder in some blocks",
+    ),
+    "WanTransformer3DModel": (CROSS_ATTENTION, "WanTransformerBlock: attn1 video self-attention, attn2 cross-attention to fixed text"),
+    "WanVACETransformer3DModel": (CROSS_ATTENTION, "Wan blocks: attn2 cross-attention to fixed text"),
+    "SkyReelsV2Transformer3DModel": (CROSS_ATTENTION, "Wan-style blocks: attn2 cross-attention to fixed text"),
+    "SanaTransformer2DModel": (CROSS_ATTENTION, "SanaTransformerBlock: linear self-attention, attn2 cross-attention"),
+    "SanaVideoTransformer3DModel": (CROSS_ATTENTION, "Sana blocks: self-attention, attn2 cross-attention to fixed text"),
+    "PixArtTransformer2DModel": (CROSS_ATTENTION, "BasicTransformerBlock: self-attention, attn2 cross-attention"),
+    "Kandinsky5Transformer3DModel": (
+        CROSS_ATTENTION,
+        "decoder blocks: visual self_attention, cross_attention to text that is encoded once by separate blocks",
+    ),
+    "Kandinsky6Transformer3DModel": (
+        CROSS_ATTENTION,
+        "decoder blocks: visual self_attention, cross_attention to text that is encoded once by separate blocks",
+    ),
+    "LTXVideoTransformer3DModel": (CROSS_ATTENTION, "LTXVideoTransformerBlock: attn1 self-attention, attn2 cross-attention"),
+    "HunyuanDiT2DModel": (CROSS_ATTENTION, "HunyuanDiTBlock: attn1 self-attention, attn2 cross-attention"),
+}
 
 
 class UnsupportedModelError(TypeError):
@@ -156,6 +239,9 @@ def get_adapter(model: Any) -> ConceptAdapter:
     names = {row["transformer"] for row in supported_models()}
     names |= {key if isinstance(key, str) else key.__name__ for key in _REGISTRY}
     supported = ", ".join(sorted(names))
+    for cls in type(transformer).__mro__:
+        if cls.__name__ in _REFUSED:
+            raise UnsupportedModelError(_refusal(type(transformer).__name__, *_REFUSED[cls.__name__], supported))
     raise UnsupportedModelError(
         f"ConceptAttention has no adapter for {type(transformer).__name__}. Supported transformers: {supported}. "
         "ConceptAttention needs a joint-attention (MM-DiT) model whose text stream has its own weights; to add an "
@@ -198,3 +284,45 @@ def supported_models() -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def _refusal(name: str, kind: str, evidence: str, supported: str) -> str:
+    """The refusal message for a known transformer class that ConceptAttention does not support."""
+    tail = (
+        f"Supported transformers: {supported}. For an architecture with a two-stream joint attention, subclass "
+        "conceptattention.adapters.ConceptAdapter and call conceptattention.register_adapter(YourTransformerClass, "
+        "YourAdapter())."
+    )
+    if kind == SINGLE_STREAM:
+        return (
+            f"{name} is a single-stream transformer ({evidence}). ConceptAttention, as in the paper, runs concept "
+            "tokens through a separate text stream's weights next to the image; a single-stream model has no such "
+            "weights, so the method does not apply as published. Extending it to single-stream blocks (concepts "
+            "through the shared weights with the text modulation) is beyond the paper and planned; see "
+            f"docs/models.md. {tail}"
+        )
+    if kind == CROSS_ATTENTION:
+        return (
+            f"{name} is a cross-attention-only transformer ({evidence}): the image attends to a fixed text sequence "
+            "that is never updated and there is no joint text-image attention for concept tokens to join, so "
+            "ConceptAttention is out of scope for it. The DAAM-style cross-attention baseline "
+            "(conceptattention.evaluation.daam) covers UNet pipelines (Stable Diffusion 1.x/2.x/XL) only and does "
+            f"not support {name} either; see docs/models.md. {tail}"
+        )
+    return (
+        f"{name} is a two-stream joint-attention transformer, the paper's setting ({evidence}), but ConceptAttention "
+        f"has no adapter for it yet (planned; see docs/models.md). {tail}"
+    )
+
+
+def refused_models() -> list[dict[str, str]]:
+    """One row per known diffusers transformer without an adapter: class, kind and the reason (README, docs).
+
+    Example:
+        >>> rows = {row["transformer"]: row["kind"] for row in refused_models()}
+        >>> rows["WanTransformer3DModel"], rows["ZImageTransformer2DModel"]
+        ('cross-attention only (out of scope)', 'single-stream (beyond the paper; extension planned)')
+    """
+    return [
+        {"transformer": name, "kind": kind, "reason": evidence} for name, (kind, evidence) in _REFUSED.items()
+    ]

@@ -1,0 +1,672 @@
+"""Tiny random-weight models and pipelines of the FLUX.1-architecture clones (Bria, LongCat-Image, Ovis-Image), built
+fully offline, in the spirit of :mod:`conceptattention.testing` and :mod:`conceptattention.testing_extra`.
+
+Example:
+    >>> tiny_bria_transformer().config.num_layers
+    3
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from .testing import _tiny_flux_vae, _tiny_t5, quiet_pipeline, seeded_eval, tiny_flux_inputs
+from .testing_extra import (
+    _FLUX_FAMILY_GEOMETRY,
+    _flow_matching_pipeline,
+    tiny_byte_level_tokenizer,
+    tiny_qwen25vl_encoder,
+)
+
+
+#: RoPE axes of the tiny FLUX.1 clones (2 heads × 16).
+_AXES = (4, 4, 8)
+
+
+def _flux_clone_inputs(
+    batch_size: int, height: int, width: int, text_tokens: int, seed: int, diagonal_text_ids: bool
+) -> dict[str, Any]:
+    """FLUX.1's tiny inputs without the pooled vector; with ``diagonal_text_ids`` the text ids are ``(0, i, i)``
+    (LongCat-Image, Ovis-Image) and the image ids are offset past them, as those pipelines build them."""
+    inputs = tiny_flux_inputs(batch_size, height, width, text_tokens, seed=seed)
+    del inputs["pooled_projections"]
+    if diagonal_text_ids:
+        positions = torch.arange(text_tokens, dtype=torch.float32)  # [T]
+        inputs["txt_ids"] = torch.stack([torch.zeros(text_tokens), positions, positions], dim=1)  # [T, 3]
+        image_ids = inputs["img_ids"].clone()  # [I, 3]
+        image_ids[:, 0] = 1  # modality id of the image
+        image_ids[:, 1:] += text_tokens
+        inputs["img_ids"] = image_ids
+    return inputs
+
+
+# ----- Bria ----------------------------------------------------------------------------------------------------------
+
+
+def tiny_bria_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+    """A random-weight ``BriaTransformer2DModel`` (2 heads × 16, T5 width 32, eval mode).
+
+    Example:
+        >>> tiny_bria_transformer(num_layers=2).config.num_layers
+        2
+    """
+    from diffusers import BriaTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        BriaTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=32,
+        axes_dims_rope=_AXES,
+    )
+
+
+def tiny_bria_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``BriaTransformer2DModel`` call (text ids all zero, as ``BriaPipeline``'s).
+
+    Example:
+        >>> sorted(tiny_bria_inputs())
+        ['encoder_hidden_states', 'hidden_states', 'img_ids', 'return_dict', 'timestep', 'txt_ids']
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=False)
+
+
+def tiny_bria_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``BriaPipeline``: tiny T5 (in-memory tokenizer), one-level VAE, transformer.
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens.
+
+    Example:
+        >>> type(tiny_bria_pipeline()).__name__
+        'BriaPipeline'
+    """
+    from diffusers import BriaPipeline
+
+    tokenizer, text_encoder = _tiny_t5(32, seed + 1)
+    vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
+    transformer = tiny_bria_transformer(num_layers=num_layers, seed=seed + 3)
+    return _flow_matching_pipeline(BriaPipeline, tokenizer, text_encoder, vae, transformer)
+
+
+# ----- LongCat-Image -------------------------------------------------------------------------------------------------
+
+
+def tiny_longcat_image_transformer(
+    num_layers: int = 3, num_single_layers: int = 1, joint_attention_dim: int = 32, in_channels: int = 4, seed: int = 0
+) -> Any:
+    """A random-weight ``LongCatImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
+
+    Example:
+        >>> tiny_longcat_image_transformer().config.joint_attention_dim
+        32
+    """
+    from diffusers import LongCatImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        LongCatImageTransformer2DModel,
+        **{**_FLUX_FAMILY_GEOMETRY, "in_channels": in_channels},
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=joint_attention_dim,
+        pooled_projection_dim=joint_attention_dim,
+        axes_dims_rope=list(_AXES),
+    )
+
+
+def tiny_longcat_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``LongCatImageTransformer2DModel`` call, text ids ``(0, i, i)`` as the pipeline's.
+
+    Example:
+        >>> tiny_longcat_image_inputs()["txt_ids"][2].tolist()
+        [0.0, 2.0, 2.0]
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)
+
+
+def tiny_longcat_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``LongCatImagePipeline``: tiny Qwen2.5-VL (width 16), byte-level tokenizer, one-level
+    VAE with the 16 latent channels the pipeline hard-codes, transformer. No ``text_processor``: call the pipeline
+    with ``enable_prompt_rewrite=False`` (rewriting generates text with the encoder).
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens; prompts are padded to 512 tokens, as the pipeline's.
+
+    Example:
+        >>> tiny_longcat_image_pipeline().transformer.config.in_channels
+        64
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, LongCatImagePipeline
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
+    vae = _tiny_flux_vae(latent_channels=16, seed=seed + 2)
+    transformer = tiny_longcat_image_transformer(
+        num_layers=num_layers, joint_attention_dim=16, in_channels=64, seed=seed + 3
+    )
+    return quiet_pipeline(
+        LongCatImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_processor=None,
+            transformer=transformer,
+        )
+    )
+
+
+# ----- Ovis-Image ----------------------------------------------------------------------------------------------------
+
+
+def tiny_ovis_image_transformer(
+    num_layers: int = 3, num_single_layers: int = 1, joint_attention_dim: int = 32, seed: int = 0
+) -> Any:
+    """A random-weight ``OvisImageTransformer2DModel`` (2 heads × 16, text width 32, eval mode).
+
+    Example:
+        >>> tiny_ovis_image_transformer().config.num_single_layers
+        1
+    """
+    from diffusers import OvisImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        OvisImageTransformer2DModel,
+        **_FLUX_FAMILY_GEOMETRY,
+        out_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        joint_attention_dim=joint_attention_dim,
+        axes_dims_rope=_AXES,
+    )
+
+
+def tiny_ovis_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``OvisImageTransformer2DModel`` call, text ids ``(0, i, i)`` as the pipeline's.
+
+    Example:
+        >>> tiny_ovis_image_inputs(batch_size=2)["hidden_states"].shape
+        torch.Size([2, 24, 4])
+    """
+    return _flux_clone_inputs(batch_size, height, width, text_tokens, seed, diagonal_text_ids=True)
+
+
+#: Hidden size of the tiny Qwen3 text encoder of the Ovis-Image pipeline.
+OVIS_TEXT_HIDDEN = 16
+
+
+def tiny_ovis_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``OvisImagePipeline``: tiny two-layer ``Qwen3Model`` (width 16), byte-level tokenizer
+    with a chat template, one-level VAE, transformer.
+
+    A 32×32 image has a 16×16 latent and 8×8 = 64 image tokens.
+
+    Example:
+        >>> type(tiny_ovis_image_pipeline().text_encoder).__name__
+        'Qwen3Model'
+    """
+    from diffusers import OvisImagePipeline
+    from transformers import Qwen3Config, Qwen3Model
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = seeded_eval(
+        seed + 1,
+        Qwen3Model,
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=OVIS_TEXT_HIDDEN,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=1024,
+            pad_token_id=0,
+        ),
+    )
+    vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
+    transformer = tiny_ovis_image_transformer(num_layers=num_layers, joint_attention_dim=OVIS_TEXT_HIDDEN, seed=seed + 3)
+    return _flow_matching_pipeline(OvisImagePipeline, tokenizer, text_encoder, vae, transformer)
+
+
+# ----- HunyuanImage 2.1 ----------------------------------------------------------------------------------------------
+
+
+def tiny_hunyuan_image_transformer(
+    num_layers: int = 3,
+    num_single_layers: int = 1,
+    guidance_embeds: bool = False,
+    text_embed_2_dim: int | None = None,
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``HunyuanImageTransformer2DModel`` (2 heads × 8, one refiner layer, text width 16, patch 1;
+    with ``text_embed_2_dim`` a ByT5 glyph projection).
+
+    Example:
+        >>> tiny_hunyuan_image_transformer().config.text_embed_dim
+        16
+    """
+    from diffusers import HunyuanImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        HunyuanImageTransformer2DModel,
+        in_channels=4,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        num_refiner_layers=1,
+        patch_size=(1, 1),
+        guidance_embeds=guidance_embeds,
+        text_embed_dim=16,
+        text_embed_2_dim=text_embed_2_dim,
+        rope_axes_dim=(4, 4),
+    )
+
+
+def tiny_hunyuan_image_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, padded_text: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``HunyuanImageTransformer2DModel`` call (latent ``[B, 4, H, W]``, padded prompt).
+
+    Example:
+        >>> tiny_hunyuan_image_inputs()["encoder_attention_mask"].tolist()
+        [[1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]]
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    return {
+        "hidden_states": torch.randn(batch_size, 4, height, width, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "encoder_attention_mask": mask,
+    }
+
+
+def tiny_hunyuan_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``HunyuanImagePipeline``: tiny Qwen2.5-VL (width 16) with a byte-level tokenizer,
+    tiny ByT5 (``ByT5Tokenizer``, T5 width 8), a two-level HunyuanImage VAE (compression 2, 4 latent channels) and the
+    transformer; no guider (a single conditional call per step; set ``pipe.guider`` for guidance).
+
+    A 32×48 image has a 16×24 latent and 16×24 = 384 image tokens.
+
+    Example:
+        >>> tiny_hunyuan_image_pipeline().vae_scale_factor
+        2
+    """
+    from diffusers import AutoencoderKLHunyuanImage, FlowMatchEulerDiscreteScheduler, HunyuanImagePipeline
+    from transformers import ByT5Tokenizer
+
+    from .testing import tiny_t5_encoder
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
+    tokenizer_2 = ByT5Tokenizer()
+    text_encoder_2 = tiny_t5_encoder(len(tokenizer_2), d_model=8, seed=seed + 4)
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLHunyuanImage,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        spatial_compression_ratio=2,
+        sample_size=32,
+        scaling_factor=0.75,
+    )
+    transformer = tiny_hunyuan_image_transformer(num_layers=num_layers, text_embed_2_dim=8, seed=seed + 3)
+    return quiet_pipeline(
+        HunyuanImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            transformer=transformer,
+        )
+    )
+
+
+# ----- HunyuanVideo 1.5 ----------------------------------------------------------------------------------------------
+
+
+def tiny_hunyuan_video15_transformer(num_layers: int = 3, in_channels: int = 4, seed: int = 0) -> Any:
+    """A random-weight ``HunyuanVideo15Transformer3DModel`` (2 heads × 8, one refiner layer, Qwen width 16, ByT5
+    width 8, image-embedding width 8, patch 1; the pipeline needs ``in_channels = 2 · latent channels + 1``).
+
+    Example:
+        >>> tiny_hunyuan_video15_transformer().config.num_layers
+        3
+    """
+    from diffusers import HunyuanVideo15Transformer3DModel
+
+    return seeded_eval(
+        seed,
+        HunyuanVideo15Transformer3DModel,
+        in_channels=in_channels,
+        out_channels=4,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        num_refiner_layers=1,
+        text_embed_dim=16,
+        text_embed_2_dim=8,
+        image_embed_dim=8,
+        rope_axes_dim=(2, 2, 4),
+        target_size=32,
+    )
+
+
+def tiny_hunyuan_video15_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``HunyuanVideo15Pipeline``: tiny three-layer ``Qwen2_5_VLTextModel`` (width 16) with a
+    byte-level chat tokenizer, tiny ByT5, a two-level HunyuanVideo 1.5 VAE (compression 2 in space and time, 4 latent
+    channels), the transformer and a ``ClassifierFreeGuidance`` guider at scale 1 (one call per step).
+
+    A 5-frame 32×32 video has a 3×16×16 latent and 768 video tokens.
+
+    Example:
+        >>> tiny_hunyuan_video15_pipeline().vae_scale_factor_spatial
+        2
+    """
+    from diffusers import (
+        AutoencoderKLHunyuanVideo15,
+        ClassifierFreeGuidance,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15Pipeline,
+    )
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel
+
+    from .testing import tiny_t5_encoder
+
+    tokenizer = tiny_byte_level_tokenizer()
+    text_config = Qwen2_5_VLTextConfig(
+        hidden_size=16,
+        intermediate_size=16,
+        num_hidden_layers=3,  # the pipeline reads the third layer from the end
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        rope_scaling={"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+        pad_token_id=0,
+    )
+    text_encoder = seeded_eval(seed + 1, Qwen2_5_VLTextModel, text_config)
+    tokenizer_2 = ByT5Tokenizer()
+    text_encoder_2 = tiny_t5_encoder(len(tokenizer_2), d_model=8, seed=seed + 4)
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLHunyuanVideo15,
+        latent_channels=4,
+        block_out_channels=(32, 32),
+        layers_per_block=1,
+        spatial_compression_ratio=2,
+        temporal_compression_ratio=2,
+    )
+    transformer = tiny_hunyuan_video15_transformer(num_layers=num_layers, in_channels=9, seed=seed + 3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Guiders are currently an experimental feature")
+        guider = ClassifierFreeGuidance(guidance_scale=1.0)
+    return quiet_pipeline(
+        HunyuanVideo15Pipeline(
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            guider=guider,
+        )
+    )
+
+
+def tiny_hunyuan_video15_inputs(
+    batch_size: int = 1,
+    frames: int = 2,
+    height: int = 3,
+    width: int = 4,
+    text_tokens: int = 8,
+    padded_text: int = 3,
+    glyph_tokens: int = 4,
+    image_tokens: int = 2,
+    image_to_video: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``HunyuanVideo15Transformer3DModel`` call (latent video ``[B, 4, F, H, W]``): a padded
+    prompt, a half-padded ByT5 glyph prompt and SigLIP image embeddings (zeros for text-to-video, as the pipeline).
+
+    Example:
+        >>> tiny_hunyuan_video15_inputs()["hidden_states"].shape
+        torch.Size([1, 4, 2, 3, 4])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    glyph_mask = torch.ones(batch_size, glyph_tokens)  # [B, T2]
+    glyph_mask[:, glyph_tokens // 2 :] = 0
+    inputs = {
+        "hidden_states": torch.randn(batch_size, 4, frames, height, width, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "encoder_attention_mask": mask,
+        "encoder_hidden_states_2": torch.randn(batch_size, glyph_tokens, 8, generator=generator),
+        "encoder_attention_mask_2": glyph_mask,
+        "image_embeds": torch.randn(batch_size, image_tokens, 8, generator=generator),
+        "return_dict": False,
+    }
+    if not image_to_video:
+        inputs["image_embeds"] = torch.zeros_like(inputs["image_embeds"])
+    return inputs
+
+
+# ----- CogView4 ------------------------------------------------------------------------------------------------------
+
+
+def tiny_cogview4_transformer(num_layers: int = 3, text_embed_dim: int = 16, seed: int = 0) -> Any:
+    """A random-weight ``CogView4Transformer2DModel`` (2 heads × 8, patch 2, text width 16).
+
+    Example:
+        >>> tiny_cogview4_transformer().config.patch_size
+        2
+    """
+    from diffusers import CogView4Transformer2DModel
+
+    return seeded_eval(
+        seed,
+        CogView4Transformer2DModel,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=num_layers,
+        attention_head_dim=8,
+        num_attention_heads=2,
+        text_embed_dim=text_embed_dim,
+        time_embed_dim=8,
+        condition_dim=4,
+        pos_embed_max_size=16,
+        sample_size=16,
+        rope_axes_dim=(8, 8),
+    )
+
+
+def tiny_cogview4_inputs(
+    batch_size: int = 1, height: int = 4, width: int = 6, text_tokens: int = 8, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``CogView4Transformer2DModel`` call on a ``height × width`` token grid (latent twice
+    that size: patch 2), with the size conditioning the pipeline passes.
+
+    Example:
+        >>> tiny_cogview4_inputs()["hidden_states"].shape
+        torch.Size([1, 4, 8, 12])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    size = torch.tensor([[height * 16.0, width * 16.0]]).repeat(batch_size, 1)  # [B, 2]
+    return {
+        "hidden_states": torch.randn(batch_size, 4, 2 * height, 2 * width, generator=generator),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "original_size": size,
+        "target_size": size,
+        "crop_coords": torch.zeros(batch_size, 2),
+        "return_dict": False,
+    }
+
+
+def tiny_cogview4_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``CogView4Pipeline``: tiny two-layer ``GlmModel`` (width 16), byte-level tokenizer
+    that, like GLM-4's, prefixes ``[gMASK]<sop>`` and pads on the left, one-level VAE with 4 latent channels,
+    transformer.
+
+    A 32×48 image has a 32×48 latent and (patch 2) 16×24 = 384 image tokens.
+
+    Example:
+        >>> type(tiny_cogview4_pipeline().text_encoder).__name__
+        'GlmModel'
+    """
+    from diffusers import CogView4Pipeline, FlowMatchEulerDiscreteScheduler
+    from tokenizers.processors import TemplateProcessing
+    from transformers import GlmConfig, GlmModel
+
+    from .testing import tiny_autoencoder_kl
+
+    tokenizer = tiny_byte_level_tokenizer(special_tokens=("<|endoftext|>", "[gMASK]", "<sop>"), chat_template=None)
+    prefix = [(token, tokenizer.convert_tokens_to_ids(token)) for token in ("[gMASK]", "<sop>")]
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="[gMASK] <sop> $A", pair="[gMASK] <sop> $A $B", special_tokens=prefix
+    )
+    tokenizer.padding_side = "left"
+    text_encoder = seeded_eval(
+        seed + 1,
+        GlmModel,
+        GlmConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=0,
+        ),
+    )
+    vae = tiny_autoencoder_kl(latent_channels=4, seed=seed + 2)
+    transformer = tiny_cogview4_transformer(num_layers=num_layers, seed=seed + 3)
+    return quiet_pipeline(
+        CogView4Pipeline(
+            tokenizer=tokenizer,
+            text_encoder=text_encoder,
+            vae=vae,
+            transformer=transformer,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+        )
+    )
+
+
+# ----- Mochi ---------------------------------------------------------------------------------------------------------
+
+
+def tiny_mochi_transformer(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``MochiTransformer3DModel`` (2 heads × 8, video width 16, text width 8, T5 width 16, patch 2;
+    the last block is ``context_pre_only``).
+
+    Example:
+        >>> tiny_mochi_transformer().transformer_blocks[-1].context_pre_only
+        True
+    """
+    from diffusers import MochiTransformer3DModel
+
+    return seeded_eval(
+        seed,
+        MochiTransformer3DModel,
+        patch_size=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        num_layers=num_layers,
+        pooled_projection_dim=8,
+        in_channels=4,
+        text_embed_dim=16,
+        time_embed_dim=4,
+        max_sequence_length=16,
+    )
+
+
+def tiny_mochi_inputs(
+    batch_size: int = 1,
+    frames: int = 2,
+    height: int = 2,
+    width: int = 3,
+    text_tokens: int = 8,
+    padded_text: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``MochiTransformer3DModel`` call: latent video ``[B, 4, F, 2·height, 2·width]`` (patch
+    2), a padded prompt and its mask.
+
+    Example:
+        >>> tiny_mochi_inputs()["hidden_states"].shape
+        torch.Size([1, 4, 2, 4, 6])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.ones(batch_size, text_tokens)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    return {
+        "hidden_states": torch.randn(batch_size, 4, frames, 2 * height, 2 * width, generator=generator),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, 16, generator=generator),
+        "timestep": torch.full((batch_size,), 500.0),
+        "encoder_attention_mask": mask,
+        "return_dict": False,
+    }
+
+
+def tiny_mochi_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``MochiPipeline``: tiny T5 (in-memory tokenizer), tiny Mochi VAE (diffusers' fast-test
+    layout, 4 latent channels), transformer. The pipeline's scale factors are fixed (8 spatial, 6 temporal): a
+    7-frame 32×48 video has a 2×4×6 latent and 2×2×3 = 12 video tokens.
+
+    Example:
+        >>> tiny_mochi_pipeline().vae_temporal_scale_factor
+        6
+    """
+    from diffusers import AutoencoderKLMochi, FlowMatchEulerDiscreteScheduler, MochiPipeline
+
+    tokenizer, text_encoder = _tiny_t5(16, seed + 1)
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLMochi,
+        latent_channels=4,
+        out_channels=3,
+        encoder_block_out_channels=(32, 32, 32, 32),
+        decoder_block_out_channels=(32, 32, 32, 32),
+        layers_per_block=(1, 1, 1, 1, 1),
+        latents_mean=(0.0,) * 4,
+        latents_std=(1.0,) * 4,
+    )
+    transformer = tiny_mochi_transformer(num_layers=num_layers, seed=seed + 3)
+    return quiet_pipeline(
+        MochiPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            transformer=transformer,
+        )
+    )

@@ -1,0 +1,137 @@
+"""Transformers without an adapter are refused with a message that says which kind the model is and why
+ConceptAttention does not apply (single-stream: beyond the paper, planned; cross-attention only: out of scope, and
+the DAAM-style baseline covers UNets only; two-stream without an adapter yet: planned), checked on tiny instances.
+The README's generated list of refused classes stays in sync with the registry."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conceptattention import ConceptAttention
+from conceptattention.adapters import UnsupportedModelError, get_adapter, refused_models
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tiny(name: str, **config: Any) -> Callable[[], Any]:
+    def build() -> Any:
+        import diffusers
+
+        torch.manual_seed(0)
+        return getattr(diffusers, name)(**config)
+
+    build.__name__ = name
+    return build
+
+
+SINGLE_STREAM = [
+    _tiny(
+        "ZImageTransformer2DModel", in_channels=4, dim=32, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
+        cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[16, 16, 16],
+    ),
+    _tiny(
+        "Lumina2Transformer2DModel", sample_size=8, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
+        num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(16, 16, 16),
+        cap_feat_dim=16,
+    ),
+    _tiny(
+        "Krea2Transformer2DModel", in_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=32, timestep_embed_dim=16, text_hidden_dim=16, num_text_layers=2,
+        text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32, num_layerwise_text_blocks=1,
+        num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6),
+    ),
+]
+CROSS_ATTENTION = [
+    _tiny(
+        "WanTransformer3DModel", patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=4,
+        out_channels=4, text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, rope_max_seq_len=32,
+    ),
+    _tiny(
+        "SanaTransformer2DModel", in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=8,
+        num_layers=1, num_cross_attention_heads=2, cross_attention_head_dim=8, cross_attention_dim=16,
+        caption_channels=16, sample_size=8,
+    ),
+    _tiny(
+        "PixArtTransformer2DModel", num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
+        num_layers=1, cross_attention_dim=16, sample_size=8, caption_channels=16,
+    ),
+    _tiny(
+        "Kandinsky5Transformer3DModel", in_visual_dim=4, in_text_dim=16, in_text_dim2=8, time_dim=16,
+        out_visual_dim=4, model_dim=32, ff_dim=64, num_text_blocks=1, num_visual_blocks=1, axes_dims=(4, 6, 6),
+    ),
+]
+TWO_STREAM = [
+    _tiny(
+        "BriaFiboTransformer2DModel", patch_size=1, in_channels=4, num_layers=1, num_single_layers=1,
+        attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16, text_encoder_dim=16,
+        axes_dims_rope=[2, 2, 4],
+    ),
+]
+
+
+def _refusal(build: Callable[[], Any]) -> str:
+    model = build()
+    with pytest.raises(UnsupportedModelError) as by_registry:
+        get_adapter(model)
+    with pytest.raises(UnsupportedModelError) as by_session:
+        ConceptAttention(model, concept_embeds=torch.randn(2, 16))
+    assert str(by_registry.value) == str(by_session.value)
+    message = str(by_registry.value)
+    assert message.startswith(type(model).__name__)
+    assert "FluxTransformer2DModel" in message  # the supported transformers are listed
+    return message
+
+
+@pytest.mark.parametrize("build", SINGLE_STREAM, ids=lambda build: build.__name__)
+def test_single_stream_refused_as_beyond_the_paper(build):
+    message = _refusal(build)
+    assert "is a single-stream transformer" in message
+    assert "beyond the paper and planned" in message and "shared weights" in message
+
+
+@pytest.mark.parametrize("build", CROSS_ATTENTION, ids=lambda build: build.__name__)
+def test_cross_attention_refused_as_out_of_scope(build):
+    message = _refusal(build)
+    assert "is a cross-attention-only transformer" in message and "out of scope" in message
+    assert "conceptattention.evaluation.daam" in message and "UNet pipelines" in message
+
+
+@pytest.mark.parametrize("build", TWO_STREAM, ids=lambda build: build.__name__)
+def test_two_stream_without_adapter_refused_as_planned(build):
+    message = _refusal(build)
+    assert "two-stream joint-attention transformer" in message and "no adapter for it yet" in message
+    assert "register_adapter" in message
+
+
+def test_unknown_model_keeps_the_generic_message():
+    with pytest.raises(UnsupportedModelError, match="has no adapter for Linear"):
+        get_adapter(torch.nn.Linear(2, 2))
+
+
+def test_refused_classes_exist_in_diffusers_and_are_not_supported():
+    import diffusers
+
+    from conceptattention.adapters import _BUILTIN_ADAPTERS
+
+    for row in refused_models():
+        assert hasattr(diffusers, row["transformer"]), row["transformer"]
+        assert row["transformer"] not in _BUILTIN_ADAPTERS
+
+
+def test_readme_refused_list_is_generated_from_the_registry():
+    spec = importlib.util.spec_from_file_location("supported_models_table", ROOT / "scripts" / "supported_models_table.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("<!-- refused-models:start")
+    start = readme.index("\n", start) + 1
+    end = readme.index("<!-- refused-models:end -->")
+    assert readme[start:end].strip() == module.refused_table().strip()
