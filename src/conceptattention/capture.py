@@ -31,6 +31,22 @@ class _NoState(BaseState):
         pass
 
 
+def records_call(context_name: str | None) -> bool:
+    """Whether a transformer call under the pipeline's ``cache_context(context_name)`` gives the maps.
+
+    Pipelines with true classifier-free guidance name the unconditional call ``"uncond"``; diffusers' guiders name
+    their calls after the prediction they give: ``"pred_cond"`` is the conditional one, while ``"pred_uncond"`` and the
+    extra guidance calls (``"pred_cond_skip"``, ``"pred_cond_seg"``, ...) are not recorded.
+
+    Example:
+        >>> [records_call(name) for name in (None, "cond", "uncond", "pred_cond", "pred_uncond", "pred_cond_skip")]
+        [True, True, False, True, False, False]
+    """
+    if context_name == "uncond":
+        return False
+    return not (isinstance(context_name, str) and context_name.startswith("pred_") and context_name != "pred_cond")
+
+
 class _TransformerCallHook(ModelHook):
     """Capture-only diffusers hook on the transformer: starts and ends a call in the session.
 
@@ -48,7 +64,7 @@ class _TransformerCallHook(ModelHook):
     def pre_forward(self, module: nn.Module, *args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         context = getattr(self.context_state, "_context", getattr(self.context_state, "_current_context", None))
         name = getattr(context, "name", context)  # diffusers >= 0.41: a CacheContext; before: the name (str)
-        self.owner._begin_call(args, kwargs, unconditional=name == "uncond")
+        self.owner._begin_call(args, kwargs, unconditional=not records_call(name))
         return args, kwargs
 
     def post_forward(self, module: nn.Module, output: Any) -> Any:

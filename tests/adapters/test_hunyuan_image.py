@@ -78,11 +78,6 @@ class TestHunyuanImageBattery(ZooBattery):
 transformer, pipe = module_fixtures(TestHunyuanImageBattery)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the session tells a guidance call apart only by cache_context('uncond'); diffusers guiders name it "
-    "'pred_uncond', so the unconditional call is recorded as a step too (capture.py, issue 11)",
-)
 def test_guided_run_records_only_conditional_calls(pipe):
     with _guided(pipe):
         with ConceptAttention(pipe, ["house", "sea"]) as ca:
