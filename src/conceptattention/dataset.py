@@ -467,6 +467,7 @@ def build_dataset(
 
     out = Path(out)
     check_folder(out, settings)  # every process refuses a bad folder itself, before the barrier
+    barrier()  # nobody checks any more once the main process starts writing (its temporary files would look foreign)
     if rank == 0:
         prepare_folder(out, settings)
     barrier()

@@ -22,9 +22,10 @@ from conceptattention.adapters.processor import (
 
 def _adapters():
     rows = supported_models()
-    from conceptattention.adapters import _BUILTIN_ADAPTERS
+    from conceptattention.adapters import _BUILTIN_ADAPTERS, MIN_DIFFUSERS, _diffusers_release
 
-    assert len(rows) == len(_BUILTIN_ADAPTERS)  # every built-in adapter is usable on the installed diffusers
+    usable = [name for name in _BUILTIN_ADAPTERS if _diffusers_release() >= MIN_DIFFUSERS[name]]
+    assert [row["transformer"] for row in rows] == usable  # every adapter usable on the installed diffusers
     return [(row["family"], get_adapter_by_name(row["transformer"])) for row in rows]
 
 
