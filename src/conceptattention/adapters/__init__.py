@@ -50,6 +50,8 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
+    # single-stream extension (beyond the paper; docs/models.md)
+    "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -78,11 +80,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
     "JoyImageEditPlusTransformer3DModel": (
         TWO_STREAM,
         "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
-    ),
-    "ZImageTransformer2DModel": (
-        SINGLE_STREAM,
-        "after separate noise/context refiners, ZImageTransformerBlock runs text and image as one sequence with one "
-        "set of weights (ZSingleStreamAttnProcessor)",
     ),
     "Krea2Transformer2DModel": (
         SINGLE_STREAM,
@@ -275,7 +272,7 @@ def refused_models() -> list[dict[str, str]]:
 
     Example:
         >>> rows = {row["transformer"]: row["kind"] for row in refused_models()}
-        >>> rows["WanTransformer3DModel"], rows["ZImageTransformer2DModel"]
+        >>> rows["WanTransformer3DModel"], rows["Lumina2Transformer2DModel"]
         ('cross-attention only (out of scope)', 'single-stream (beyond the paper; extension planned)')
     """
     return [
