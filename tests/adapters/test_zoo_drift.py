@@ -27,6 +27,7 @@ ZOO = {
     "cogview4": "CogView4Transformer2DModel",
     "mochi": "MochiTransformer3DModel",
     "z_image": "ZImageTransformer2DModel",
+    "krea2": "Krea2Transformer2DModel",
 }
 
 

@@ -52,6 +52,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
     # single-stream extension (beyond the paper; docs/models.md)
     "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
+    "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 
@@ -80,10 +81,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
     "JoyImageEditPlusTransformer3DModel": (
         TWO_STREAM,
         "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
-    ),
-    "Krea2Transformer2DModel": (
-        SINGLE_STREAM,
-        "Krea2TransformerBlock runs text and image as one sequence; weights and modulation are shared by all tokens",
     ),
     "Lumina2Transformer2DModel": (
         SINGLE_STREAM,
