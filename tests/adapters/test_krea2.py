@@ -1,7 +1,8 @@
 """Krea 2 adapter, the single-stream extension (beyond the paper): the shared battery on a tiny Krea 2 (grouped-query
 attention with a sigmoid output gate, shared weights and modulation, text fusion, padded text) against a naive float64
-reference with one masked attention over ``[text, image, concepts]``. No tiny pipeline: ``Krea2Pipeline`` needs a
-Qwen3-VL text encoder and runs CFG as two calls without a cond/uncond context (documented gap, docs/models.md)."""
+reference with one masked attention over ``[text, image, concepts]``, and a tiny offline ``Krea2Pipeline`` (Qwen3-VL
+text encoder). Known gap: the pipeline runs CFG as two calls without a cond/uncond context, so the unconditional call
+is recorded too (strict xfail)."""
 
 from __future__ import annotations
 
@@ -10,32 +11,69 @@ import torch
 from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 
 from conceptattention import ConceptAttention, get_adapter
-from conceptattention.testing_zoo import tiny_krea2_inputs, tiny_krea2_transformer
+from conceptattention.adapters.krea2 import Krea2Adapter
+from conceptattention.testing_zoo import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 
 from .battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
     layer_logits,
+    make_generate,
+    module_fixtures,
     seeded_embeds,
 )
 from .krea2_reference import naive_krea2_scores
 from .zoo_battery import ZooBattery
 
 
+GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=0.0)
+CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
+
+
 class TestKrea2Battery(ZooBattery):
-    """The shared adapter battery on a tiny Krea 2 (3 blocks); the bare transformer only."""
+    """The shared adapter battery on a tiny Krea 2 (3 blocks) and a tiny ``Krea2Pipeline``."""
 
     concept_dim = 32
     expected_grid = (1, 4, 6)
+    pipeline_kwargs = GEN_KW
+    pipeline_cfg_kwargs = CFG_KW
+    expected_pipeline_grid = (1, 4, 6)
     tiny_transformer = tiny_krea2_transformer
     tiny_inputs = tiny_krea2_inputs
+    tiny_pipeline = tiny_krea2_pipeline
     naive_reference = naive_krea2_scores
 
 
-@pytest.fixture(scope="module")
-def transformer():
-    return tiny_krea2_transformer()
+transformer, pipe = module_fixtures(TestKrea2Battery)
+generate = make_generate(GEN_KW)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Krea2Pipeline runs CFG as two plain transformer calls (no cache_context('uncond')), so the unconditional "
+    "call is recorded as a step too; the fix belongs in capture.py",
+)
+def test_true_cfg_records_only_conditional_calls(pipe):
+    with ConceptAttention(pipe, ["house", "sea"]) as ca:
+        generate(pipe, **CFG_KW)
+    assert ca.session.num_recorded_calls == GEN_KW["num_inference_steps"]
+
+
+def test_concept_encoding_as_the_pipeline_encodes_a_prompt(pipe):
+    """Each concept is the mean of its own tokens' tapped states in the pipeline's encoding of the concept as a
+    prompt (after the template's dropped prefix), flattened over the tapped layers; not truncated to one token."""
+    concepts = ["red car", "sky"]
+    encoded = Krea2Adapter().encode_concepts(pipe, concepts, "mean")
+    start = len(pipe.tokenizer(pipe.prompt_template_encode_prefix).input_ids) - pipe.prompt_template_encode_start_idx
+    for index, concept in enumerate(concepts):
+        with torch.no_grad():
+            states, mask = pipe.get_text_hidden_states([concept])  # [1, L, K, D], [1, L]
+        count = len(concept)  # the byte-level tokenizer: one token per character
+        assert mask[0, start : start + count].all() and not mask[0, start + count]
+        torch.testing.assert_close(encoded[index], states[0, start : start + count].mean(0).flatten())
+    assert encoded.shape == (2, 32)
+    assert not torch.allclose(Krea2Adapter().encode_concepts(pipe, concepts, "first")[0], encoded[0])
 
 
 def test_registry_and_stock_processor_kept(transformer):

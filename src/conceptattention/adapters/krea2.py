@@ -201,9 +201,9 @@ class Krea2Adapter(ConceptAdapter):
     fused_qkv = "not offered by diffusers"
     official_default_layers = "last 4 blocks (Krea 2: 24-27; no official choice)"
     tested = (
-        "single-stream extension (beyond the paper): adapter battery on the bare transformer + naive float64 reference "
-        "(one masked attention over [text, image, concepts]); no tiny pipeline (its CFG calls carry no cond/uncond "
-        "context: the unconditional call would be recorded)"
+        "single-stream extension (beyond the paper): adapter battery + naive float64 reference (one masked attention "
+        "over [text, image, concepts]); tiny offline pipeline, bit-identical with and without CFG, but its "
+        "unconditional CFG call is recorded too (strict xfail); concept encoding checked against the pipeline's prompt encoding"
     )
 
     def install_hooks(self, transformer: nn.Module, session: Any) -> list[Any]:
