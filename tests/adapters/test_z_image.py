@@ -17,6 +17,7 @@ from .battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    check_explain,
     layer_logits,
     make_generate,
     module_fixtures,
@@ -142,3 +143,32 @@ def test_no_qk_norm_refused():
     )
     with pytest.raises(UnsupportedSetupError, match="no QK-norm"):
         ConceptAttention(model, concept_embeds=torch.randn(2, 16)).__enter__()
+
+
+def test_explain_shape_sums_and_early_exit(pipe):
+    check_explain(
+        pipe, height=16, width=24, grid=(1, 8, 12), bad_height=17, one_caption="",
+        skipped_block=pipe.transformer.layers[2], layers=[1],
+    )
+
+
+def test_explain_noises_as_the_pipeline_schedules(pipe):
+    """The model time of the explain call is ``1 - t`` (Z-Image's pipeline passes ``(1000 - timestep) / 1000``)."""
+    from PIL import Image
+
+    from conceptattention import explain
+
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["t"].clone()), with_kwargs=True
+    )
+    try:
+        explain(pipe, Image.new("RGB", (24, 16)), ["house", "sky"], height=16, width=24, num_samples=2, noise_level=0.25)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and torch.allclose(seen[0], torch.full((2,), 0.75))
+
+
+def test_explain_resolution_keeps_the_aspect_ratio(pipe):
+    height, width = ZImageAdapter().explain_resolution(pipe, (200, 300))  # PIL size: (width, height)
+    assert height % 2 == 0 and width % 2 == 0 and height > width

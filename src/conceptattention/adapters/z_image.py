@@ -23,7 +23,8 @@ Capture (no copied diffusers code): diffusers' ``ZSingleStreamAttnProcessor`` ru
 :class:`~conceptattention.adapters.zoo_taps.TapView` of the attention module whose taps keep the QK-normed keys (and,
 for the cross-attention space, queries) before RoPE, the values and the attention output before ``to_out[0]``; the
 concept branch re-applies the image RoPE to the image rows exactly as the processor does. The block's ``adaln_input``
-is taken by a block pre-hook. Omni mode (nested ``x`` lists, SigLIP features, per-token noisy/clean modulation) is
+is taken by a block pre-hook. The real-image path noises the VAE latents (rectified flow) and runs one batched call.
+Omni mode (nested ``x`` lists, SigLIP features, per-token noisy/clean modulation) is
 refused. Classifier-free guidance is one batched call ``[cond, uncond]``; the conditional half is reported.
 """
 
@@ -41,10 +42,14 @@ from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import (
     ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
     UnsupportedSetupError,
     bind_call,
     block_input_grabbers,
     captured_block_input,
+    flow_noised,
+    image_pixels,
 )
 from .processor import ConceptProcessorMixin
 from .zoo_taps import TapKind, TapView, missing_taps
@@ -240,7 +245,7 @@ class ZImageAdapter(ConceptAdapter):
     tested = (
         "single-stream extension (beyond the paper): adapter battery + naive float64 reference (one masked attention "
         "over [image, caption, concepts]); tiny offline pipeline with CFG; concept encoding checked against the "
-        "pipeline's prompt encoding"
+        "pipeline's prompt encoding; explain path"
     )
 
     def check_model(self, transformer: nn.Module) -> None:
@@ -304,6 +309,44 @@ class ZImageAdapter(ConceptAdapter):
         if truncation is not None and float(truncation) <= 1 and float(timestep.reshape(-1)[0]) > float(truncation):
             return slice(None)
         return slice(0, batch_size // 2)
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """About 1024² pixels (Z-Image's default size), aspect ratio kept, rounded to the size multiple."""
+        multiple = self.size_multiple(pipeline)
+        width, height = image_size
+        scale = (1024 * 1024 / float(width * height)) ** 0.5
+        return (
+            max(multiple, int(round(height * scale / multiple)) * multiple),
+            max(multiple, int(round(width * scale / multiple)) * multiple),
+        )
+
+    def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
+        """One batched Z-Image call on the image: VAE latents (shifted and scaled as the pipeline unscales them),
+        noised once per seed (rectified flow ``x_t = (1 - t)·x_0 + t·ε``; the model takes ``1 - t``, as the pipeline
+        passes ``(1000 - timestep) / 1000``), the caption encoded by the pipeline (``guidance_scale`` and
+        ``image_pooled`` do not apply)."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"The Z-Image explain path takes one PIL image, got {type(image).__name__}.")
+        device = pipeline._execution_device
+        vae, dtype = pipeline.vae, pipeline.transformer.dtype
+        num = len(request.seeds)
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
+            latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+            prompt_embeds, _ = pipeline.encode_prompt(request.caption, device=device, do_classifier_free_guidance=False)
+        noised = flow_noised(latents, request, device).to(dtype)  # [N, c, h, w]
+        kwargs = {
+            "x": list(noised.unsqueeze(2).unbind(0)),  # N × [c, 1, h, w], as the pipeline passes them
+            "t": torch.full((num,), 1.0 - request.noise_level, device=device, dtype=dtype),
+            "cap_feats": [prompt_embeds[0].to(dtype)] * num,  # [L, D_text] each
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
