@@ -24,15 +24,16 @@ from .battery import (
     seeded_embeds,
 )
 from .krea2_reference import naive_krea2_scores
-from .zoo_battery import ZooBattery
+from .zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=0.0)
 CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
 
 
-class TestKrea2Battery(ZooBattery):
-    """The shared adapter battery on a tiny Krea 2 (3 blocks) and a tiny ``Krea2Pipeline``."""
+class TestKrea2Battery(StockGraphBreaksCompile, ZooBattery):
+    """The shared adapter battery on a tiny Krea 2 (3 blocks) and a tiny ``Krea2Pipeline``; whole-model
+    ``torch.compile`` (the grid is read from the image ids only when the maps are built, not inside the graph)."""
 
     concept_dim = 32
     expected_grid = (1, 4, 6)

@@ -24,15 +24,17 @@ from .battery import (
     seeded_embeds,
 )
 from .z_image_reference import naive_z_image_scores
-from .zoo_battery import ZooBattery
+from .zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=16, width=24, num_inference_steps=2, output_type="pt", guidance_scale=0.0)
 CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
 
 
-class TestZImageBattery(ZooBattery):
-    """The shared adapter battery on a tiny Z-Image (3 main blocks) and a tiny ``ZImagePipeline``."""
+class TestZImageBattery(StockGraphBreaksCompile, ZooBattery):
+    """The shared adapter battery on a tiny Z-Image (3 main blocks) and a tiny ``ZImagePipeline``; whole-model
+    ``torch.compile`` (the stock forward breaks the graph on its Python sequence handling; the concept branch adds no
+    break of its own)."""
 
     concept_dim = 16
     expected_grid = (1, 4, 6)

@@ -214,12 +214,13 @@ class Krea2Adapter(ConceptAdapter):
         names = ("hidden_states", "encoder_hidden_states", "timestep", "position_ids")
         bound = bind_call("Krea2Transformer2DModel", names, args, kwargs, required=names)
         num_image = bound["hidden_states"].shape[1]
-        image_ids = bound["position_ids"][-num_image:]  # [I, 3]: (0, h, w) on the latent grid
-        height, width = int(image_ids[:, 1].max()) + 1, int(image_ids[:, 2].max()) + 1
-        return {"timestep": bound["timestep"], "grid": (1, height, width), "num_image_tokens": num_image}
+        # the image ids (0, h, w) on the latent grid, [I, 3]: read (a host sync) only when the maps are built
+        image_ids = bound["position_ids"][-num_image:]
+        return {"timestep": bound["timestep"], "image_ids": image_ids, "num_image_tokens": num_image}
 
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
-        frames, height, width = call_inputs["grid"]
+        image_ids = call_inputs["image_ids"]  # [I, 3]
+        frames, height, width = 1, int(image_ids[:, 1].max()) + 1, int(image_ids[:, 2].max()) + 1
         if frames * height * width != num_image_tokens:
             raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
         return frames, height, width
