@@ -33,8 +33,8 @@ CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
 
 class TestZImageBattery(StockGraphBreaksCompile, ZooBattery):
     """The shared adapter battery on a tiny Z-Image (3 main blocks) and a tiny ``ZImagePipeline``; whole-model
-    ``torch.compile`` (the stock forward breaks the graph on its Python sequence handling; the concept branch adds no
-    break of its own)."""
+    ``torch.compile`` (the stock forward already breaks the graph: 5 graphs, at a context manager dynamo does not
+    support; the concept branch adds no break of its own)."""
 
     concept_dim = 16
     expected_grid = (1, 4, 6)
