@@ -18,6 +18,7 @@ from .battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    check_explain,
     layer_logits,
     make_generate,
     module_fixtures,
@@ -107,3 +108,30 @@ def test_concepts_permute(transformer):
 def test_subclassed_processor_refused():
     model = tiny_krea2_transformer(num_layers=2)
     assert_subclassed_processor_refused(model, model.transformer_blocks[1].attn, Krea2AttnProcessor, 32)
+
+
+def test_explain_shape_sums_and_early_exit(pipe):
+    check_explain(
+        pipe, height=32, width=48, grid=(1, 4, 6), bad_height=36, one_caption="",
+        skipped_block=pipe.transformer.transformer_blocks[2], layers=[1],
+    )
+
+
+def test_explain_noises_as_the_pipeline_schedules(pipe):
+    """The explain call's timestep is the noise level ``t`` (the pipeline passes ``sigma = timestep / 1000``) and its
+    image tokens are the pipeline's packing of the latent grid."""
+    from PIL import Image
+
+    from conceptattention import explain
+
+    seen = []
+    handle = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append((kwargs["timestep"].clone(), kwargs["hidden_states"].shape)),
+        with_kwargs=True,
+    )
+    try:
+        explain(pipe, Image.new("RGB", (48, 32)), ["house", "sky"], height=32, width=48, num_samples=2, noise_level=0.25)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 and torch.allclose(seen[0][0], torch.full((2,), 0.25))
+    assert seen[0][1] == (2, 24, 16)

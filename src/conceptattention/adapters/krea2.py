@@ -21,7 +21,8 @@ Capture (no copied diffusers code): ``Krea2AttnProcessor`` runs untouched on a
 :class:`~conceptattention.adapters.zoo_taps.TapView` whose taps keep the QK-normed keys (and queries) before RoPE, the
 values and the gated output before ``to_out[0]``; the block's ``temb`` comes from a block pre-hook. Known gap:
 ``Krea2Pipeline`` runs classifier-free guidance as two plain calls (no ``cache_context``), so with guidance on the
-unconditional call is recorded as a step too.
+unconditional call is recorded as a step too. The real-image path noises the packed VAE latents (rectified flow) and
+runs one batched call.
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    ConceptAdapter,
+    ExplainBatch,
+    ExplainRequest,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    flow_noised,
+    image_pixels,
+)
 from .processor import ConceptProcessorMixin
 from .zoo_taps import TapKind, TapView, missing_taps
 
@@ -203,7 +213,7 @@ class Krea2Adapter(ConceptAdapter):
     tested = (
         "single-stream extension (beyond the paper): adapter battery + naive float64 reference (one masked attention "
         "over [text, image, concepts]); tiny offline pipeline, bit-identical with and without CFG, but its "
-        "unconditional CFG call is recorded too (strict xfail); concept encoding checked against the pipeline's prompt encoding"
+        "unconditional CFG call is recorded too (strict xfail); concept encoding checked against the pipeline's prompt encoding; explain path"
     )
 
     def install_hooks(self, transformer: nn.Module, session: Any) -> list[Any]:
@@ -227,6 +237,52 @@ class Krea2Adapter(ConceptAdapter):
 
     def size_multiple(self, pipeline: Any) -> int:
         return int(getattr(pipeline, "vae_scale_factor", 8)) * int(getattr(pipeline, "patch_size", 2))
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """About 1024² pixels, aspect ratio kept, rounded to the size multiple."""
+        multiple = self.size_multiple(pipeline)
+        width, height = image_size
+        scale = (1024 * 1024 / float(width * height)) ** 0.5
+        return (
+            max(multiple, int(round(height * scale / multiple)) * multiple),
+            max(multiple, int(round(width * scale / multiple)) * multiple),
+        )
+
+    def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
+        """One batched Krea 2 call on the image: VAE latents normalised as the pipeline denormalises them, noised
+        once per seed (rectified flow, ``timestep = t`` as the pipeline passes ``sigma``), packed into 2×2 patches, the
+        caption encoded by the pipeline and the pipeline's position ids (``guidance_scale``, ``image_pooled`` do not
+        apply)."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"The Krea 2 explain path takes one PIL image, got {type(image).__name__}.")
+        device = pipeline._execution_device
+        vae, dtype = pipeline.vae, pipeline.transformer.dtype
+        num = len(request.seeds)
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels.unsqueeze(2)).latent_dist.mode()[:, :, 0]  # [1, z, h, w]
+            mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype)  # [z]
+            std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype)  # [z]
+            latents = (latents - mean[:, None, None]) / std[:, None, None]
+            prompt_embeds, prompt_mask = pipeline.encode_prompt(request.caption, device=device, num_images_per_prompt=num)
+        noised = flow_noised(latents, request, device).to(dtype)  # [N, z, h, w]
+        _, channels, height, width = noised.shape
+        packed = pipeline._pack_latents(noised, num, channels, height, width)  # [N, I, z·p·p]
+        patch = pipeline.patch_size
+        ids = pipeline.prepare_position_ids(prompt_embeds.shape[1], height // patch, width // patch, device)
+        kwargs = {
+            "hidden_states": packed,
+            "encoder_hidden_states": prompt_embeds.to(dtype),  # [N, T, K, D_text]
+            "timestep": torch.full((num,), request.noise_level, device=device, dtype=dtype),
+            "position_ids": ids,  # [T + I, 3]
+            "encoder_attention_mask": prompt_mask,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
