@@ -247,8 +247,8 @@ def _refusal(name: str, kind: str, evidence: str, supported: str) -> str:
             f"{name} is a single-stream transformer ({evidence}). ConceptAttention, as in the paper, runs concept "
             "tokens through a separate text stream's weights next to the image; a single-stream model has no such "
             "weights, so the method does not apply as published. Extending it to single-stream blocks (concepts "
-            "through the shared weights with the text modulation) is beyond the paper and planned; see "
-            f"docs/models.md. {tail}"
+            "through the shared weights with the text modulation) is beyond the paper and planned (it exists for "
+            f"ZImageTransformer2DModel and Krea2Transformer2DModel); see docs/models.md. {tail}"
         )
     if kind == CROSS_ATTENTION:
         return (

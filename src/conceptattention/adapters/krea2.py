@@ -208,7 +208,7 @@ class Krea2Adapter(ConceptAdapter):
     pipeline_classes = ("Krea2Pipeline",)
     modality = "image"
     ip_adapter = "not offered by diffusers"
-    fused_qkv = "not offered by diffusers"
+    fused_qkv = "accepted (the stock processor ignores fusion)"
     official_default_layers = "last 4 blocks (Krea 2: 24-27; no official choice)"
     tested = (
         "single-stream extension (beyond the paper): adapter battery + naive float64 reference (one masked attention "
