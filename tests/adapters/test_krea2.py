@@ -135,3 +135,13 @@ def test_explain_noises_as_the_pipeline_schedules(pipe):
         handle.remove()
     assert len(seen) == 1 and torch.allclose(seen[0][0], torch.full((2,), 0.25))
     assert seen[0][1] == (2, 24, 16)
+
+
+def test_padded_batch_bit_identical(transformer):
+    """A batch whose second sample has padded text tokens (``encoder_attention_mask``) stays bit-identical."""
+    inputs = tiny_krea2_inputs(batch_size=2)
+    with torch.no_grad():
+        reference = transformer(**inputs)[0]
+        for space in ("output", "cross_attention", "value"):
+            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, 32), space=space):
+                assert torch.equal(transformer(**inputs)[0], reference), space

@@ -174,3 +174,14 @@ def test_explain_noises_as_the_pipeline_schedules(pipe):
 def test_explain_resolution_keeps_the_aspect_ratio(pipe):
     height, width = ZImageAdapter().explain_resolution(pipe, (200, 300))  # PIL size: (width, height)
     assert height % 2 == 0 and width % 2 == 0 and height > width
+
+
+def test_padded_batch_bit_identical(transformer):
+    """A batch whose captions pad to different lengths (32 and 64 tokens: the model masks the shorter sample's batch
+    padding) stays bit-identical, in every space."""
+    inputs = tiny_z_image_inputs(batch_size=2)
+    with torch.no_grad():
+        reference = torch.stack(transformer(**inputs)[0])
+        for space in ("output", "cross_attention", "value"):
+            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, 16), space=space):
+                assert torch.equal(torch.stack(transformer(**inputs)[0]), reference), space
