@@ -183,6 +183,7 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln_input).unsqueeze(1).chunk(4, dim=2)
         gate_msa, gate_mlp = gate_msa.tanh(), gate_mlp.tanh()  # [B, 1, d] each
         normed = block.attention_norm1(concepts) * (1.0 + scale_msa)  # [B, C, d]
+        # [B, C, H·D] -> [B, C, H, D], QK-normed and rotated at the concepts' position
         concept_query = rotate(attn.norm_q(attn.to_q(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
         concept_key = rotate(attn.norm_k(attn.to_k(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
         concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
@@ -306,7 +307,7 @@ class ZImageAdapter(ConceptAdapter):
             return slice(None)
         truncation = getattr(pipeline, "_cfg_truncation", None)
         timestep = call_inputs["timestep"]
-        if truncation is not None and float(truncation) <= 1 and float(timestep.reshape(-1)[0]) > float(truncation):
+        if truncation is not None and float(truncation) <= 1 and float(timestep.reshape(-1)[0]) > float(truncation):  # [B] -> t
             return slice(None)
         return slice(0, batch_size // 2)
 
