@@ -326,8 +326,10 @@ class ConceptAttention(ProcessorSwap):
         unconditional = unconditional or self.adapter.is_auxiliary_call(inputs)
         call = self.session.begin_call(inputs, unconditional=unconditional)
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)
-        if call.recording and isinstance(hidden_states, torch.Tensor):
-            self.session.batch_slice = self.adapter.cfg_batch_slice(hidden_states.shape[0], inputs, self.pipeline)
+        # the batch size: of the latents tensor, or as the adapter read it (Z-Image takes a list of latents)
+        batch = hidden_states.shape[0] if isinstance(hidden_states, torch.Tensor) else inputs.get("batch_size")
+        if call.recording and batch is not None:
+            self.session.batch_slice = self.adapter.cfg_batch_slice(int(batch), inputs, self.pipeline)
             if self.config.batch_half == "all" or self._reduce_batch:  # explain batches noise samples, never CFG
                 self.session.batch_slice = slice(None)
 

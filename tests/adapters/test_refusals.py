@@ -33,19 +33,9 @@ def _tiny(name: str, **config: Any) -> Callable[[], Any]:
 
 SINGLE_STREAM = [
     _tiny(
-        "ZImageTransformer2DModel", in_channels=4, dim=32, n_layers=1, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
-        cap_feat_dim=16, axes_dims=[4, 6, 6], axes_lens=[16, 16, 16],
-    ),
-    _tiny(
         "Lumina2Transformer2DModel", sample_size=8, in_channels=4, hidden_size=32, num_layers=1, num_refiner_layers=1,
         num_attention_heads=2, num_kv_heads=2, multiple_of=16, axes_dim_rope=(4, 6, 6), axes_lens=(16, 16, 16),
         cap_feat_dim=16,
-    ),
-    _tiny(
-        "Krea2Transformer2DModel", in_channels=4, num_layers=1, attention_head_dim=16, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=32, timestep_embed_dim=16, text_hidden_dim=16, num_text_layers=2,
-        text_num_attention_heads=2, text_num_key_value_heads=2, text_intermediate_size=32, num_layerwise_text_blocks=1,
-        num_refiner_text_blocks=1, axes_dims_rope=(4, 6, 6),
     ),
 ]
 CROSS_ATTENTION = [

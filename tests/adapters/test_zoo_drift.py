@@ -26,6 +26,8 @@ ZOO = {
     "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
     "cogview4": "CogView4Transformer2DModel",
     "mochi": "MochiTransformer3DModel",
+    "z_image": "ZImageTransformer2DModel",
+    "krea2": "Krea2Transformer2DModel",
 }
 
 

@@ -50,11 +50,15 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
+    # single-stream extension (beyond the paper; docs/models.md)
+    "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
+    "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
 }
 _REGISTRY: dict[type | str, ConceptAdapter] = {}
 #: Oldest diffusers minor release each built-in adapter is tested with (docs/compatibility.md); older ones are refused.
 MIN_DIFFUSERS: dict[str, tuple[int, int]] = dict.fromkeys(_BUILTIN_ADAPTERS, (0, 38))
 MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the processor a prebuilt mask: no maps
+MIN_DIFFUSERS["Krea2Transformer2DModel"] = (0, 39)  # first released in diffusers 0.39
 
 #: Kinds of diffusers transformers that ConceptAttention refuses, with what the refusal says about them.
 TWO_STREAM = "two-stream (adapter planned)"
@@ -81,15 +85,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
     "JoyImageEditPlusTransformer3DModel": (
         TWO_STREAM,
         "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
-    ),
-    "ZImageTransformer2DModel": (
-        SINGLE_STREAM,
-        "after separate noise/context refiners, ZImageTransformerBlock runs text and image as one sequence with one "
-        "set of weights (ZSingleStreamAttnProcessor)",
-    ),
-    "Krea2Transformer2DModel": (
-        SINGLE_STREAM,
-        "Krea2TransformerBlock runs text and image as one sequence; weights and modulation are shared by all tokens",
     ),
     "Lumina2Transformer2DModel": (
         SINGLE_STREAM,
@@ -298,8 +293,8 @@ def _refusal(name: str, kind: str, evidence: str, supported: str) -> str:
             f"{name} is a single-stream transformer ({evidence}). ConceptAttention, as in the paper, runs concept "
             "tokens through a separate text stream's weights next to the image; a single-stream model has no such "
             "weights, so the method does not apply as published. Extending it to single-stream blocks (concepts "
-            "through the shared weights with the text modulation) is beyond the paper and planned; see "
-            f"docs/models.md. {tail}"
+            "through the shared weights with the text modulation) is beyond the paper and planned (it exists for "
+            f"ZImageTransformer2DModel and Krea2Transformer2DModel); see docs/models.md. {tail}"
         )
     if kind == CROSS_ATTENTION:
         return (
@@ -320,7 +315,7 @@ def refused_models() -> list[dict[str, str]]:
 
     Example:
         >>> rows = {row["transformer"]: row["kind"] for row in refused_models()}
-        >>> rows["WanTransformer3DModel"], rows["ZImageTransformer2DModel"]
+        >>> rows["WanTransformer3DModel"], rows["Lumina2Transformer2DModel"]
         ('cross-attention only (out of scope)', 'single-stream (beyond the paper; extension planned)')
     """
     return [
