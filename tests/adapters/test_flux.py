@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import diffusers
 import pytest
 import torch
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
@@ -105,7 +106,9 @@ class TestRestoration:
     def test_restored_after_normal_exit(self, pipe):
         before = snapshot(pipe.transformer)
         with ConceptAttention(pipe, ["dog", "sky"]):
-            assert any(type(p).__name__ == "FluxConceptAttnProcessor" for p in pipe.transformer.attn_processors.values())
+            assert any(
+                type(p).__name__ == "FluxConceptAttnProcessor" for p in pipe.transformer.attn_processors.values()
+            )
             generate(pipe)
         assert_restored(pipe.transformer, before)
 
@@ -174,8 +177,17 @@ class TestRefusals:
 
         torch.manual_seed(0)
         wan = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4,
-            text_dim=16, freq_dim=256, ffn_dim=32, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+            patch_size=(1, 2, 2),
+            num_attention_heads=2,
+            attention_head_dim=12,
+            in_channels=4,
+            out_channels=4,
+            text_dim=16,
+            freq_dim=256,
+            ffn_dim=32,
+            num_layers=2,
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
             rope_max_seq_len=32,
         )
         with pytest.raises(UnsupportedModelError, match="FluxTransformer2DModel.*register_adapter"):
@@ -196,16 +208,23 @@ class TestRefusals:
     @pytest.mark.parametrize(
         ("config_name", "kwargs"),
         [
-            ("FirstBlockCacheConfig", dict(threshold=0.2)),
-            ("FasterCacheConfig", dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500)),
-            (
-                "PyramidAttentionBroadcastConfig",
-                dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
-            ),
-            ("TaylorSeerCacheConfig", {}),
-            ("MagCacheConfig", dict(num_inference_steps=2, mag_ratios=[1.0, 1.0])),
-            ("SeaCacheConfig", {}),
-            ("TextKVCacheConfig", {}),
+            case
+            for case in [
+                ("FirstBlockCacheConfig", dict(threshold=0.2)),
+                (
+                    "FasterCacheConfig",
+                    dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+                ),
+                (
+                    "PyramidAttentionBroadcastConfig",
+                    dict(spatial_attention_block_skip_range=2, current_timestep_callback=lambda: 500),
+                ),
+                ("TaylorSeerCacheConfig", {}),
+                ("MagCacheConfig", dict(num_inference_steps=2, mag_ratios=[1.0, 1.0])),
+                ("SeaCacheConfig", {}),
+                ("TextKVCacheConfig", {}),
+            ]
+            if hasattr(diffusers, case[0])  # the caches of the installed diffusers (SeaCache: 0.41 and later)
         ],
     )
     def test_cache_accelerator_refused_by_name(self, config_name, kwargs):
@@ -215,7 +234,9 @@ class TestRefusals:
         model.enable_cache(getattr(diffusers, config_name)(**kwargs))
         before = dict(model.attn_processors)
         cache = config_name.removesuffix("Config")
-        with pytest.raises(UnsupportedSetupError, match=rf"The {cache} cache accelerator.*transformer\.disable_cache\(\)"):
+        with pytest.raises(
+            UnsupportedSetupError, match=rf"The {cache} cache accelerator.*transformer\.disable_cache\(\)"
+        ):
             ConceptAttention(model, concept_embeds=torch.randn(2, 32)).__enter__()
         assert all(model.attn_processors[name] is before[name] for name in before)
         model.disable_cache()  # the way out the message gives
@@ -323,7 +344,9 @@ class TestMethod:
     def test_prompt_conditioning(self, transformer):
         inputs = tiny_flux_inputs(height=2, width=3)
         embeds = torch.randn(2, 32, generator=torch.Generator().manual_seed(4))
-        with ConceptAttention(transformer, concept_embeds=embeds, layers=[2], softmax=False, concept_conditioning="prompt") as ca:
+        with ConceptAttention(
+            transformer, concept_embeds=embeds, layers=[2], softmax=False, concept_conditioning="prompt"
+        ) as ca:
             transformer(**inputs)
         reference = naive_flux_scores(transformer, inputs, embeds, [2], conditioning="prompt")
         torch.testing.assert_close(ca.maps.logits.flatten(1), reference[0, 0].float(), rtol=1e-4, atol=1e-3)
@@ -468,7 +491,9 @@ def _load_random_ip_adapter(pipe, clip_dim: int = 8, seed: int = 3) -> None:
         for name in ("to_k_ip", "to_v_ip"):
             ip_adapter[f"{index}.{name}.weight"] = torch.randn(inner, joint, generator=generator) * 0.1
             ip_adapter[f"{index}.{name}.bias"] = torch.zeros(inner)
-    transformer._load_ip_adapter_weights([{"image_proj": image_proj, "ip_adapter": ip_adapter}], low_cpu_mem_usage=False)
+    transformer._load_ip_adapter_weights(
+        [{"image_proj": image_proj, "ip_adapter": ip_adapter}], low_cpu_mem_usage=False
+    )
 
 
 def test_ip_adapter_supported():
@@ -588,7 +613,6 @@ class TestFluxBattery(AdapterBattery):
         return tiny_flux_transformer(num_layers=6, num_single_layers=2)  # more blocks than graphs
 
 
-
 class TestMemoryFeatures:
     """diffusers' layerwise casting and group offloading (CPU→CPU here: the hook order, not device moves)."""
 
@@ -596,7 +620,9 @@ class TestMemoryFeatures:
         inputs = tiny_flux_inputs(seed=5)
         with torch.no_grad():
             reference = model(**inputs)[0]
-            with ConceptAttention(model, concept_embeds=torch.randn(3, 32, generator=torch.Generator().manual_seed(0))) as ca:
+            with ConceptAttention(
+                model, concept_embeds=torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+            ) as ca:
                 output = model(**inputs)[0]
         assert torch.equal(reference, output)
         assert torch.isfinite(ca.maps.maps).all()

@@ -59,6 +59,7 @@ _REGISTRY: dict[type | str, ConceptAdapter] = {}
 MIN_DIFFUSERS: dict[str, tuple[int, int]] = dict.fromkeys(_BUILTIN_ADAPTERS, (0, 38))
 MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the processor a prebuilt mask: no maps
 MIN_DIFFUSERS["Krea2Transformer2DModel"] = (0, 39)  # first released in diffusers 0.39
+MIN_DIFFUSERS["OvisImageTransformer2DModel"] = (0, 39)  # 0.38: encode_prompt has another signature
 
 #: Kinds of diffusers transformers that ConceptAttention refuses, with what the refusal says about them.
 TWO_STREAM = "two-stream (adapter planned)"

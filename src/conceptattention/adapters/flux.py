@@ -71,7 +71,13 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
 
     #: the stock processor(s) it runs through an AttentionView: their capture points (diffusers 0.42.1); see tests/adapters/test_stock_drift.py
     STOCK_SOURCES = (
-        ("diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__", "7eb778467bc972f7971fd389505606c318b7a00d3d239c50d24019878a141cc4"),
+        (
+            "diffusers.models.transformers.transformer_flux.FluxAttnProcessor.__call__",
+            (  # diffusers 0.42.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0, re-checked: only reshapes/annotations differ
+            "7eb778467bc972f7971fd389505606c318b7a00d3d239c50d24019878a141cc4",
+            "c215939789cdd8aa8e353b256b2e43bfb140becd3238f1fbb4dcd1bc54987c2b",
+            ),
+        ),
         ("diffusers.models.transformers.transformer_flux.FluxIPAdapterAttnProcessor.__call__", "5c61d7b4140acef095a31940deed1ff09b3c154577d65a1855e72b1412393109"),
         ("diffusers.models.transformers.transformer_flux._get_qkv_projections", "988dc64295fd8e55a2106625126f691c4bbbd05c6f1bc4ae18661a97d30c8730"),
         ("diffusers.models.transformers.transformer_flux._get_projections", "445b79ab35e5c95ee707ec24da8cf1c3c7cfd090f225ae086a3f6b04d96480c5"),

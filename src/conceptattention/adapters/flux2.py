@@ -90,7 +90,13 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
     #: the stock processor it runs through an AttentionView: its capture points (diffusers 0.42.1); see
     #: tests/adapters/test_stock_drift.py
     STOCK_SOURCES = (
-        ("diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__", "9b2d7481a371f72913cb32dd56bcfb18409d01660142532b98ed72f10261fccb"),
+        (
+            "diffusers.models.transformers.transformer_flux2.Flux2AttnProcessor.__call__",
+            (  # diffusers 0.42.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0, re-checked: only reshapes/annotations differ
+            "9b2d7481a371f72913cb32dd56bcfb18409d01660142532b98ed72f10261fccb",
+            "1bcfc095fa32fc1c765ddec8126afd8ec8e59e11b407b85f52aa187ce84756c8",
+            ),
+        ),
         ("diffusers.models.transformers.transformer_flux2._get_qkv_projections", "81ae9e9cfb7889acdc7ebcba3bc22071ed075caa0a59fd5a55d694542b5f597d"),
         ("diffusers.models.transformers.transformer_flux2._get_projections", "f0c880815d9045e44f3f9c8a160e92a080137a6da0394af7a9591963fb0e7108"),
         ("diffusers.models.transformers.transformer_flux2._get_fused_projections", "1fa01c8e207c8282f7a6f6c7d139fd56656e7ad380f212a44bac117de91a4270"),

@@ -86,7 +86,10 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     STOCK_SOURCES = (
         (
             "diffusers.models.transformers.transformer_krea2.Krea2AttnProcessor.__call__",
-            "10b5a83aca96942366524f3f7ef8b9aa382264d3834bccaf7b54cfbab77b6b4c",
+            (  # diffusers 0.42.1, 0.39.0, 0.40.0, 0.41.0, re-checked: only annotations/reshapes/GQA kernel choice differ
+                "10b5a83aca96942366524f3f7ef8b9aa382264d3834bccaf7b54cfbab77b6b4c",
+                "ea946977f547855440ebea2ee547d2ba75257260abcde62e31e5b85b4e7c7ae6",
+            ),
         ),
         (
             "diffusers.models.transformers.transformer_krea2.Krea2TransformerBlock.forward",

@@ -92,7 +92,15 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
     #: the stock processor it runs through an AttentionView: its capture points (diffusers 0.42.1); see
     #: tests/adapters/test_stock_drift.py
     STOCK_SOURCES = (
-        ("diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0.__call__", "4cbb851f9a3ef9d1c45472559ce62f90a4a45b30e0b57112aa30b5d79a24e03e"),
+        (
+            "diffusers.models.transformers.transformer_qwenimage.QwenDoubleStreamAttnProcessor2_0.__call__",
+            (  # diffusers 0.42.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0, re-checked: only reshapes/annotations differ
+            "4cbb851f9a3ef9d1c45472559ce62f90a4a45b30e0b57112aa30b5d79a24e03e",
+            "3c0a11e31b613c2520f20f7e89bf2e6efd8448e8b99108e759cbaa1b9c8b2bb4",
+            "ee0cabc2e5790f8cadea5689188e696d17bb7e48cd43c2c0f197907f8234f5e1",
+            "11d62123ee759ed7e5bf442fe2c7535a827a916eb1c49a60ca7fedf56d15ae99",
+            ),
+        ),
     )
 
     def __call__(

@@ -118,7 +118,10 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         ),
         (
             "diffusers.models.transformers.transformer_z_image.ZImageTransformerBlock.forward",
-            "3ea2807a06e0fc192e74d2f92abe9f0bde124702675f10f39a4d10c46575c91f",
+            (  # diffusers 0.42.1, 0.38.0, 0.39.0, 0.40.0, 0.41.0, re-checked: only annotations/reshapes/GQA kernel choice differ
+                "3ea2807a06e0fc192e74d2f92abe9f0bde124702675f10f39a4d10c46575c91f",
+                "2e27b8a2440df8575bd160f7f5756751ccb381c6ed90a2650e89d43616cf1a48",
+            ),
         ),
     )
     COPIES_STOCK = False
