@@ -77,8 +77,8 @@ def explain(
         >>> from conceptattention import explain
         >>> from conceptattention.testing import tiny_flux_pipeline
         >>> maps = explain(tiny_flux_pipeline(), Image.new("RGB", (32, 32)), ["dog", "sky"], height=32, width=32)
-        >>> maps.grid_size
-        (8, 8)
+        >>> maps.grid_size  # the tiny VAE keeps 32 x 32, FLUX packs 2 x 2 patches (FLUX.1 at 1024²: (64, 64))
+        (16, 16)
     """
     from .images import load_image
 
