@@ -8,7 +8,7 @@ and the shared weights, attend to the image keys (2-D RoPE on the image rows; te
 keep their own residual stream.
 
 Design (capture, no copied diffusers code): diffusers' ``CogView4AttnProcessor`` runs untouched on a
-:class:`~conceptattention.adapters.zoo_taps.TapView` of the attention module whose taps keep the image keys and queries right after QK-norm (copied before the processor rotates
+:class:`~conceptattention.adapters.processor.AttentionView` of the attention module whose taps keep the image keys and queries right after QK-norm (copied before the processor rotates
 them in place), the values and the joint attention output before ``to_out[0]``. The concept branch re-applies the
 image RoPE to the kept keys, exactly as the processor does. Concepts enter through ``patch_embed.text_proj`` and are
 modulated by the ``temb`` each block receives (timestep and size conditioning, no pooled text; captured by a block
@@ -39,8 +39,7 @@ from .base import (
     flow_noised,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
-from .zoo_taps import TapKind, TapView, missing_taps
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -49,7 +48,7 @@ BLOCK_TEMB_KEY = "cogview4_block_temb"
 
 class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
     """CogView4 block processor: runs diffusers' ``CogView4AttnProcessor`` untouched on a
-    :class:`~conceptattention.adapters.zoo_taps.TapView` of ``attn1`` and advances the concept stream beside it (text
+    :class:`~conceptattention.adapters.processor.AttentionView` of ``attn1`` and advances the concept stream beside it (text
     half of the block's modulation, shared weights).
 
     The view keeps copies of the ``norm_k`` (and, for the cross-attention space, ``norm_q``) outputs
@@ -83,9 +82,7 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(
-        self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
+    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
         super().__init__(session, layer, block, transformer, original)
         self.original = original
 
@@ -105,13 +102,10 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
                 "ConceptAttention supports one image size per call."
             )
         sink: dict[str, torch.Tensor] = {}
-        taps: dict[str, TapKind] = {"norm_k": "copy", "to_v": "output", "to_out": "input"}
-        if self.session.config.space == "cross_attention":
-            taps["norm_q"] = "copy"
-        outputs = self.original(
-            TapView(attn, sink, taps), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-        )
-        missing_taps(sink, tuple(taps), self.original, "cogview4")
+        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
+        view = AttentionView(attn, sink, taps, copies=("norm_q", "norm_k"))  # the processor rotates them in place
+        outputs = self.original(view, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "cogview4")
         self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
         return outputs
 
@@ -152,7 +146,12 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
         image_output = sink["to_out"][:, num_text:]  # [B, I, H·D], before to_out[0]
         image_query = self._image_rows(sink["norm_q"], num_text, rotary) if "norm_q" in sink else None
         concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, session.config.concept_attention,
+            concept_query,
+            concept_key,
+            concept_value,
+            image_key,
+            image_value,
+            session.config.concept_attention,
             self._attend,
         )
         concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
@@ -185,7 +184,9 @@ class CogView4Adapter(ConceptAdapter):
     attention_attribute = "attn1"
     processor_class = CogView4ConceptAttnProcessor
     stock_processor_class = CogView4AttnProcessor
-    stock_processor_remedy = "a custom or training processor is installed: call `transformer.set_default_attn_processor()`."
+    stock_processor_remedy = (
+        "a custom or training processor is installed: call `transformer.set_default_attn_processor()`."
+    )
     transformer_classes = ("CogView4Transformer2DModel",)
     pipeline_classes = ("CogView4Pipeline",)
     modality = "image"

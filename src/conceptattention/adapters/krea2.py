@@ -18,7 +18,7 @@ sit at RoPE position ``(0, 0, 0)``. The extension, as for Z-Image:
   (concept · image); cross-attention and value spaces per query head (key/value heads repeated as the processor does).
 
 Capture (no copied diffusers code): ``Krea2AttnProcessor`` runs untouched on a
-:class:`~conceptattention.adapters.zoo_taps.TapView` whose taps keep the QK-normed keys (and queries) before RoPE, the
+:class:`~conceptattention.adapters.processor.AttentionView` whose taps keep the QK-normed keys (and queries) before RoPE, the
 values and the gated output before ``to_out[0]``; the block's ``temb`` comes from a block pre-hook. Known gap:
 ``Krea2Pipeline`` runs classifier-free guidance as two plain calls (no ``cache_context``), so with guidance on the
 unconditional call is recorded as a step too. The real-image path noises the packed VAE latents (rectified flow) and
@@ -48,8 +48,7 @@ from .base import (
     flow_noised,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
-from .zoo_taps import TapKind, TapView, missing_taps
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -58,7 +57,7 @@ BLOCK_TEMB_KEY = "krea2_block_temb"
 
 class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     """Krea 2 block processor: runs diffusers' ``Krea2AttnProcessor`` untouched on a
-    :class:`~conceptattention.adapters.zoo_taps.TapView` of ``attn`` and advances the concept stream beside it.
+    :class:`~conceptattention.adapters.processor.AttentionView` of ``attn`` and advances the concept stream beside it.
 
     The view keeps the ``norm_k`` (and, for the cross-attention space, ``norm_q``) outputs ``[B, T + I, H_kv, D]``
     (before RoPE), the ``to_v`` output ``[B, T + I, H_kv·D]`` and the ``to_out[0]`` input (the gated attention output
@@ -112,11 +111,9 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, attention_mask, image_rotary_emb)
         sink: dict[str, torch.Tensor] = {}
-        taps: dict[str, TapKind] = {"norm_k": "output", "to_v": "output", "to_out": "input"}
-        if self.session.config.space == "cross_attention":
-            taps["norm_q"] = "output"
-        output = self.original(TapView(attn, sink, taps), hidden_states, attention_mask, image_rotary_emb)
-        missing_taps(sink, tuple(taps), self.original, "krea2")
+        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
+        output = self.original(AttentionView(attn, sink, taps), hidden_states, attention_mask, image_rotary_emb)
+        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "krea2")
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return output
 
@@ -124,7 +121,9 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         """The concepts through ``text_fusion`` (one sequence) and ``txt_in``: ``[B, C, d]``."""
         config = transformer.config
         embeds = self.session.concept_embeds.to(device=like.device, dtype=like.dtype)  # [C, L·D_text]
-        stack = embeds.unflatten(-1, (config.num_text_layers, config.text_hidden_dim)).unsqueeze(0)  # [1, C, L, D_text]
+        stack = embeds.unflatten(-1, (config.num_text_layers, config.text_hidden_dim)).unsqueeze(
+            0
+        )  # [1, C, L, D_text]
         concepts = transformer.txt_in(transformer.text_fusion(stack))  # [1, C, d]
         return concepts.expand(like.shape[0], -1, -1)  # [B, C, d]
 
@@ -171,7 +170,12 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         image_output = sink["to_out"][:, image_rows]  # [B, I, H·D], gated, before to_out[0]
         image_query = rope(sink["norm_q"][:, image_rows], image_rows) if "norm_q" in sink else None
         concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, session.config.concept_attention,
+            concept_query,
+            concept_key,
+            concept_value,
+            image_key,
+            image_value,
+            session.config.concept_attention,
             self._attend,
         )
         gate = torch.sigmoid(attn.to_gate(normed))  # [B, C, H·D]
@@ -271,7 +275,9 @@ class Krea2Adapter(ConceptAdapter):
             mean = torch.tensor(vae.config.latents_mean, device=latents.device, dtype=latents.dtype)  # [z]
             std = torch.tensor(vae.config.latents_std, device=latents.device, dtype=latents.dtype)  # [z]
             latents = (latents - mean[:, None, None]) / std[:, None, None]
-            prompt_embeds, prompt_mask = pipeline.encode_prompt(request.caption, device=device, num_images_per_prompt=num)
+            prompt_embeds, prompt_mask = pipeline.encode_prompt(
+                request.caption, device=device, num_images_per_prompt=num
+            )
         noised = flow_noised(latents, request, device).to(dtype)  # [N, z, h, w]
         _, channels, height, width = noised.shape
         packed = pipeline._pack_latents(noised, num, channels, height, width)  # [N, I, z·p·p]

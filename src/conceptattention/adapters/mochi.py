@@ -8,7 +8,7 @@ is only read (``MochiLayerNormContinuous``, no ``to_add_out``/``ff_context``), s
 but not advanced.
 
 Design (capture, no copied diffusers code): diffusers' ``MochiAttnProcessor2_0`` runs untouched on a
-:class:`~conceptattention.adapters.zoo_taps.TapView` of ``attn1`` whose taps keep the video queries/keys right after QK-norm (the processor rotates copies of them, not
+:class:`~conceptattention.adapters.processor.AttentionView` of ``attn1`` whose taps keep the video queries/keys right after QK-norm (the processor rotates copies of them, not
 in place), the video values and the video attention output before ``to_out[0]``; the concept branch rotates the kept
 keys with the call's RoPE tables. Concepts enter through ``time_embed.caption_proj`` (Mochi's text input layer).
 Modulation: ``temb = time embedding + attention-pooled caption``; with ``concept_conditioning="null_pooled"``
@@ -36,9 +36,8 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .processor import ConceptProcessorMixin
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
-from .zoo_taps import TapKind, TapView, missing_taps
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -123,9 +122,7 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(
-        self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
-    ) -> None:
+    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
         super().__init__(session, layer, block, transformer, original)
         self.original = original
 
@@ -140,11 +137,10 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         sink: dict[str, torch.Tensor] = {}
-        taps: dict[str, TapKind] = {"norm_q": "output", "norm_k": "output", "to_v": "output", "to_out": "input"}
-        outputs = self.original(
-            TapView(attn, sink, taps), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-        )
-        missing_taps(sink, tuple(taps), self.original, "mochi")
+        taps = ("norm_q", "norm_k", "to_v")
+        view = AttentionView(attn, sink, taps)
+        outputs = self.original(view, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "mochi")
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return outputs
 
@@ -194,18 +190,26 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         video_value = sink["to_v"].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
         video_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
         concept_output = concept_attention(
-            concept_query, concept_key, concept_value, video_key, video_value, session.config.concept_attention,
+            concept_query,
+            concept_key,
+            concept_value,
+            video_key,
+            video_value,
+            session.config.concept_attention,
             self._attend,
         )
         concept_output = concept_output.flatten(2, 3).to(video_output.dtype)  # [B, C, H·D]
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=video_output,
-            image_query=video_query,
-            concept_key=concept_key,
-            image_value=video_value,
-            concept_value=concept_value,
-        ) or modulation is None:
+        if (
+            not self._record_scores(
+                concept_output=concept_output,
+                image_output=video_output,
+                image_query=video_query,
+                concept_key=concept_key,
+                image_value=video_value,
+                concept_value=concept_value,
+            )
+            or modulation is None
+        ):
             return
         # advance the concept stream as MochiTransformerBlock advances the text stream
         gate_msa, scale_mlp, gate_mlp = modulation

@@ -26,17 +26,24 @@ if TYPE_CHECKING:
 
 
 class _Tap:
-    """A module call that also keeps its input (``keep_input``) or its output in ``sink[key]``."""
+    """A module call that also keeps its input (``keep_input``), its output or a copy of its output (``copy``: for
+    processors that rotate the tensor in place afterwards) in ``sink[key]``."""
 
-    def __init__(self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False) -> None:
+    def __init__(
+        self, module: nn.Module, sink: dict[str, torch.Tensor], key: str, keep_input: bool = False, copy: bool = False
+    ) -> None:
         self.module = module
         self.sink = sink
         self.key = key
         self.keep_input = keep_input
+        self.copy = copy
 
     def __call__(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         output = self.module(hidden_states, *args, **kwargs)
-        self.sink[self.key] = hidden_states if self.keep_input else output
+        if self.keep_input:
+            self.sink[self.key] = hidden_states
+        else:
+            self.sink[self.key] = output.clone() if self.copy else output
         return output
 
 
@@ -47,7 +54,8 @@ class AttentionView:
 
     The stock processor runs unchanged on it (same modules, same operations, same order), so the model's outputs
     are bit-identical by construction, and nothing is registered on the model, so nothing can leak. A tap whose
-    module is absent (``None``, e.g. no QK-norm) is left as it is.
+    module is absent (``None``, e.g. no QK-norm) is left as it is. Taps named in ``copies`` keep a clone of the
+    output (CogView4's processor rotates its normed queries and keys in place).
 
     Example:
         >>> from conceptattention.testing import tiny_flux_transformer
@@ -58,12 +66,14 @@ class AttentionView:
         True
     """
 
-    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor], taps: tuple[str, ...]) -> None:
+    def __init__(
+        self, attn: nn.Module, sink: dict[str, torch.Tensor], taps: tuple[str, ...], copies: tuple[str, ...] = ()
+    ) -> None:
         self._attn = attn
         for name in taps:
             module = getattr(attn, name, None)
             if module is not None:
-                setattr(self, name, _Tap(module, sink, name))
+                setattr(self, name, _Tap(module, sink, name, copy=name in copies))
         to_out = getattr(attn, "to_out", None)
         if to_out is not None:
             self.to_out = (_Tap(to_out[0], sink, "to_out", keep_input=True), *to_out[1:])
@@ -72,7 +82,9 @@ class AttentionView:
         return getattr(self._attn, name)
 
 
-def check_captured(sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...], ...], processor: Any, module: str) -> None:
+def check_captured(
+    sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...], ...], processor: Any, module: str
+) -> None:
     """Raise unless ``sink`` holds one key of every group (what the stock processor must have passed through).
 
     Raises:
@@ -237,7 +249,9 @@ class ConceptProcessorMixin:
         session = self.session
         config = session.config
         if torch.compiler.is_compiling():  # traced: no branch on the layer (one graph for every block)
-            session.record(saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors))
+            session.record(
+                saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
+            )
         elif session.is_selected(self.layer):  # eager: unselected layers compute no scores
             scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
             session.record_layer(self.layer, scores)  # [B, C, I]

@@ -20,7 +20,7 @@ with the caption tokens' treatment:
   cross-attention and value spaces.
 
 Capture (no copied diffusers code): diffusers' ``ZSingleStreamAttnProcessor`` runs untouched on a
-:class:`~conceptattention.adapters.zoo_taps.TapView` of the attention module whose taps keep the QK-normed keys (and,
+:class:`~conceptattention.adapters.processor.AttentionView` of the attention module whose taps keep the QK-normed keys (and,
 for the cross-attention space, queries) before RoPE, the values and the attention output before ``to_out[0]``; the
 concept branch re-applies the image RoPE to the image rows exactly as the processor does. The block's ``adaln_input``
 is taken by a block pre-hook. The real-image path noises the VAE latents (rectified flow) and runs one batched call.
@@ -51,8 +51,7 @@ from .base import (
     flow_noised,
     image_pixels,
 )
-from .processor import ConceptProcessorMixin
-from .zoo_taps import TapKind, TapView, missing_taps
+from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``adaln_input``.
@@ -84,7 +83,7 @@ def rotate(x: torch.Tensor, freqs_cis: torch.Tensor) -> torch.Tensor:
 
 class ZImageConceptAttnProcessor(ConceptProcessorMixin):
     """Z-Image main-block processor: runs diffusers' ``ZSingleStreamAttnProcessor`` untouched on a
-    :class:`~conceptattention.adapters.zoo_taps.TapView` of ``attention`` and advances the concept stream beside it
+    :class:`~conceptattention.adapters.processor.AttentionView` of ``attention`` and advances the concept stream beside it
     (the caption tokens' modulation and the shared weights).
 
     The view keeps the ``norm_k`` (and, for the cross-attention space, ``norm_q``) outputs ``[B, S, H, D]`` (before
@@ -141,11 +140,10 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
         sink: dict[str, torch.Tensor] = {}
-        taps: dict[str, TapKind] = {"norm_k": "output", "to_v": "output", "to_out": "input"}
-        if self.session.config.space == "cross_attention":
-            taps["norm_q"] = "output"
-        output = self.original(TapView(attn, sink, taps), hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        missing_taps(sink, tuple(taps), self.original, "z_image")
+        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
+        view = AttentionView(attn, sink, taps)
+        output = self.original(view, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
+        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "z_image")
         self._concept_branch(attn, sink, hidden_states, freqs_cis)
         return output
 
@@ -180,7 +178,9 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
             call.concept_hidden_states = self._concept_tokens_refined(like, transformer)
         concepts = call.concept_hidden_states  # [B, C, d]
         num_image = call.inputs["num_image_tokens"]
-        concept_freqs = self._concept_freqs(transformer, concepts.shape[1], concepts.device).unsqueeze(0)  # [1, C, D/2]
+        concept_freqs = self._concept_freqs(transformer, concepts.shape[1], concepts.device).unsqueeze(
+            0
+        )  # [1, C, D/2]
 
         # the block's modulation, which Z-Image applies to every token (caption and image alike)
         scale_msa, gate_msa, scale_mlp, gate_mlp = block.adaLN_modulation(adaln_input).unsqueeze(1).chunk(4, dim=2)
@@ -201,7 +201,12 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
             image_query = sink["norm_q"][:, :num_image]  # [B, I, H, D]
             image_query = image_query if image_freqs is None else rotate(image_query, image_freqs)
         concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, session.config.concept_attention,
+            concept_query,
+            concept_key,
+            concept_value,
+            image_key,
+            image_value,
+            session.config.concept_attention,
             self._attend,
         )
         concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
@@ -268,8 +273,17 @@ class ZImageAdapter(ConceptAdapter):
         return block_input_grabbers(self.joint_blocks(transformer), session, "adaln_input", BLOCK_ADALN_KEY)
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-        names = ("x", "t", "cap_feats", "return_dict", "controlnet_block_samples", "siglip_feats", "image_noise_mask",
-                 "patch_size", "f_patch_size")
+        names = (
+            "x",
+            "t",
+            "cap_feats",
+            "return_dict",
+            "controlnet_block_samples",
+            "siglip_feats",
+            "image_noise_mask",
+            "patch_size",
+            "f_patch_size",
+        )
         bound = bind_call("ZImageTransformer2DModel", names, args, kwargs, required=("x", "t", "cap_feats"))
         images = bound["x"]
         if any(isinstance(image, list | tuple) for image in images) or bound.get("siglip_feats") is not None:
@@ -310,7 +324,9 @@ class ZImageAdapter(ConceptAdapter):
             return slice(None)
         truncation = getattr(pipeline, "_cfg_truncation", None)
         timestep = call_inputs["timestep"]
-        if truncation is not None and float(truncation) <= 1 and float(timestep.reshape(-1)[0]) > float(truncation):  # [B] -> t
+        if (
+            truncation is not None and float(truncation) <= 1 and float(timestep.reshape(-1)[0]) > float(truncation)
+        ):  # [B] -> t
             return slice(None)
         return slice(0, batch_size // 2)
 
@@ -342,7 +358,9 @@ class ZImageAdapter(ConceptAdapter):
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.mode()  # [1, c, h, w]
             latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
-            prompt_embeds, _ = pipeline.encode_prompt(request.caption, device=device, do_classifier_free_guidance=False)
+            prompt_embeds, _ = pipeline.encode_prompt(
+                request.caption, device=device, do_classifier_free_guidance=False
+            )
         noised = flow_noised(latents, request, device).to(dtype)  # [N, c, h, w]
         kwargs = {
             "x": list(noised.unsqueeze(2).unbind(0)),  # N × [c, 1, h, w], as the pipeline passes them
@@ -372,7 +390,10 @@ class ZImageAdapter(ConceptAdapter):
         rows = []
         for concept in concepts:
             templated = tokenizer.apply_chat_template(
-                [{"role": "user", "content": concept}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+                [{"role": "user", "content": concept}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=True,
             )
             ids = list(tokenizer(templated).input_ids)
             own = list(tokenizer(concept, add_special_tokens=False).input_ids)
