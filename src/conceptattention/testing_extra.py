@@ -263,6 +263,39 @@ def tiny_flux2_inputs(
     return inputs
 
 
+def tiny_qwen3_text_encoder(
+    tokenizer: Any,
+    hidden_size: int,
+    *,
+    num_layers: int = 2,
+    head_dim: int = 8,
+    max_positions: int = 1024,
+    causal_lm: bool = False,
+    seed: int = 0,
+) -> Any:
+    """A tiny random-weight Qwen3 text encoder in eval mode (2 query and 2 key/value heads, MLP width 16), seeded.
+
+    Example:
+        >>> encoder = tiny_qwen3_text_encoder(tiny_byte_level_tokenizer(), 16)
+        >>> type(encoder).__name__, encoder.config.hidden_size
+        ('Qwen3Model', 16)
+    """
+    from transformers import Qwen3Config, Qwen3ForCausalLM, Qwen3Model
+
+    config = Qwen3Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=16,
+        num_hidden_layers=num_layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        max_position_embeddings=max_positions,
+        pad_token_id=0,
+    )
+    return seeded_eval(seed, Qwen3ForCausalLM if causal_lm else Qwen3Model, config)
+
+
 def tiny_flux2_klein_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
     """A complete random-weight ``Flux2KleinPipeline``: tiny Qwen3 (28 layers of width 8, so the default hidden
     layers 9, 18, 27 exist), byte-level tokenizer with a chat template, one-level Flux.2 VAE, transformer.
@@ -274,23 +307,10 @@ def tiny_flux2_klein_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         'Qwen3ForCausalLM'
     """
     from diffusers import Flux2KleinPipeline
-    from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = tiny_byte_level_tokenizer()
-    text_encoder = seeded_eval(
-        seed + 1,
-        Qwen3ForCausalLM,
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=FLUX2_TEXT_HIDDEN,
-            intermediate_size=16,
-            num_hidden_layers=28,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=4,
-            max_position_embeddings=512,
-            pad_token_id=0,
-        ),
+    text_encoder = tiny_qwen3_text_encoder(
+        tokenizer, FLUX2_TEXT_HIDDEN, num_layers=28, head_dim=4, max_positions=512, causal_lm=True, seed=seed + 1
     )
     vae = _tiny_flux2_vae(seed + 2)
     transformer = tiny_flux2_transformer(num_layers=num_layers, seed=seed + 3)

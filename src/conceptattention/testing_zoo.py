@@ -18,6 +18,7 @@ from .testing_extra import (
     _FLUX_FAMILY_GEOMETRY,
     _flow_matching_pipeline,
     tiny_byte_level_tokenizer,
+    tiny_qwen3_text_encoder,
     tiny_qwen25vl_encoder,
 )
 
@@ -217,24 +218,9 @@ def tiny_ovis_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         'Qwen3Model'
     """
     from diffusers import OvisImagePipeline
-    from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = tiny_byte_level_tokenizer()
-    text_encoder = seeded_eval(
-        seed + 1,
-        Qwen3Model,
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=OVIS_TEXT_HIDDEN,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=1024,
-            pad_token_id=0,
-        ),
-    )
+    text_encoder = tiny_qwen3_text_encoder(tokenizer, OVIS_TEXT_HIDDEN, seed=seed + 1)
     vae = _tiny_flux_vae(latent_channels=1, seed=seed + 2)
     transformer = tiny_ovis_image_transformer(num_layers=num_layers, joint_attention_dim=OVIS_TEXT_HIDDEN, seed=seed + 3)
     return _flow_matching_pipeline(OvisImagePipeline, tokenizer, text_encoder, vae, transformer)
@@ -740,24 +726,9 @@ def tiny_z_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         'Qwen3Model'
     """
     from diffusers import ZImagePipeline
-    from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = tiny_byte_level_tokenizer()
-    text_encoder = seeded_eval(
-        seed + 1,
-        Qwen3Model,
-        Qwen3Config(
-            vocab_size=len(tokenizer),
-            hidden_size=Z_IMAGE_CAP_DIM,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=1024,
-            pad_token_id=0,
-        ),
-    )
+    text_encoder = tiny_qwen3_text_encoder(tokenizer, Z_IMAGE_CAP_DIM, seed=seed + 1)
     vae = _tiny_flux_vae(latent_channels=4, seed=seed + 2)
     transformer = tiny_z_image_transformer(num_layers=num_layers, seed=seed + 3)
     return _flow_matching_pipeline(ZImagePipeline, tokenizer, text_encoder, vae, transformer)
