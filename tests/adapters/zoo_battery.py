@@ -103,3 +103,24 @@ class StockGraphBreaksCompile:
         finally:
             torch._dynamo.reset()
 
+
+class GuidedPipelineChecks:
+    """For pipelines whose diffusers guider makes a conditional and an unconditional call per step: ``guided(pipe)``
+    (set by the family's test class) is a context manager that turns guidance on."""
+
+    guided: Any
+
+    def test_pipeline_with_cfg(self, pipeline):
+        """With guidance on (two calls per step) the output stays bit-identical and the maps sum to 1."""
+        with self.guided(pipeline):
+            reference = self.generate(pipeline, negative_prompt="blurry")
+            with ConceptAttention(pipeline, ["house", "sea"]) as ca:
+                output = self.generate(pipeline, negative_prompt="blurry")
+        assert torch.equal(reference, output)
+        torch.testing.assert_close(ca.maps.maps.sum(0), torch.ones(self.expected_pipeline_grid))
+
+    def test_guided_run_records_only_conditional_calls(self, pipeline):
+        """The guider's ``pred_uncond`` call is not a step of the maps."""
+        with self.guided(pipeline), ConceptAttention(pipeline, ["house", "sea"]) as ca:
+            self.generate(pipeline, negative_prompt="blurry")
+        assert ca.session.num_recorded_calls == self.pipeline_kwargs["num_inference_steps"]
