@@ -26,7 +26,6 @@ from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProce
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import (
     ConceptAdapter,
@@ -145,24 +144,10 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
         image_value = sink["to_v"][:, num_text:].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
         image_output = sink["to_out"][:, num_text:]  # [B, I, H·D], before to_out[0]
         image_query = self._image_rows(sink["norm_q"], num_text, rotary) if "norm_q" in sink else None
-        concept_output = concept_attention(
-            concept_query,
-            concept_key,
-            concept_value,
-            image_key,
-            image_value,
-            session.config.concept_attention,
-            self._attend,
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        if concept_output is None:
             return
         # advance the concept residual stream as CogView4TransformerBlock advances the text stream
         concepts = concepts + attn.to_out[1](attn.to_out[0](concept_output)) * gate_msa.unsqueeze(1)

@@ -17,7 +17,7 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
-from ..core import saliency_scores, sdpa_bshd
+from ..core import concept_attention, saliency_scores, sdpa_bshd
 from ..session import EarlyExit
 
 
@@ -232,6 +232,47 @@ class ConceptProcessorMixin:
         if self._attention_backend is None and native_backend_active():
             return sdpa_bshd(query, key, value)
         return dispatch_attention_fn(query, key, value, backend=self._attention_backend)
+
+    def _attend_and_record(
+        self,
+        concept_query: torch.Tensor,
+        concept_key: torch.Tensor,
+        concept_value: torch.Tensor,
+        image_key: torch.Tensor,
+        image_value: torch.Tensor,
+        image_output: torch.Tensor,
+        image_query: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The concept attention of this block (queries/keys/values ``[B, C, H, D]``, image keys/values
+        ``[B, I, H, D]``, the config's concept-attention mode) and its recorded scores.
+
+        Args:
+            image_output: The image attention output before the output projection, ``[B, I, H·D]``.
+            image_query: The image queries ``[B, I, H, D]`` (the cross-attention space), else None.
+
+        Returns:
+            The concept attention output ``[B, C, H·D]`` in ``image_output``'s dtype, to advance the concept stream;
+            None when no later block needs it (the explain path's last block).
+        """
+        concept_output = concept_attention(
+            concept_query,
+            concept_key,
+            concept_value,
+            image_key,
+            image_value,
+            self.session.config.concept_attention,
+            self._attend,
+        )
+        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
+        recorded = self._record_scores(
+            concept_output=concept_output,
+            image_output=image_output,
+            image_query=image_query,
+            concept_key=concept_key,
+            image_value=image_value,
+            concept_value=concept_value,
+        )
+        return concept_output if recorded else None
 
     def _record_scores(self, **tensors: torch.Tensor) -> bool:
         """Record this block's saliency scores; whether the concept stream must still advance (always, except on

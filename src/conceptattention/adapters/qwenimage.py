@@ -30,7 +30,6 @@ from diffusers.models.transformers.transformer_qwenimage import (
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import (
     ExplainBatch,
@@ -185,7 +184,6 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
 
             call.concept_hidden_states = self._concept_tokens(image_output, text_input)  # [B, C, d]
         concepts = call.concept_hidden_states  # [B, C, d]
-        config = session.config
         modulation_attn, modulation_mlp = self._text_modulation(block)  # [B, 3d] each
 
         modulated, gate_attn = block._modulate(block.txt_norm1(concepts), modulation_attn)  # gate [B, 1, d]
@@ -200,19 +198,10 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = apply_rotary_emb_qwen(concept_query, rope, use_real=False)
         concept_key = apply_rotary_emb_qwen(concept_key, rope, use_real=False)
 
-        concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, self._attend
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
-
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        if concept_output is None:
             return
         # Advance the concept residual stream exactly as QwenImageTransformerBlock advances the text stream.
         concepts = concepts + gate_attn * attn.to_add_out(concept_output)

@@ -38,7 +38,6 @@ from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnP
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import (
     ConceptAdapter,
@@ -200,24 +199,10 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         if "norm_q" in sink:
             image_query = sink["norm_q"][:, :num_image]  # [B, I, H, D]
             image_query = image_query if image_freqs is None else rotate(image_query, image_freqs)
-        concept_output = concept_attention(
-            concept_query,
-            concept_key,
-            concept_value,
-            image_key,
-            image_value,
-            session.config.concept_attention,
-            self._attend,
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        if concept_output is None:
             return
         # advance the concept residual stream as ZImageTransformerBlock advances every token
         projected = attn.to_out[0](concept_output)  # [B, C, d]
