@@ -88,7 +88,7 @@ class Method:
     Args:
         name: Label used in reports and folder names.
         kind: ``"conceptattention"`` (an MM-DiT pipeline through :func:`conceptattention.explain`), ``"daam"``
-            (a UNet pipeline through :func:`conceptattention.evaluation.daam.daam_explain`), or one of the model-free
+            (a UNet pipeline through :func:`conceptattention.evaluation.daam_images.daam_explain`), or one of the model-free
             ShapesWorld baselines ``"colour-prior"``, ``"layout-prior"``, ``"all-background"``
             (:mod:`conceptattention.evaluation.baselines`; no pipeline is needed).
         config: ConceptAttention options (space, softmax, concept attention mask, layers, pooling ...); ignored by
@@ -268,7 +268,7 @@ class Method:
         if not self.needs_model:
             return [self._baseline(request) for request in requests]
         if self.kind == "daam":
-            from conceptattention.evaluation.daam import daam_explain
+            from conceptattention.evaluation.daam_images import daam_explain
 
             side = self.resolution
             layers = self.config.layers

@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from conceptattention.evaluation.metrics import aggregate, aggregate_multiclass
+from conceptattention.evaluation.metrics import aggregate
+from conceptattention.evaluation.multiclass_metrics import aggregate_multiclass
 from conceptattention.evaluation.results import RUN_FORMAT_VERSION
 from conceptattention.outputs import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -334,7 +335,7 @@ def build_report(
     Returns:
         A JSON-serialisable dict: ``dataset``, ``method``, ``model``, ``settings``, ``metrics`` (``binary``: the
         fg/bg metrics of :func:`~conceptattention.evaluation.metrics.aggregate`; ``multiclass``: those of
-        :func:`~conceptattention.evaluation.metrics.aggregate_multiclass` or ``None``), ``per_image`` APs,
+        :func:`~conceptattention.evaluation.multiclass_metrics.aggregate_multiclass` or ``None``), ``per_image`` APs,
         ``versions``, ``git``, ``hardware`` and ``timing``.
 
     Example:

@@ -30,7 +30,8 @@ from conceptattention.evaluation.datasets import (
     PascalVOCSingleClass,
     SegmentationSample,
 )
-from conceptattention.evaluation.metrics import multiclass_per_image_counts, per_image_counts
+from conceptattention.evaluation.metrics import per_image_counts
+from conceptattention.evaluation.multiclass_metrics import multiclass_per_image_counts
 
 
 __all__ = [
