@@ -212,16 +212,8 @@ def load_run_inputs(args: argparse.Namespace) -> tuple[Any, Any, RunOptions]:
     dataset = dataset_from_args(args)
     context = process_context()
     pipeline, model_name = load_pipeline(args, context)
-    options = RunOptions(
-        limit=args.limit,
-        batch_size=args.batch_size,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        ap_scores=args.ap_scores,
-        model_name=model_name,
-        progress=not args.no_progress,
-        context=context,
-    )
+    same_names = {name: getattr(args, name) for name in ("limit", "batch_size", "resume", "overwrite", "ap_scores")}
+    options = RunOptions(**same_names, model_name=model_name, progress=not args.no_progress, context=context)
     return dataset, pipeline, options
 
 

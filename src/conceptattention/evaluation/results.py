@@ -270,7 +270,9 @@ def _check_replaceable(out: Path, marker: str) -> None:
         )
 
 
-def check_run_folder(out: Path, identity: dict[str, Any] | None, *, resume: bool, overwrite: bool) -> None:
+def check_run_folder(
+    out: Path, identity: Mapping[str, Any] | None, *, resume: bool, overwrite: bool, what: str = "a run"
+) -> None:
     """Refuse unusable output folders before anything is written (run by every process).
 
     Args:
@@ -278,6 +280,7 @@ def check_run_folder(out: Path, identity: dict[str, Any] | None, *, resume: bool
         identity: The run's configuration (``run.json``), or ``None`` to check the folder alone.
         resume: Continue the run in ``out``.
         overwrite: Replace the run in ``out``.
+        what: What the folder holds (errors), e.g. ``"a per-kind run"``.
 
     Raises:
         See :func:`check_reusable_folder` and :func:`check_same_run`.
@@ -292,7 +295,7 @@ def check_run_folder(out: Path, identity: dict[str, Any] | None, *, resume: bool
         foreign_message=f"'{out}' exists but has no run.json: it is not an evaluation folder. Choose another --out.",
     )
     if run_file is not None and identity is not None:
-        check_same_run(run_file, identity)
+        check_same_run(run_file, identity, what=what)
 
 
 def check_same_run(

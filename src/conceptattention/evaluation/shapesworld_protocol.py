@@ -48,12 +48,7 @@ import torch.nn.functional as F
 from conceptattention.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_metric, resample_weights
 from conceptattention.evaluation.methods import MapRequest, Method
 from conceptattention.evaluation.metrics import per_image_counts
-from conceptattention.evaluation.results import (
-    check_reusable_folder,
-    check_same_run,
-    removed_on_failure,
-    resume_records,
-)
+from conceptattention.evaluation.results import check_run_folder, removed_on_failure, resume_records
 from conceptattention.evaluation.shapesworld_report import (
     CONCEPT_KINDS,
     SceneConceptSet,
@@ -369,17 +364,7 @@ def run_per_kind(
         "model": model_name if any(method.needs_model for method in methods) else None,
     }
     identity = json.loads(json.dumps(identity))
-    marker = check_reusable_folder(
-        out,
-        "run.json",
-        resume=resume,
-        overwrite=overwrite,
-        exists_message=f"The output folder '{out}' already exists; pass --resume to continue the run in it, or "
-        "--overwrite to start over.",
-        foreign_message=f"'{out}' exists but has no run.json: it is not an evaluation folder. Choose another --out.",
-    )
-    if marker is not None:
-        check_same_run(marker, identity, what="a per-kind run")
+    check_run_folder(out, identity, resume=resume, overwrite=overwrite, what="a per-kind run")
     for method in methods:
         if method.needs_model:
             method.check_pipeline(pipeline)
