@@ -198,7 +198,7 @@ def test_reading_imagenet_seg_without_h5py_names_the_extra(monkeypatch, tmp_path
 def test_several_processes_without_accelerate_name_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "accelerate", None)
     monkeypatch.setenv("WORLD_SIZE", "2")
-    from conceptattention.evaluation.runner import process_context
+    from conceptattention.evaluation.distributed import process_context
 
     with pytest.raises(MissingExtraError, match=r"several processes needs accelerate.*conceptattention\[eval\]"):
         process_context()

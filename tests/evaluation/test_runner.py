@@ -32,7 +32,7 @@ from conceptattention.evaluation import (
 )
 from conceptattention.evaluation.datasets import DatasetFormatError, DatasetNotFoundError
 from conceptattention.evaluation.report import format_metric
-from conceptattention.evaluation.runner import EvaluationItem
+from conceptattention.evaluation.tasks import EvaluationItem
 from conceptattention.outputs import OutputExistsError
 from conceptattention.testing import tiny_flux_pipeline
 

@@ -207,7 +207,7 @@ def test_evaluate_per_kind_bad_inputs_leave_nothing(tmp_path, capsys):
 
 
 def test_baselines_run_in_the_standard_runner_without_a_model(tmp_path):
-    from conceptattention.evaluation.runner import build_dataset, evaluate
+    from conceptattention.evaluation import build_dataset, evaluate
 
     dataset = build_dataset("shapesworld", "test:3")
     colour = evaluate(None, dataset, get_method("colour-prior"), tmp_path / "colour", progress=False)

@@ -15,10 +15,11 @@ import sys
 import time
 
 from ..evaluation.ablate import DEFAULT_NOISE_LEVELS, SWEEPS, check_sweep_folder, run_sweep
-from ..evaluation.methods import add_method_arguments, get_method, method_overrides
+from ..evaluation.methods import get_method
 from ..evaluation.report import markdown_table
 from .common import run_as_program
 from .evaluate import add_dataset_options, add_run_options, load_run_inputs
+from .method_options import add_method_arguments, method_overrides
 
 
 HELP = "run an ablation sweep of the paper (table3: spaces ± softmax, table4: cross/self, figure7: layers, noise)"
@@ -64,9 +65,9 @@ def run(args: argparse.Namespace) -> int:
         args.sweep,
         base,
         args.out,
+        options,
         layers=args.sweep_layers,
         noise_levels=args.noise_levels,
-        **options,
     )
     if summary is not None:
         for rows in summary["series"].values():

@@ -140,7 +140,7 @@ def items_digest(items: list[Any]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from ..dataset import ItemOutputs, build_dataset, check_folder
-    from ..evaluation.runner import process_context
+    from ..evaluation.distributed import process_context
     from ..models import load_model, parse_dtype
     from .evaluate import resolve_device
 

@@ -24,10 +24,14 @@ import sys
 import time
 from typing import Any
 
-from ..evaluation.methods import add_method_arguments, get_method, method_from_args, method_overrides
+from ..evaluation.distributed import ProcessContext, process_context
+from ..evaluation.loop import RunOptions, evaluate
+from ..evaluation.methods import get_method
 from ..evaluation.report import markdown_table, metrics_row
-from ..evaluation.runner import DATASETS, ProcessContext, build_dataset, check_output_folder, evaluate, process_context
+from ..evaluation.results import check_output_folder
+from ..evaluation.tasks import DATASETS, build_dataset, parse_shapesworld_spec
 from .common import run_as_program
+from .method_options import add_method_arguments, method_from_args, method_overrides
 
 
 HELP = "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)"
@@ -195,30 +199,21 @@ def load_pipeline(args: argparse.Namespace, context: ProcessContext) -> tuple[An
     return pipeline, f"{loaded.description} [{dtype}]"
 
 
-def load_run_inputs(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    """The dataset, the pipeline and the runner options of ``evaluate`` and ``ablate`` (after their cheap checks).
+def load_run_inputs(args: argparse.Namespace) -> tuple[Any, Any, RunOptions]:
+    """The dataset, the pipeline and the run options of ``evaluate`` and ``ablate`` (after their cheap checks).
 
     The dataset is built first, so that a missing dataset fails before the model loads.
 
     Returns:
-        ``(dataset, pipeline, options)``; ``options`` are the keyword arguments shared by
-        :func:`~conceptattention.evaluation.runner.evaluate` and :func:`~conceptattention.evaluation.ablate.run_sweep`
-        (``limit``, ``batch_size``, ``resume``, ``overwrite``, ``ap_scores``, ``model_name``, ``progress``,
-        ``context``).
+        ``(dataset, pipeline, options)``; ``options`` (:class:`~conceptattention.evaluation.loop.RunOptions`) are
+        shared by :func:`~conceptattention.evaluation.loop.evaluate` and
+        :func:`~conceptattention.evaluation.ablate.run_sweep`.
     """
     dataset = dataset_from_args(args)
     context = process_context()
     pipeline, model_name = load_pipeline(args, context)
-    options = {
-        "limit": args.limit,
-        "batch_size": args.batch_size,
-        "resume": args.resume,
-        "overwrite": args.overwrite,
-        "ap_scores": args.ap_scores,
-        "model_name": model_name,
-        "progress": not args.no_progress,
-        "context": context,
-    }
+    same_names = {name: getattr(args, name) for name in ("limit", "batch_size", "resume", "overwrite", "ap_scores")}
+    options = RunOptions(**same_names, model_name=model_name, progress=not args.no_progress, context=context)
     return dataset, pipeline, options
 
 
@@ -236,7 +231,6 @@ def per_kind_methods(args: argparse.Namespace) -> list[Any]:
 
 def run_per_kind_protocol(args: argparse.Namespace, started: float) -> int:
     """``--protocol per-kind``: every method on the same ShapesWorld scenes, one report with intervals."""
-    from ..evaluation.runner import _parse_shapesworld_spec
     from ..evaluation.shapesworld_protocol import metrics_table, run_per_kind
     from ..shapesworld import ShapesWorldDataset
 
@@ -245,7 +239,7 @@ def run_per_kind_protocol(args: argparse.Namespace, started: float) -> int:
     methods = per_kind_methods(args)  # unknown methods and bad overrides fail first
     if args.distractors < 0 or args.bootstrap < 1:
         raise ValueError("--distractors must be >= 0 and --bootstrap >= 1.")
-    split, count, seed = _parse_shapesworld_spec(args.data)
+    split, count, seed = parse_shapesworld_spec(args.data)
     if args.limit is not None:
         if args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}.")
@@ -287,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     method = method_from_args(args)  # unknown methods and bad overrides fail first
     check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     dataset, pipeline, options = load_run_inputs(args)
-    report = evaluate(pipeline, dataset, method, args.out, **options)
+    report = evaluate(pipeline, dataset, method, args.out, options)
     if report is not None:
         row = {"name": method.name, **metrics_row(report["metrics"])}
         print(markdown_table([row]), end="")

@@ -4,19 +4,23 @@ Metrics follow the Chefer et al. (2021) standard used by ImageNet-Segmentation p
 official ConceptAttention harness are available only under explicitly named ``paper_compatible_*`` keys. Loaders read
 user-supplied files (nothing is downloaded).
 
-``__all__`` gathers the public names of the submodules (all of them for datasets, metrics, runner, daam and the
-ShapesWorld report; the library entry points of ablate and methods, without their command-line helpers).
+``__all__`` gathers the public names of the submodules (all of them for datasets, metrics, multiclass_metrics, tasks, daam, daam_images and the
+ShapesWorld report; the library entry points of the loop, results, distributed, report, ablate and methods).
+The evaluation of one method on one dataset is :func:`evaluate` (:mod:`~conceptattention.evaluation.loop`) over a
+dataset of :mod:`~conceptattention.evaluation.tasks`, writing a folder of :mod:`~conceptattention.evaluation.results`
+and a report of :mod:`~conceptattention.evaluation.report`, on one or several processes
+(:mod:`~conceptattention.evaluation.distributed`).
 """
 
-from conceptattention.evaluation import daam, datasets, metrics, runner, shapesworld_report
+from conceptattention.evaluation import daam, datasets, metrics, multiclass_metrics, shapesworld_report, tasks
 from conceptattention.evaluation.ablate import DEFAULT_NOISE_LEVELS, SWEEPS, SweepPoint, run_sweep, sweep_points
 from conceptattention.evaluation.daam import (
     DAAMError,
     DAAMRecorder,
     concept_token_positions,
-    daam_explain,
     daam_prompt,
 )
+from conceptattention.evaluation.daam_images import daam_explain
 from conceptattention.evaluation.datasets import (
     IMAGENET_BACKGROUND_CONCEPTS,
     VOC_BACKGROUND_CONCEPTS,
@@ -28,6 +32,8 @@ from conceptattention.evaluation.datasets import (
     PascalVOCSingleClass,
     SegmentationSample,
 )
+from conceptattention.evaluation.distributed import ProcessContext, process_context
+from conceptattention.evaluation.loop import RunOptions, evaluate
 from conceptattention.evaluation.methods import (
     METHODS,
     MapRequest,
@@ -38,34 +44,24 @@ from conceptattention.evaluation.methods import (
 )
 from conceptattention.evaluation.metrics import (
     MetricInputError,
-    MulticlassSegmentationMetrics,
     SegmentationMetrics,
     aggregate,
-    aggregate_multiclass,
     binarize_saliency,
-    multiclass_per_image_counts,
     normalize_saliency,
     per_image_counts,
     pooled_average_precision,
 )
-from conceptattention.evaluation.runner import (
-    DATASETS,
-    EvaluationDataset,
-    EvaluationItem,
-    ImageNetSegEvaluation,
-    ProcessContext,
+from conceptattention.evaluation.multiclass_metrics import (
+    MulticlassSegmentationMetrics,
+    aggregate_multiclass,
+    multiclass_per_image_counts,
+)
+from conceptattention.evaluation.report import build_report
+from conceptattention.evaluation.results import (
     ResultsFileError,
     RunMismatchError,
-    ShapesWorldEvaluation,
-    VOCEvaluation,
-    build_dataset,
-    build_report,
     check_output_folder,
-    evaluate,
     load_results,
-    process_context,
-    read_class_names,
-    score_item,
 )
 from conceptattention.evaluation.shapesworld_report import (
     CONCEPT_KINDS,
@@ -79,13 +75,29 @@ from conceptattention.evaluation.shapesworld_report import (
     score_scene,
     summarize_by_kind,
 )
+from conceptattention.evaluation.tasks import (
+    DATASETS,
+    EvaluationDataset,
+    EvaluationItem,
+    ImageNetSegEvaluation,
+    ShapesWorldEvaluation,
+    VOCEvaluation,
+    build_dataset,
+    parse_shapesworld_spec,
+    read_class_names,
+    score_item,
+)
 
 
 __all__: list[str] = []
 __all__ += datasets.__all__
 __all__ += metrics.__all__
+__all__ += multiclass_metrics.__all__
 __all__ += ["DEFAULT_NOISE_LEVELS", "SWEEPS", "SweepPoint", "run_sweep", "sweep_points"]
 __all__ += ["METHODS", "MapRequest", "Method", "MethodError", "UnknownMethodError", "get_method"]
 __all__ += daam.__all__
-__all__ += runner.__all__
+__all__ += ["daam_explain"]
+__all__ += tasks.__all__
+__all__ += ["ProcessContext", "process_context", "RunOptions", "evaluate", "build_report"]
+__all__ += ["ResultsFileError", "RunMismatchError", "check_output_folder", "load_results"]
 __all__ += shapesworld_report.__all__

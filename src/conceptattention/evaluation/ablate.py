@@ -7,7 +7,7 @@
 * ``figure7``: one joint block at a time (every block of the model, or a chosen list), and one noise level at a time
   (Figure 7 / Figure 6 of v1).
 
-Every configuration is evaluated by :func:`conceptattention.evaluation.runner.evaluate` into its own sub-folder of
+Every configuration is evaluated by :func:`conceptattention.evaluation.loop.evaluate` into its own sub-folder of
 the sweep folder, so an interrupted sweep resumes where it stopped (``resume=True``) and finished configurations are
 not recomputed. The sweep writes ``summary.json``, a markdown table per series and a PNG plot per series.
 """
@@ -22,16 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from conceptattention import get_adapter
+from conceptattention.evaluation.loop import RunOptions, evaluate
 from conceptattention.evaluation.methods import Method, MethodError
 from conceptattention.evaluation.report import environment_info, git_revision, markdown_table, metrics_row, plot_sweep
-from conceptattention.evaluation.runner import (
-    EvaluationDataset,
-    ProcessContext,
-    RunMismatchError,
-    check_reusable_folder,
-    evaluate,
-    removed_on_failure,
-)
+from conceptattention.evaluation.results import RunMismatchError, check_reusable_folder, removed_on_failure
+from conceptattention.evaluation.tasks import EvaluationDataset
 from conceptattention.outputs import atomic_write_json, atomic_write_text
 
 
@@ -182,17 +177,11 @@ def run_sweep(
     sweep: str,
     base: Method,
     out: str | os.PathLike[str],
+    options: RunOptions | None = None,
     *,
     layers: Sequence[int] | None = None,
     noise_levels: Sequence[float] = DEFAULT_NOISE_LEVELS,
-    limit: int | None = None,
-    batch_size: int = 1,
-    resume: bool = False,
-    overwrite: bool = False,
-    ap_scores: str = "normalized",
-    model_name: str | None = None,
-    progress: bool = True,
-    context: ProcessContext | None = None,
+    **overrides: Any,
 ) -> dict[str, Any] | None:
     """Run every configuration of a sweep and write its tables and plots.
 
@@ -203,16 +192,13 @@ def run_sweep(
         base: The base method (see :func:`sweep_points`).
         out: Sweep folder: one runner folder per configuration, plus ``sweep.json`` (which sweep it holds),
             ``summary.json``, ``<sweep>*.md`` and ``<sweep>*.png``.
+        options: How every configuration is run (:class:`~conceptattention.evaluation.loop.RunOptions`):
+            ``resume`` continues an interrupted sweep (finished configurations are not recomputed), ``overwrite``
+            recomputes every configuration.
         layers: Joint blocks of the figure7 layer series (default: all).
         noise_levels: Noise levels of the figure7 noise series.
-        limit: Evaluate only the first ``limit`` images.
-        batch_size: Images per forward where the method batches images.
-        resume: Continue an interrupted sweep (finished configurations are not recomputed).
-        overwrite: Recompute every configuration.
-        ap_scores: ``"normalized"`` or ``"raw"``.
-        model_name: Model description (reports).
-        progress: Progress bars.
-        context: Process context (see :func:`~conceptattention.evaluation.runner.process_context`).
+        **overrides: :class:`~conceptattention.evaluation.loop.RunOptions` fields that replace those of
+            ``options`` (``limit=``, ``resume=``, ``model_name=`` ...).
 
     Returns:
         The summary (main process), else ``None``.
@@ -221,15 +207,17 @@ def run_sweep(
         OutputExistsError: ``out`` exists without ``resume`` or ``overwrite``.
         RunMismatchError: ``resume`` into a folder of another sweep.
         MethodError: An invalid sweep or base method.
+        ValueError: Invalid run options.
 
     Example:
         >>> summary = run_sweep(pipe, data, "table4", get_method("conceptattention"), "runs/table4")  # doctest: +SKIP
         >>> [row["name"] for row in summary["series"]["attention"]]  # doctest: +SKIP
         ['both', 'cross-only', 'self-only', 'none']
     """
-    context = context or ProcessContext()
+    options = RunOptions.of(options, **overrides)
+    context = options.context
     folder = Path(out)
-    check_sweep_folder(folder, sweep, resume=resume, overwrite=overwrite)
+    check_sweep_folder(folder, sweep, resume=options.resume, overwrite=options.overwrite)
     num_layers = _joint_block_count(pipeline) if sweep == "figure7" and layers is None else None
     points = sweep_points(sweep, base, num_layers=num_layers, layers=layers, noise_levels=noise_levels)
     for point in points:
@@ -239,15 +227,12 @@ def run_sweep(
     if context.is_main:
         atomic_write_json(folder / "sweep.json", {"sweep": sweep, "points": [point.label for point in points]})
     context.barrier()
-    options = {"limit": limit, "batch_size": batch_size, "ap_scores": ap_scores, "model_name": model_name}
 
     def has_results() -> bool:
         return any(folder.glob("*/results/rank-*.jsonl"))
 
     with removed_on_failure(folder, created=context.is_main and created, has_results=has_results):
-        return _run_points(
-            pipeline, dataset, sweep, base, folder, points, resume, overwrite, progress, context, options
-        )
+        return _run_points(pipeline, dataset, sweep, base, folder, points, options)
 
 
 def _run_points(
@@ -257,32 +242,13 @@ def _run_points(
     base: Method,
     folder: Path,
     points: list[SweepPoint],
-    resume: bool,
-    overwrite: bool,
-    progress: bool,
-    context: ProcessContext,
-    options: dict[str, Any],
+    options: RunOptions,
 ) -> dict[str, Any] | None:
-    """Evaluate every point (``options``: limit, batch_size, ap_scores, model_name) and write the summary."""
-    limit, batch_size = options["limit"], options["batch_size"]
-    ap_scores, model_name = options["ap_scores"], options["model_name"]
+    """Evaluate every point and write the summary."""
     series: dict[str, list[dict[str, Any]]] = {}
     entries = []
     for point in points:
-        report = evaluate(
-            pipeline,
-            dataset,
-            point.method,
-            folder / point.label,
-            limit=limit,
-            batch_size=batch_size,
-            resume=resume,
-            overwrite=overwrite,
-            ap_scores=ap_scores,
-            model_name=model_name,
-            progress=progress,
-            context=context,
-        )
+        report = evaluate(pipeline, dataset, point.method, folder / point.label, options)
         if report is None:
             continue
         row = {"name": point.label, "x": point.x, **metrics_row(report["metrics"])}
@@ -298,15 +264,15 @@ def _run_points(
                 "timing": report["timing"],
             }
         )
-    if not context.is_main:
+    if not options.context.is_main:
         return None
     summary = {
         "format": "conceptattention.evaluation.sweep",
         "sweep": sweep,
         "dataset": dataset.describe(),
         "base_method": base.to_dict(),
-        "model": model_name,
-        "settings": {"limit": limit, "batch_size": batch_size, "ap_scores": ap_scores},
+        "model": options.model_name,
+        "settings": options.settings(),
         "series": series,
         "points": entries,
         "versions": environment_info(),

@@ -18,7 +18,6 @@ no model (ShapesWorld only, :mod:`conceptattention.evaluation.baselines`): ``col
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -38,9 +37,7 @@ __all__ = [
     "Method",
     "MethodError",
     "UnknownMethodError",
-    "add_method_arguments",
     "get_method",
-    "method_from_args",
 ]
 
 MethodKind = Literal["conceptattention", "daam", "colour-prior", "layout-prior", "all-background"]
@@ -91,7 +88,7 @@ class Method:
     Args:
         name: Label used in reports and folder names.
         kind: ``"conceptattention"`` (an MM-DiT pipeline through :func:`conceptattention.explain`), ``"daam"``
-            (a UNet pipeline through :func:`conceptattention.evaluation.daam.daam_explain`), or one of the model-free
+            (a UNet pipeline through :func:`conceptattention.evaluation.daam_images.daam_explain`), or one of the model-free
             ShapesWorld baselines ``"colour-prior"``, ``"layout-prior"``, ``"all-background"``
             (:mod:`conceptattention.evaluation.baselines`; no pipeline is needed).
         config: ConceptAttention options (space, softmax, concept attention mask, layers, pooling ...); ignored by
@@ -271,7 +268,7 @@ class Method:
         if not self.needs_model:
             return [self._baseline(request) for request in requests]
         if self.kind == "daam":
-            from conceptattention.evaluation.daam import daam_explain
+            from conceptattention.evaluation.daam_images import daam_explain
 
             side = self.resolution
             layers = self.config.layers
@@ -428,90 +425,3 @@ def get_method(name: str, **overrides: Any) -> Method:
         raise UnknownMethodError(f"Unknown method {name!r}; choose one of: {known}.")
     method = METHODS[name]
     return method.replace(**overrides) if overrides else method
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def add_method_arguments(parser: argparse.ArgumentParser, *, with_method: bool = True) -> None:
-    """Add ``--method`` and the option overrides (all default to the method's own values).
-
-    Args:
-        parser: The (sub)parser.
-        with_method: Also add ``--method`` (the ablation command sets the method itself).
-
-    Example:
-        >>> parser = argparse.ArgumentParser()
-        >>> add_method_arguments(parser)
-        >>> method_from_args(parser.parse_args(["--method", "value", "--samples", "3"])).num_samples
-        3
-    """
-    group = parser.add_argument_group("method")
-    if with_method:
-        group.add_argument(
-            "--method",
-            default="conceptattention",
-            help=f"evaluated method: {', '.join(METHODS)} (default: conceptattention)",
-        )
-    group.add_argument("--layers", type=int, nargs="+", default=None, help="joint blocks (DAAM: cross-attn layers)")
-    group.add_argument("--noise-level", type=float, default=None, help="noise level in (0, 1] (default 0.5)")
-    group.add_argument("--samples", type=int, default=None, help="noise samples per image (default 1)")
-    group.add_argument("--seed", type=int, default=None, help="seed of the first noise sample (default 0)")
-    group.add_argument("--space", choices=["output", "cross_attention", "value"], default=None)
-    softmax = group.add_mutually_exclusive_group()
-    softmax.add_argument("--softmax", dest="softmax", action="store_true", default=None, help="softmax over concepts")
-    softmax.add_argument("--no-softmax", dest="softmax", action="store_false", help="raw scores, no softmax")
-    group.add_argument("--concept-attention", choices=["both", "cross", "self", "none"], default=None)
-    group.add_argument("--pooling", choices=["mean", "first", "last"], default=None, help="multi-token concepts")
-    group.add_argument("--conditioning", choices=["null_pooled", "prompt"], default=None)
-    group.add_argument("--caption", choices=list(CAPTION_MODES), default=None, help="dataset caption or empty")
-    group.add_argument("--prediction", choices=list(PREDICTIONS), default=None, help="mean threshold or argmax")
-    group.add_argument("--resolution", type=int, default=None, help="square model input side (default: model's)")
-    group.add_argument("--upsample", choices=list(UPSAMPLINGS), default=None, help="maps to label resolution")
-    group.add_argument("--blur", type=float, default=None, metavar="SIGMA", help="Gaussian blur sigma (0 = off)")
-
-
-def method_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The overrides given on the command line (options left at ``None`` are not overrides).
-
-    Example:
-        >>> parser = argparse.ArgumentParser()
-        >>> add_method_arguments(parser)
-        >>> method_overrides(parser.parse_args(["--no-softmax", "--layers", "2", "3"]))
-        {'layers': (2, 3), 'softmax': False}
-    """
-    candidates = {
-        "layers": tuple(args.layers) if args.layers else None,
-        "noise_level": args.noise_level,
-        "num_samples": args.samples,
-        "seed": args.seed,
-        "space": args.space,
-        "softmax": args.softmax,
-        "concept_attention": args.concept_attention,
-        "concept_pooling": args.pooling,
-        "concept_conditioning": args.conditioning,
-        "caption": args.caption,
-        "prediction": args.prediction,
-        "resolution": args.resolution,
-        "upsample": args.upsample,
-        "blur_sigma": args.blur,
-    }
-    return {key: value for key, value in candidates.items() if value is not None}
-
-
-def method_from_args(args: argparse.Namespace) -> Method:
-    """The method named by ``--method`` with the command line's overrides applied.
-
-    Raises:
-        UnknownMethodError: For an unknown method name.
-        MethodError: For invalid overrides.
-
-    Example:
-        >>> parser = argparse.ArgumentParser()
-        >>> add_method_arguments(parser)
-        >>> method_from_args(parser.parse_args(["--method", "cross-only"])).config.concept_attention
-        'cross'
-    """
-    return get_method(args.method, **method_overrides(args))

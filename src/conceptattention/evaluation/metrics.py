@@ -15,17 +15,17 @@ Definitions (as in Chefer et al. 2021, ``hila-chefer/Transformer-Explainability`
 * ``paper_compatible_voc_pixel_accuracy = 2C / (N + N_valid)`` reproduces the official PascalVOC accuracy, in which
   void pixels count as half wrong.
 
-The counting is done with torchmetrics (``binary_stat_scores``, ``multiclass_stat_scores``,
-``binary_average_precision``). Every image becomes one JSON-serialisable record of integer counts and one float (its
-AP); dataset-level numbers are pure functions of a list of records (:func:`aggregate`,
-:func:`aggregate_multiclass`), so records written by several processes, or stored by a resumable runner, combine
-exactly: concatenate the lists and aggregate again.
+The counting is done with torchmetrics (``binary_stat_scores``, ``binary_average_precision``). Every image becomes
+one JSON-serialisable record of integer counts and one float (its AP); dataset-level numbers are pure functions of a
+list of records (:func:`aggregate`), so records written by several processes, or stored by a resumable runner, combine
+exactly: concatenate the lists and aggregate again. The multi-class (argmax) metrics, built the same way, are in
+:mod:`conceptattention.evaluation.multiclass_metrics`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -38,17 +38,13 @@ from conceptattention.extras import lazy_function
 _CLASSIFICATION = "torchmetrics.functional.classification"
 binary_average_precision = lazy_function(_CLASSIFICATION, "binary_average_precision", "eval")
 binary_stat_scores = lazy_function(_CLASSIFICATION, "binary_stat_scores", "eval")
-multiclass_stat_scores = lazy_function(_CLASSIFICATION, "multiclass_stat_scores", "eval")
 
 
 __all__ = [
     "MetricInputError",
-    "MulticlassSegmentationMetrics",
     "SegmentationMetrics",
     "aggregate",
-    "aggregate_multiclass",
     "binarize_saliency",
-    "multiclass_per_image_counts",
     "normalize_saliency",
     "per_image_counts",
     "pooled_average_precision",
@@ -61,7 +57,6 @@ Threshold = Literal["mean"] | float
 APScores = Literal["normalized", "raw"]
 
 _BINARY_COUNT_KEYS = ("tp", "fp", "tn", "fn", "void")
-_MULTICLASS_COUNT_KEYS = ("intersection", "predicted", "labelled")
 
 
 class MetricInputError(ValueError):
@@ -73,8 +68,20 @@ class MetricInputError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _as_tensor(array: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
-    """Converts a numpy array or tensor to a CPU tensor, rejecting anything else with a clear message."""
+def as_tensor(array: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
+    """Converts a numpy array or tensor to a CPU tensor, rejecting anything else with a clear message.
+
+    Args:
+        array: The input (any shape).
+        name: Its argument name (errors).
+
+    Raises:
+        MetricInputError: ``array`` is neither a tensor nor a numpy array.
+
+    Example:
+        >>> as_tensor(np.zeros((2, 3), np.int8), "target").shape
+        torch.Size([2, 3])
+    """
     if isinstance(array, torch.Tensor):
         return array.detach().cpu()
     if isinstance(array, np.ndarray):
@@ -84,7 +91,7 @@ def _as_tensor(array: torch.Tensor | np.ndarray, name: str) -> torch.Tensor:
 
 def _check_binary_target(target: torch.Tensor | np.ndarray) -> torch.Tensor:
     """Returns the label as an int64 tensor with values in {-1, 0, 1}, or raises."""
-    target = _as_tensor(target, "target")
+    target = as_tensor(target, "target")
     if target.ndim != 2:
         raise MetricInputError(f"`target` must be a 2-D [H, W] label map, got shape {tuple(target.shape)}.")
     if target.is_floating_point() or target.is_complex():
@@ -104,7 +111,7 @@ def _check_binary_target(target: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 def _check_scores(scores: torch.Tensor | np.ndarray, target_shape: tuple[int, ...]) -> torch.Tensor:
     """Returns the saliency map as a float64 tensor of the label's shape, or raises."""
-    scores = _as_tensor(scores, "scores")
+    scores = as_tensor(scores, "scores")
     if tuple(scores.shape) != target_shape:
         raise MetricInputError(
             f"`scores` has shape {tuple(scores.shape)} but `target` has shape {target_shape}; upsample the saliency "
@@ -151,7 +158,7 @@ def _valid_mask_for(scores: torch.Tensor, valid_mask: torch.Tensor | np.ndarray 
     """Returns the boolean valid-pixel mask of ``scores`` (all True for ``None``), or raises."""
     if valid_mask is None:
         return torch.ones_like(scores, dtype=torch.bool)
-    valid = _as_tensor(valid_mask, "valid_mask").bool()
+    valid = as_tensor(valid_mask, "valid_mask").bool()
     if valid.shape != scores.shape:
         raise MetricInputError(
             f"`valid_mask` has shape {tuple(valid.shape)} but `scores` has shape {tuple(scores.shape)}."
@@ -200,7 +207,7 @@ def normalize_saliency(
         >>> normalize_saliency(torch.tensor([[1.0, 3.0], [5.0, 3.0]])).tolist()
         [[0.0, 0.5], [1.0, 0.5]]
     """
-    scores = _as_tensor(scores, "scores")
+    scores = as_tensor(scores, "scores")
     scores = _check_scores(scores, tuple(scores.shape))
     normalized, _is_constant = _min_max(scores, _valid_mask_for(scores, valid_mask))
     return normalized
@@ -236,7 +243,7 @@ def binarize_saliency(
         [[False, False], [True, True]]
     """
     threshold = _check_threshold(threshold)
-    scores = _as_tensor(scores, "scores")
+    scores = as_tensor(scores, "scores")
     scores = _check_scores(scores, tuple(scores.shape))
     valid = _valid_mask_for(scores, valid_mask)
     normalized, _is_constant = _min_max(scores, valid)
@@ -373,7 +380,7 @@ def per_image_counts(
 
 def _check_prediction_mask(prediction: torch.Tensor | np.ndarray, target_shape: tuple[int, ...]) -> torch.Tensor:
     """Returns a precomputed foreground mask as bool, or raises."""
-    prediction = _as_tensor(prediction, "prediction")
+    prediction = as_tensor(prediction, "prediction")
     if tuple(prediction.shape) != target_shape:
         raise MetricInputError(
             f"`prediction` has shape {tuple(prediction.shape)} but `target` has shape {target_shape}; resize the "
@@ -475,8 +482,15 @@ def aggregate(records: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-class _RecordAccumulator:
-    """The per-image record store shared by :class:`SegmentationMetrics` and :class:`MulticlassSegmentationMetrics`."""
+class RecordAccumulator:
+    """The per-image record store shared by :class:`SegmentationMetrics` and
+    :class:`~conceptattention.evaluation.multiclass_metrics.MulticlassSegmentationMetrics`.
+
+    Example:
+        >>> store = RecordAccumulator()
+        >>> store._store({"tp": 1}), len(store), store.records
+        ({'tp': 1}, 1, [{'tp': 1}])
+    """
 
     def __init__(self) -> None:
         self._records: list[dict[str, Any]] = []
@@ -499,7 +513,7 @@ class _RecordAccumulator:
         self._records.clear()
 
 
-class SegmentationMetrics(_RecordAccumulator):
+class SegmentationMetrics(RecordAccumulator):
     """Accumulates fg/bg segmentation metrics over a dataset (Chefer-standard definitions).
 
     Each :meth:`update` appends one per-image record (ints and one float). :meth:`compute` aggregates them, so the
@@ -583,228 +597,21 @@ class SegmentationMetrics(_RecordAccumulator):
         return metrics
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Multi-class (argmax) metrics
-# ----------------------------------------------------------------------------------------------------------------
+_MOVED_TO_MULTICLASS = ("MulticlassSegmentationMetrics", "aggregate_multiclass", "multiclass_per_image_counts")
 
 
-def multiclass_per_image_counts(
-    prediction: torch.Tensor | np.ndarray,
-    target: torch.Tensor | np.ndarray,
-    num_classes: int,
-    *,
-    image_id: str | None = None,
-) -> dict[str, Any]:
-    """Counts one image of a multi-class argmax segmentation.
+def __getattr__(name: str) -> Any:
+    """The multi-class metrics under their old path (deprecated: import them from ``multiclass_metrics``)."""
+    if name in _MOVED_TO_MULTICLASS:
+        import warnings
 
-    Args:
-        prediction: Either class indices ``[H, W]`` (int) or per-class scores ``[C, H, W]`` (float; argmax over
-            ``C`` is taken).
-        target: Class indices ``[H, W]`` in ``[0, num_classes)``, or -1 for void (ignored).
-        num_classes: Number of classes ``C``.
-        image_id: Optional identifier stored in the record.
+        from conceptattention.evaluation import multiclass_metrics
 
-    Returns:
-        ``{"id", "intersection", "predicted", "labelled", "void"}``: per-class lists of ints over valid pixels
-        (true positives, predicted pixels, labelled pixels) and the number of void pixels.
-
-    Raises:
-        MetricInputError: On bad shapes or out-of-range class indices.
-
-    Example:
-        >>> record = multiclass_per_image_counts(torch.tensor([[0, 2], [1, 1]]), torch.tensor([[0, 2], [2, -1]]), 3)
-        >>> record["intersection"], record["predicted"], record["labelled"], record["void"]
-        ([1, 0, 1], [1, 1, 1], [1, 0, 2], 1)
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise MetricInputError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-    target = _as_tensor(target, "target")
-    if target.ndim != 2 or target.is_floating_point():
-        raise MetricInputError(
-            f"`target` must be an integer [H, W] class map, got shape {tuple(target.shape)}, dtype {target.dtype}."
+        warnings.warn(
+            f"conceptattention.evaluation.metrics.{name} moved to conceptattention.evaluation.multiclass_metrics "
+            "(or import it from conceptattention.evaluation); the old path goes in the next release.",
+            DeprecationWarning,
+            stacklevel=2,
         )
-    target = target.long()
-    prediction = _as_tensor(prediction, "prediction")
-    if prediction.ndim == 3 and prediction.is_floating_point():
-        prediction = prediction.argmax(dim=0)  # [C, H, W] -> [H, W]
-    if tuple(prediction.shape) != tuple(target.shape) or prediction.is_floating_point():
-        raise MetricInputError(
-            f"`prediction` must be integer class indices [H, W] or float scores [C, H, W] matching `target` "
-            f"{tuple(target.shape)}; got shape {tuple(prediction.shape)}, dtype {prediction.dtype}."
-        )
-    prediction = prediction.long()
-    if prediction.numel() and (prediction.min() < 0 or prediction.max() >= num_classes):
-        raise MetricInputError(f"`prediction` holds class indices outside [0, {num_classes}).")
-    bad_target = (target != VOID_LABEL) & ((target < 0) | (target >= num_classes))
-    if bad_target.any():
-        raise MetricInputError(
-            f"`target` holds values outside [0, {num_classes}) other than -1 (void): "
-            f"{torch.unique(target[bad_target]).tolist()[:10]}."
-        )
-    num_void = int((target == VOID_LABEL).sum())
-    # [C, 5] rows of (tp, fp, tn, fn, support); void pixels are excluded by ignore_index.
-    stats = multiclass_stat_scores(
-        prediction.unsqueeze(0), target.unsqueeze(0), num_classes, average=None, ignore_index=VOID_LABEL
-    )
-    tp, fp, fn = stats[:, 0], stats[:, 1], stats[:, 3]
-    return {
-        "id": image_id,
-        "intersection": [int(value) for value in tp],
-        "predicted": [int(value) for value in tp + fp],
-        "labelled": [int(value) for value in tp + fn],
-        "void": num_void,
-    }
-
-
-def aggregate_multiclass(
-    records: Iterable[Mapping[str, Any]], class_names: Sequence[str] | None = None
-) -> dict[str, Any]:
-    """Computes multi-class segmentation metrics from per-image records (:func:`multiclass_per_image_counts`).
-
-    ``IoU_c = I_c / (P_c + L_c - I_c)`` from counts summed over the dataset; ``miou`` is the mean over the classes
-    present (non-empty union, i.e. predicted or labelled somewhere); ``pixel_accuracy = sum_c I_c / sum_c L_c``
-    over valid pixels.
-
-    Args:
-        records: Per-image records, all with the same number of classes.
-        class_names: Optional names, one per class, used as keys of ``per_class_iou``.
-
-    Returns:
-        ``pixel_accuracy``, ``miou``, ``per_class_iou`` (name or index as str -> IoU, ``None`` for absent classes),
-        ``classes_present``, ``num_images``, ``num_valid_pixels``, ``num_void_pixels`` and the summed count lists.
-
-    Raises:
-        MetricInputError: On no records, inconsistent class counts, or no valid pixel.
-
-    Example:
-        >>> record = multiclass_per_image_counts(torch.tensor([[0, 1]]), torch.tensor([[0, 1]]), 3)
-        >>> result = aggregate_multiclass([record], ["sky", "dog", "cat"])
-        >>> result["miou"], result["per_class_iou"]
-        (1.0, {'sky': 1.0, 'dog': 1.0, 'cat': None})
-    """
-    records = list(records)
-    if not records:
-        raise MetricInputError("No images were scored; call `update` (or `multiclass_per_image_counts`) first.")
-    num_classes = _multiclass_record_size(records[0], 0)
-    if class_names is not None and len(class_names) != num_classes:
-        raise MetricInputError(f"Got {len(class_names)} class names for {num_classes} classes.")
-    totals = {key: np.zeros(num_classes, dtype=np.int64) for key in _MULTICLASS_COUNT_KEYS}
-    num_void = 0
-    for position, record in enumerate(records):
-        if _multiclass_record_size(record, position) != num_classes:
-            raise MetricInputError(f"Record {position} has a different number of classes than record 0.")
-        for key in _MULTICLASS_COUNT_KEYS:
-            totals[key] += np.asarray(record[key], dtype=np.int64)
-        num_void += int(record["void"])
-    intersection, predicted, labelled = (totals[key] for key in _MULTICLASS_COUNT_KEYS)
-    num_valid = int(labelled.sum())
-    if num_valid == 0:
-        raise MetricInputError("Every scored pixel is void (-1); there is nothing to measure.")
-    union = predicted + labelled - intersection
-    names = list(class_names) if class_names is not None else [str(index) for index in range(num_classes)]
-    per_class_iou = {
-        name: (float(intersection[index]) / float(union[index]) if union[index] > 0 else None)
-        for index, name in enumerate(names)
-    }
-    present_ious = [iou for iou in per_class_iou.values() if iou is not None]
-    return {
-        "pixel_accuracy": float(intersection.sum()) / num_valid,
-        "miou": math.fsum(present_ious) / len(present_ious),
-        "per_class_iou": per_class_iou,
-        "classes_present": [name for name, iou in per_class_iou.items() if iou is not None],
-        "num_images": len(records),
-        "num_valid_pixels": num_valid,
-        "num_void_pixels": num_void,
-        "intersection": intersection.tolist(),
-        "predicted": predicted.tolist(),
-        "labelled": labelled.tolist(),
-    }
-
-
-def _multiclass_record_size(record: Mapping[str, Any], position: int) -> int:
-    """Returns the number of classes of a multi-class record, validating its keys and counts."""
-    for key in (*_MULTICLASS_COUNT_KEYS, "void"):
-        if key not in record:
-            raise MetricInputError(
-                f"Record {position} has no {key!r}; records must come from `multiclass_per_image_counts`."
-            )
-    sizes = {len(record[key]) for key in _MULTICLASS_COUNT_KEYS}
-    if len(sizes) != 1:
-        raise MetricInputError(f"Record {position} has count lists of different lengths.")
-    if any(int(value) < 0 for key in _MULTICLASS_COUNT_KEYS for value in record[key]) or int(record["void"]) < 0:
-        raise MetricInputError(f"Record {position} has a negative count.")
-    return sizes.pop()
-
-
-class MulticlassSegmentationMetrics(_RecordAccumulator):
-    """Accumulates multi-class (argmax) segmentation metrics, e.g. for ShapesWorld or VOC multi-class.
-
-    Args:
-        num_classes: Number of classes ``C`` (including any background class).
-        class_names: Optional ``C`` names used as keys of ``per_class_iou``.
-
-    Example:
-        >>> metrics = MulticlassSegmentationMetrics(3, class_names=["background", "circle", "square"])
-        >>> _ = metrics.update(torch.tensor([[0, 1], [2, 2]]), torch.tensor([[0, 1], [2, 0]]))
-        >>> result = metrics.compute()
-        >>> result["pixel_accuracy"], result["per_class_iou"]["square"]
-        (0.75, 0.5)
-    """
-
-    def __init__(self, num_classes: int, *, class_names: Sequence[str] | None = None) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise MetricInputError(f"`num_classes` must be a positive int, got {num_classes!r}.")
-        if class_names is not None and len(class_names) != num_classes:
-            raise MetricInputError(f"Got {len(class_names)} class names for num_classes={num_classes}.")
-        super().__init__()
-        self.num_classes = num_classes
-        self.class_names = list(class_names) if class_names is not None else None
-
-    def update(
-        self,
-        prediction: torch.Tensor | np.ndarray,
-        target: torch.Tensor | np.ndarray,
-        *,
-        image_id: str | None = None,
-    ) -> dict[str, Any]:
-        """Counts one image and stores its record.
-
-        Args:
-            prediction: Class indices ``[H, W]`` or per-class scores ``[C, H, W]`` (argmax taken).
-            target: Class indices ``[H, W]``, -1 for void.
-            image_id: Optional identifier kept in the record.
-
-        Returns:
-            The stored record (see :func:`multiclass_per_image_counts`).
-        """
-        record = multiclass_per_image_counts(prediction, target, self.num_classes, image_id=image_id)
-        return self._store(record)
-
-    def compute(self) -> dict[str, Any]:
-        """Returns the dataset metrics of every image seen so far (see :func:`aggregate_multiclass`)."""
-        return aggregate_multiclass(self._records, self.class_names)
-
-    def merge(self, other: MulticlassSegmentationMetrics) -> None:
-        """Appends another accumulator's records; the class count must match."""
-        if not isinstance(other, MulticlassSegmentationMetrics) or other.num_classes != self.num_classes:
-            raise MetricInputError("Can only merge a MulticlassSegmentationMetrics with the same `num_classes`.")
-        self._records.extend(other.records)
-
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-serialisable state: the settings and the per-image records."""
-        return {"num_classes": self.num_classes, "class_names": self.class_names, "records": self.records}
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> MulticlassSegmentationMetrics:
-        """Rebuilds an accumulator from :meth:`state_dict` output (validating every record)."""
-        for key in ("num_classes", "class_names", "records"):
-            if key not in state:
-                raise MetricInputError(
-                    f"State has no {key!r}; it must come from `MulticlassSegmentationMetrics.state_dict()`."
-                )
-        metrics = cls(state["num_classes"], class_names=state["class_names"])
-        for position, record in enumerate(state["records"]):
-            if _multiclass_record_size(record, position) != metrics.num_classes:
-                raise MetricInputError(f"Record {position} does not have {metrics.num_classes} classes.")
-            metrics._records.append(dict(record))
-        return metrics
+        return getattr(multiclass_metrics, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Evaluation reports: provenance (versions, git revision, hardware), markdown tables, and sweep plots.
+"""Evaluation reports: a run's report (:func:`build_report`), provenance (versions, git, hardware), tables, plots.
 
 A report is one JSON-serialisable dict (written as ``report.json``) and its markdown rendering (``report.md``).
 Metric values are stored as fractions in ``[0, 1]`` and shown in tables as percentages with two decimals, as the
@@ -8,18 +8,24 @@ paper's tables.
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import os
 import platform
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from conceptattention.evaluation.metrics import aggregate
+from conceptattention.evaluation.multiclass_metrics import aggregate_multiclass
+from conceptattention.evaluation.results import RUN_FORMAT_VERSION
 from conceptattention.outputs import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
 __all__ = [
     "METRIC_COLUMNS",
+    "build_report",
     "environment_info",
     "format_metric",
     "git_revision",
@@ -190,7 +196,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], first_column: tuple[str, s
 
 
 def report_markdown(report: Mapping[str, Any]) -> str:
-    """The markdown rendering of one evaluation report (see ``conceptattention.evaluation.runner``).
+    """The markdown rendering of one evaluation report (see :func:`build_report`).
 
     Example:
         >>> report = {"method": {"name": "m"}, "dataset": {"name": "voc"}, "settings": {},
@@ -312,3 +318,72 @@ def plot_sweep(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+def build_report(
+    identity: Mapping[str, Any],
+    records: Sequence[Mapping[str, Any]],
+    *,
+    class_names: Sequence[str] | None,
+    settings: Mapping[str, Any],
+    invocation: Mapping[str, Any],
+    processes: int,
+    device: str | None,
+) -> dict[str, Any]:
+    """The report of a run from its identity and per-image records (see :func:`.loop.evaluate`).
+
+    Returns:
+        A JSON-serialisable dict: ``dataset``, ``method``, ``model``, ``settings``, ``metrics`` (``binary``: the
+        fg/bg metrics of :func:`~conceptattention.evaluation.metrics.aggregate`; ``multiclass``: those of
+        :func:`~conceptattention.evaluation.multiclass_metrics.aggregate_multiclass` or ``None``), ``per_image`` APs,
+        ``versions``, ``git``, ``hardware`` and ``timing``.
+
+    Example:
+        >>> record = {"index": 0, "id": "a", "multiclass": None, "seconds": {"model": 0.9, "image": 1.0},
+        ...           "binary": [{"concept": "dog", "tp": 1, "fp": 0, "tn": 1, "fn": 0, "void": 0,
+        ...                       "average_precision": 1.0}]}
+        >>> identity = {"dataset": {"name": "voc"}, "method": {"name": "m"}, "model": None}
+        >>> report = build_report(identity, [record], class_names=None, settings={}, invocation={}, processes=1,
+        ...                       device="cpu")
+        >>> report["metrics"]["binary"]["miou"], round(report["timing"]["runner_overhead_fraction"], 3)
+        (1.0, 0.1)
+    """
+    binary_records = [record for line in records for record in line["binary"]]
+    multiclass_records = [line["multiclass"] for line in records if line.get("multiclass") is not None]
+    model_seconds = math.fsum(float(line.get("seconds", {}).get("model", 0.0)) for line in records)
+    image_seconds = math.fsum(float(line.get("seconds", {}).get("image", 0.0)) for line in records)
+    return {
+        "format": "conceptattention.evaluation.report",
+        "format_version": RUN_FORMAT_VERSION,
+        "dataset": dict(identity["dataset"]),
+        "method": dict(identity["method"]),
+        "model": identity.get("model"),
+        "settings": dict(settings),
+        "metrics": {
+            "num_images": len(records),
+            "binary": aggregate(binary_records) if binary_records else None,
+            "multiclass": aggregate_multiclass(multiclass_records, class_names) if multiclass_records else None,
+        },
+        "per_image": [
+            {
+                "index": line["index"],
+                "id": line["id"],
+                "concept": record["concept"],
+                "average_precision": record["average_precision"],
+            }
+            for line in records
+            for record in line["binary"]
+        ],
+        "versions": environment_info(),
+        "git": git_revision(),
+        "hardware": hardware_info(device),
+        "timing": {
+            "processes": processes,
+            "model_seconds": model_seconds,
+            "image_seconds": image_seconds,
+            "runner_overhead_fraction": (1.0 - model_seconds / image_seconds) if image_seconds > 0 else 0.0,
+            **invocation,
+        },
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+

@@ -1,33 +1,37 @@
 """Measure ConceptAttention on the shipped ShapesWorld model: per-kind segmentation, probes, unprompted concepts.
 
-Research measurements behind ``docs/results.md`` §2-§5 (``python -m conceptattention.evaluation.shapesworld_measure``,
-or the thin ``scripts/measure_shapesworld.py``). The per-kind protocol with the model-free baselines and bootstrap
+Research measurements behind ``docs/results.md`` §2-§5, as functions; their command line is
+``python -m conceptattention.cli.measure_shapesworld`` (or the thin ``scripts/measure_shapesworld.py``), with the
+subcommands below. The per-kind protocol with the model-free baselines and bootstrap
 intervals is a ``conceptattention evaluate`` option (``--protocol per-kind``,
 :mod:`conceptattention.evaluation.shapesworld_protocol`); this module keeps what that option does not do: the call
 variants (concept encodings, caption lengths, legacy settings), the block x noise-level grid that chose the
-model's recommended settings, and two figures. Scenes come from the model's data version (``shapesworld.json``).
+model's recommended settings, and two figures (:mod:`conceptattention.evaluation.shapesworld_figures`). Scenes
+come from the model's data version (``shapesworld.json``). Data specs, resumable JSONL records, the run-identity check
+and the AUROC are those of the evaluation package (:func:`~conceptattention.evaluation.tasks.parse_shapesworld_spec`,
+:mod:`conceptattention.evaluation.results`, :func:`~conceptattention.evaluation.shapesworld_report.per_image_auroc`).
 
 Subcommands:
 
-* ``segment``: zero-shot segmentation through the real-image explain path, scored separately for object names,
+* ``segment`` (:func:`measure_segment`): zero-shot segmentation through the real-image explain path, scored separately for object names,
   colour words and backgrounds (:mod:`conceptattention.evaluation.shapesworld_report`), for one or more named
   *variants* (method configurations and concept/caption encodings, :data:`VARIANTS`), next to the trivial
   all-background prediction. Per-scene records are appended to ``OUT/<variant>.jsonl`` as they are computed (a
   killed run resumes with the same command); ``OUT/summary.json`` and ``OUT/summary.md`` hold the tables.
-* ``grid``: per-kind AUROC of every contiguous range of joint blocks x contiguous range of noise levels (maps
+* ``grid`` (:func:`measure_grid`): per-kind AUROC of every contiguous range of joint blocks x contiguous range of noise levels (maps
   averaged over both), from one explain call per scene, concept set, block and level; how the shipped model's
   recommended settings (``shapesworld.json``: ``recommended.concept_attention``) were chosen.
-* ``plot``: line plots of a ``segment`` run's per-layer and per-noise-level variants, one line per concept kind.
-* ``unprompted``: a figure of maps for concepts that are not in the prompt: images generated from short captions,
+* ``plot`` (:func:`~conceptattention.evaluation.shapesworld_figures.plot_segment_run`): line plots of a ``segment`` run's per-layer and per-noise-level variants, one line per concept kind.
+* ``unprompted`` (:func:`~conceptattention.evaluation.shapesworld_figures.plot_unprompted`): a figure of maps for concepts that are not in the prompt: images generated from short captions,
   maps of other concepts from the generation path and from the explain path.
 
 Examples::
 
-    python -m conceptattention.evaluation.shapesworld_measure segment --data heldout:500 --variants ca cross-attention --out runs/seg
-    python -m conceptattention.evaluation.shapesworld_measure segment --data test:100 --variants ca ca-empty-caption --out runs/probe
-    python -m conceptattention.evaluation.shapesworld_measure grid --data test:100 --caption-length 512 --out runs/grid
-    python -m conceptattention.evaluation.shapesworld_measure plot --run runs/probe --out docs/img/shapesworld_probe.png
-    python -m conceptattention.evaluation.shapesworld_measure unprompted --out docs/img/shapesworld_unprompted.png
+    python -m conceptattention.cli.measure_shapesworld segment --data heldout:500 --variants ca cross-attention --out runs/seg
+    python -m conceptattention.cli.measure_shapesworld segment --data test:100 --variants ca ca-empty-caption --out runs/probe
+    python -m conceptattention.cli.measure_shapesworld grid --data test:100 --caption-length 512 --out runs/grid
+    python -m conceptattention.cli.measure_shapesworld plot --run runs/probe --out docs/img/shapesworld_probe.png
+    python -m conceptattention.cli.measure_shapesworld unprompted --out docs/img/shapesworld_unprompted.png
 
 Variants change how the model is *called*, never the method's definition in the library: ``t5len32`` pads the
 caption to the 32 tokens the model was trained with (the adapter pads to the tokenizer's 512) by setting
@@ -40,11 +44,10 @@ image actually attended to in training), falling back to ``padded32`` for words 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import io
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -53,7 +56,25 @@ from typing import Any
 
 import torch
 
-from conceptattention.outputs import atomic_write_bytes, atomic_write_json, atomic_write_text
+from conceptattention.evaluation.results import check_same_run, read_records, resume_records
+from conceptattention.evaluation.tasks import parse_shapesworld_spec
+from conceptattention.outputs import atomic_write_json, atomic_write_text
+
+
+__all__ = [
+    "GRID_LEVELS",
+    "LEGACY_LAYERS",
+    "VARIANTS",
+    "MeasureError",
+    "PaddedConceptEncoder",
+    "Variant",
+    "caption_length_of",
+    "load_measurement_pipeline",
+    "measure_grid",
+    "measure_segment",
+    "variant_maps",
+    "write_summary",
+]
 
 
 class MeasureError(ValueError):
@@ -158,7 +179,7 @@ VARIANTS: dict[str, Variant] = _variants()
 
 
 @contextlib.contextmanager
-def caption_length(pipe: Any, length: int | None) -> Iterator[None]:
+def caption_length_of(pipe: Any, length: int | None) -> Iterator[None]:
     """Temporarily set ``tokenizer_2.model_max_length`` (the caption's T5 padding length in the explain path)."""
     if length is None:
         yield
@@ -223,7 +244,7 @@ def variant_maps(
         embeds = encoder(concepts)
     elif variant.concept_encoding == "caption":
         embeds = encoder.from_caption(concepts, caption)
-    with caption_length(pipe, variant.caption_length):
+    with caption_length_of(pipe, variant.caption_length):
         maps = explain(
             pipe,
             image,
@@ -238,7 +259,8 @@ def variant_maps(
     return maps.maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
 
 
-def _load_pipeline() -> Any:
+def load_measurement_pipeline() -> Any:
+    """The shipped ShapesWorld pipeline, progress bars off."""
     from conceptattention.shapesworld import load_pipeline
 
     pipe = load_pipeline()
@@ -252,60 +274,72 @@ def _load_pipeline() -> Any:
 
 
 def _parse_data(spec: str) -> tuple[str, int, int]:
-    parts = spec.split(":")
-    try:
-        split, count, seed = parts[0], int(parts[1]) if len(parts) > 1 else 100, int(parts[2]) if len(parts) > 2 else 0
-    except ValueError as error:
-        raise MeasureError(f"--data is SPLIT[:N[:SEED]], e.g. heldout:500, got {spec!r}.") from error
-    if split not in ("train", "test", "heldout") or count < 1 or len(parts) > 3:
-        raise MeasureError(f"--data is SPLIT[:N[:SEED]] with SPLIT in train/test/heldout and N >= 1, got {spec!r}.")
-    return split, count, seed
+    """``SPLIT[:N[:SEED]]`` with 100 scenes by default (the shared parser; an unknown split fails on the dataset)."""
+    return parse_shapesworld_spec(spec, default_images=100)
 
 
-def _done_indices(path: Path) -> set[int]:
-    if not path.is_file():
-        return set()
-    done = set()
-    lines = path.read_text(encoding="utf-8").split("\n")
-    for line in lines[:-1]:  # the part after the last newline is a torn line: recomputed
-        if line.strip():
-            done.add(int(json.loads(line)["index"]))
-    if lines[-1].strip():
-        path.write_text("\n".join(lines[:-1]) + "\n", encoding="utf-8")
-    return done
+def _segment_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete per-scene lines of a ``segment`` variant file (a torn last line is left out)."""
+    return read_records(path, key="records", what="shapesworld_measure segment")[0]
 
 
-def _read_records(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def measure_segment(
+    data: str,
+    variants: Sequence[str],
+    out: str | os.PathLike[str],
+    *,
+    distractors: int = 2,
+    threads: int = 1,
+) -> dict[str, Any]:
+    """The ``segment`` subcommand: per-kind segmentation of each variant, resumable; writes the summary.
 
+    Args:
+        data: Scenes, ``SPLIT[:N[:SEED]]`` (100 scenes unless ``N``).
+        variants: Names of :data:`VARIANTS`.
+        out: Folder: ``run.json``, ``<variant>.jsonl`` (one line per scene), ``<variant>.timing.json``,
+            ``summary.json``, ``summary.md``. A folder of the same data and distractors is continued.
+        distractors: Absent concepts per kind in every concept set.
+        threads: Torch CPU threads.
 
-def run_segment(args: argparse.Namespace) -> int:
-    """The ``segment`` subcommand."""
+    Returns:
+        The summary (:func:`write_summary`).
+
+    Raises:
+        MeasureError: Unknown variants, or ``out`` is a file.
+        RunMismatchError: ``out`` holds a run on other data or distractors.
+        DatasetFormatError: A malformed ``data`` spec.
+
+    Example:
+        >>> measure_segment("test:2", ["no-such-variant"], "runs/x")
+        Traceback (most recent call last):
+        ...
+        conceptattention.evaluation.shapesworld_measure.MeasureError: Unknown variant(s) ['no-such-variant']; choose from: ...
+    """
     from conceptattention.evaluation.shapesworld_report import scene_concept_sets, score_scene
     from conceptattention.shapesworld import ShapesWorldDataset
     from conceptattention.shapesworld.model import data_version
 
-    unknown = [name for name in args.variants if name not in VARIANTS]
+    unknown = [name for name in variants if name not in VARIANTS]
     if unknown:
         raise MeasureError(f"Unknown variant(s) {unknown}; choose from: {', '.join(VARIANTS)}.")
-    split, count, seed = _parse_data(args.data)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    split, count, seed = _parse_data(data)
+    torch.set_num_threads(threads)
+    out = Path(out)
     run_file = out / "run.json"
-    identity = {"data": [split, count, seed], "distractors": args.distractors}
+    identity = {"data": [split, count, seed], "distractors": distractors}
     if out.exists() and not out.is_dir():
         raise MeasureError(f"--out {out} exists and is not a folder; choose another --out.")
-    if run_file.is_file() and json.loads(run_file.read_text(encoding="utf-8")) != identity:
-        raise MeasureError(f"{out} holds a run on other data or distractors ({run_file}); choose another --out.")
+    if run_file.is_file():
+        check_same_run(run_file, identity, what="a segment run", remedy="Choose another --out.")
     dataset = ShapesWorldDataset(split, seed=seed, n=count, version=data_version())
-    pipe = _load_pipeline()  # before anything is written: a failed load leaves no folder behind
+    pipe = load_measurement_pipeline()  # before anything is written: a failed load leaves no folder behind
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_file, identity)
     encoder = PaddedConceptEncoder(pipe)
-    for name in args.variants:
+    for name in variants:
         variant = VARIANTS[name]
         path = out / f"{name}.jsonl"
-        done = _done_indices(path)
+        done = resume_records(path, key="records", what="shapesworld_measure segment")
         started, new = time.perf_counter(), 0
         with open(path, "a", encoding="utf-8") as handle:
             for index in range(count):
@@ -314,7 +348,7 @@ def run_segment(args: argparse.Namespace) -> int:
                 sample = dataset[index]
                 image = sample.pil()
                 records = []
-                for concept_set in scene_concept_sets(sample, num_distractors=args.distractors, seed=seed):
+                for concept_set in scene_concept_sets(sample, num_distractors=distractors, seed=seed):
                     maps = variant_maps(pipe, variant, image, concept_set.concepts, sample.caption, encoder)
                     records += score_scene(maps, concept_set, sample, references=True)
                 handle.write(json.dumps({"index": index, "records": records}) + "\n")
@@ -325,12 +359,11 @@ def run_segment(args: argparse.Namespace) -> int:
         if new:
             atomic_write_json(timing_path, {"new_scenes": new, "seconds": seconds})
         print(f"{name}: {new} new scenes in {seconds:.1f} s", file=sys.stderr)
-    write_summary(out, args.variants)
-    return 0
+    return write_summary(out, variants)
 
 
 def write_summary(out: Path, names: Sequence[str]) -> dict[str, Any]:
-    """``summary.json`` and ``summary.md`` of every variant file in ``out`` (the ones named first)."""
+    """``summary.json`` and ``summary.md`` of every variant file in ``out`` (the ones named first); returns the summary."""
     from conceptattention.evaluation.shapesworld_report import kind_table, summarize_by_kind
 
     files = [out / f"{name}.jsonl" for name in names]
@@ -340,7 +373,7 @@ def write_summary(out: Path, names: Sequence[str]) -> dict[str, Any]:
     reference = None
     for path in files:
         name = path.stem
-        lines = _read_records(path)
+        lines = _segment_lines(path)
         records = [record for line in lines for record in line["records"]]
         if not records:
             continue
@@ -396,34 +429,50 @@ def _contiguous(count: int) -> list[tuple[int, ...]]:
     return [tuple(range(start, stop)) for start in range(count) for stop in range(start + 1, count + 1)]
 
 
-def rank_auroc(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """AUROC of each row of ``scores [K, P]`` against one bool ``mask [P]`` (Mann-Whitney; ties broken by order).
+def measure_grid(
+    data: str,
+    out: str | os.PathLike[str],
+    *,
+    distractors: int = 2,
+    threads: int = 1,
+    top: int = 15,
+    caption_length: int | None = None,
+) -> dict[str, Any]:
+    """The ``grid`` subcommand: per-(noise level, joint block) maps of N scenes, then the per-kind AUROC of every
+    contiguous block range x contiguous noise-level range (maps averaged over both, as the library averages).
+
+    Args:
+        data: Scenes, ``SPLIT[:N[:SEED]]`` (100 scenes unless ``N``).
+        out: New folder: ``grid.json`` (every combination, best mean AUROC first) and ``grid.md`` (the ``top`` rows).
+        distractors: Absent concepts per kind in every concept set.
+        threads: Torch CPU threads.
+        top: Rows of the markdown table.
+        caption_length: T5 length of the caption (``None``: the model's, 32).
+
+    Returns:
+        The content of ``grid.json``.
+
+    Raises:
+        MeasureError: ``out`` exists.
+        DatasetFormatError: A malformed ``data`` spec.
 
     Example:
-        >>> rank_auroc(torch.tensor([[0.1, 0.9, 0.2], [0.9, 0.1, 0.2]]), torch.tensor([False, True, False])).tolist()
-        [1.0, 0.0]
+        >>> result = measure_grid("test:1", "runs/grid", top=3)  # doctest: +SKIP
+        >>> len(result["combinations"])  # doctest: +SKIP
+        315
     """
-    ranks = scores.argsort(dim=1).argsort(dim=1).double() + 1  # [K, P], 1 = lowest
-    positives = mask.sum().double()
-    negatives = mask.numel() - positives
-    return (ranks[:, mask].sum(1) - positives * (positives + 1) / 2) / (positives * negatives)
-
-
-def run_grid(args: argparse.Namespace) -> int:
-    """The ``grid`` subcommand: per-(noise level, joint block) maps of N scenes, then the per-kind AUROC of every
-    contiguous block range x contiguous noise-level range (maps averaged over both, as the library averages)."""
     from conceptattention import explain
-    from conceptattention.evaluation.shapesworld_report import scene_concept_sets
+    from conceptattention.evaluation.shapesworld_report import per_image_auroc, scene_concept_sets
     from conceptattention.shapesworld import ShapesWorldDataset
     from conceptattention.shapesworld.model import data_version
 
-    split, count, seed = _parse_data(args.data)
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
+    split, count, seed = _parse_data(data)
+    torch.set_num_threads(threads)
+    out = Path(out)
     if out.exists():
         raise MeasureError(f"--out {out} exists; choose a new folder.")
     dataset = ShapesWorldDataset(split, seed=seed, n=count, version=data_version())
-    pipe = _load_pipeline()
+    pipe = load_measurement_pipeline()
     num_blocks = len(pipe.transformer.transformer_blocks)
     kinds = ("object", "colour", "background")
     combos = [(blocks, levels) for blocks in _contiguous(num_blocks) for levels in _contiguous(len(GRID_LEVELS))]
@@ -433,10 +482,10 @@ def run_grid(args: argparse.Namespace) -> int:
     for index in range(count):
         sample = dataset[index]
         image = sample.pil()
-        for concept_set in scene_concept_sets(sample, num_distractors=args.distractors, seed=seed):
+        for concept_set in scene_concept_sets(sample, num_distractors=distractors, seed=seed):
             per_slice = []  # [A][L] maps [C, h, w]
             for level in GRID_LEVELS:
-                with caption_length(pipe, args.caption_length):
+                with caption_length_of(pipe, caption_length):
                     per_slice.append(
                         [
                             explain(pipe, image, list(concept_set.concepts), caption=sample.caption,
@@ -451,16 +500,18 @@ def run_grid(args: argparse.Namespace) -> int:
                 flat, size=tuple(sample.object_class.shape), mode="bilinear", align_corners=False
             )  # [A * L * C, 1, H, W]; linear, so it commutes with the averages below
             upsampled = upsampled.reshape(levels_count, blocks_count, concepts_count, -1)  # [A, L, C, H * W]
+            label_shape = tuple(sample.object_class.shape)  # (H, W)
             for concept in concept_set.scored:
                 position = concept_set.concepts.index(concept)
-                mask = sample.concept_mask(concept).reshape(-1).bool()  # [H * W]
+                mask = sample.concept_mask(concept)  # [H, W]
                 if mask.all() or not mask.any():
                     continue
                 kind = concept_set.kinds[position]
-                scores = torch.stack(
-                    [upsampled[list(levels)][:, list(blocks), position].mean((0, 1)) for blocks, levels in combos]
-                )  # [K, H * W]
-                totals[kind] += rank_auroc(scores, mask)
+                scores = [
+                    upsampled[list(levels)][:, list(blocks), position].mean((0, 1)).reshape(label_shape)  # [H, W]
+                    for blocks, levels in combos
+                ]
+                totals[kind] += torch.tensor([per_image_auroc(score, mask) for score in scores], dtype=torch.float64)
                 counts[kind] += 1
         print(f"grid: {index + 1}/{count} scenes, {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     rows = []
@@ -471,173 +522,14 @@ def run_grid(args: argparse.Namespace) -> int:
         rows.append(row)
     rows.sort(key=lambda row: -row["mean"])
     out.mkdir(parents=True)
-    identity = {"data": [split, count, seed], "caption_length": args.caption_length, "records": counts}
-    atomic_write_json(out / "grid.json", {**identity, "combinations": rows})
+    result = {"data": [split, count, seed], "caption_length": caption_length, "records": counts, "combinations": rows}
+    atomic_write_json(out / "grid.json", result)
     lines = ["| joint blocks | noise levels | object AUROC | colour AUROC | background AUROC | mean |", "|" + " --- |" * 6]
-    for row in rows[: args.top]:
+    for row in rows[:top]:
         lines.append(
             f"| {row['blocks']} | {row['noise_levels']} | {100 * row['object']:.1f} | {100 * row['colour']:.1f} | "
             f"{100 * row['background']:.1f} | {100 * row['mean']:.1f} |"
         )
     atomic_write_text(out / "grid.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# plot
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    """The ``plot`` subcommand: per-layer and per-noise AUROC / mIoU per kind from a ``segment`` run."""
-    from matplotlib.figure import Figure
-
-    summary_path = Path(args.run) / "summary.json"
-    if not summary_path.is_file():
-        raise MeasureError(f"{summary_path} does not exist; run the segment subcommand with --out {args.run} first.")
-    summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    variants = summary["variants"]
-    figure = Figure(figsize=(10.0, 3.4), layout="constrained")
-    panels = [("layer", "joint block (alone)"), ("noise", "noise level t")]
-    kinds = ("object", "colour", "background")
-    for column, (axis_kind, xlabel) in enumerate(panels):
-        axes = figure.add_subplot(1, 2, column + 1)
-        for prefix, style in ((args.prefix, "-"), (args.prefix_b, "--")):
-            if not prefix:
-                continue
-            points = []
-            for name in variants:
-                rest = name[len(prefix) + 1 :] if name.startswith(prefix + "-") else None
-                if rest is None or not rest.startswith(axis_kind):
-                    continue
-                points.append((float(rest[len(axis_kind) :]), variants[name]["mean"]))
-            points.sort(key=lambda point: point[0])
-            for kind in kinds:
-                values = [p[1].get(kind, {}).get(args.metric) for p in points]
-                if points and any(value is not None for value in values):
-                    axes.plot(
-                        [p[0] for p in points],
-                        [100 * v if v is not None else float("nan") for v in values],
-                        style,
-                        marker="o",
-                        label=f"{kind} ({prefix})",
-                    )
-        axes.axhline(50.0 if args.metric == "auroc" else 0.0, color="grey", lw=0.8)
-        axes.set_xlabel(xlabel)
-        axes.set_ylabel(f"{args.metric} (%)")
-        axes.grid(alpha=0.3)
-        if column == 1:
-            axes.legend(fontsize="x-small", loc="best")
-    figure.suptitle(args.title, fontsize="medium")
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    atomic_write_bytes(args.out, buffer.getvalue())
-    print(f"wrote {args.out} ({len(buffer.getvalue()) // 1024} KB)")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# unprompted
-# ----------------------------------------------------------------------------------------------------------------
-
-UNPROMPTED_EXAMPLES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("a house", ("house", "purple", "red", "sky", "grass", "sand", "car")),
-    ("a boat", ("boat", "orange", "sky", "sea", "sun", "cloud", "tree")),
-    ("a yellow sun over a tree", ("sun", "tree", "yellow", "sky", "sand", "grass", "house")),
-)
-"""``(caption, concepts)``: concepts beyond the caption (backgrounds, colours, absent objects)."""
-
-
-def run_unprompted(args: argparse.Namespace) -> int:
-    """The ``unprompted`` subcommand: generation-path and explain-path maps of concepts not in the prompt."""
-    from matplotlib.figure import Figure
-
-    from conceptattention import ConceptAttention, explain
-    from conceptattention.shapesworld import recommended_call_kwargs
-
-    torch.set_num_threads(args.threads)
-    pipe = _load_pipeline()
-    kwargs = recommended_call_kwargs(pipe)
-    rows = []
-    for number, (caption, concepts) in enumerate(UNPROMPTED_EXAMPLES):
-        generator = torch.Generator().manual_seed(args.seed + number)
-        with ConceptAttention(pipe, list(concepts)) as session:
-            image = pipe(caption, generator=generator, **kwargs).images[0]
-        generation_maps = session.maps.maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
-        explained = explain(pipe, image, list(concepts), caption="", num_samples=4).maps[:, 0]  # [C, h, w]
-        rows.append((caption, concepts, image, generation_maps, explained))
-    columns = 1 + max(len(concepts) for _, concepts, _, _, _ in rows)
-    figure = Figure(figsize=(1.25 * columns, 1.35 * 2 * len(rows)), layout="constrained")
-    grid = figure.add_gridspec(2 * len(rows), columns)
-    for row, (caption, concepts, image, generation_maps, explained) in enumerate(rows):
-        for half, (label, maps) in enumerate((("generation", generation_maps), ("explain", explained))):
-            axes = figure.add_subplot(grid[2 * row + half, 0])
-            axes.imshow(image, interpolation="nearest")
-            axes.set_title(f'"{caption}"\n{label} path', fontsize=6)
-            axes.axis("off")
-            row_max = float(maps.max())
-            for column, concept in enumerate(concepts):
-                axes = figure.add_subplot(grid[2 * row + half, column + 1])
-                axes.imshow(maps[column].numpy(), cmap="inferno", vmin=0.0, vmax=row_max, interpolation="nearest")
-                in_prompt = concept in caption.split()
-                axes.set_title(concept + ("" if in_prompt else " *"), fontsize=7)
-                axes.axis("off")
-    figure.suptitle(
-        "ConceptAttention maps (softmax over the row's concepts; colour scale 0 to the row's maximum); "
-        "* = concept not in the prompt",
-        fontsize=8,
-    )
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
-    atomic_write_bytes(args.out, buffer.getvalue())
-    print(f"wrote {args.out} ({len(buffer.getvalue()) // 1024} KB)")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Command line
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    segment = commands.add_parser("segment", help="per-kind zero-shot segmentation of one or more variants")
-    segment.add_argument("--data", default="heldout:500", help="SPLIT[:N[:SEED]] (default heldout:500)")
-    segment.add_argument("--variants", nargs="+", default=["ca", "cross-attention"], help=", ".join(VARIANTS))
-    segment.add_argument("--distractors", type=int, default=2, help="absent concepts per kind (default 2)")
-    segment.add_argument("--threads", type=int, default=1)
-    segment.add_argument("--out", required=True)
-    grid = commands.add_parser("grid", help="per-kind AUROC of block ranges x noise-level ranges (model defaults)")
-    grid.add_argument("--data", default="test:100", help="SPLIT[:N[:SEED]] (default test:100)")
-    grid.add_argument("--distractors", type=int, default=2, help="absent concepts per kind (default 2)")
-    grid.add_argument("--threads", type=int, default=1)
-    grid.add_argument("--top", type=int, default=15, help="rows of the printed table")
-    grid.add_argument(
-        "--caption-length", type=int, default=None, help="T5 length of the caption (default: the model's, 32)"
-    )
-    grid.add_argument("--out", required=True)
-    plot = commands.add_parser("plot", help="per-layer / per-noise plot of a segment run")
-    plot.add_argument("--run", required=True)
-    plot.add_argument("--prefix", default="ca")
-    plot.add_argument("--prefix-b", default="ca-indist")
-    plot.add_argument("--metric", default="auroc", choices=["auroc", "miou", "map"])
-    plot.add_argument("--title", default="ShapesWorld: ConceptAttention per layer and noise level")
-    plot.add_argument("--out", required=True)
-    unprompted = commands.add_parser("unprompted", help="figure: maps of concepts that are not in the prompt")
-    unprompted.add_argument("--seed", type=int, default=0)
-    unprompted.add_argument("--threads", type=int, default=1)
-    unprompted.add_argument("--out", required=True)
-    args = parser.parse_args(argv)
-    try:
-        commands_by_name = {"segment": run_segment, "grid": run_grid, "plot": run_plot, "unprompted": run_unprompted}
-        return commands_by_name[args.command](args)
-    except MeasureError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return result

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from conceptattention.evaluation.bootstrap import DEFAULT_RESAMPLES, bootstrap_metric, resample_weights
 from conceptattention.evaluation.methods import MapRequest, Method
 from conceptattention.evaluation.metrics import per_image_counts
-from conceptattention.evaluation.runner import RunMismatchError, check_reusable_folder, removed_on_failure
+from conceptattention.evaluation.results import check_run_folder, removed_on_failure, resume_records
 from conceptattention.evaluation.shapesworld_report import (
     CONCEPT_KINDS,
     SceneConceptSet,
@@ -303,22 +303,6 @@ def metrics_table(rows: Mapping[str, Mapping[str, Any]], keys: Sequence[str] = _
     return "\n".join(lines) + "\n"
 
 
-def _read_jsonl(path: Path) -> dict[int, dict[str, Any]]:
-    if not path.is_file():
-        return {}
-    text = path.read_text(encoding="utf-8")
-    lines = text.split("\n")
-    if lines[-1].strip():  # a torn last line (killed while writing): recomputed
-        path.write_text("\n".join(lines[:-1]) + ("\n" if len(lines) > 1 else ""), encoding="utf-8")
-        lines = lines[:-1]
-    records = {}
-    for line in lines:
-        if line.strip():
-            record = json.loads(line)
-            records[int(record["index"])] = record
-    return records
-
-
 def run_per_kind(
     pipeline: Any,
     dataset: Any,
@@ -380,21 +364,7 @@ def run_per_kind(
         "model": model_name if any(method.needs_model for method in methods) else None,
     }
     identity = json.loads(json.dumps(identity))
-    marker = check_reusable_folder(
-        out,
-        "run.json",
-        resume=resume,
-        overwrite=overwrite,
-        exists_message=f"The output folder '{out}' already exists; pass --resume to continue the run in it, or "
-        "--overwrite to start over.",
-        foreign_message=f"'{out}' exists but has no run.json: it is not an evaluation folder. Choose another --out.",
-    )
-    if marker is not None:
-        stored = json.loads(marker.read_text(encoding="utf-8"))
-        if stored != identity:
-            raise RunMismatchError(
-                f"'{out}' holds a per-kind run with another configuration; use another --out or --overwrite."
-            )
+    check_run_folder(out, identity, resume=resume, overwrite=overwrite, what="a per-kind run")
     for method in methods:
         if method.needs_model:
             method.check_pipeline(pipeline)
@@ -412,7 +382,7 @@ def run_per_kind(
     with removed_on_failure(out, created=created, has_results=has_results):
         for method in methods:
             path = out / f"scenes-{method.name}.jsonl"
-            done = _read_jsonl(path)
+            done = resume_records(path, key="stats", what="the per-kind protocol")
             with open(path, "a", encoding="utf-8") as handle:
                 for index in range(len(dataset)):
                     if index in done:
