@@ -158,7 +158,9 @@ class ConceptAttention(ProcessorSwap):
         choices, chosen = self.adapter.concept_text_encoders, self.config.concept_text_encoder
         if chosen is not None and chosen not in choices:
             offered = f"one of {', '.join(map(repr, choices))}" if choices else "none: it has one text encoder"
-            raise ConfigError(f"concept_text_encoder={chosen!r} is not offered by the {self.adapter.name} adapter ({offered}).")
+            raise ConfigError(
+                f"concept_text_encoder={chosen!r} is not offered by the {self.adapter.name} adapter ({offered})."
+            )
         self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
         self.effective_softmax = self.config.softmax
         if self.config.softmax and len(self.concepts) == 1:
