@@ -155,6 +155,12 @@ class ConceptAttention(ProcessorSwap):
         self.transformer = find_transformer(model)
         self.pipeline = None if isinstance(model, nn.Module) else model
         self.adapter = get_adapter(self.transformer)
+        choices, chosen = self.adapter.concept_text_encoders, self.config.concept_text_encoder
+        if chosen is not None and chosen not in choices:
+            offered = f"one of {', '.join(map(repr, choices))}" if choices else "none: it has one text encoder"
+            raise ConfigError(
+                f"concept_text_encoder={chosen!r} is not offered by the {self.adapter.name} adapter ({offered})."
+            )
         self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
         self.effective_softmax = self.config.softmax
         if self.config.softmax and len(self.concepts) == 1:
@@ -254,7 +260,13 @@ class ConceptAttention(ProcessorSwap):
         common_checks(self.transformer)
         embeds = self._concept_embeds
         if embeds is None:
-            embeds = encode_concepts_isolated(self.adapter, self.pipeline, self.concepts, self.config.concept_pooling)
+            embeds = encode_concepts_isolated(
+                self.adapter,
+                self.pipeline,
+                self.concepts,
+                self.config.concept_pooling,
+                text_encoder=self.config.concept_text_encoder,
+            )
         self.session = ConceptSession(
             self.config, embeds.detach(), self.layers, self.effective_softmax, reduce_batch=self._reduce_batch
         )
@@ -323,6 +335,7 @@ class ConceptAttention(ProcessorSwap):
                     "load_ip_adapter. Do that before entering the block."
                 )
         inputs = self.adapter.capture_call(self.transformer, args, kwargs)
+        self.adapter.observe_call(self.session, inputs)
         unconditional = unconditional or self.adapter.is_auxiliary_call(inputs)
         call = self.session.begin_call(inputs, unconditional=unconditional)
         hidden_states = kwargs.get("hidden_states", args[0] if args else None)

@@ -57,6 +57,9 @@ class ConceptAttentionConfig:
             embedding with a zero pooled text vector, official FLUX.1) or ``"prompt"`` (the prompt's own vector).
         concept_pooling: How a multi-token concept becomes one token: ``"mean"`` over its content tokens (default;
             multi-word concepts work), ``"first"`` (the official code, truncates "red car" to "red") or ``"last"``.
+        concept_text_encoder: Which of the pipeline's text encoders embeds the concept strings, for families that
+            offer a choice (SD3: ``"clip"``, the default, or ``"t5"``); ``None`` takes the family's default. Checked
+            against the adapter when ``ConceptAttention`` is built.
         cross_attention_scale: Scale ``q·k`` by ``1/sqrt(head_dim)`` in the cross-attention space.
         keep_per_step: Keep each (layer, step) score tensor (on the host) in addition to the running mean.
         batch_half: Under batched classifier-free guidance: ``"cond"`` reports the conditional half, ``"all"`` both.
@@ -75,6 +78,7 @@ class ConceptAttentionConfig:
     concept_attention: ConceptAttentionMode = "both"
     concept_conditioning: ConceptConditioning = "null_pooled"
     concept_pooling: ConceptPooling = "mean"
+    concept_text_encoder: str | None = None
     cross_attention_scale: bool = True
     keep_per_step: bool = False
     batch_half: Literal["cond", "all"] = "cond"
@@ -102,6 +106,8 @@ class ConceptAttentionConfig:
         _check_choice("concept_conditioning", self.concept_conditioning, CONCEPT_CONDITIONINGS)
         _check_choice("concept_pooling", self.concept_pooling, CONCEPT_POOLINGS)
         _check_choice("normalization_order", self.normalization_order, NORMALIZATION_ORDERS)
+        if self.concept_text_encoder is not None and not isinstance(self.concept_text_encoder, str):
+            raise ConfigError(f"concept_text_encoder must be a name or None, got {self.concept_text_encoder!r}.")
         _check_choice("batch_half", self.batch_half, ("cond", "all"))
         if not isinstance(self.temperature, int | float) or not self.temperature > 0:
             raise ConfigError(f"temperature must be a positive number, got {self.temperature!r}.")

@@ -287,11 +287,12 @@ def isolated_text_encoding(pipeline: Any) -> Iterator[None]:
 
 
 def encode_concepts_isolated(
-    adapter: Any, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling
+    adapter: Any, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, text_encoder: str | None = None
 ) -> torch.Tensor:
     """``adapter.encode_concepts(pipeline, concepts, pooling)`` under :func:`isolated_text_encoding`: ``[C, D_text]``.
 
-    The caller's random state and the encoders' train/eval modes are exactly as before afterwards.
+    The caller's random state and the encoders' train/eval modes are exactly as before afterwards. ``text_encoder``
+    (``ConceptAttentionConfig.concept_text_encoder``) is passed on only when set, to families that offer a choice.
 
     Example:
         >>> from conceptattention.adapters import get_adapter
@@ -301,4 +302,6 @@ def encode_concepts_isolated(
         torch.Size([2, 32])
     """
     with isolated_text_encoding(pipeline):
-        return adapter.encode_concepts(pipeline, concepts, pooling)  # [C, D_text]
+        if text_encoder is None:
+            return adapter.encode_concepts(pipeline, concepts, pooling)  # [C, D_text]
+        return adapter.encode_concepts(pipeline, concepts, pooling, text_encoder=text_encoder)  # [C, D_text]

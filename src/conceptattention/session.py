@@ -81,6 +81,9 @@ class ConceptSession:
         self.call: TransformerCall | None = None
         self.grid_inputs: dict[str, Any] | None = None  # inputs of the first recorded call, for the token grid
         self.batch_slice: slice = slice(None)
+        # what the (stateless, shared) adapter keeps between the transformer calls of this run, e.g. Chroma's
+        # previous call for true-CFG detection (ConceptAdapter.observe_call); kept by reset()
+        self.adapter_state: dict[str, Any] = {}
 
     def _new_accumulator(self) -> ScoreAccumulator:
         return ScoreAccumulator(

@@ -261,7 +261,7 @@ class TestConceptEncoding:
 
     def test_t5_stream(self, pipe):
         concepts = ["red car", "sky"]
-        encoded = SD3Adapter("t5").encode_concepts(pipe, concepts, "mean")
+        encoded = SD3Adapter().encode_concepts(pipe, concepts, "mean", text_encoder="t5")
         hidden, content = t5_content_states(pipe.tokenizer_3, pipe.text_encoder_3, concepts)
         for index in range(2):
             torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
@@ -274,10 +274,21 @@ class TestConceptEncoding:
         assert torch.equal(reference, images)
         assert ca.maps.maps.shape == (2, 1, 8, 12)
         with pytest.raises(ValueError, match="no T5 encoder"):
-            SD3Adapter("t5").encode_concepts(pipe, ["sky"], "mean")
+            SD3Adapter().encode_concepts(pipe, ["sky"], "mean", text_encoder="t5")
 
-    def test_bad_text_encoder_choice(self):
+    def test_bad_text_encoder_choice(self, pipe):
         with pytest.raises(ValueError, match="'clip' or 't5'"):
+            SD3Adapter().encode_concepts(pipe, ["sky"], "mean", text_encoder="llama")
+        with pytest.raises(ValueError, match="not offered by the sd3 adapter"):
+            ConceptAttention(pipe, ["sky"], concept_text_encoder="llama")
+
+    def test_deprecated_constructor_option(self, pipe):
+        """``SD3Adapter("t5")`` (the old way, by re-registering) still works for one release, with a warning."""
+        with pytest.warns(DeprecationWarning, match="concept_text_encoder='t5' to ConceptAttention"):
+            adapter = SD3Adapter("t5")
+        expected = SD3Adapter().encode_concepts(pipe, ["sky"], "mean", text_encoder="t5")
+        torch.testing.assert_close(adapter.encode_concepts(pipe, ["sky"], "mean"), expected, rtol=0, atol=0)
+        with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="'clip' or 't5'"):
             SD3Adapter("llama")
 
 

@@ -72,9 +72,9 @@ def test_bad_arguments_fail_before_writing(tmp_path: Path) -> None:
 
 
 def test_parallel_scene_sampling_matches_serial_sampling() -> None:
-    from conceptattention.shapesworld.train import _sample_bank_records
+    from conceptattention.shapesworld.train_data import sample_bank_records
 
-    assert _sample_bank_records(5, 4000, workers=2) == _sample_bank_records(5, 4000, workers=1)
+    assert sample_bank_records(5, 4000, workers=2) == sample_bank_records(5, 4000, workers=1)
 
 
 FAST = ["--precision", "bf16", "--compile", "--compile-backend", "eager", "--lr-scaling", "sqrt",

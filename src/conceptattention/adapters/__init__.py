@@ -17,7 +17,8 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, common_checks
+from .base import ConceptAdapter, UnsupportedSetupError, common_checks
+from .real_images import ExplainBatch
 
 
 __all__ = [

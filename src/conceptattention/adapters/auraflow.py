@@ -30,17 +30,9 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import (
-    ConceptAdapter,
-    ExplainBatch,
-    ExplainRequest,
-    bind_call,
-    block_input_grabbers,
-    captured_block_input,
-    flow_noised,
-    image_pixels,
-)
+from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:

@@ -1,17 +1,31 @@
-"""The adapter interface: everything ConceptAttention needs to know about one transformer architecture."""
+"""The adapter interface: everything ConceptAttention needs to know about one transformer architecture.
+
+Besides :class:`ConceptAdapter`, this module holds what the interface's callers share: the setup checks (caches,
+context parallelism) and the capture helpers (binding a call's arguments, block pre-hooks). The real-image (explain)
+helpers live in :mod:`conceptattention.adapters.real_images` (re-exported here for adapters that import them from
+``base``). Adapters are stateless singletons: per-run state lives on the session
+(:attr:`~conceptattention.session.ConceptSession.adapter_state`), options on the config.
+"""
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..config import ConceptPooling
+from .real_images import (  # noqa: F401 (the explain-path helpers, re-exported for adapters written against base)
+    ExplainBatch,
+    ExplainRequest,
+    flow_noised,
+    guidance_tensor,
+    image_pixels,
+    seeded_noise,
+)
 
 
 if TYPE_CHECKING:
@@ -22,42 +36,6 @@ if TYPE_CHECKING:
 
 class UnsupportedSetupError(RuntimeError):
     """The model is set up in a way that would give silently wrong maps (caching, checkpointing, parallelism...)."""
-
-
-@dataclass(frozen=True)
-class ExplainBatch:
-    """Inputs of one transformer forward on the real-image path.
-
-    Attributes:
-        transformer_kwargs: Keyword arguments of the transformer call (noised latents included).
-        latent_shape: Shape of the clean latents, for reference.
-    """
-
-    transformer_kwargs: dict[str, Any]
-    latent_shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class ExplainRequest:
-    """What the real-image path asks of an adapter (validated by :meth:`ConceptAdapter.prepare_explain`).
-
-    Attributes:
-        caption: Prompt given with the image.
-        noise_level: Rectified-flow time ``t`` in (0, 1] (DDPM families map it to a training timestep).
-        seeds: One noise sample per seed, drawn on the CPU.
-        height: Model input height in pixels (a multiple of the adapter's size multiple).
-        width: Model input width in pixels.
-        guidance_scale: Guidance embedding for guidance-distilled models.
-        image_pooled: ``"zero"`` or ``"caption"``: the pooled text vector of the image stream, where there is one.
-    """
-
-    caption: str
-    noise_level: float
-    seeds: tuple[int, ...]
-    height: int
-    width: int
-    guidance_scale: float = 3.5
-    image_pooled: str = "zero"
 
 
 class ConceptAdapter(ABC):
@@ -81,6 +59,9 @@ class ConceptAdapter(ABC):
             original_processor)``.
         stock_processor_class: The diffusers processor(s) it takes over; :meth:`check_model` refuses any other.
         stock_processor_remedy: What else may be installed and how to undo it (for that message).
+        concept_text_encoders: The choices of ``ConceptAttentionConfig.concept_text_encoder`` (the first is the
+            default) where the family offers several text encoders for concepts; :meth:`encode_concepts` then takes
+            ``text_encoder=``. Empty: one encoder, the option is refused.
     """
 
     name: str = ""
@@ -96,6 +77,7 @@ class ConceptAdapter(ABC):
     tested: str = "adapter battery (tiny random model + tiny offline pipeline), naive float64 reference for every space/mode"
     ip_adapter: str = "not offered by diffusers"
     fused_qkv: str = "yes"
+    concept_text_encoders: tuple[str, ...] = ()
 
     # ----- structure -------------------------------------------------------------------------------------------
 
@@ -193,6 +175,15 @@ class ConceptAdapter(ABC):
     def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
         """Whether a transformer call is an auxiliary guidance call to ignore (e.g. SD3 skip-layer guidance)."""
         return False
+
+    def observe_call(self, session: ConceptSession, call_inputs: dict[str, Any]) -> None:
+        """Relate a transformer call to the earlier calls of the same run (after :meth:`capture_call`).
+
+        Adapters are shared singletons, so state kept between calls (e.g. Chroma's detection of the unconditional
+        call of true CFG) lives in ``session.adapter_state``; what the adapter concludes goes into ``call_inputs``
+        (read by :meth:`is_auxiliary_call`). The default keeps no state.
+        """
+        return None
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
         """Extra capture-only hooks (e.g. block pre-hooks that store a block's ``temb`` in the session).
@@ -441,38 +432,3 @@ def captured_block_input(session: ConceptSession, key: str, what: str) -> Any:
             "itself, not a block or attention module directly."
         )
     return captured
-
-
-def image_pixels(pipeline: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
-    """An image as the VAE takes it: RGB, resized bicubically to ``width × height``, ``[1, 3, H, W]`` in [-1, 1] on
-    the pipeline's execution device, in the VAE's dtype."""
-    from ..images import image_to_tensor, to_rgb
-
-    resized = to_rgb(image).resize((width, height), resample=3)  # 3 = BICUBIC
-    return image_to_tensor(resized).unsqueeze(0).to(device=pipeline._execution_device, dtype=pipeline.vae.dtype)
-
-
-def seeded_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device) -> torch.Tensor:
-    """One standard-normal sample of ``shape`` per seed, drawn on the CPU (device-independent results):
-    ``[N, *shape]`` float32 on ``device``.
-
-    Example:
-        >>> seeded_noise((2,), [0, 0], torch.device("cpu")).unique(dim=0).shape
-        torch.Size([1, 2])
-    """
-    samples = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
-    return torch.stack(samples).to(device=device, dtype=torch.float32)  # [N, *shape]
-
-
-def flow_noised(clean: torch.Tensor, request: ExplainRequest, device: torch.device) -> torch.Tensor:
-    """Rectified flow ``x_t = (1 - t)·x_0 + t·ε`` for each seed: ``clean [1, *S]`` → ``[N, *S]`` float32."""
-    noise = seeded_noise(clean.shape[1:], request.seeds, device)  # [N, *S]
-    return (1.0 - request.noise_level) * clean.float() + request.noise_level * noise
-
-
-def guidance_tensor(transformer: nn.Module, request: ExplainRequest, num: int, device: torch.device) -> torch.Tensor | None:
-    """The guidance embedding input ``[N]`` of guidance-distilled transformers (``config.guidance_embeds``), else
-    ``None``."""
-    if not getattr(transformer.config, "guidance_embeds", False):
-        return None
-    return torch.full((num,), request.guidance_scale, device=device, dtype=torch.float32)

@@ -28,8 +28,9 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import ExplainBatch, ExplainRequest, bind_call, block_input_grabbers, captured_block_input
+from .base import bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
+from .real_images import ExplainBatch, ExplainRequest
 
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 BLOCK_TEMB_KEY = "chroma_block_temb"
 #: Key of the captured call inputs flagging the unconditional call of the pipeline's true CFG.
 TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
+#: Key of the captured call inputs holding weak references to the call's latent and prompt tensors.
+CALL_TENSORS_KEY = "chroma_call_tensors"
+#: Key of ``session.adapter_state`` holding the previous call's :data:`CALL_TENSORS_KEY` entry (true-CFG detection).
+PREVIOUS_CALL_KEY = "chroma_previous_call"
 
 
 class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
@@ -102,44 +107,43 @@ class ChromaAdapter(FluxAdapter):
     official_default_layers = "last 4 double blocks (Chroma1: 15-18; no official choice, FLUX.1's)"
     tested = "adapter battery + naive reference; guidance calls without cache context; explain path; bf16/fp16 on an H100"
 
-    def __init__(self) -> None:
-        # per transformer: weak references to the latent and prompt tensors of the previous call
-        self._previous_call: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref, weakref.ref] | None] = (
-            weakref.WeakKeyDictionary()
-        )
-
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")
         bound = bind_call("ChromaTransformer2DModel", names, args, kwargs, required=("timestep", "img_ids"))
+        latents, prompt = bound.get("hidden_states"), bound.get("encoder_hidden_states")
+        tensors = isinstance(latents, torch.Tensor) and isinstance(prompt, torch.Tensor)
         return {
             "timestep": bound["timestep"],
             "img_ids": bound["img_ids"],
-            TRUE_CFG_TWIN_KEY: self._is_true_cfg_twin(transformer, bound),
+            # weak references: the call inputs outlive the call (the first recorded one gives the token grid)
+            CALL_TENSORS_KEY: (weakref.ref(latents), weakref.ref(prompt)) if tensors else None,
         }
 
-    def _is_true_cfg_twin(self, transformer: nn.Module, bound: dict[str, Any]) -> bool:
-        """Whether this call gets the very latent tensor of the previous call with another prompt tensor.
+    def observe_call(self, session: ConceptSession, call_inputs: dict[str, Any]) -> None:
+        """Flag the call that gets the very latent tensor of the previous call with another prompt tensor.
 
         ``ChromaPipeline`` runs true classifier-free guidance as two calls per step on the same ``latents`` object
-        (prompt, then negative prompt) without a diffusers ``cache_context``; the second one is unconditional.
+        (prompt, then negative prompt) without a diffusers ``cache_context``; the second one is unconditional. The
+        previous call is remembered in ``session.adapter_state``, so each ``with`` block starts without one.
         """
-        latents, prompt = bound.get("hidden_states"), bound.get("encoder_hidden_states")
-        if not isinstance(latents, torch.Tensor) or not isinstance(prompt, torch.Tensor):
-            self._previous_call[transformer] = None
-            return False
-        previous = self._previous_call.get(transformer)
-        twin = previous is not None and previous[0]() is latents and previous[1]() is not prompt
+        current = call_inputs.get(CALL_TENSORS_KEY)
+        previous = session.adapter_state.get(PREVIOUS_CALL_KEY)
+        twin = (
+            current is not None
+            and previous is not None
+            and previous[0]() is current[0]()
+            and previous[1]() is not current[1]()
+        )
+        call_inputs[TRUE_CFG_TWIN_KEY] = twin
         # after a twin the next call starts a new step: it must bring new latents to be a twin again
-        self._previous_call[transformer] = None if twin else (weakref.ref(latents), weakref.ref(prompt))
-        return twin
+        session.adapter_state[PREVIOUS_CALL_KEY] = None if twin else current
 
     def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
         """The unconditional call of ``ChromaPipeline``'s true CFG: neither recorded nor counted as a step."""
         return bool(call_inputs.get(TRUE_CFG_TWIN_KEY, False))
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
-        """Block pre-hooks that hand each double block's ``temb`` to its processor (and a fresh CFG-twin state)."""
-        self._previous_call[transformer] = None  # each ConceptAttention block starts without a previous call
+        """Block pre-hooks that hand each double block's ``temb`` to its processor."""
         return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
 
     def encode_concepts(

@@ -38,18 +38,9 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import (
-    ConceptAdapter,
-    ExplainBatch,
-    ExplainRequest,
-    UnsupportedSetupError,
-    bind_call,
-    block_input_grabbers,
-    captured_block_input,
-    image_pixels,
-    seeded_noise,
-)
+from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, image_pixels, seeded_noise
 from .sd3 import batch_halves_identical, guidance_half_slice
 
 

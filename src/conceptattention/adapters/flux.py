@@ -20,16 +20,9 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention_packed
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import (
-    ConceptAdapter,
-    ExplainBatch,
-    ExplainRequest,
-    bind_call,
-    flow_noised,
-    guidance_tensor,
-    image_pixels,
-)
+from .base import ConceptAdapter, bind_call
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
 
 
 if TYPE_CHECKING:

@@ -26,8 +26,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .base import ExplainBatch, bind_call, block_input_grabbers, captured_block_input
+from .base import bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
+from .real_images import ExplainBatch
 
 
 if TYPE_CHECKING:

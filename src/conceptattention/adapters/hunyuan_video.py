@@ -30,9 +30,10 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, ExplainBatch, UnsupportedSetupError, bind_call
+from .base import ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch
 
 
 if TYPE_CHECKING:

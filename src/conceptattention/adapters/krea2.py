@@ -38,17 +38,9 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
-from .base import (
-    ConceptAdapter,
-    ExplainBatch,
-    ExplainRequest,
-    bind_call,
-    block_input_grabbers,
-    captured_block_input,
-    flow_noised,
-    image_pixels,
-)
+from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.

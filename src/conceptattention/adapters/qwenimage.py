@@ -31,20 +31,11 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import (
-    ExplainBatch,
-    ExplainRequest,
-    UnsupportedSetupError,
-    bind_call,
-    block_input_grabbers,
-    captured_block_input,
-    flow_noised,
-    guidance_tensor,
-    image_pixels,
-)
+from .base import UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
 
 
 if TYPE_CHECKING:

@@ -23,20 +23,23 @@ Concept conditioning (``concept_conditioning``): ``"prompt"`` uses the ``temb`` 
 SD3 ConceptAttention behaviour), captured by a block pre-hook; ``"null_pooled"`` (the library default, official for
 FLUX.1) uses ``time_text_embed(timestep, 0)``, the timestep embedding with a zero pooled CLIP vector.
 
-Concept text embeddings (``concept_text_encoder`` of :class:`SD3Adapter`): by default the CLIP stream, as the
+Concept text embeddings (the ``concept_text_encoder`` option of :class:`~conceptattention.ConceptAttentionConfig`,
+``"clip"`` or ``"t5"``): by default the CLIP stream, as the
 official SD3 code, but without its two bugs. Each concept is encoded on its own (one padded, masked batch), the
 penultimate states of CLIP-L and CLIP-G are pooled over the concept's **content tokens** (never index 0, the start
 token, which is the same vector for every concept; never the end token), concatenated (``768 + 1280 = 2048``) and
 zero-padded (or cropped, when CLIP-L ⊕ CLIP-G is wider) to ``joint_attention_dim`` exactly as the pipeline lays out a
 prompt's CLIP part. The CLIP stream is the
 one the official SD3 maps (and so the paper's SD3.5 figures) were computed with, and it needs no T5 (pipelines are
-often loaded without ``text_encoder_3``). ``SD3Adapter(concept_text_encoder="t5")`` pools T5 content tokens instead
+often loaded without ``text_encoder_3``). ``ConceptAttention(pipe, concepts, concept_text_encoder="t5")`` pools T5
+content tokens instead
 (the prompt's other half; bidirectional, so every token sees the whole concept).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,20 +49,12 @@ from diffusers.models.attention import _chunked_feed_forward
 from diffusers.models.attention_processor import FusedJointAttnProcessor2_0, JointAttnProcessor2_0
 from torch import nn
 
-from ..config import ConceptPooling
+from ..config import ConceptPooling, ConfigError
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
-from .base import (
-    ConceptAdapter,
-    ExplainBatch,
-    ExplainRequest,
-    bind_call,
-    block_input_grabbers,
-    captured_block_input,
-    flow_noised,
-    image_pixels,
-)
+from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:
@@ -82,6 +77,13 @@ _CALL_ARGUMENTS = (
     "return_dict",
     "skip_layers",
 )
+
+
+def _check_text_encoder(name: Any) -> ConceptTextEncoder:
+    """``name`` if it is ``"clip"`` or ``"t5"``; a :class:`ConfigError` (a ``ValueError``) otherwise."""
+    if name not in ("clip", "t5"):
+        raise ConfigError(f"concept_text_encoder must be 'clip' or 't5' for SD3, got {name!r}.")
+    return name
 
 
 def _is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
@@ -257,8 +259,9 @@ class SD3Adapter(ConceptAdapter):
     Args:
         concept_text_encoder: ``"clip"`` (default: pooled CLIP-L ⊕ CLIP-G penultimate content-token states,
             zero-padded to ``joint_attention_dim``, as the prompt's CLIP part) or ``"t5"`` (pooled T5 content-token
-            states). Register another instance to change it:
-            ``register_adapter("SD3Transformer2DModel", SD3Adapter("t5"))``.
+            states). Deprecated: set ``ConceptAttentionConfig.concept_text_encoder`` instead (one option per
+            ``ConceptAttention`` block, not one per registered adapter); kept for one release as the default of
+            this instance, with a ``DeprecationWarning``.
 
     Example:
         >>> from conceptattention.adapters import get_adapter
@@ -283,10 +286,20 @@ class SD3Adapter(ConceptAdapter):
     official_default_layers = "all joint blocks (official SD3.5: 0-37)"
     tested = "adapter battery + naive reference for SD3 and an SD3.5-like config (dual attention, RMS QK-norm); CFG; skip-layer guidance; explain path; bf16/fp16 on an H100"
 
-    def __init__(self, concept_text_encoder: ConceptTextEncoder = "clip") -> None:
-        if concept_text_encoder not in ("clip", "t5"):
-            raise ValueError(f"concept_text_encoder must be 'clip' or 't5', got {concept_text_encoder!r}.")
-        self.concept_text_encoder = concept_text_encoder
+    concept_text_encoders = ("clip", "t5")
+    #: the default text encoder of concepts (an instance attribute only under the deprecated constructor argument)
+    concept_text_encoder: ConceptTextEncoder = "clip"
+
+    def __init__(self, concept_text_encoder: ConceptTextEncoder | None = None) -> None:
+        if concept_text_encoder is None:
+            return
+        warnings.warn(
+            "SD3Adapter(concept_text_encoder=...) is deprecated and will be removed in the next release; pass "
+            f"concept_text_encoder={concept_text_encoder!r} to ConceptAttention (or ConceptAttentionConfig) instead.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        self.concept_text_encoder = _check_text_encoder(concept_text_encoder)
 
     # ----- structure -------------------------------------------------------------------------------------------
 
@@ -344,17 +357,27 @@ class SD3Adapter(ConceptAdapter):
     # ----- text ---------------------------------------------------------------------------------------------------
 
     def encode_concepts(
-        self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
+        self,
+        pipeline: Any,
+        concepts: Sequence[str],
+        pooling: ConceptPooling,
+        device: torch.device | None = None,
+        *,
+        text_encoder: ConceptTextEncoder | None = None,
     ) -> torch.Tensor:
-        """Pooled concept embeddings ``[C, joint_attention_dim]`` (see the module docstring for the streams)."""
+        """Pooled concept embeddings ``[C, joint_attention_dim]`` (see the module docstring for the streams).
+
+        ``text_encoder``: ``"clip"`` or ``"t5"``; ``None`` takes this adapter's default (``"clip"``).
+        """
         device = device or getattr(pipeline, "_execution_device", None) or pipeline.transformer.device
         joint_dim = int(pipeline.transformer.config.joint_attention_dim)
-        if self.concept_text_encoder == "t5":
+        stream = self.concept_text_encoder if text_encoder is None else _check_text_encoder(text_encoder)
+        if stream == "t5":
             tokenizer, text_encoder = getattr(pipeline, "tokenizer_3", None), getattr(pipeline, "text_encoder_3", None)
             if tokenizer is None or text_encoder is None:
                 raise ValueError(
                     "This SD3 pipeline has no T5 encoder (tokenizer_3/text_encoder_3) to encode concepts with "
-                    "SD3Adapter('t5'); use the default SD3Adapter('clip') or pass `concept_embeds=`."
+                    "concept_text_encoder='t5'; use the default 'clip' or pass `concept_embeds=`."
                 )
             max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
             pooled = encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_t5]
@@ -369,7 +392,7 @@ class SD3Adapter(ConceptAdapter):
             if tokenizer is None or text_encoder is None:
                 raise ValueError(
                     f"This SD3 pipeline has no {encoder_name} to encode concepts with CLIP; pass `concept_embeds=` "
-                    "or use SD3Adapter('t5')."
+                    "or use concept_text_encoder='t5'."
                 )
             max_length = getattr(tokenizer, "model_max_length", 77) or 77
             # Content tokens exclude the start token (index 0, identical for every concept) and the end token;

@@ -7,29 +7,27 @@ return a :class:`MapResult` with display-ready images and the downloadable files
 outcome into the status line shown on the page: user errors verbatim, unexpected errors as a generic sentence (the
 traceback goes to the server log only).
 
-Only the public API of :mod:`conceptattention` is used, so this module is also a worked example of it.
+Only the public API of :mod:`conceptattention` is used, so this module is also a worked example of it. Its
+neighbours hold the rest of the app's non-Gradio part: :mod:`.inputs` (checks of control values and uploads),
+:mod:`.results` (the result types, and exploring a kept result: one step or block, the ranking at a pixel) and
+:mod:`.run_files` (the run folders on disk); their public names are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
-import math
 import os
 import re
 import shutil
-import struct
 import tempfile
 import threading
 import time
 import warnings
 import weakref
-import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +43,20 @@ from .. import (
     get_adapter,
 )
 from ..config import SPACES
-from ..images import ImageLoadError, load_image
 from ..models import LoadedModel, UnknownWordsError, check_vocabulary
-from ..outputs import OutputPathError, atomic_output_dir, remove_output_dir
 from ..timeline import TimelineError, estimate_timeline_bytes, maps_over
+from .inputs import (
+    AppInputError,
+    AppLimits,
+    file_sha256,
+    load_upload,
+    parse_concepts,
+    pixel_limit,
+    real_number,
+    whole_number,
+)
+from .results import DISPLAY_SIDE, SHOWN_MAPS, MapResult, MapView, ResultExplorer, display_copy
+from .run_files import prune_runs, run_folder, write_run_files
 
 
 __all__ = [
@@ -57,6 +65,7 @@ __all__ = [
     "AppLimits",
     "MapResult",
     "MapService",
+    "MapView",
     "Outcome",
     "SHOWN_MAPS",
     "parse_concepts",
@@ -64,16 +73,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("conceptattention.app")
-
-#: Shown images, heatmaps and overlays are scaled so that their longer side has this many pixels.
-DISPLAY_SIDE = 384
-
-#: What the page can show: the result (mean over steps and blocks), or the maps of one step or one block.
-SHOWN_MAPS = ("mean", "steps", "blocks")
-
-_RUN_NAME = re.compile(r"run-\d{6}")  # the run folders this service writes (pruning touches no other name)
-
-_PNG_COMPRESS_LEVEL = 1  # zlib level of written PNGs: 6x faster than PIL's default 6, files ~20% larger
 
 #: Errors whose message is meant for the user (every library error is a ValueError subclass, or one of these).
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -87,125 +86,6 @@ UNEXPECTED_ERROR_MESSAGE = (
     "Something went wrong on the server; the details are in its log. Try again, and if it keeps failing, report it "
     "with the output of `conceptattention env`."
 )
-
-
-class AppInputError(ValueError):
-    """A control of the web app holds a value that cannot be used; the message says which and what to change."""
-
-
-@dataclass(frozen=True)
-class AppLimits:
-    """Bounds on what one request may ask for (they protect a shared server's memory and time).
-
-    Attributes:
-        max_concepts: Most concepts per request.
-        max_concept_chars: Longest concept, in characters.
-        max_prompt_chars: Longest prompt or caption, in characters.
-        max_side: Largest image height or width, in pixels, for generation and for explain's model input.
-        max_steps: Most denoising steps.
-        max_samples: Most noise samples of the explain path.
-        max_frames: Most frames of a video model's generation.
-        max_upload_bytes: Largest uploaded file, in bytes (also given to Gradio as ``max_file_size``).
-        max_pixels: Largest uploaded image, in pixels (width x height), checked before decoding.
-        kept_runs: How many past runs keep their downloadable files on disk (and their maps in memory, for the
-            pixel ranking and the step/block slider).
-        max_timeline_bytes: Most bytes of kept per-step scores of one request (steps x layers x batch x concepts x
-            image tokens x 4); above it the maps of each step and block are not kept and a note says so.
-
-    Example:
-        >>> AppLimits(max_concepts=4).max_concepts
-        4
-    """
-
-    max_concepts: int = 12
-    max_concept_chars: int = 60
-    max_prompt_chars: int = 500
-    max_side: int = 2048
-    max_steps: int = 100
-    max_samples: int = 16
-    max_frames: int = 129
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 25_000_000
-    kept_runs: int = 16
-    max_timeline_bytes: int = 2**30
-
-    def __post_init__(self) -> None:
-        for name in (
-            "max_concepts",
-            "max_concept_chars",
-            "max_prompt_chars",
-            "max_side",
-            "max_steps",
-            "max_samples",
-            "max_frames",
-            "max_upload_bytes",
-            "max_pixels",
-            "kept_runs",
-            "max_timeline_bytes",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise AppInputError(f"AppLimits.{name} must be a positive integer, got {value!r}.")
-
-
-@dataclass
-class MapResult:
-    """One run's display-ready outputs and downloadable files.
-
-    Attributes:
-        image: The generated image, or the uploaded image as loaded (RGB, original size).
-        display_image: ``image`` scaled to :data:`DISPLAY_SIDE` pixels on its longer side.
-        maps: The concept maps, ``[C, 1, h, w]`` on the model's token grid.
-        heatmaps: ``C`` pairs ``(heatmap, concept)``, heatmaps at the size of ``display_image``.
-        overlays: ``C`` pairs ``(overlay on display_image, concept)``.
-        segmentation: The argmax segmentation at the size of ``display_image``, coloured as ``legend``.
-        legend: ``C`` pairs ``(concept, (r, g, b))``.
-        views: PNG files of the shown images, for the page: ``"image"`` and ``"segmentation"`` map to one path,
-            ``"heatmaps"`` and ``"overlays"`` to ``C`` paths in concept order.
-        files: The downloads: a zip of PNGs (image, heatmaps, overlays, segmentation, grid figure, settings.json)
-            and the raw ``maps.safetensors`` (read it back with :meth:`ConceptMaps.load`).
-        settings: The request's settings, as written into the zip.
-        notes: Sentences to show next to the result (library warnings, vocabulary hints, model notices).
-        seconds: Wall time of the run, validation to written files.
-        timeline: ``{"steps": [...], "blocks": [...]}``: the maps of each denoising step (explain: noise level) and
-            of each selected block (see :func:`conceptattention.timeline.maps_over`); empty when not kept.
-        run_id: The name of the run's folder; :meth:`MapService.rank_at` and :meth:`MapService.view` find the run
-            by it while it is among the last ``limits.kept_runs``.
-    """
-
-    image: Image.Image
-    display_image: Image.Image
-    maps: ConceptMaps
-    heatmaps: list[tuple[Image.Image, str]]
-    overlays: list[tuple[Image.Image, str]]
-    segmentation: Image.Image
-    legend: list[tuple[str, tuple[int, int, int]]]
-    views: dict[str, Any]
-    files: list[Path]
-    settings: dict[str, Any]
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    timeline: dict[str, list[ConceptMaps]] = field(default_factory=dict)
-    run_id: str = ""
-
-
-@dataclass(frozen=True)
-class MapView:
-    """The maps of one step or block (or the result), drawn like a result.
-
-    Attributes:
-        maps: The maps shown.
-        heatmaps: ``C`` pairs ``(heatmap, concept)`` at the size of the result's ``display_image``.
-        overlays: ``C`` pairs ``(overlay, concept)``.
-        segmentation: The argmax segmentation at that size.
-        caption: What is shown, in words (``"step 3 of 6"``).
-    """
-
-    maps: ConceptMaps
-    heatmaps: list[tuple[Image.Image, str]]
-    overlays: list[tuple[Image.Image, str]]
-    segmentation: Image.Image
-    caption: str
 
 
 @dataclass(frozen=True)
@@ -276,87 +156,6 @@ def run_safely(action: Callable[[], MapResult]) -> Outcome:
     return Outcome(status=status, result=result)
 
 
-def parse_concepts(text: str | Sequence[str] | None, limits: AppLimits | None = None) -> tuple[str, ...]:
-    """Split the concept box into concepts and check them.
-
-    Concepts are separated by commas or new lines; runs of whitespace inside a concept become one space and empty
-    entries (``"dog, , sky,"``) are dropped. A list of strings is accepted too.
-
-    Args:
-        text: E.g. ``"dog, grass, sky"`` or ``["dog", "red car"]``.
-        limits: Bounds on the number and length of concepts (default :class:`AppLimits`).
-
-    Returns:
-        The concepts, in order.
-
-    Raises:
-        AppInputError: No concept, a repeated concept, too many concepts, or a concept that is too long.
-
-    Example:
-        >>> parse_concepts("dog,  red   car\\nsky,")
-        ('dog', 'red car', 'sky')
-    """
-    limits = limits or AppLimits()
-    if text is None:
-        text = ""
-    entries = re.split(r"[,\n]", text) if isinstance(text, str) else [str(entry) for entry in text]
-    concepts = [" ".join(entry.split()) for entry in entries]
-    concepts = [concept for concept in concepts if concept]
-    if not concepts:
-        raise AppInputError('Enter at least one concept, e.g. "dog, grass, sky" (separate concepts with commas).')
-    if len(concepts) > limits.max_concepts:
-        raise AppInputError(f"{len(concepts)} concepts were given; this app allows at most {limits.max_concepts}.")
-    for concept in concepts:
-        if len(concept) > limits.max_concept_chars:
-            raise AppInputError(
-                f"The concept {concept[:20]!r}... is {len(concept)} characters long; use at most "
-                f"{limits.max_concept_chars} (a short phrase such as 'red car')."
-            )
-    repeated = sorted({concept for concept in concepts if concepts.count(concept) > 1})
-    if repeated:
-        raise AppInputError(f"Each concept must be different; {', '.join(map(repr, repeated))} appears more than once.")
-    return tuple(concepts)
-
-
-def _whole_number(label: str, value: Any, low: int, high: int) -> int:
-    """``value`` as an int in ``[low, high]`` (Gradio's number boxes give None when empty and floats at times)."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        raise AppInputError(f"{label} is empty; enter a whole number from {low} to {high}.")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AppInputError(f"{label} must be a whole number from {low} to {high}, got {value!r}.") from None
-    if isinstance(value, bool) or not math.isfinite(number) or number != int(number) or not low <= number <= high:
-        raise AppInputError(f"{label} must be a whole number from {low} to {high}, got {value!r}.")
-    return int(number)
-
-
-def _real_number(label: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
-    """``value`` as a finite float in ``[low, high]`` (``(low, high]`` with ``low_open``)."""
-    interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise AppInputError(f"{label} must be a number in {interval}, got {value!r}.") from None
-    too_low = number <= low if low_open else number < low
-    if isinstance(value, bool) or not math.isfinite(number) or too_low or number > high:
-        raise AppInputError(f"{label} must be a number in {interval}, got {value!r}.")
-    return number
-
-
-def _display_copy(image: Image.Image) -> Image.Image:
-    """``image`` scaled (up or down) so that its longer side is :data:`DISPLAY_SIDE` pixels."""
-    scale = DISPLAY_SIDE / max(image.size)
-    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def _file_stem(index: int, concept: str) -> str:
-    """A safe, unique file name for concept number ``index`` (``(1, "red car")`` → ``"01_red_car"``)."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", concept).strip("._")[:40] or "concept"
-    return f"{index:02d}_{slug}"
-
-
 def model_vocabulary(loaded: LoadedModel) -> tuple[str, ...] | None:
     """The words the model knows, when it declares them (:attr:`LoadedModel.vocabulary`: the shipped ShapesWorld
     model), else None.
@@ -369,7 +168,7 @@ def model_vocabulary(loaded: LoadedModel) -> tuple[str, ...] | None:
     return loaded.vocabulary
 
 
-class MapService:
+class MapService(ResultExplorer):
     """One loaded pipeline behind the web app: validated requests in, display images and files out.
 
     Requests run one at a time (a lock guards the pipeline, whose attention processors ConceptAttention swaps for
@@ -485,7 +284,7 @@ class MapService:
 
     def _side(self, label: str, value: Any) -> int:
         multiple, largest = self.size_multiple, self.limits.max_side - self.limits.max_side % self.size_multiple
-        side = _whole_number(label, value, multiple, largest)
+        side = whole_number(label, value, multiple, largest)
         if side % multiple:
             raise AppInputError(
                 f"{label} must be a multiple of {multiple} for this model (from {multiple} to {largest}), got {side}."
@@ -499,7 +298,7 @@ class MapService:
             )
         if isinstance(layers, str) or not isinstance(layers, Sequence):
             raise AppInputError(f"Layers must be a list of joint block indices, got {layers!r}.")
-        chosen = [_whole_number("Each layer", layer, 0, self.layer_count - 1) for layer in layers]
+        chosen = [whole_number("Each layer", layer, 0, self.layer_count - 1) for layer in layers]
         if space not in SPACES:
             raise AppInputError(f"Space must be one of {', '.join(SPACES)}, got {space!r}.")
         if not isinstance(softmax, bool):
@@ -606,11 +405,11 @@ class MapService:
         concept_list = parse_concepts(concepts, self.limits)
         notes = self._check_vocabulary(concept_list, prompt_text)
         default_height, default_width = self.default_side
-        seed_value = _whole_number("Seed", seed, 0, 2**32 - 1)
-        step_count = _whole_number("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
+        seed_value = whole_number("Seed", seed, 0, 2**32 - 1)
+        step_count = whole_number("Steps", self.default_steps if steps is None else steps, 1, self.limits.max_steps)
         image_height = self._side("Height", default_height if height is None else height)
         image_width = self._side("Width", default_width if width is None else width)
-        guidance = _real_number(
+        guidance = real_number(
             "Guidance scale", self.default_guidance_scale if guidance_scale is None else guidance_scale, 0.0, 100.0
         )
         options = self._method_options(self.default_layers if layers is None else layers, space, softmax)
@@ -627,7 +426,7 @@ class MapService:
         if video:
             frame_count = frames if frames is not None else self.defaults.get("num_frames")
             if frame_count is not None:
-                frame_count = _whole_number("Frames", frame_count, 1, self.limits.max_frames)
+                frame_count = whole_number("Frames", frame_count, 1, self.limits.max_frames)
             kwargs.update(self._call_kwargs({"num_frames": frame_count, "output_type": "pil"}))
             notes.append("Video model: the first frame and its maps are shown; use the CLI for the whole video.")
         tokens = self._image_tokens(image_height, image_width, kwargs.get("num_frames") or 1)
@@ -697,11 +496,11 @@ class MapService:
         concept_list = parse_concepts(concepts, self.limits)
         caption_text = self._text("The caption", caption, required=False)
         notes = self._check_vocabulary(concept_list, caption_text)
-        level = _real_number("Noise level", noise_level, 0.0, 1.0, low_open=True)
-        sample_count = _whole_number("Samples", samples, 1, self.limits.max_samples)
-        seed_value = _whole_number("Seed", seed, 0, 2**32 - 1)
+        level = real_number("Noise level", noise_level, 0.0, 1.0, low_open=True)
+        sample_count = whole_number("Samples", samples, 1, self.limits.max_samples)
+        seed_value = whole_number("Seed", seed, 0, 2**32 - 1)
         options = self._method_options(self.default_layers if layers is None else layers, space, softmax)
-        image = self._load_upload(path)
+        image = load_upload(path, self.limits)
         height, width = self._explain_size(image)
         keep = self._keep_timeline(
             timeline,
@@ -737,47 +536,16 @@ class MapService:
             "tab": "explain",
             "model": self.loaded.description,
             "image": path.name,  # the name of the user's file (never a server path), and its fingerprint
-            "image_sha256": _sha256(path),
+            "image_sha256": file_sha256(path),
             "concepts": list(maps.concepts),
             "method": maps.config,
         }
         return self._finish(image, maps, settings, notes, started, per_step)
 
-    def _load_upload(self, path: Path) -> Image.Image:
-        """Load an uploaded image with the size limits; messages name the file, never the server's folders."""
-        try:
-            size = path.stat().st_size
-        except OSError:
-            raise AppInputError("The uploaded file is gone from the server; upload it again.") from None
-        if size > self.limits.max_upload_bytes:
-            raise AppInputError(
-                f"The uploaded file is {size / 2**20:.1f} MB; this app accepts at most "
-                f"{self.limits.max_upload_bytes / 2**20:.1f} MB."
-            )
-        limit = self.pixel_limit
-        declared = declared_size(path)
-        if declared is not None and declared[0] * declared[1] > limit:
-            width, height = declared
-            raise AppInputError(
-                f"The image is too large: {width}x{height} pixels ({width * height / 1e6:.1f} megapixels); this app "
-                f"accepts images of at most {limit / 1e6:.1f} megapixels. Resize it and upload it again."
-            )
-        try:
-            return load_image(path, max_pixels=self.limits.max_pixels)
-        except ImageLoadError as error:
-            bomb = (Image.DecompressionBombError, Image.DecompressionBombWarning)
-            if isinstance(error.__cause__, bomb) or "max_pixels" in str(error):  # a header declared_size missed
-                raise AppInputError(
-                    f"The image is too large; this app accepts images of at most {limit / 1e6:.1f} megapixels. "
-                    "Resize it and upload it again."
-                ) from None
-            raise ImageLoadError(str(error).replace(str(path), path.name)) from None
-
     @property
     def pixel_limit(self) -> int:
         """Most pixels of an uploaded image: ``limits.max_pixels``, or PIL's decompression-bomb limit if lower."""
-        pil_limit = Image.MAX_IMAGE_PIXELS
-        return self.limits.max_pixels if not pil_limit else min(self.limits.max_pixels, int(pil_limit))
+        return pixel_limit(self.limits)
 
     def _explain_size(self, image: Image.Image) -> tuple[int, int]:
         """The model input size for ``image``: the adapter's choice, refused beyond ``limits.max_side``."""
@@ -802,7 +570,7 @@ class MapService:
     ) -> MapResult:
         if self.loaded.notice:
             notes.append(self.loaded.notice)
-        display_image = _display_copy(image)
+        display_image = display_copy(image)
         display_size = (display_image.height, display_image.width)
         heatmaps = [(maps.heatmap(concept, size=display_size, cmap=self.cmap), concept) for concept in maps.concepts]
         overlays = [(maps.overlay(display_image, concept, cmap=self.cmap), concept) for concept in maps.concepts]
@@ -810,7 +578,13 @@ class MapService:
         timeline = timeline or {}
         if timeline:
             settings["timeline"] = {over: len(parts) for over, parts in timeline.items()}
-        views, files = self._write_files(image, display_image, maps, heatmaps, overlays, segmentation, settings)
+        with self._lock:
+            self._run_counter += 1
+            final_dir = run_folder(self.work_dir, self._run_counter)
+        views, files = write_run_files(
+            final_dir, image, display_image, maps, heatmaps, overlays, segmentation, settings, self.cmap
+        )
+        prune_runs(self.work_dir, self.limits.kept_runs)
         result = MapResult(
             image=image,
             display_image=display_image,
@@ -833,209 +607,9 @@ class MapService:
                 self._results.popitem(last=False)
         return result
 
-    # ----- exploring a result: the maps of one step or block, the concepts ranked at a pixel ----------------------
-
-    def result(self, run_id: Any) -> MapResult:
-        """The result of a recent run (one of the last ``limits.kept_runs``).
-
-        Raises:
-            AppInputError: No such run, or it is no longer kept.
-        """
-        with self._lock:
-            result = self._results.get(run_id) if isinstance(run_id, str) else None
-        if result is None:
-            raise AppInputError("This result is no longer kept on the server; run the request again.")
-        return result
-
-    def shown_maps(self, run_id: Any, over: Any = "mean", index: Any = 0) -> tuple[ConceptMaps, str]:
-        """The maps of the result (``over="mean"``), of step ``index`` (``"steps"``) or of block ``index``
-        (``"blocks"``), with a caption such as ``"step 3 (4 of 6)"``.
-
-        Raises:
-            AppInputError: Unknown run, ``over`` not in :data:`SHOWN_MAPS`, per-step maps not kept, or ``index`` out
-                of range.
-        """
-        result = self.result(run_id)
-        if over not in SHOWN_MAPS:
-            raise AppInputError(f"The maps shown must be one of {', '.join(SHOWN_MAPS)}, got {over!r}.")
-        if over == "mean":
-            return result.maps, "the result: the mean over the selected steps and blocks"
-        parts = result.timeline.get(over)
-        if not parts:
-            raise AppInputError("The maps of each step and block were not kept for this result.")
-        position = _whole_number("The step or block", index, 0, len(parts) - 1)
-        chosen = parts[position]
-        return chosen, f"{chosen.config.get('label', over)} ({position + 1} of {len(parts)})"
-
-    def view(self, run_id: Any, over: Any = "mean", index: Any = 0) -> MapView:
-        """The heatmaps, overlays and segmentation of :meth:`shown_maps`, at the result's display size.
-
-        Example:
-            >>> from conceptattention.models import load_model
-            >>> service = MapService(load_model())
-            >>> result = service.generate(prompt="a red boat", concepts="boat, sea", steps=3)
-            >>> service.view(result.run_id, "steps", 2).caption
-            'step 2 (3 of 3)'
-        """
-        maps, caption = self.shown_maps(run_id, over, index)
-        display_image = self.result(run_id).display_image
-        size = (display_image.height, display_image.width)
-        return MapView(
-            maps=maps,
-            heatmaps=[(maps.heatmap(concept, size=size, cmap=self.cmap), concept) for concept in maps.concepts],
-            overlays=[(maps.overlay(display_image, concept, cmap=self.cmap), concept) for concept in maps.concepts],
-            segmentation=maps.segmentation_image(size=size),
-            caption=caption,
-        )
-
-    def rank_at(self, run_id: Any, x: Any, y: Any, over: Any = "mean", index: Any = 0) -> list[tuple[str, float]]:
-        """The concepts ranked by their map's value at pixel ``(x, y)`` of the shown image, highest first.
-
-        The maps are bilinearly upsampled to the display size, as for the segmentation, so the first entry is the
-        segmentation's concept at that pixel (ties go to the concept listed first, as there).
-
-        Args:
-            run_id: :attr:`MapResult.run_id`.
-            x: Column in the displayed image (``display_image``), from 0.
-            y: Row, from 0.
-            over: ``"mean"``, ``"steps"`` or ``"blocks"`` (see :meth:`shown_maps`).
-            index: The step or block.
-
-        Returns:
-            ``(concept, value)`` pairs, all concepts, highest value first.
-
-        Raises:
-            AppInputError: Unknown run, or a pixel outside the image.
-
-        Example:
-            >>> from conceptattention.models import load_model
-            >>> service = MapService(load_model())
-            >>> result = service.generate(prompt="a red boat", concepts="boat, sea", steps=2)
-            >>> ranking = service.rank_at(result.run_id, x=10, y=300)
-            >>> sorted(name for name, _ in ranking), ranking[0][1] >= ranking[1][1]
-            (['boat', 'sea'], True)
-        """
-        maps, _ = self.shown_maps(run_id, over, index)
-        display_image = self.result(run_id).display_image
-        column = _whole_number("The pixel's x", x, 0, display_image.width - 1)
-        row = _whole_number("The pixel's y", y, 0, display_image.height - 1)
-        values = maps.upsample((display_image.height, display_image.width), mode="bilinear")[:, 0, row, column]  # [C]
-        order = sorted(range(len(maps.concepts)), key=lambda concept: -float(values[concept]))  # stable: ties keep order
-        return [(maps.concepts[concept], float(values[concept])) for concept in order]
-
-    def _write_files(
-        self,
-        image: Image.Image,
-        display_image: Image.Image,
-        maps: ConceptMaps,
-        heatmaps: list[tuple[Image.Image, str]],
-        overlays: list[tuple[Image.Image, str]],
-        segmentation: Image.Image,
-        settings: dict[str, Any],
-    ) -> tuple[dict[str, Any], list[Path]]:
-        """Write the shown PNGs, ``conceptattention-maps.zip`` and ``maps.safetensors`` into a new run folder.
-
-        All or nothing: the folder is written with :func:`conceptattention.outputs.atomic_output_dir` (it appears
-        complete, with the marker that lets :meth:`_prune_runs` delete it later, or not at all). PNGs are written
-        once, with fast compression, and stored uncompressed in the zip (they are compressed already).
-
-        Returns:
-            ``(views, downloads)`` as in :class:`MapResult`.
-        """
-        with self._lock:
-            self._run_counter += 1
-            final_dir = self.work_dir / f"run-{self._run_counter:06d}"
-        with atomic_output_dir(final_dir) as run_dir:
-            (run_dir / "heatmaps").mkdir()
-            (run_dir / "overlays").mkdir()
-            image.save(run_dir / "image.png", compress_level=_PNG_COMPRESS_LEVEL)
-            display_image.save(run_dir / "display.png", compress_level=_PNG_COMPRESS_LEVEL)
-            views: dict[str, Any] = {"image": run_dir / "display.png", "heatmaps": [], "overlays": []}
-            for index, ((heatmap, concept), (overlay, _)) in enumerate(zip(heatmaps, overlays)):
-                for kind, picture in (("heatmaps", heatmap), ("overlays", overlay)):
-                    path = run_dir / kind / f"{_file_stem(index, concept)}.png"
-                    picture.save(path, compress_level=_PNG_COMPRESS_LEVEL)
-                    views[kind].append(path)
-            segmentation.save(run_dir / "segmentation.png", compress_level=_PNG_COMPRESS_LEVEL)
-            views["segmentation"] = run_dir / "segmentation.png"
-            maps.figure(display_image, cmap=self.cmap).savefig(run_dir / "grid.png", dpi=100, bbox_inches="tight")
-            (run_dir / "settings.json").write_text(json.dumps(settings, indent=2, default=str))
-            tensor_path = maps.save(run_dir / "maps.safetensors")
-            zip_path = run_dir / "conceptattention-maps.zip"
-            members = ["image.png", *(path.relative_to(run_dir).as_posix() for path in views["heatmaps"])]
-            members += [path.relative_to(run_dir).as_posix() for path in views["overlays"]]
-            members += ["segmentation.png", "grid.png", "settings.json"]
-            with zipfile.ZipFile(zip_path, "w") as archive:
-                for member in members:
-                    compression = zipfile.ZIP_STORED if member.endswith(".png") else zipfile.ZIP_DEFLATED
-                    archive.write(run_dir / member, member, compress_type=compression)
-
-        def moved(path: Path) -> Path:  # the same file in the finished folder
-            return final_dir / path.relative_to(run_dir)
-
-        views = {
-            key: [moved(path) for path in value] if isinstance(value, list) else moved(value)
-            for key, value in views.items()
-        }
-        self._prune_runs()
-        return views, [moved(zip_path), moved(tensor_path)]
-
-    def _prune_runs(self) -> None:
-        """Delete the oldest run folders beyond ``limits.kept_runs`` with
-        :func:`~conceptattention.outputs.remove_output_dir`, which deletes only folders this program wrote (a folder
-        someone else put there, or one holding a foreign file, is left alone and logged)."""
-        runs = sorted(path for path in self.work_dir.iterdir() if _RUN_NAME.fullmatch(path.name) and path.is_dir())
-        for old_run in runs[: max(0, len(runs) - self.limits.kept_runs)]:
-            try:
-                remove_output_dir(old_run)
-            except (OutputPathError, FileNotFoundError) as error:
-                logger.warning("Old run folder not removed: %s", error)
-
-
 def _timeline_of(attention: ConceptAttention) -> dict[str, list[ConceptMaps]]:
     """The maps of each step and of each block of a finished run with ``keep_per_step=True``."""
     try:
         return {over: maps_over(attention, over) for over in ("steps", "blocks")}
     except TimelineError:
         return {}
-
-
-def declared_size(path: str | os.PathLike[str]) -> tuple[int, int] | None:
-    """``(width, height)`` as the image file's header declares it, without decoding (None: not an image PIL reads).
-
-    Unlike :func:`PIL.Image.open`, this applies no decompression-bomb check, so an oversized upload can be refused
-    with its size. Only the header is read, through the same format plugins and order as ``Image.open``.
-
-    Example:
-        >>> import tempfile
-        >>> path = f"{tempfile.mkdtemp()}/wide.png"
-        >>> Image.new("1", (300, 20)).save(path)
-        >>> declared_size(path)
-        (300, 20)
-    """
-    Image.init()
-    try:
-        with open(path, "rb") as handle:
-            prefix = handle.read(16)
-            for format_id in list(Image.ID):
-                factory, accept = Image.OPEN[format_id]
-                accepted = accept(prefix) if accept is not None else True
-                if not accepted or isinstance(accepted, str):  # a str is PIL's "maybe, with a warning"
-                    continue
-                handle.seek(0)
-                try:
-                    return tuple(factory(handle, str(path)).size)  # type: ignore[return-value]
-                except (SyntaxError, IndexError, TypeError, ValueError, struct.error, OSError):
-                    continue
-    except OSError:
-        return None
-    return None
-
-
-def _sha256(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes (identifies the uploaded image without storing where it was)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -26,6 +26,10 @@ transformer; long T5 paddings are bucketed to powers of two so that few shapes c
 ``--data-version v2`` and ``--checkpoint-eval-scenes N`` (object / sky+ground AUROC of the EMA weights on N ``test``
 scenes at every checkpoint, the per-kind protocol of ``conceptattention evaluate``).
 
+This module holds the objective and the loop; the options and command line are in :mod:`.train_options`, the scene
+bank in :mod:`.train_data`, and what is reported (FLOPs, checkpoint AUROC, loss curve, samples) in
+:mod:`.train_report`.
+
 Example:
     python -m conceptattention.shapesworld.train --device cuda --minutes 5.5 --out runs/shapesworld --seed 0
 """
@@ -37,18 +41,16 @@ import contextlib
 import json
 import math
 import os
-import platform
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from conceptattention.shapesworld.dataset import sample_record
 from conceptattention.shapesworld.model import (
     SETTINGS_FILE,
     ModelConfig,
@@ -59,88 +61,48 @@ from conceptattention.shapesworld.model import (
     save_pipeline,
     set_latent_statistics,
 )
-from conceptattention.shapesworld.render import render_scenes
-
-
-CHECKPOINT_NAME = "checkpoint.pt"
-PIPELINE_DIR = "pipeline"
-SAMPLE_CAPTIONS: tuple[str, ...] = (
-    "a red car on the grass under the yellow sun",
-    "a red boat on the sea under a grey cloud",
-    "a green tree and a blue house on the sand",
-    "a pink flower with an orange sun",
-    "a purple house on the grass and a white cloud",
-    "an orange tree , a yellow car and a pink cloud",
-    "a yellow boat on the sea",
-    "sun",
+from conceptattention.shapesworld.train_data import build_bank, encode_bank, sample_bank_records
+from conceptattention.shapesworld.train_options import (
+    CHECKPOINT_NAME,
+    PIPELINE_DIR,
+    TrainConfig,
+    TrainingError,
+    parse_arguments,
+    validate_arguments,
+)
+from conceptattention.shapesworld.train_report import (
+    SAMPLE_CAPTIONS,
+    checkpoint_metrics,
+    hardware_string,
+    peak_tflops,
+    trainable_modules,
+    training_flops_per_sample,
+    versions,
+    write_loss_curve,
+    write_samples,
 )
 
 
-class TrainingError(ValueError):
-    """Invalid training arguments (nothing is written when this is raised)."""
-
-
-@dataclass
-class TrainConfig:
-    """Training hyper-parameters (all stored in ``train_log.json``).
-
-    Example:
-        >>> TrainConfig.for_device("cpu").batch_size
-        32
-    """
-
-    preset: str = "default"
-    seed: int = 0
-    batch_size: int = 256
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 200
-    decay_fraction: float = 0.2
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    pooled_drop: float = 0.25
-    long_pad_fraction: float = 0.2
-    long_pad_max: int = 512
-    bank_size: int = 100_000
-    checkpoint_minutes: float = 1.0
-    log_every: int = 25
-    eval_captions: int = 200
-    sample_steps: int = 20
-    position_lever: bool = True
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    data_version: str = "v1"
-    precision: str = "fp32"
-    compile: bool = False
-    compile_backend: str = "inductor"
-    lr_scaling: str = "none"
-    base_batch_size: int = 256
-    checkpoint_eval_scenes: int = 0
-    init_from: str | None = None
-
-    @property
-    def effective_lr(self) -> float:
-        """``lr`` scaled by the batch-size rule: ``lr * (batch_size / base_batch_size) ** k`` with k = 0 (``none``),
-        1/2 (``sqrt``, the usual rule for Adam) or 1 (``linear``).
-
-        Example:
-            >>> TrainConfig(lr=1e-3, batch_size=1024, base_batch_size=256, lr_scaling="sqrt").effective_lr
-            0.002
-        """
-        exponent = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[self.lr_scaling]
-        return self.lr * (self.batch_size / self.base_batch_size) ** exponent
-
-    @classmethod
-    def for_device(cls, device: str, **overrides: Any) -> TrainConfig:
-        """Defaults for a device: large batches and bank on CUDA, small ones on CPU."""
-        if device == "cpu":
-            base = {"batch_size": 32, "bank_size": 2000, "eval_captions": 0, "warmup_steps": 50, "log_every": 5}
-        else:
-            base = {"log_every": 50}
-        return cls(**{**base, **{key: value for key, value in overrides.items() if value is not None}})
+__all__ = [  # the training options, data and report helpers live in train_options, train_data and train_report
+    "CHECKPOINT_NAME",
+    "PIPELINE_DIR",
+    "SAMPLE_CAPTIONS",
+    "TrainConfig",
+    "TrainingError",
+    "checkpoint_metrics",
+    "flow_target",
+    "keep_norms_in_fp32",
+    "main",
+    "noisy_latents",
+    "train",
+    "training_flops_per_sample",
+    "write_loss_curve",
+    "write_samples",
+]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Small helpers
+# The objective
 
 
 def noisy_latents(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -163,25 +125,6 @@ def flow_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         [1.0]
     """
     return noise - x0
-
-
-def _hardware_string(device: torch.device) -> str:
-    """Human-readable description of the compute used."""
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{model}, {os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
-    )
-
-
-def _records(seed: int, start: int, count: int, version: str = "v1") -> list[tuple[Any, str]]:
-    return [sample_record("train", seed, index, version) for index in range(start, start + count)]
 
 
 def keep_norms_in_fp32(modules: Sequence[torch.nn.Module], device_type: str) -> contextlib.ExitStack:
@@ -216,167 +159,6 @@ def keep_norms_in_fp32(modules: Sequence[torch.nn.Module], device_type: str) -> 
     return stack
 
 
-@torch.no_grad()
-def checkpoint_metrics(pipe: Any, scenes: int, version: str = "v1", seed: int = 0) -> dict[str, float | None]:
-    """Object, sky+ground and colour AUROC of ``pipe`` on the first ``scenes`` ``test`` scenes (per-kind protocol).
-
-    ConceptAttention with the library's default blocks through the real-image path at noise levels 0.3, 0.5 and
-    0.7, concepts = the objects present + 2 absent objects + sky + ground (and the colours set). Used at every
-    training checkpoint on the EMA weights; the numbers are for tracking, not for choosing settings.
-
-    Example:
-        >>> checkpoint_metrics(load_pipeline(), 2)["object.auroc"] > 0.5  # doctest: +SKIP
-        True
-    """
-    from conceptattention import explain
-    from conceptattention.evaluation.shapesworld_protocol import compute_metrics, protocol_concept_sets, scene_stats
-    from conceptattention.shapesworld.dataset import ShapesWorldDataset
-
-    data = ShapesWorldDataset("test", seed=seed, n=scenes, version=version, size=pipe.shapesworld_config.image_size)
-    saved = pipe.tokenizer_2.model_max_length
-    pipe.tokenizer_2.model_max_length = pipe.shapesworld_config.max_sequence_length
-    rows = []
-    try:
-        for sample in data:
-            sets = protocol_concept_sets(sample)
-            maps = {
-                concept_set.name: explain(
-                    pipe, sample.pil(), list(concept_set.concepts), caption=sample.caption,
-                    noise_level=[0.3, 0.5, 0.7], seed=0,
-                ).maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
-                for concept_set in sets
-            }  # fmt: skip
-            rows.append(scene_stats(maps, sets, sample))
-    finally:
-        pipe.tokenizer_2.model_max_length = saved
-    metrics = compute_metrics(rows, resamples=100)
-    return {key: metrics[key]["value"] for key in ("object.auroc", "background.auroc", "colour.auroc")}
-
-
-PEAK_TFLOPS: dict[str, tuple[float, float]] = {"H100": (989.0, 494.7), "H200": (989.0, 494.7), "A100": (312.0, 156.0)}
-"""Dense peak TFLOP/s (bf16, tf32) by GPU name fragment, for the model FLOP utilisation in ``train_log.json``."""
-
-
-def training_flops_per_sample(pipe: Any, text_length: int, device: torch.device) -> float:
-    """FLOPs of one training sample (forward + backward of both text encoders and the transformer), counted.
-
-    Uses ``torch.utils.flop_counter.FlopCounterMode`` on a batch of one (matmuls, attention; elementwise work is not
-    counted, as usual for model FLOP utilisation). The gradients are cleared afterwards.
-
-    Example:
-        >>> from conceptattention.shapesworld.model import ModelConfig, build_pipeline
-        >>> training_flops_per_sample(build_pipeline(ModelConfig.preset("tiny")), 32, torch.device("cpu")) > 0
-        True
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    config = pipe.shapesworld_config
-    side = config.image_size // 2
-    ids = torch.zeros(1, text_length, dtype=torch.long, device=device)
-    clip_ids = torch.zeros(1, config.clip_max_length, dtype=torch.long, device=device)
-    latents = torch.zeros(1, side * side, 4 * config.latent_channels, device=device)  # [1, I, 4C]
-    img_ids = pipe._prepare_latent_image_ids(1, side, side, device, torch.float32)  # [I, 3]
-    with FlopCounterMode(display=False) as counter:
-        embeds = pipe.text_encoder_2(ids).last_hidden_state  # [1, L, t5_width]
-        pooled = pipe.text_encoder(clip_ids).pooler_output  # [1, clip_width]
-        out = pipe.transformer(hidden_states=latents, encoder_hidden_states=embeds, pooled_projections=pooled,
-                               timestep=torch.full((1,), 0.5, device=device), img_ids=img_ids,
-                               txt_ids=torch.zeros(text_length, 3, device=device), return_dict=False)[0]  # fmt: skip
-        out.float().square().mean().backward()
-    for module in _trainable(pipe):
-        module.zero_grad(set_to_none=True)
-    return float(counter.get_total_flops())
-
-
-def _peak_tflops(device: torch.device, precision: str) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for fragment, (bf16, tf32) in PEAK_TFLOPS.items():
-        if fragment in name:
-            return bf16 if precision == "bf16" else tf32
-    return None
-
-
-def _sample_bank_records(seed: int, count: int, workers: int, version: str = "v1") -> list[tuple[Any, str]]:
-    """Scene specs and captions of ``count`` training samples, in forked worker processes when ``workers > 1``.
-
-    Must run before CUDA is initialised. The workers only run pure-Python sampling; if they do not answer within
-    two minutes they are terminated and the bank is sampled in this process instead.
-    """
-    if workers <= 1 or count < 4000:
-        return _records(seed, 0, count, version)
-    import multiprocessing
-
-    chunk = math.ceil(count / (workers * 4))
-    jobs = [(seed, start, min(chunk, count - start), version) for start in range(0, count, chunk)]
-    pool = multiprocessing.get_context("fork").Pool(workers)
-    try:
-        parts = pool.starmap_async(_records, jobs).get(timeout=120)
-        pool.close()
-    except multiprocessing.TimeoutError:
-        print("[shapesworld] warning: scene workers timed out; sampling in-process", flush=True)
-        pool.terminate()
-        return _records(seed, 0, count, version)
-    finally:
-        pool.join()
-    return [record for part in parts for record in part]
-
-
-@dataclass
-class _Bank:
-    """Training data held on the device.
-
-    Attributes:
-        images: ``float32 [N, 3, S, S]`` in [-1, 1] (VAE input range).
-        t5_ids: ``int64 [N, L]`` T5 token ids padded to the model's ``max_sequence_length``.
-        clip_ids: ``int64 [N, Lc]`` CLIP token ids padded to the CLIP length.
-        latents: ``float32 [N, I, 4C]`` packed, normalised latents (after the VAE phase).
-    """
-
-    images: torch.Tensor
-    t5_ids: torch.Tensor
-    clip_ids: torch.Tensor
-    latents: torch.Tensor | None = None
-
-
-def _build_bank(pipe: Any, records: list[tuple[Any, str]], config: ModelConfig, device: torch.device) -> _Bank:
-    """Render and tokenize the bank (tokenization exactly as ``FluxPipeline`` does it)."""
-    specs = [spec for spec, _ in records]
-    captions = [caption for _, caption in records]
-    chunk = 8192
-    images = torch.cat(
-        [render_scenes(specs[i : i + chunk], config.image_size, device).images for i in range(0, len(specs), chunk)]
-    )  # [N, 3, S, S]
-    t5_ids = pipe.tokenizer_2(
-        captions, padding="max_length", max_length=config.max_sequence_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    clip_ids = pipe.tokenizer(
-        captions, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
-    ).input_ids
-    return _Bank(images=images * 2.0 - 1.0, t5_ids=t5_ids.to(device), clip_ids=clip_ids.to(device))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Latents
-
-
-@torch.no_grad()
-def _encode_bank(pipe: Any, bank: _Bank) -> tuple[float, float]:
-    """Encode the bank with the (identity) VAE, set the latent normalisation if unset, pack the latents."""
-    vae = pipe.vae
-    modes = torch.cat(
-        [vae.encode(bank.images[i : i + 4096]).latent_dist.mode() for i in range(0, len(bank.images), 4096)]
-    )
-    if vae.config.scaling_factor == 1.0 and vae.config.shift_factor == 0.0:
-        set_latent_statistics(vae, float(modes.mean()), 1.0 / float(modes.std()))
-    shift, scale = float(vae.config.shift_factor), float(vae.config.scaling_factor)
-    latents = (modes - shift) * scale  # [N, C, S, S]
-    batch, channels, height, width = latents.shape
-    bank.latents = pipe._pack_latents(latents, batch, channels, height, width)  # [N, (S/2)*(S/2), 4C]
-    return shift, scale
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Main loop
 
@@ -389,74 +171,10 @@ def _lr_at(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * warm * decay
 
 
-def _trainable(pipe: Any) -> list[torch.nn.Module]:
-    return [pipe.transformer, pipe.text_encoder_2, pipe.text_encoder]
-
-
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     temporary = path.with_suffix(".tmp")
     torch.save(payload, temporary)
     os.replace(temporary, path)
-
-
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m conceptattention.shapesworld.train",
-        description="Train the ShapesWorld FLUX-architecture model within a wall-time budget.",
-    )
-    parser.add_argument("--device", choices=("cuda", "cpu"), required=True, help="Where to train.")
-    parser.add_argument("--minutes", type=float, required=True, help="Wall-time budget of this invocation.")
-    parser.add_argument("--out", type=Path, required=True, help="Run folder (checkpoint, pipeline/).")
-    parser.add_argument("--resume", action="store_true", help="Continue from OUT/checkpoint.pt.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--preset", choices=("default", "small", "tiny"), default="default", help="Model size.")
-    parser.add_argument("--bank-size", type=int, default=None, help="Training scenes rendered per invocation.")
-    parser.add_argument("--eval-captions", type=int, default=None, help="Fidelity check at the end (0 = skip).")
-    parser.add_argument("--no-position-lever", action="store_true", help="Keep diffusers' RoPE (theta 10000, ids x1).")
-    parser.add_argument("--long-pad-fraction", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice).")
-    parser.add_argument("--checkpoint-minutes", type=float, default=None)
-    parser.add_argument("--max-steps", type=int, default=None, help="Also stop after this many steps (smoke tests).")
-    parser.add_argument("--sample-steps", type=int, default=None, help="Euler steps for samples.png and fidelity.")
-    fast = parser.add_argument_group("fast path and data (see the module docstring)")
-    fast.add_argument("--data-version", choices=("v1", "v2"), default=None, help="ShapesWorld scene distribution.")
-    fast.add_argument("--precision", choices=("fp32", "bf16"), default=None, help="bf16: autocast, fp32 norms/loss.")
-    fast.add_argument("--compile", action="store_true", default=None, help="torch.compile the transformer.")
-    fast.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor).")
-    fast.add_argument("--lr-scaling", choices=("none", "sqrt", "linear"), default=None, help="LR vs batch-size rule.")
-    fast.add_argument("--base-batch-size", type=int, default=None, help="Batch size at which --lr applies (256).")
-    fast.add_argument("--checkpoint-eval-scenes", type=int, default=None, help="AUROC on N test scenes per checkpoint.")
-    fast.add_argument("--init-from", type=Path, default=None, help="Start from a saved model folder (fp16 EMA).")
-    return parser.parse_args(argv)
-
-
-def _validate(args: argparse.Namespace) -> None:
-    if args.minutes <= 0:
-        raise TrainingError(f"--minutes must be positive, got {args.minutes}.")
-    if args.max_steps is not None and args.max_steps < 1:
-        raise TrainingError(f"--max-steps must be >= 1, got {args.max_steps}.")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise TrainingError(f"--batch-size must be >= 1, got {args.batch_size}.")
-    checkpoint = args.out / CHECKPOINT_NAME
-    if args.resume and not checkpoint.is_file():
-        raise TrainingError(f"--resume given but {checkpoint} does not exist; drop --resume to start a new run.")
-    if not args.resume and args.out.exists() and any(args.out.iterdir()):
-        raise TrainingError(
-            f"{args.out} is not empty; pass --resume to continue that run or choose a new --out folder."
-        )
-    if args.init_from is not None:
-        if args.resume:
-            raise TrainingError("--init-from starts a new run from a model folder; it cannot be combined with --resume.")
-        if not (args.init_from / SETTINGS_FILE).is_file():
-            raise TrainingError(f"--init-from {args.init_from} is not a ShapesWorld model folder (no {SETTINGS_FILE}).")
-    if args.checkpoint_eval_scenes is not None and args.checkpoint_eval_scenes < 0:
-        raise TrainingError(f"--checkpoint-eval-scenes must be >= 0, got {args.checkpoint_eval_scenes}.")
-    if args.base_batch_size is not None and args.base_batch_size < 1:
-        raise TrainingError(f"--base-batch-size must be >= 1, got {args.base_batch_size}.")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError("--device cuda requested but torch sees no CUDA device; use --device cpu.")
 
 
 def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
@@ -467,7 +185,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         started: ``time.monotonic()`` at the start of the invocation (the budget counts from there).
 
     Example:
-        >>> train(_parse(["--device", "cpu", "--minutes", "1", "--out", "runs/x"]), time.monotonic())  # doctest: +SKIP
+        >>> train(parse_arguments(["--device", "cpu", "--minutes", "1", "--out", "runs/x"]), time.monotonic())  # doctest: +SKIP
     """
     deadline = started + args.minutes * 60.0
     device = torch.device(args.device)
@@ -536,7 +254,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
 
     # 1. Scenes (before CUDA initialisation: worker processes are forked).
     workers = min(16, os.cpu_count() or 1) if device.type == "cuda" else 1
-    records = _sample_bank_records(config.seed * 1000 + invocation, config.bank_size, workers, config.data_version)
+    records = sample_bank_records(config.seed * 1000 + invocation, config.bank_size, workers, config.data_version)
     print(f"[shapesworld] sampled {len(records)} scenes in {time.monotonic() - started:.1f} s", flush=True)
 
     if device.type == "cuda":
@@ -559,14 +277,14 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     pipe.to(device)
     generator = torch.Generator(device=device).manual_seed(config.seed * 7919 + invocation)
     host_rng = random.Random(config.seed * 7919 + invocation)
-    bank = _build_bank(pipe, records, model_config, device)
+    bank = build_bank(pipe, records, model_config, device)
     del records
     print(
         f"[shapesworld] pipeline built, bank rendered and tokenized at {time.monotonic() - started:.1f} s", flush=True
     )
 
     # 2. Latents: the VAE is the identity map (model.make_identity_vae); only its normalisation is fitted here.
-    shift, scale = _encode_bank(pipe, bank)
+    shift, scale = encode_bank(pipe, bank)
     print(
         f"[shapesworld] latents encoded at {time.monotonic() - started:.1f} s (shift {shift:.4f}, scale {scale:.4f})",
         flush=True,
@@ -574,7 +292,7 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     bank.images = bank.images[:0]  # free the pixels; only latents are needed from here on
 
     # 3. Transformer + text encoders.
-    modules = _trainable(pipe)
+    modules = trainable_modules(pipe)
     for module in modules:
         module.train()
     parameters = [p for module in modules for p in module.parameters()]
@@ -770,9 +488,9 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
         "wall_seconds_this_invocation": None,
         "budget_minutes_this_invocation": args.minutes,
         "invocations": payload()["invocations"],
-        "hardware": _hardware_string(device),
+        "hardware": hardware_string(device),
         "device": device.type,
-        "versions": _versions(),
+        "versions": versions(),
         "vae": {"kind": "analytic identity AutoencoderKL", "latent_shift": shift, "latent_scale": scale},
         "parameters": {
             name: sum(p.numel() for p in getattr(pipe, name).parameters())
@@ -791,10 +509,10 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
             "achieved_tflops": None
             if steps_per_second is None
             else round(flops_per_sample * steps_per_second * config.batch_size / 1e12, 3),
-            "peak_tflops": _peak_tflops(device, config.precision),
+            "peak_tflops": peak_tflops(device, config.precision),
             "model_flop_utilisation": None
-            if steps_per_second is None or _peak_tflops(device, config.precision) is None
-            else round(flops_per_sample * steps_per_second * config.batch_size / 1e12 / _peak_tflops(device, config.precision), 4),
+            if steps_per_second is None or peak_tflops(device, config.precision) is None
+            else round(flops_per_sample * steps_per_second * config.batch_size / 1e12 / peak_tflops(device, config.precision), 4),
         },
         "init_from": config.init_from,
     }
@@ -825,86 +543,6 @@ def train(args: argparse.Namespace, started: float) -> dict[str, Any]:
     return log
 
 
-def _versions() -> dict[str, str]:
-    import diffusers
-    import transformers
-
-    return {
-        "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-    }
-
-
-def write_loss_curve(history: list[list[float]], path: Path) -> None:
-    """Plot the loss history (log scale) with matplotlib.
-
-    Args:
-        history: Rows ``[step, train_seconds, mean_loss]``.
-        path: PNG file to write.
-
-    Example:
-        >>> write_loss_curve([[10, 1.0, 1.2], [20, 2.0, 0.8]], Path("/tmp/loss.png"))  # doctest: +SKIP
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 3.5), dpi=120)
-    if history:
-        steps = [row[0] for row in history]
-        losses = [row[2] for row in history]
-        axis.plot(steps, losses, lw=0.8, color="tab:blue", alpha=0.5, label="mean loss per log interval")
-        smoothed, value = [], losses[0]
-        for loss in losses:
-            value = 0.9 * value + 0.1 * loss
-            smoothed.append(value)
-        axis.plot(steps, smoothed, lw=1.5, color="tab:blue", label="smoothed")
-        axis.set_yscale("log")
-        axis.legend()
-    axis.set_xlabel("step")
-    axis.set_ylabel("rectified-flow MSE")
-    axis.set_title("ShapesWorld training loss")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
-@torch.no_grad()
-def write_samples(pipe: Any, path: Path, num_inference_steps: int, seed: int) -> None:
-    """Generate :data:`SAMPLE_CAPTIONS` (caption ``i`` with seed ``seed + i``) and save a captioned grid.
-
-    Example:
-        >>> write_samples(load_pipeline(), Path("/tmp/samples.png"), 20, 0)  # doctest: +SKIP
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kwargs = recommended_call_kwargs(pipe)
-    generators = [torch.Generator(device="cpu").manual_seed(seed + i) for i in range(len(SAMPLE_CAPTIONS))]
-    images = pipe(
-        list(SAMPLE_CAPTIONS),
-        num_inference_steps=num_inference_steps,
-        generator=generators,
-        output_type="pt",
-        **kwargs,
-    ).images.cpu()  # [n, 3, S, S]
-    columns = 4
-    rows = math.ceil(len(SAMPLE_CAPTIONS) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), dpi=100)
-    for axis, image, caption in zip(axes.flat, images, SAMPLE_CAPTIONS):
-        axis.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")  # [S, S, 3]
-        axis.set_title(caption, fontsize=7, wrap=True)
-        axis.axis("off")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (also wired as ``conceptattention train-toy``).
 
@@ -913,8 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         0
     """
     started = time.monotonic()
-    args = _parse(argv)
-    _validate(args)
+    args = parse_arguments(argv)
+    validate_arguments(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
