@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from .capture import ConceptAttention, NoMapsError
     from .config import ConceptAttentionConfig, ConfigError
     from .encoding import ConceptError
+    from .errors import ConceptAttentionError
     from .explain import explain
     from .maps import ConceptMaps
 
@@ -53,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "ConceptAttentionConfig": "config",
     "ConfigError": "config",
     "ConceptError": "encoding",
+    "ConceptAttentionError": "errors",
     "explain": "explain",
     "ConceptMaps": "maps",
 }
@@ -61,6 +63,7 @@ __all__ = [
     "ConceptAdapter",
     "ConceptAttention",
     "ConceptAttentionConfig",
+    "ConceptAttentionError",
     "ConceptError",
     "ConceptMaps",
     "ConfigError",

@@ -14,6 +14,7 @@ from .adapters import UnsupportedSetupError, find_transformer, get_adapter
 from .adapters.base import active_cache, cache_refusal
 from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 from .session import ConceptSession
 
@@ -22,7 +23,7 @@ _HOOK_NAME = "conceptattention_call"
 _ACTIVE_ATTRIBUTE = "_conceptattention_active"
 
 
-class NoMapsError(RuntimeError):
+class NoMapsError(ConceptAttentionError, RuntimeError):
     """Maps were requested before any were recorded."""
 
 

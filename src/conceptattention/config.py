@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .errors import ConceptAttentionError
+
 
 Space = Literal["output", "cross_attention", "value"]
 ConceptAttentionMode = Literal["both", "cross", "self", "none"]
@@ -25,7 +27,7 @@ CONCEPT_POOLINGS: tuple[str, ...] = ("mean", "first", "last")
 NORMALIZATION_ORDERS: tuple[str, ...] = ("per_layer", "after_mean")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConceptAttentionError, ValueError):
     """An invalid ConceptAttention option."""
 
 

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import atomic_output_dir, atomic_write_json, atomic_write_text
 
 
@@ -74,7 +75,7 @@ _PARTS = "parts"
 _ITEMS = "items"
 
 
-class DatasetFolderError(ValueError):
+class DatasetFolderError(ConceptAttentionError, ValueError):
     """The output folder is not a dataset folder of this command, or was made with other settings."""
 
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .config import ConceptPooling
+from .errors import ConceptAttentionError
 
 
-class ConceptError(ValueError):
+class ConceptError(ConceptAttentionError, ValueError):
     """An invalid concept list."""
 
 

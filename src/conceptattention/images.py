@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ConceptAttentionError
+
 
 __all__ = [
     "ImageLoadError",
@@ -42,7 +44,7 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S")
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(ConceptAttentionError, ValueError):
     """An image file could not be loaded (unreadable, corrupt, not an image, too large, unsupported)."""
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .core import ScoreAccumulator
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 
 
@@ -83,7 +84,7 @@ DEFAULT_TIMELINE_MEMORY_GB = 8.0
 _SCORE_BYTES = 4  # kept scores are float32
 
 
-class TimelineError(ValueError):
+class TimelineError(ConceptAttentionError, ValueError):
     """Per-step or per-block maps cannot be made (not kept, unknown axis, nothing recorded)."""
 
 

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 from .outputs import atomic_write_bytes
 
@@ -55,7 +56,7 @@ _FORMATS = {".gif": "GIF", ".mp4": "MP4"}
 _SCOPES = ("concept", "frame", "all")
 
 
-class VideoOutputError(ValueError):
+class VideoOutputError(ConceptAttentionError, ValueError):
     """Invalid input to a video output function (frames, maps, concept, path or option)."""
 
 

@@ -16,8 +16,10 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
 from conceptattention import outputs
-from conceptattention.maps import MAX_LABEL_CHARS, ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
+from conceptattention.encoding import ConceptError, validate_concepts
+from conceptattention.maps import ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
 from conceptattention.outputs import OutputPathError
+from conceptattention.plotting import MAX_LABEL_CHARS
 
 
 # Two concepts, two frames, a 2x2 grid; values chosen so that every expectation below can be worked out by hand.
@@ -92,18 +94,26 @@ class TestConstruction:
         ("concepts", "message"),
         [
             ([], "empty"),
-            ("dog", "sequence of strings"),
+            ("dog", "list of strings"),
             (["dog", "dog"], "unique"),
             (["Sea", "sea "], "unique"),
             (["red car", "Red  Car"], "unique"),
-            (["dog", ""], "non-empty string"),
-            (["dog", "  "], "non-empty string"),
-            (["dog", 3], "non-empty string"),
+            (["dog", ""], "empty or only whitespace"),
+            (["dog", "  "], "empty or only whitespace"),
+            (["dog", 3], "must be strings"),
         ],
     )
     def test_invalid_concepts(self, concepts: object, message: str) -> None:
+        """The checks of encoding.validate_concepts: a ConceptError, which is still a ValueError."""
+        with pytest.raises(ConceptError, match=message):
+            ConceptMaps(concepts, torch.zeros(2, 1, 2, 2))  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=message):
             ConceptMaps(concepts, torch.zeros(2, 1, 2, 2))  # type: ignore[arg-type]
+
+    def test_concepts_are_whitespace_normalised_as_everywhere(self) -> None:
+        maps = ConceptMaps([" red  car ", "sky"], torch.zeros(2, 1, 2, 2))
+        assert maps.concepts == ("red car", "sky")
+        assert maps.concepts == validate_concepts([" red  car ", "sky"])
 
     @pytest.mark.parametrize(
         ("tensor", "message"),

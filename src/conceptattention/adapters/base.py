@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
+from ..errors import ConceptAttentionError
 
 
 if TYPE_CHECKING:
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
-class UnsupportedSetupError(RuntimeError):
+class UnsupportedSetupError(ConceptAttentionError, RuntimeError):
     """The model is set up in a way that would give silently wrong maps (caching, checkpointing, parallelism...)."""
 
 

@@ -39,12 +39,11 @@ from PIL import Image
 from .. import (
     ConceptAttention,
     ConceptMaps,
-    UnsupportedModelError,
-    UnsupportedSetupError,
     explain,
     get_adapter,
 )
 from ..config import SPACES
+from ..errors import ConceptAttentionError
 from ..images import ImageLoadError, load_image
 from ..models import LoadedModel, UnknownWordsError, check_vocabulary
 from ..outputs import OutputPathError, atomic_output_dir, remove_output_dir
@@ -75,13 +74,9 @@ _RUN_NAME = re.compile(r"run-\d{6}")  # the run folders this service writes (pru
 
 _PNG_COMPRESS_LEVEL = 1  # zlib level of written PNGs: 6x faster than PIL's default 6, files ~20% larger
 
-#: Errors whose message is meant for the user (every library error is a ValueError subclass, or one of these).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    UnsupportedModelError,
-    UnsupportedSetupError,
-    NotImplementedError,
-)
+#: Errors whose message is meant for the user: the package's own (a torch ValueError is a bug, not one of these),
+#: and NotImplementedError (an adapter without an explain path).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConceptAttentionError, NotImplementedError)
 
 UNEXPECTED_ERROR_MESSAGE = (
     "Something went wrong on the server; the details are in its log. Try again, and if it keeps failing, report it "
@@ -89,7 +84,7 @@ UNEXPECTED_ERROR_MESSAGE = (
 )
 
 
-class AppInputError(ValueError):
+class AppInputError(ConceptAttentionError, ValueError):
     """A control of the web app holds a value that cannot be used; the message says which and what to change."""
 
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from conceptattention import ConceptMaps
 from conceptattention.capture import ProcessorSwap
+from conceptattention.errors import ConceptAttentionError
 
 
 __all__ = [
@@ -52,7 +53,7 @@ _STANDARD_PROCESSOR_PARAMETERS = frozenset(
 _MAX_DOWNSAMPLING_LEVELS = 8
 
 
-class DAAMError(ValueError):
+class DAAMError(ConceptAttentionError, ValueError):
     """A DAAM baseline cannot run as asked (unsupported pipeline or processor, concept not in the prompt, ...)."""
 
 

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.evaluation.datasets import (
     DatasetFormatError,
     ImageNetSegmentation,
@@ -102,11 +103,11 @@ _DEFAULT_LABEL_SIZE = 224  # Chefer geometry: square 224 x 224 labels
 _SHAPESWORLD_DEFAULT_IMAGES = 200
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(ConceptAttentionError, ValueError):
     """A results file is corrupt in a way that resuming cannot repair (not just a torn last line)."""
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(ConceptAttentionError, ValueError):
     """The output folder holds a run with another configuration (or of other data) than the one requested."""
 
 

@@ -53,10 +53,11 @@ from typing import Any
 
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 
-class MeasureError(ValueError):
+class MeasureError(ConceptAttentionError, ValueError):
     """Bad arguments for a measurement."""
 
 

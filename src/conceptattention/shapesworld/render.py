@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..errors import ConceptAttentionError
+
 
 FRAME = 32.0
 """Side of the coordinate frame in which all geometry is defined (pixels at the native resolution)."""
@@ -254,7 +256,7 @@ def typical_colours(version: str = "v1") -> dict[str, tuple[tuple[float, float, 
     return table
 
 
-class SceneError(ValueError):
+class SceneError(ConceptAttentionError, ValueError):
     """An invalid scene specification (unknown word, colour not allowed for an object, ...)."""
 
 

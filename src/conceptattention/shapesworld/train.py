@@ -48,6 +48,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.dataset import sample_record
 from conceptattention.shapesworld.model import (
     SETTINGS_FILE,
@@ -76,7 +77,7 @@ SAMPLE_CAPTIONS: tuple[str, ...] = (
 )
 
 
-class TrainingError(ValueError):
+class TrainingError(ConceptAttentionError, ValueError):
     """Invalid training arguments (nothing is written when this is raised)."""
 
 
