@@ -54,7 +54,8 @@ RUN_ERRORS: tuple[type[Exception], ...] = (ConceptAttentionError, OSError, NotIm
 
 :class:`~conceptattention.errors.ConceptAttentionError` is every error the package raises about the user's input or
 setup; ``OSError`` covers missing files (``FileNotFoundError``), existing outputs (``FileExistsError``), permissions
-and a full disk; ``NotImplementedError`` a model without an explain path. Anything else (a ``ValueError`` from torch, say) is a bug and keeps its traceback."""
+and a full disk; ``NotImplementedError`` a model without an explain path. Anything else (a ``ValueError`` from torch,
+say) is a bug and keeps its traceback."""
 
 
 def finite_float(text: str) -> float:

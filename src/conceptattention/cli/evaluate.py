@@ -27,7 +27,7 @@ from typing import Any
 from ..evaluation.methods import add_method_arguments, get_method, method_from_args, method_overrides
 from ..evaluation.report import markdown_table, metrics_row
 from ..evaluation.runner import DATASETS, ProcessContext, build_dataset, check_output_folder, evaluate, process_context
-from .common import run_as_program
+from .common import CLIError, run_as_program
 
 
 HELP = "evaluate a method on a zero-shot segmentation benchmark (ImageNet-Segmentation, PascalVOC, ShapesWorld)"
@@ -241,14 +241,14 @@ def run_per_kind_protocol(args: argparse.Namespace, started: float) -> int:
     from ..shapesworld import ShapesWorldDataset
 
     if args.dataset != "shapesworld":
-        raise ValueError(f"--protocol per-kind is for --dataset shapesworld, got --dataset {args.dataset}.")
+        raise CLIError(f"--protocol per-kind is for --dataset shapesworld, got --dataset {args.dataset}.")
     methods = per_kind_methods(args)  # unknown methods and bad overrides fail first
     if args.distractors < 0 or args.bootstrap < 1:
-        raise ValueError("--distractors must be >= 0 and --bootstrap >= 1.")
+        raise CLIError("--distractors must be >= 0 and --bootstrap >= 1.")
     split, count, seed = _parse_shapesworld_spec(args.data)
     if args.limit is not None:
         if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+            raise CLIError(f"--limit must be >= 1, got {args.limit}.")
         count = min(count, args.limit)
     size = None if args.label_size in (None, 0) else args.label_size
     version = shapesworld_data_version(args)
@@ -283,7 +283,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "protocol", "standard") == "per-kind":
         return run_per_kind_protocol(args, started)
     if getattr(args, "also", None):
-        raise ValueError("--also compares methods in the per-kind protocol only; add --protocol per-kind.")
+        raise CLIError("--also compares methods in the per-kind protocol only; add --protocol per-kind.")
     method = method_from_args(args)  # unknown methods and bad overrides fail first
     check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     dataset, pipeline, options = load_run_inputs(args)
