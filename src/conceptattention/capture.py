@@ -136,7 +136,7 @@ class ConceptAttention(ProcessorSwap):
         >>> pipe = tiny_flux_pipeline()
         >>> with ConceptAttention(pipe, ["dog", "sky"]) as ca:
         ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
-        >>> ca.maps.maps.shape[:2]
+        >>> ca.maps.tensor.shape[:2]
         torch.Size([2, 1])
     """
 

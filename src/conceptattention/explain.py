@@ -135,7 +135,7 @@ def explain(
     maps = attention.maps
     if on_attention is not None:
         on_attention(attention)
-    settings = dict(maps.config)
+    settings = maps.settings
     settings.update(
         {
             "path": "explain",
@@ -148,4 +148,4 @@ def explain(
             "image_pooled": image_pooled,
         }
     )
-    return ConceptMaps(maps.concepts, maps.maps, maps.logits, settings)
+    return ConceptMaps(maps.concepts, maps.tensor, maps.logits, settings)

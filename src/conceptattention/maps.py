@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -77,20 +78,22 @@ def _validate_map_tensor(name: str, tensor: Any, num_concepts: int) -> torch.Ten
     return copy
 
 
-def _normalize_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A JSON round-tripped deep copy, so that a saved and reloaded config compares equal to the original."""
-    if config is None:
+def _normalize_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A JSON round-tripped deep copy, so that saved and reloaded settings compare equal to the original."""
+    if settings is None:
         return {}
-    if not isinstance(config, Mapping):
-        raise ConceptMapsError(f"config must be a mapping (e.g. dataclasses.asdict(config)), got {type(config).__name__}.")
-    for key in config:
+    if not isinstance(settings, Mapping):
+        raise ConceptMapsError(
+            f"settings must be a mapping (e.g. config.to_dict()), got {type(settings).__name__}."
+        )
+    for key in settings:
         if not isinstance(key, str):
-            raise ConceptMapsError(f"config keys must be strings, got {key!r}.")
+            raise ConceptMapsError(f"settings keys must be strings, got {key!r}.")
     try:
-        return json.loads(json.dumps(dict(config), allow_nan=False))
+        return json.loads(json.dumps(dict(settings), allow_nan=False))
     except (TypeError, ValueError) as error:
         raise ConceptMapsError(
-            f"config must be JSON-serialisable ({error}); convert ranges and tuples of layers to lists, "
+            f"settings must be JSON-serialisable ({error}); convert ranges and tuples of layers to lists, "
             "dtypes and devices to strings, and drop NaN/Infinity."
         ) from error
 
@@ -105,34 +108,46 @@ def _validate_size(size: Any) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new} (the old name goes in the next release).", DeprecationWarning, 3)
+
+
 class ConceptMaps:
     """Concept saliency maps for one image or video, with raw scores and provenance.
 
-    ``maps[c, f]`` is the map of concept ``c`` for frame ``f`` on the transformer's token grid ``(h, w)``. With the
+    ``tensor[c, f]`` is the map of concept ``c`` for frame ``f`` on the transformer's token grid ``(h, w)``. With the
     default ConceptAttention settings these are probabilities from a softmax over concepts, averaged over layers and
     timesteps (so they sum to one over concepts); with the softmax switched off they are raw scores and may take any
     real value. All methods work for both.
 
     Tensors are stored as float32 copies on the CPU; the object does not share memory with the tensors passed in.
-    ``config`` is stored as a JSON round-tripped copy (tuples become lists), so that :meth:`save` and :meth:`load`
+    ``settings`` is stored as a JSON round-tripped copy (tuples become lists), so that :meth:`save` and :meth:`load`
     reproduce it exactly.
+
+    Renamed (the old names work for one more release, with a :class:`DeprecationWarning`): the tensor ``maps`` is
+    :attr:`tensor` (``ca.maps.maps`` stuttered), and the settings dict ``config`` is :attr:`settings` (``config`` is
+    the :class:`~conceptattention.config.ConceptAttentionConfig` dataclass on
+    :class:`~conceptattention.capture.ConceptAttention`; these are the run's provenance, method options included).
 
     Args:
         concepts: ``C`` unique, non-empty concept names, in map order.
         maps: Float tensor of shape ``[C, F, h, w]`` (``F = 1`` for images): the saliency maps.
         logits: Optional float tensor of shape ``[C, F, h, w]``: the mean raw scores before normalisation.
-        config: Optional JSON-serialisable mapping of the settings that produced the maps.
+        settings: Optional JSON-serialisable mapping of the settings that produced the maps (the method options of
+            :meth:`ConceptAttentionConfig.to_dict <conceptattention.config.ConceptAttentionConfig.to_dict>` and
+            provenance such as the architecture).
+        config: Deprecated name of ``settings``.
 
     Raises:
         conceptattention.encoding.ConceptError: If the concepts are empty, repeated or not strings (whitespace is
             collapsed: ``" red  car "`` becomes ``"red car"``, as everywhere concepts are given).
         ConceptMapsError: If a tensor is not a finite floating-point ``[C, F, h, w]`` tensor matching the concepts
-            (and each other); if ``config`` is not JSON-serialisable.
+            (and each other); if ``settings`` is not JSON-serialisable.
 
     Example:
         >>> import torch
         >>> scores = torch.tensor([[[[2.0, 0.0], [0.0, 0.0]]], [[[0.0, 1.0], [1.0, 1.0]]]])  # [2, 1, 2, 2]
-        >>> maps = ConceptMaps(["cat", "sky"], scores.softmax(dim=0), logits=scores, config={"layers": [15, 16]})
+        >>> maps = ConceptMaps(["cat", "sky"], scores.softmax(dim=0), logits=scores, settings={"layers": [15, 16]})
         >>> maps
         ConceptMaps(concepts=('cat', 'sky'), frames=1, grid_size=(2, 2), logits=True)
         >>> maps.segmentation().tolist()
@@ -146,8 +161,15 @@ class ConceptMaps:
         concepts: Sequence[str],
         maps: torch.Tensor,
         logits: torch.Tensor | None = None,
+        settings: Mapping[str, Any] | None = None,
+        *,
         config: Mapping[str, Any] | None = None,
     ) -> None:
+        if config is not None:
+            _deprecated("ConceptMaps(config=...)", "ConceptMaps(settings=...)")
+            if settings is not None:
+                raise ConceptMapsError("Pass settings= only (config= is its deprecated name), not both.")
+            settings = config
         self._concepts = validate_concepts(concepts)
         self._maps = _validate_map_tensor("maps", maps, len(self._concepts))
         self._logits: torch.Tensor | None = None
@@ -157,7 +179,7 @@ class ConceptMaps:
                 raise ConceptMapsError(
                     f"logits shape {list(self._logits.shape)} differs from maps shape {list(self._maps.shape)}."
                 )
-        self._config = _normalize_config(config)
+        self._settings = _normalize_settings(settings)
         self._index = {concept: index for index, concept in enumerate(self._concepts)}
 
     # ------------------------------------------------------------------ basic access
@@ -168,8 +190,19 @@ class ConceptMaps:
         return self._concepts
 
     @property
+    def tensor(self) -> torch.Tensor:
+        """The saliency maps, float32 ``[C, F, h, w]``. Do not modify in place.
+
+        Example:
+            >>> ConceptMaps(["cat", "sky"], torch.rand(2, 1, 4, 6)).tensor.shape  # [C, F, h, w]
+            torch.Size([2, 1, 4, 6])
+        """
+        return self._maps
+
+    @property
     def maps(self) -> torch.Tensor:
-        """The saliency maps, float32 ``[C, F, h, w]``. Do not modify in place."""
+        """Deprecated name of :attr:`tensor` (``ca.maps.maps`` stuttered); warns, then returns :attr:`tensor`."""
+        _deprecated("ConceptMaps.maps", "ConceptMaps.tensor")
         return self._maps
 
     @property
@@ -178,9 +211,20 @@ class ConceptMaps:
         return self._logits
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that produced the maps (a copy; editing it does not change this object).
+
+        Example:
+            >>> ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), settings={"layers": [15]}).settings
+            {'layers': [15]}
+        """
+        return json.loads(json.dumps(self._settings))
+
+    @property
     def config(self) -> dict[str, Any]:
-        """The settings that produced the maps (a copy; editing it does not change this object)."""
-        return json.loads(json.dumps(self._config))
+        """Deprecated name of :attr:`settings` (``config`` is the dataclass of options on ``ConceptAttention``)."""
+        _deprecated("ConceptMaps.config", "ConceptMaps.settings")
+        return self.settings
 
     @property
     def num_concepts(self) -> int:
@@ -238,7 +282,7 @@ class ConceptMaps:
             and self._maps.shape == other._maps.shape
             and torch.equal(self._maps, other._maps)
             and same_logits
-            and self._config == other._config
+            and self._settings == other._settings
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable tensors inside: not hashable
@@ -452,7 +496,7 @@ class ConceptMaps:
         """Write the maps to a ``.safetensors`` file, atomically.
 
         The file holds the tensors ``"maps"`` and (if recorded) ``"logits"``; the header metadata holds the concepts
-        and the config as JSON strings, plus a format tag. The file is written to a temporary name and renamed into
+        and the settings as JSON strings, plus a format tag. The file is written to a temporary name and renamed into
         place, so an interrupted save never leaves a partial file. Any existing file at ``path`` is replaced.
 
         Args:
@@ -466,7 +510,7 @@ class ConceptMaps:
 
         Example:
             >>> import tempfile
-            >>> maps = ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), config={"layers": [15]})
+            >>> maps = ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), settings={"layers": [15]})
             >>> path = maps.save(f"{tempfile.mkdtemp()}/maps.safetensors")
             >>> ConceptMaps.load(path) == maps
             True
@@ -480,7 +524,7 @@ class ConceptMaps:
             "format": _FILE_FORMAT,
             "format_version": _FILE_FORMAT_VERSION,
             "concepts": json.dumps(list(self._concepts), ensure_ascii=False),
-            "config": json.dumps(self._config, ensure_ascii=False),
+            "config": json.dumps(self._settings, ensure_ascii=False),  # the file's key: unchanged
         }
         return atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
@@ -536,7 +580,7 @@ class ConceptMaps:
             )
         try:
             concepts = json.loads(metadata["concepts"])
-            config = json.loads(metadata.get("config", "{}"))
-            return cls(concepts, tensors["maps"], logits=tensors.get("logits"), config=config)
+            settings = json.loads(metadata.get("config", "{}"))
+            return cls(concepts, tensors["maps"], logits=tensors.get("logits"), settings=settings)
         except (KeyError, ValueError) as error:  # json.JSONDecodeError is a ValueError
             raise ConceptMapsFileError(f"'{file_path}' holds invalid ConceptMaps data: {error}") from error

@@ -227,7 +227,7 @@ def concept_masks(
     elif threshold is not None:
         raise MaskError(f"threshold is only used by rule='threshold', not by rule={rule!r}; leave it out.")
     none_value = _check_none(none)
-    values = maps.maps if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
+    values = maps.tensor if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
     if rule == "mean":
         masks = values > values.mean(dim=(2, 3), keepdim=True)  # [C, F, H, W]
     elif rule == "threshold":
@@ -326,7 +326,7 @@ def label_image(
         raise MaskError(f"A label PNG holds at most 255 concepts, got {maps.num_concepts}.")
     frame = maps._check_frame(frame)
     masks = concept_masks(maps, rule, threshold=threshold, size=size, none=none)  # [C, F, H, W]
-    values = maps.maps if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
+    values = maps.tensor if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
     labels = labels_from_masks(masks, values)[frame]  # [H, W]
     image = Image.fromarray(labels.numpy().astype(np.uint8), mode="P")
     image.putpalette([channel for color in _palette(maps) for channel in color])

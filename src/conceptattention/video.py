@@ -206,7 +206,7 @@ def _normalized_concept_maps(maps: ConceptMaps, index: int, scope: str) -> torch
     """Min-max normalised ``[F, h, w]`` maps of one concept (constant maps become zeros)."""
     if scope not in _SCOPES:
         raise VideoOutputError(f"scope must be one of {list(_SCOPES)}, got {scope!r}.")
-    values = maps.maps.to(torch.float64)  # [C, F, h, w]
+    values = maps.tensor.to(torch.float64)  # [C, F, h, w]
     concept = values[index]  # [F, h, w]
     if scope == "concept":  # one range over all frames of this concept: no flicker, strength comparable in time
         low, high = concept.min(), concept.max()

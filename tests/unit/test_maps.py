@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -33,7 +34,7 @@ RAW = torch.tensor(
 
 @pytest.fixture
 def video_maps() -> ConceptMaps:
-    return ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": (15, 16), "softmax": False})
+    return ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, settings={"layers": (15, 16), "softmax": False})
 
 
 def _image_maps(concepts: list[str], seed: int = 0, grid: tuple[int, int] = (4, 6)) -> ConceptMaps:
@@ -59,27 +60,48 @@ class TestConstruction:
         maps_input = RAW.to(torch.float64)
         logits_input = RAW.clone()
         maps = ConceptMaps(("dog", "grass"), maps_input, logits=logits_input)
-        assert maps.maps.dtype == torch.float32 and maps.maps.device.type == "cpu"
+        assert maps.tensor.dtype == torch.float32 and maps.tensor.device.type == "cpu"
         assert maps.logits is not None and maps.logits.dtype == torch.float32
         maps_input.zero_()
         logits_input.zero_()
-        torch.testing.assert_close(maps.maps, RAW)
+        torch.testing.assert_close(maps.tensor, RAW)
         torch.testing.assert_close(maps.logits, RAW)
 
     def test_half_precision_input(self) -> None:
         maps = ConceptMaps(["dog", "grass"], RAW.to(torch.bfloat16))
-        assert maps.maps.dtype == torch.float32
-        torch.testing.assert_close(maps.maps, RAW)
+        assert maps.tensor.dtype == torch.float32
+        torch.testing.assert_close(maps.tensor, RAW)
         assert maps.logits is None
 
-    def test_config_is_a_json_normalised_copy(self) -> None:
-        config = {"layers": (15, 16), "nested": {"steps": [0, 1]}, "model": "flux"}
-        maps = ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), config=config)
-        config["nested"]["steps"].append(2)
-        assert maps.config == {"layers": [15, 16], "nested": {"steps": [0, 1]}, "model": "flux"}
-        maps.config["model"] = "changed"
-        assert maps.config["model"] == "flux"
-        assert ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2)).config == {}
+    def test_settings_are_a_json_normalised_copy(self) -> None:
+        settings = {"layers": (15, 16), "nested": {"steps": [0, 1]}, "model": "flux"}
+        maps = ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings=settings)
+        settings["nested"]["steps"].append(2)
+        assert maps.settings == {"layers": [15, 16], "nested": {"steps": [0, 1]}, "model": "flux"}
+        maps.settings["model"] = "changed"
+        assert maps.settings["model"] == "flux"
+        assert ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2)).settings == {}
+
+    def test_old_names_warn_and_still_work(self, video_maps: ConceptMaps) -> None:
+        """``maps`` (the tensor: ``ca.maps.maps`` stuttered) is ``tensor``, ``config`` (a dict, unlike the dataclass
+        ``ConceptAttention.config``) is ``settings``: the old names stay one release, with a DeprecationWarning."""
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\.maps is deprecated; use ConceptMaps\.tensor"):
+            tensor = video_maps.maps
+        assert tensor is video_maps.tensor
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\.config is deprecated; use ConceptMaps\.settings"):
+            settings = video_maps.config
+        assert settings == video_maps.settings == {"layers": [15, 16], "softmax": False}
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\(config=\.\.\.\) is deprecated"):
+            old = ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": (15, 16), "softmax": False})
+        assert old == video_maps
+        with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings={}, config={})
+
+    def test_new_names_do_not_warn(self, video_maps: ConceptMaps) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert video_maps.tensor.shape == (2, 2, 2, 2)
+            assert video_maps.settings["softmax"] is False
 
     def test_getitem(self, video_maps: ConceptMaps) -> None:
         torch.testing.assert_close(video_maps["grass"], RAW[1])
@@ -151,19 +173,19 @@ class TestConstruction:
             ({1: "layer"}, "keys must be strings"),
         ],
     )
-    def test_invalid_config(self, config: object, message: str) -> None:
+    def test_invalid_settings(self, config: object, message: str) -> None:
         with pytest.raises(ValueError, match=message):
-            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), config=config)  # type: ignore[arg-type]
+            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings=config)  # type: ignore[arg-type]
 
     def test_equality(self, video_maps: ConceptMaps) -> None:
         same = ConceptMaps(
-            ["dog", "grass"], RAW.clone(), logits=RAW * 2, config={"layers": [15, 16], "softmax": False}
+            ["dog", "grass"], RAW.clone(), logits=RAW * 2, settings={"layers": [15, 16], "softmax": False}
         )
         assert video_maps == same
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": [15]})
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW, config={"layers": [15, 16], "softmax": False})
-        assert video_maps != ConceptMaps(["grass", "dog"], RAW, logits=RAW * 2, config=video_maps.config)
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW + 1, logits=RAW * 2, config=video_maps.config)
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, settings={"layers": [15]})
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW, settings={"layers": [15, 16], "softmax": False})
+        assert video_maps != ConceptMaps(["grass", "dog"], RAW, logits=RAW * 2, settings=video_maps.settings)
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW + 1, logits=RAW * 2, settings=video_maps.settings)
         assert video_maps != "not maps"
         with pytest.raises(TypeError):
             hash(video_maps)
@@ -445,7 +467,7 @@ class TestFiles:
         assert path == tmp_path / "maps.safetensors"
         loaded = ConceptMaps.load(path)
         assert loaded == video_maps
-        assert loaded.config == {"layers": [15, 16], "softmax": False}
+        assert loaded.settings == {"layers": [15, 16], "softmax": False}
         assert [entry.name for entry in tmp_path.iterdir()] == ["maps.safetensors"]  # no temporary files left
 
     def test_round_trip_without_logits_and_with_unicode_concepts(self, tmp_path: Path) -> None:

@@ -298,7 +298,7 @@ def map_command_settings(args: argparse.Namespace, loaded: LoadedModel, maps: Co
         "device": args.device,
         "dtype": str(loaded.pipeline.transformer.dtype).replace("torch.", ""),
         "offload": args.offload,
-        "method": maps.config,
+        "method": maps.settings,
         "notice": loaded.notice,
     }
 
