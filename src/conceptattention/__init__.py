@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from .config import ConceptAttentionConfig, ConfigError
     from .encoding import ConceptError
     from .errors import ConceptAttentionError
-    from .explain import explain
+    from .explain import explain, explain_video
     from .maps import ConceptMaps
 
 
@@ -56,6 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ConceptError": "encoding",
     "ConceptAttentionError": "errors",
     "explain": "explain",
+    "explain_video": "explain",
     "ConceptMaps": "maps",
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "UnsupportedSetupError",
     "__version__",
     "explain",
+    "explain_video",
     "get_adapter",
     "register_adapter",
     "supported_models",
