@@ -1,6 +1,6 @@
 """Configuration of a ConceptAttention run: one frozen dataclass, validated on construction.
 
-Every option of the method (``method.md`` §3) lives here so that results can be logged with ``dataclasses.asdict``.
+Every option of the method (docs/method.md, "Options") lives here so that results can be logged with ``dataclasses.asdict``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The real-image path: concept maps of an existing image (method.md §5).
+"""The real-image path: concept maps of an existing image (docs/method.md, "The real-image path").
 
 The image is VAE-encoded, noised to one noise level (or several, averaged like the steps of a generation) with
 several seeded noise samples (batched into one transformer call per level), and the transformer runs only up to the
