@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -88,104 +88,36 @@ def explain(
         >>> [maps.grid_size for maps in batch]  # a list is a batch, as in diffusers
         [(16, 16), (16, 16)]
     """
-    keywords: dict[str, Any] = {
-        "caption": caption,
-        "noise_level": noise_level,
-        "num_samples": num_samples,
-        "seed": seed,
-        "height": height,
-        "width": width,
-        "guidance_scale": guidance_scale,
-        "image_pooled": image_pooled,
-        "samples_per_batch": samples_per_batch,
-        "concept_embeds": concept_embeds,
-        "config": config,
-        "on_attention": on_attention,
-        **options,
-    }
-    if not isinstance(image, list | tuple):
-        return _explain_one(pipeline, image, concepts, **keywords)
-    if not image:
-        raise ConfigError("The image list is empty; give at least one image.")
-    if _is_video_model(pipeline):  # the old meaning, for one release
-        warnings.warn(
+    if isinstance(image, list | tuple) and not isinstance(image, _VideoFrames):
+        if not image:
+            raise ConfigError("The image list is empty; give at least one image.")
+        if not _is_video_model(pipeline):  # a batch, as in diffusers: each image on its own
+            keywords = {
+                "caption": caption,
+                "noise_level": noise_level,
+                "num_samples": num_samples,
+                "seed": seed,
+                "height": height,
+                "width": width,
+                "guidance_scale": guidance_scale,
+                "image_pooled": image_pooled,
+                "samples_per_batch": samples_per_batch,
+                "concept_embeds": concept_embeds,
+                "config": config,
+                "on_attention": on_attention,
+            }
+            return [explain(pipeline, one, concepts, **keywords, **options) for one in image]
+        warnings.warn(  # the old meaning, for one release
             "explain() reads a list given to a video model as the frames of one video; pass frames with "
             "explain_video(pipeline, frames, concepts). In the next release a list given to explain() is a batch of "
             "images on every model, as in diffusers.",
             DeprecationWarning,
             stacklevel=2,
         )
-        return _explain_one(pipeline, list(image), concepts, **keywords)
-    return [_explain_one(pipeline, one, concepts, **keywords) for one in image]
-
-
-def explain_video(
-    pipeline: Any,
-    frames: Sequence[Image.Image | str | os.PathLike[str]],
-    concepts: Sequence[str],
-    **options: Any,
-) -> ConceptMaps:
-    """Concept maps of a real video (a video model: CogVideoX, Mochi, HunyuanVideo...), given as its frames.
-
-    Args:
-        pipeline: A diffusers pipeline of a supported video family.
-        frames: The video's frames, PIL images or image paths, in order (the model's VAE fixes how many it takes,
-            e.g. ``1 + 4k`` for CogVideoX).
-        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
-        **options: The keyword options of :func:`explain` (``caption``, ``noise_level``, ``num_samples``, ...).
-
-    Returns:
-        :class:`ConceptMaps` with one frame per token frame of the video.
-
-    Raises:
-        ConfigError: An empty frame list, a single image instead of a list, or an image model.
-
-    Example:
-        >>> from PIL import Image
-        >>> from conceptattention.testing_models import tiny_cogvideox_pipeline
-        >>> frames = [Image.new("RGB", (24, 16), (20 * i, 80, 160)) for i in range(5)]  # 1 + 4k frames
-        >>> explain_video(tiny_cogvideox_pipeline(), frames, ["cat", "sky"], height=16, width=24).tensor.shape
-        torch.Size([2, 2, 2, 3])
-    """
-    if isinstance(frames, Image.Image | str | os.PathLike) or not isinstance(frames, Sequence) or not frames:
-        raise ConfigError("frames must be a non-empty list of the video's frames (PIL images or image paths).")
-    if not _is_video_model(pipeline):
-        raise ConfigError("explain_video() is for video models; this model takes images: use explain().")
-    return _explain_one(pipeline, list(frames), concepts, **options)
-
-
-def _is_video_model(pipeline: Any) -> bool:
-    from .adapters import get_adapter
-
-    return get_adapter(pipeline).modality == "video"
-
-
-def _explain_one(
-    pipeline: Any,
-    image: Image.Image | str | os.PathLike[str] | Sequence[Image.Image | str | os.PathLike[str]],
-    concepts: Sequence[str],
-    *,
-    caption: str = "",
-    noise_level: float | Sequence[float] | None = None,
-    num_samples: int = 1,
-    seed: int = 0,
-    height: int | None = None,
-    width: int | None = None,
-    guidance_scale: float = 3.5,
-    image_pooled: str = "zero",
-    samples_per_batch: int | None = None,
-    concept_embeds: torch.Tensor | None = None,
-    config: ConceptAttentionConfig | None = None,
-    on_attention: Callable[[ConceptAttention], None] | None = None,
-    **options: Any,
-) -> ConceptMaps:
-    """:func:`explain` of one image, or (a list) of the frames of one video."""
     from .images import load_image
 
     frames: list[Image.Image] | None = None
     if isinstance(image, list | tuple):  # a video, as frames
-        if not image:
-            raise ConfigError("The frame list is empty.")
         frames = [frame if isinstance(frame, Image.Image) else load_image(frame) for frame in image]
         image = frames[0]
     elif not isinstance(image, Image.Image):
@@ -249,3 +181,48 @@ def _explain_one(
         }
     )
     return ConceptMaps(maps.concepts, maps.tensor, maps.logits, settings)
+
+
+def explain_video(
+    pipeline: Any,
+    frames: Sequence[Image.Image | str | os.PathLike[str]],
+    concepts: Sequence[str],
+    **options: Any,
+) -> ConceptMaps:
+    """Concept maps of a real video (a video model: CogVideoX, Mochi, HunyuanVideo...), given as its frames.
+
+    Args:
+        pipeline: A diffusers pipeline of a supported video family.
+        frames: The video's frames, PIL images or image paths, in order (the model's VAE fixes how many it takes,
+            e.g. ``1 + 4k`` for CogVideoX).
+        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
+        **options: The keyword options of :func:`explain` (``caption``, ``noise_level``, ``num_samples``, ...).
+
+    Returns:
+        :class:`ConceptMaps` with one frame per token frame of the video.
+
+    Raises:
+        ConfigError: An empty frame list, a single image instead of a list, or an image model.
+
+    Example:
+        >>> from PIL import Image
+        >>> from conceptattention.testing_models import tiny_cogvideox_pipeline
+        >>> frames = [Image.new("RGB", (24, 16), (20 * i, 80, 160)) for i in range(5)]  # 1 + 4k frames
+        >>> explain_video(tiny_cogvideox_pipeline(), frames, ["cat", "sky"], height=16, width=24).tensor.shape
+        torch.Size([2, 2, 2, 3])
+    """
+    if isinstance(frames, Image.Image | str | os.PathLike) or not isinstance(frames, Sequence) or not frames:
+        raise ConfigError("frames must be a non-empty list of the video's frames (PIL images or image paths).")
+    if not _is_video_model(pipeline):
+        raise ConfigError("explain_video() is for video models; this model takes images: use explain().")
+    return cast(ConceptMaps, explain(pipeline, _VideoFrames(frames), concepts, **options))  # one video: one result
+
+
+def _is_video_model(pipeline: Any) -> bool:
+    from .adapters import get_adapter
+
+    return get_adapter(pipeline).modality == "video"
+
+
+class _VideoFrames(list):
+    """The frames of one video, as :func:`explain_video` hands them to :func:`explain` (not a batch)."""

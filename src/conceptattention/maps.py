@@ -13,22 +13,18 @@ from __future__ import annotations
 
 import json
 import os
+import types
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from conceptattention.encoding import validate_concepts
 from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import atomic_write_bytes
-
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 
 __all__ = ["ConceptMaps", "ConceptMapsError", "ConceptMapsFileError", "ConceptMapsNotFoundError"]
@@ -110,6 +106,24 @@ def _validate_size(size: Any) -> tuple[int, int]:
 
 def _deprecated(old: str, new: str) -> None:
     warnings.warn(f"{old} is deprecated; use {new} (the old name goes in the next release).", DeprecationWarning, 3)
+
+
+class _PlottingMethod:
+    """A :class:`ConceptMaps` method that is the :mod:`conceptattention.plotting` function of the same name.
+
+    On an instance it is that function bound to the maps (``maps.heatmap("dog")`` is ``heatmap(maps, "dog")``, with
+    the function's signature and docstring); on the class, the function itself. The plotting module (which imports
+    this one) is imported on first use.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, maps: ConceptMaps | None, owner: type | None = None) -> Any:
+        from conceptattention import plotting
+
+        function = getattr(plotting, self.name)
+        return function if maps is None else types.MethodType(function, maps)
 
 
 class ConceptMaps:
@@ -406,43 +420,13 @@ class ConceptMaps:
 
     # ------------------------------------------------------------------ images
 
-    def heatmap(
-        self,
-        concept: str,
-        size: tuple[int, int] | None = None,
-        cmap: str = "plasma",
-        frame: int = 0,
-        scope: Literal["concept", "all"] = "concept",
-    ) -> Image.Image:
-        """One concept's normalised map as a colour-mapped RGB image of size ``(W, H)``; see
-        :func:`conceptattention.plotting.heatmap`.
-
-        Example:
-            >>> ConceptMaps(["a"], torch.rand(1, 1, 4, 4)).heatmap("a").size  # [C=1, F=1, h=4, w=4]
-            (4, 4)
-        """
-        from conceptattention.plotting import heatmap
-
-        return heatmap(self, concept, size=size, cmap=cmap, frame=frame, scope=scope)
-
-    def overlay(
-        self,
-        image: Image.Image,
-        concept: str,
-        alpha: float = 0.5,
-        cmap: str = "plasma",
-        frame: int = 0,
-        scope: Literal["concept", "all"] = "concept",
-    ) -> Image.Image:
-        """One concept's heatmap blended over ``image`` (same size); see :func:`conceptattention.plotting.overlay`.
-
-        Example:
-            >>> ConceptMaps(["a"], torch.rand(1, 1, 4, 4)).overlay(Image.new("RGB", (16, 8)), "a").size
-            (16, 8)
-        """
-        from conceptattention.plotting import overlay
-
-        return overlay(self, image, concept, alpha=alpha, cmap=cmap, frame=frame, scope=scope)
+    # The drawing methods are the functions of conceptattention.plotting (same signature and docstring, the maps as
+    # first argument), bound to these maps: maps.heatmap("dog") is plotting.heatmap(maps, "dog").
+    heatmap = _PlottingMethod()
+    overlay = _PlottingMethod()
+    legend = _PlottingMethod()
+    segmentation_image = _PlottingMethod()
+    figure = _PlottingMethod()
 
     def palette(self) -> list[tuple[int, int, int]]:
         """The RGB colour of each concept in :meth:`segmentation_image`, in concept order; see
@@ -455,40 +439,6 @@ class ConceptMaps:
         from conceptattention.plotting import distinct_palette
 
         return distinct_palette(self.num_concepts)
-
-    def legend(self) -> list[tuple[str, tuple[int, int, int]]]:
-        """``(concept, (r, g, b))`` pairs: each concept's colour in :meth:`segmentation_image`.
-
-        Example:
-            >>> ConceptMaps(["cat"], torch.rand(1, 1, 2, 2)).legend()
-            [('cat', (31, 119, 180))]
-        """
-        from conceptattention.plotting import legend
-
-        return legend(self)
-
-    def segmentation_image(self, size: tuple[int, int] | None = None, frame: int = 0) -> Image.Image:
-        """The argmax segmentation drawn with one colour per concept (:meth:`legend`); see
-        :func:`conceptattention.plotting.segmentation_image`.
-
-        Example:
-            >>> ConceptMaps(["cat", "sky"], torch.rand(2, 1, 2, 2)).segmentation_image(size=(4, 6)).size
-            (6, 4)
-        """
-        from conceptattention.plotting import segmentation_image
-
-        return segmentation_image(self, size=size, frame=frame)
-
-    def figure(self, image: Image.Image | None = None, frame: int = 0, cmap: str = "plasma") -> Figure:
-        """A matplotlib figure with every view of one frame; see :func:`conceptattention.plotting.figure`.
-
-        Example:
-            >>> len(ConceptMaps(["cat"], torch.rand(1, 1, 4, 4)).figure(Image.new("RGB", (8, 8))).axes)
-            3
-        """
-        from conceptattention.plotting import figure
-
-        return figure(self, image=image, frame=frame, cmap=cmap)
 
     # ------------------------------------------------------------------ files
 

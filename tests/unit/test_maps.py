@@ -564,3 +564,27 @@ class TestFiles:
         path = self._write_with_metadata(tmp_path / "maps.safetensors", **overrides)
         with pytest.raises(ConceptMapsFileError, match="invalid ConceptMaps data"):
             ConceptMaps.load(path)
+
+
+class TestDrawingLivesInPlotting:
+    """The drawing methods are conceptattention.plotting's free functions, bound to the maps (same API)."""
+
+    @pytest.mark.parametrize("name", ["heatmap", "overlay", "legend", "segmentation_image", "figure"])
+    def test_method_is_the_plotting_function(self, video_maps: ConceptMaps, name: str) -> None:
+        import inspect
+
+        from conceptattention import plotting
+
+        function = getattr(plotting, name)
+        assert getattr(ConceptMaps, name) is function
+        method = getattr(video_maps, name)
+        assert method.__func__ is function and method.__self__ is video_maps
+        assert list(inspect.signature(method).parameters) == list(inspect.signature(function).parameters)[1:]
+
+    def test_method_and_function_draw_the_same(self, video_maps: ConceptMaps) -> None:
+        from conceptattention import plotting
+
+        assert video_maps.heatmap("dog", size=(8, 8), frame=1).tobytes() == plotting.heatmap(
+            video_maps, "dog", size=(8, 8), frame=1
+        ).tobytes()
+        assert video_maps.legend() == plotting.legend(video_maps)
