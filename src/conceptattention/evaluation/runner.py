@@ -56,7 +56,7 @@ from conceptattention.evaluation.datasets import (
     PascalVOCSingleClass,
     SegmentationSample,
 )
-from conceptattention.evaluation.methods import MapRequest, Method
+from conceptattention.evaluation.methods import MapRequest, Method, MethodError
 from conceptattention.evaluation.metrics import (
     aggregate,
     aggregate_multiclass,
@@ -591,7 +591,7 @@ def score_item(
     if prediction_rule not in ("mean", "argmax"):
         raise ValueError(f"prediction_rule must be 'mean' or 'argmax', got {prediction_rule!r}.")
     if prediction_rule == "argmax" and len(item.concepts) == 1:
-        raise ValueError(
+        raise MethodError(
             f"Image {item.id!r} has the single concept {item.concepts[0]!r}: an argmax over one concept predicts every "
             "pixel as foreground. Add background concepts, or use the mean threshold (--prediction mean)."
         )
