@@ -28,6 +28,18 @@ cp -r "$repo/pyproject.toml" "$repo/README.md" "$repo/LICENSE" "$repo/src" "$wor
 find "$work/project/src" -name __pycache__ -prune -exec rm -rf {} +
 "$python" -m pip wheel -q --no-deps --wheel-dir "$work/dist" "$work/project"
 wheel="$(ls "$work"/dist/conceptattention-*.whl)"
+step "the wheel ships the model but not its training record (plots and log stay in the repository)"
+"$python" - "$wheel" <<'PY'
+import sys, zipfile
+names = set(zipfile.ZipFile(sys.argv[1]).namelist())
+folder = "conceptattention/assets/shapesworld/"
+shipped = sorted(name for name in names if name.startswith(folder))
+unwanted = [folder + name for name in ("loss_curve.png", "samples.png", "train_log.json") if folder + name in names]
+needed = [folder + name for name in ("model_index.json", "shapesworld.json") if folder + name not in names]
+if unwanted or needed or not any(name.endswith(".safetensors") for name in shipped):
+    sys.exit(f"check_bare_wheel: the wheel ships {unwanted} or lacks {needed} / the weights: {shipped}")
+print(f"{len(shipped)} files of the shipped model, no training record")
+PY
 
 step "install $(basename "$wheel") without extras"
 "$python" -m pip install -q "$wheel"

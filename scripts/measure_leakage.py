@@ -105,7 +105,7 @@ def presence_auroc(scenes: list[dict[str, Any]]) -> dict[str, float]:
         maps = scene["maps"]
         labels += [int(present) for present in scene["present"]]
         raw += maps.logits[:, 0].mean(dim=(1, 2)).tolist()  # [C, h, w] -> [C]
-        probability += maps.maps[:, 0].mean(dim=(1, 2)).tolist()
+        probability += maps.tensor[:, 0].mean(dim=(1, 2)).tolist()
     target = torch.tensor(labels)
 
     def auroc(values: list[float]) -> float:

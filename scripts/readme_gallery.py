@@ -75,7 +75,7 @@ def render_gallery(pipe: Any, prompts: Sequence[dict[str, Any]]) -> bytes:
         generator = torch.Generator().manual_seed(row)
         with ConceptAttention(pipe, list(entry["concepts"])) as session:
             image = pipe(entry["prompt"], generator=generator, **kwargs).images[0]
-        maps = session.maps.maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
+        maps = session.maps.tensor[:, 0]  # [C, 1, h, w] -> [C, h, w]
         axes = figure.add_subplot(grid[row, 0])
         axes.imshow(image, interpolation="nearest")
         axes.set_title(textwrap.fill(f'"{entry["prompt"]}"', 34), fontsize=5, loc="left")

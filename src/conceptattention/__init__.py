@@ -33,7 +33,8 @@ if TYPE_CHECKING:
     from .capture import ConceptAttention, NoMapsError
     from .config import ConceptAttentionConfig, ConfigError
     from .encoding import ConceptError
-    from .explain import explain
+    from .errors import ConceptAttentionError
+    from .explain import explain, explain_video
     from .maps import ConceptMaps
 
 
@@ -53,7 +54,9 @@ _EXPORTS: dict[str, str] = {
     "ConceptAttentionConfig": "config",
     "ConfigError": "config",
     "ConceptError": "encoding",
+    "ConceptAttentionError": "errors",
     "explain": "explain",
+    "explain_video": "explain",
     "ConceptMaps": "maps",
 }
 
@@ -61,6 +64,7 @@ __all__ = [
     "ConceptAdapter",
     "ConceptAttention",
     "ConceptAttentionConfig",
+    "ConceptAttentionError",
     "ConceptError",
     "ConceptMaps",
     "ConfigError",
@@ -69,6 +73,7 @@ __all__ = [
     "UnsupportedSetupError",
     "__version__",
     "explain",
+    "explain_video",
     "get_adapter",
     "register_adapter",
     "supported_models",

@@ -14,6 +14,7 @@ from .adapters import UnsupportedSetupError, find_transformer, get_adapter
 from .adapters.base import active_cache, cache_refusal
 from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 from .session import ConceptSession
 
@@ -22,7 +23,7 @@ _HOOK_NAME = "conceptattention_call"
 _ACTIVE_ATTRIBUTE = "_conceptattention_active"
 
 
-class NoMapsError(RuntimeError):
+class NoMapsError(ConceptAttentionError, RuntimeError):
     """Maps were requested before any were recorded."""
 
 
@@ -135,7 +136,7 @@ class ConceptAttention(ProcessorSwap):
         >>> pipe = tiny_flux_pipeline()
         >>> with ConceptAttention(pipe, ["dog", "sky"]) as ca:
         ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
-        >>> ca.maps.maps.shape[:2]
+        >>> ca.maps.tensor.shape[:2]
         torch.Size([2, 1])
     """
 

@@ -1,6 +1,6 @@
 """Configuration of a ConceptAttention run: one frozen dataclass, validated on construction.
 
-Every option of the method (``method.md`` §3) lives here so that results can be logged with ``dataclasses.asdict``.
+Every option of the method (docs/method.md, "Options") lives here so that results can be logged with ``dataclasses.asdict``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from .errors import ConceptAttentionError
 
 
 Space = Literal["output", "cross_attention", "value"]
@@ -25,7 +27,7 @@ CONCEPT_POOLINGS: tuple[str, ...] = ("mean", "first", "last")
 NORMALIZATION_ORDERS: tuple[str, ...] = ("per_layer", "after_mean")
 
 
-class ConfigError(ValueError):
+class ConfigError(ConceptAttentionError, ValueError):
     """An invalid ConceptAttention option."""
 
 

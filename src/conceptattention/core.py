@@ -3,11 +3,11 @@
 Helbling, Meral, Hoover, Yanardag, Chau, "ConceptAttention: Diffusion Transformers Learn Highly Interpretable
 Features", ICML 2025, arXiv:2502.04320. This module implements, for one joint attention layer:
 
-* the concept attention of §2.3 step 7: ``o_c = softmax(q_c · [k_c; k_x]^T / sqrt(D)) · [v_c; v_x]``, computed for the
+* the concept attention: ``o_c = softmax(q_c · [k_c; k_x]^T / sqrt(D)) · [v_c; v_x]``, computed for the
   C concept query rows only (never a second full attention over image tokens);
-* the saliency scores of §2.3 step 8 (``S = o_c · o_x^T``, the "output" space) and the two baseline spaces of
-  §3.1 (``q_x · k_c`` per head, ``v_x · v_c`` per head);
-* the aggregation of §2.4: softmax over concepts per (layer, step), then a streaming mean (or the mean of raw scores,
+* the saliency scores (``S = o_c · o_x^T``, the "output" space) and the two baseline spaces (``q_x · k_c`` per
+  head, ``v_x · v_c`` per head);
+* the aggregation: softmax over concepts per (layer, step), then a streaming mean (or the mean of raw scores,
   then a softmax).
 
 Nothing here knows about diffusers. Shapes use ``B`` batch, ``C`` concepts, ``I`` image tokens, ``H`` heads,
@@ -57,7 +57,7 @@ def concept_attention(
     mode: ConceptAttentionMode = "both",
     attention_fn: AttentionFn = sdpa_bshd,
 ) -> torch.Tensor:
-    """Attention of the C concept queries over the keys that ``mode`` allows (paper §2.3 step 7, §3.3).
+    """Attention of the C concept queries over the keys that ``mode`` allows (``concept_attention`` option).
 
     Only the concept rows are computed: the cost is ``C × (C + I)`` per head.
 
@@ -136,7 +136,7 @@ def concept_attention_packed(
 
 
 def output_space_scores(concept_output: torch.Tensor, image_output: torch.Tensor) -> torch.Tensor:
-    """Saliency logits in the attention-output space (paper §2.3 step 8): raw dot products over ``d = H·D``.
+    """Saliency logits in the attention-output space: raw dot products over ``d = H·D``.
 
     Args:
         concept_output: ``[B, C, d]``, concept attention outputs (heads concatenated, before the output projection).
@@ -188,7 +188,7 @@ def saliency_scores(
     concept_value: torch.Tensor | None = None,
     scale_cross_attention: bool = True,
 ) -> torch.Tensor:
-    """Saliency logits of one layer in the requested space (paper §3.1).
+    """Saliency logits of one layer in the requested space (the ``space`` option).
 
     Args:
         space: ``"output"`` needs ``concept_output [B, C, d]`` and ``image_output [B, I, d]``;
@@ -218,7 +218,7 @@ def saliency_scores(
 
 
 class ScoreAccumulator:
-    """Streaming mean of per-(layer, step) saliency scores, kept on the scores' device (paper §2.4).
+    """Streaming mean of per-(layer, step) saliency scores, kept on the scores' device.
 
     With ``softmax`` and ``order="per_layer"`` (the paper), each ``[B, C, I]`` score tensor is turned into
     probabilities over concepts before it is averaged; with ``order="after_mean"`` the raw scores are averaged and

@@ -49,12 +49,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import atomic_output_dir, atomic_write_json, atomic_write_text
 
 
 __all__ = [
     "DATASET_FORMAT",
     "DatasetFolderError",
+    "DatasetSpecError",
     "DatasetItem",
     "ItemOutputs",
     "build_dataset",
@@ -74,8 +76,12 @@ _PARTS = "parts"
 _ITEMS = "items"
 
 
-class DatasetFolderError(ValueError):
+class DatasetFolderError(ConceptAttentionError, ValueError):
     """The output folder is not a dataset folder of this command, or was made with other settings."""
+
+
+class DatasetSpecError(ConceptAttentionError, ValueError):
+    """An invalid dataset specification: prompts, template, word lists, concept fields or seeds."""
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,7 @@ def item_seed(base_seed: int, index: int) -> int:
         True
     """
     if base_seed < 0 or index < 0:
-        raise ValueError(f"base seed and index must be non-negative, got {base_seed} and {index}.")
+        raise DatasetSpecError(f"base seed and index must be non-negative, got {base_seed} and {index}.")
     return int(np.random.SeedSequence([base_seed, index]).generate_state(1, dtype=np.uint32)[0])
 
 
@@ -146,14 +152,14 @@ def items_from_prompts(
         The items, in order.
 
     Raises:
-        ValueError: If there is no prompt, an item has fewer than one concept, or ``per_prompt`` < 1.
+        DatasetSpecError: If there is no prompt, an item has fewer than one concept, or ``per_prompt`` < 1.
 
     Example:
         >>> [item.concepts for item in items_from_prompts(["a cat\\tcat", "a dog"], ["sky"])]
         [('cat', 'sky'), ('sky',)]
     """
     if per_prompt < 1:
-        raise ValueError(f"per_prompt must be at least 1, got {per_prompt}.")
+        raise DatasetSpecError(f"per_prompt must be at least 1, got {per_prompt}.")
     entries = []
     for number, line in enumerate(prompts, start=1):
         prompt, _, own = line.rstrip("\n").partition("\t")
@@ -161,12 +167,12 @@ def items_from_prompts(
             continue
         item_concepts = _unique([*own.split(","), *concepts])
         if not item_concepts:
-            raise ValueError(
+            raise DatasetSpecError(
                 f"Prompt {number} ({prompt!r}) has no concepts; give --concepts, or concepts after a tab in the file."
             )
         entries.append((prompt.strip(), item_concepts, {}))
     if not entries:
-        raise ValueError("No prompts: the prompt list (file) is empty.")
+        raise DatasetSpecError("No prompts: the prompt list (file) is empty.")
     return _expand(entries, per_prompt, base_seed)
 
 
@@ -193,7 +199,7 @@ def items_from_template(
         The items, in order.
 
     Raises:
-        ValueError: If the template's fields and the word lists differ, a list is empty, a concept field is not a
+        DatasetSpecError: If the template's fields and the word lists differ, a list is empty, a concept field is not a
             field, or an item has no concept.
 
     Example:
@@ -203,17 +209,17 @@ def items_from_template(
     try:
         fields = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as error:
-        raise ValueError(f"Bad template {template!r}: {error}") from error
+        raise DatasetSpecError(f"Bad template {template!r}: {error}") from error
     if not fields:
-        raise ValueError(f"The template {template!r} has no {{field}}; use e.g. 'a {{colour}} {{object}}'.")
+        raise DatasetSpecError(f"The template {template!r} has no {{field}}; use e.g. 'a {{colour}} {{object}}'.")
     bad = [name for name in fields if not name.isidentifier()]
     if bad:
-        raise ValueError(f"Template fields must be names such as {{colour}}, got {bad}.")
+        raise DatasetSpecError(f"Template fields must be names such as {{colour}}, got {bad}.")
     fields = list(dict.fromkeys(fields))
     missing = [name for name in fields if name not in words]
     extra = [name for name in words if name not in fields]
     if missing or extra:
-        raise ValueError(
+        raise DatasetSpecError(
             f"The template's fields {fields} and the word lists {list(words)} differ"
             + (f": no words for {missing}" if missing else "")
             + (f"; {extra} not in the template" if extra else "")
@@ -221,17 +227,17 @@ def items_from_template(
         )
     empty = [name for name in fields if not [word for word in words[name] if word.strip()]]
     if empty:
-        raise ValueError(f"The word lists of {empty} are empty.")
+        raise DatasetSpecError(f"The word lists of {empty} are empty.")
     unknown = [name for name in concept_fields if name not in fields]
     if unknown:
-        raise ValueError(f"Concept fields {unknown} are not fields of the template {fields}.")
+        raise DatasetSpecError(f"Concept fields {unknown} are not fields of the template {fields}.")
     lists = [[word.strip() for word in words[name] if word.strip()] for name in fields]
     entries = []
     for combination in itertools.product(*lists):
         chosen = dict(zip(fields, combination))
         item_concepts = _unique([*(chosen[name] for name in concept_fields), *concepts])
         if not item_concepts:
-            raise ValueError("Items have no concepts; give --concepts or --concept-fields.")
+            raise DatasetSpecError("Items have no concepts; give --concepts or --concept-fields.")
         entries.append((template.format(**chosen), item_concepts, chosen))
     return _expand(entries, per_prompt, base_seed)
 

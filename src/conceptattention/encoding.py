@@ -1,4 +1,4 @@
-"""Concept text encoding helpers: validation of concept strings and pooling of token states (method.md §3.7)."""
+"""Concept text encoding helpers: validation of concept strings and pooling of token states (``concept_pooling`` in docs/method.md, "Options")."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from .config import ConceptPooling
+from .errors import ConceptAttentionError
 
 
-class ConceptError(ValueError):
+class ConceptError(ConceptAttentionError, ValueError):
     """An invalid concept list."""
 
 

@@ -1,4 +1,4 @@
-"""The real-image path: concept maps of an existing image (method.md §5).
+"""The real-image path: concept maps of an existing image (docs/method.md, "The real-image path").
 
 The image is VAE-encoded, noised to one noise level (or several, averaged like the steps of a generation) with
 several seeded noise samples (batched into one transformer call per level), and the transformer runs only up to the
@@ -9,8 +9,9 @@ softmax-normalised per sample, level and layer, then averaged.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from PIL import Image
@@ -40,13 +41,15 @@ def explain(
     config: ConceptAttentionConfig | None = None,
     on_attention: Callable[[ConceptAttention], None] | None = None,
     **options: Any,
-) -> ConceptMaps:
+) -> ConceptMaps | list[ConceptMaps]:
     """Concept maps of a real image.
 
     Args:
         pipeline: A diffusers pipeline of a supported family (its VAE, text encoders and transformer are used).
-        image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB); for video
-            models, a list of frames (images or paths).
+        image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB); or a list
+            of them: a batch, as in diffusers (one :class:`ConceptMaps` each). The frames of a video go to
+            :func:`explain_video`. (Deprecated: on a video model a list is still read as the frames of one video,
+            with a :class:`DeprecationWarning`; in the next release it will be a batch there too.)
         concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
         caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
         noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``; or a list of levels whose maps
@@ -67,10 +70,12 @@ def explain(
             :func:`conceptattention.timeline.maps_over`.
 
     Returns:
-        :class:`ConceptMaps` with one frame, on the model's token grid.
+        :class:`ConceptMaps` with one frame, on the model's token grid; for a list of images, a list of them (each
+        equal to the maps of that image alone).
 
     Raises:
-        ConfigError: invalid noise level, sample count, size, or a ``timesteps`` option (meaningless here).
+        ConfigError: invalid noise level, sample count, size, or a ``timesteps`` option (meaningless here); an empty
+            list.
 
     Example:
         >>> from PIL import Image
@@ -79,13 +84,40 @@ def explain(
         >>> maps = explain(tiny_flux_pipeline(), Image.new("RGB", (32, 32)), ["dog", "sky"], height=32, width=32)
         >>> maps.grid_size  # the tiny VAE keeps 32 x 32, FLUX packs 2 x 2 patches (FLUX.1 at 1024²: (64, 64))
         (16, 16)
+        >>> batch = explain(tiny_flux_pipeline(), [Image.new("RGB", (32, 32))] * 2, ["dog", "sky"], height=32, width=32)
+        >>> [maps.grid_size for maps in batch]  # a list is a batch, as in diffusers
+        [(16, 16), (16, 16)]
     """
+    if isinstance(image, list | tuple) and not isinstance(image, _VideoFrames):
+        if not image:
+            raise ConfigError("The image list is empty; give at least one image.")
+        if not _is_video_model(pipeline):  # a batch, as in diffusers: each image on its own
+            keywords = {
+                "caption": caption,
+                "noise_level": noise_level,
+                "num_samples": num_samples,
+                "seed": seed,
+                "height": height,
+                "width": width,
+                "guidance_scale": guidance_scale,
+                "image_pooled": image_pooled,
+                "samples_per_batch": samples_per_batch,
+                "concept_embeds": concept_embeds,
+                "config": config,
+                "on_attention": on_attention,
+            }
+            return [explain(pipeline, one, concepts, **keywords, **options) for one in image]
+        warnings.warn(  # the old meaning, for one release
+            "explain() reads a list given to a video model as the frames of one video; pass frames with "
+            "explain_video(pipeline, frames, concepts). In the next release a list given to explain() is a batch of "
+            "images on every model, as in diffusers.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     from .images import load_image
 
     frames: list[Image.Image] | None = None
     if isinstance(image, list | tuple):  # a video, as frames
-        if not image:
-            raise ConfigError("The frame list is empty.")
         frames = [frame if isinstance(frame, Image.Image) else load_image(frame) for frame in image]
         image = frames[0]
     elif not isinstance(image, Image.Image):
@@ -135,7 +167,7 @@ def explain(
     maps = attention.maps
     if on_attention is not None:
         on_attention(attention)
-    settings = dict(maps.config)
+    settings = maps.settings
     settings.update(
         {
             "path": "explain",
@@ -148,4 +180,49 @@ def explain(
             "image_pooled": image_pooled,
         }
     )
-    return ConceptMaps(maps.concepts, maps.maps, maps.logits, settings)
+    return ConceptMaps(maps.concepts, maps.tensor, maps.logits, settings)
+
+
+def explain_video(
+    pipeline: Any,
+    frames: Sequence[Image.Image | str | os.PathLike[str]],
+    concepts: Sequence[str],
+    **options: Any,
+) -> ConceptMaps:
+    """Concept maps of a real video (a video model: CogVideoX, Mochi, HunyuanVideo...), given as its frames.
+
+    Args:
+        pipeline: A diffusers pipeline of a supported video family.
+        frames: The video's frames, PIL images or image paths, in order (the model's VAE fixes how many it takes,
+            e.g. ``1 + 4k`` for CogVideoX).
+        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
+        **options: The keyword options of :func:`explain` (``caption``, ``noise_level``, ``num_samples``, ...).
+
+    Returns:
+        :class:`ConceptMaps` with one frame per token frame of the video.
+
+    Raises:
+        ConfigError: An empty frame list, a single image instead of a list, or an image model.
+
+    Example:
+        >>> from PIL import Image
+        >>> from conceptattention.testing_models import tiny_cogvideox_pipeline
+        >>> frames = [Image.new("RGB", (24, 16), (20 * i, 80, 160)) for i in range(5)]  # 1 + 4k frames
+        >>> explain_video(tiny_cogvideox_pipeline(), frames, ["cat", "sky"], height=16, width=24).tensor.shape
+        torch.Size([2, 2, 2, 3])
+    """
+    if isinstance(frames, Image.Image | str | os.PathLike) or not isinstance(frames, Sequence) or not frames:
+        raise ConfigError("frames must be a non-empty list of the video's frames (PIL images or image paths).")
+    if not _is_video_model(pipeline):
+        raise ConfigError("explain_video() is for video models; this model takes images: use explain().")
+    return cast(ConceptMaps, explain(pipeline, _VideoFrames(frames), concepts, **options))  # one video: one result
+
+
+def _is_video_model(pipeline: Any) -> bool:
+    from .adapters import get_adapter
+
+    return get_adapter(pipeline).modality == "video"
+
+
+class _VideoFrames(list):
+    """The frames of one video, as :func:`explain_video` hands them to :func:`explain` (not a batch)."""

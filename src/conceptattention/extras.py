@@ -24,6 +24,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
+from .errors import ConceptAttentionError
+
 
 __all__ = ["EXTRAS", "MissingExtraError", "lazy_function", "lazy_module", "missing_modules", "require", "require_extra"]
 
@@ -37,7 +39,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 
-class MissingExtraError(ModuleNotFoundError, RuntimeError):
+class MissingExtraError(ConceptAttentionError, ModuleNotFoundError, RuntimeError):
     """An optional dependency is not installed; the message names the extra that provides it.
 
     A :class:`ModuleNotFoundError` (``except ImportError`` catches it) and a :class:`RuntimeError` (the command line

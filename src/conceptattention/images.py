@@ -28,8 +28,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ConceptAttentionError
+
 
 __all__ = [
+    "ImageError",
     "ImageLoadError",
     "ImageNotFoundError",
     "image_to_tensor",
@@ -42,7 +45,11 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I;16S")
 _TRANSPARENT_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
-class ImageLoadError(ValueError):
+class ImageError(ConceptAttentionError, ValueError):
+    """An image or image tensor that cannot be used (wrong type or shape, NaN values, a mode without RGB)."""
+
+
+class ImageLoadError(ImageError):
     """An image file could not be loaded (unreadable, corrupt, not an image, too large, unsupported)."""
 
 
@@ -76,7 +83,7 @@ def _high_depth_gray_to_rgb(image: Image.Image) -> Image.Image:
         full_scale = 65535.0 if in_sixteen_bit_range else None
     else:  # "F"
         if not np.isfinite(values).all():
-            raise ValueError("the floating-point image contains NaN or infinite values")
+            raise ImageError("the floating-point image contains NaN or infinite values")
         in_unit_range = values.size > 0 and values.min() >= 0.0 and values.max() <= 1.0
         full_scale = 1.0 if in_unit_range else None
     return Image.fromarray(_rescale_to_uint8(values, full_scale)).convert("RGB")
@@ -92,7 +99,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         A new (or, for an RGB input, the same) image of mode ``"RGB"``.
 
     Raises:
-        ValueError: If ``image`` is not a PIL image, or its mode cannot be converted.
+        ImageError: If ``image`` is not a PIL image, or its mode cannot be converted.
 
     Example:
         >>> gray16 = Image.fromarray(np.array([[0, 65535]], dtype=np.uint16))
@@ -100,7 +107,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         (255, 255, 255)
     """
     if not isinstance(image, Image.Image):
-        raise ValueError(f"Expected a PIL.Image.Image, got {type(image).__name__}.")
+        raise ImageError(f"Expected a PIL.Image.Image, got {type(image).__name__}.")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -110,11 +117,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
         try:
             return _high_depth_gray_to_rgb(image)
         except ValueError as error:
-            raise ValueError(f"Cannot convert the {mode} image to RGB: {error}.") from error
+            raise ImageError(f"Cannot convert the {mode} image to RGB: {error}.") from error
     try:
         return image.convert("RGB")
     except ValueError as error:
-        raise ValueError(
+        raise ImageError(
             f"Cannot convert an image of mode {mode!r} to RGB ({error}); save it as an RGB PNG or JPEG."
         ) from error
 
@@ -150,7 +157,7 @@ def load_image(path: str | os.PathLike[str], *, max_pixels: int = 64_000_000) ->
         ('RGB', (4, 2))
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}.")
+        raise ImageError(f"max_pixels must be a positive integer, got {max_pixels!r}.")
     file_path = Path(path)
     if not file_path.exists():
         raise ImageNotFoundError(f"Image file '{file_path}' does not exist; check the path.")
@@ -210,7 +217,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
         A float32 tensor of shape ``[3, H, W]`` with values in ``[-1, 1]``.
 
     Raises:
-        ValueError: If ``image`` is not a PIL image or cannot be converted to RGB.
+        ImageError: If ``image`` is not a PIL image or cannot be converted to RGB.
 
     Example:
         >>> image_to_tensor(Image.new("RGB", (5, 2), (255, 0, 0))).shape
@@ -235,7 +242,7 @@ def tensor_to_image(tensor: torch.Tensor, *, value_range: tuple[float, float] = 
         A PIL image of mode ``"RGB"`` and size ``(W, H)``.
 
     Raises:
-        ValueError: If the tensor is not a finite floating-point ``[3, H, W]`` tensor, or ``value_range`` is invalid.
+        ImageError: If the tensor is not a finite floating-point ``[3, H, W]`` tensor, or ``value_range`` is invalid.
 
     Example:
         >>> tensor_to_image(torch.ones(3, 2, 4)).getpixel((0, 0))
@@ -244,19 +251,19 @@ def tensor_to_image(tensor: torch.Tensor, *, value_range: tuple[float, float] = 
         (0, 0, 0)
     """
     if not isinstance(tensor, torch.Tensor):
-        raise ValueError(f"Expected a torch.Tensor of shape [3, H, W], got {type(tensor).__name__}.")
+        raise ImageError(f"Expected a torch.Tensor of shape [3, H, W], got {type(tensor).__name__}.")
     if tensor.ndim != 3 or tensor.shape[0] != 3:
         hint = " For a batch, pass one image, e.g. tensor[0]." if tensor.ndim == 4 else ""
-        raise ValueError(f"Expected a tensor of shape [3, H, W], got {list(tensor.shape)}.{hint}")
+        raise ImageError(f"Expected a tensor of shape [3, H, W], got {list(tensor.shape)}.{hint}")
     if not tensor.is_floating_point():
-        raise ValueError(
+        raise ImageError(
             f"Expected a floating-point tensor, got {tensor.dtype}; convert uint8 images with .float() / 255."
         )
     if len(value_range) != 2 or not float(value_range[0]) < float(value_range[1]):
-        raise ValueError(f"value_range must be (low, high) with low < high, got {value_range!r}.")
+        raise ImageError(f"value_range must be (low, high) with low < high, got {value_range!r}.")
     values = tensor.detach().to(device="cpu", dtype=torch.float32)
     if not torch.isfinite(values).all():
-        raise ValueError("The image tensor contains NaN or infinite values.")
+        raise ImageError("The image tensor contains NaN or infinite values.")
     low, high = float(value_range[0]), float(value_range[1])
     unit = ((values - low) / (high - low)).clamp(0.0, 1.0)
     pixels = (unit * 255.0).round().to(torch.uint8).permute(1, 2, 0)  # [3, H, W] -> [H, W, 3]

@@ -5,33 +5,29 @@ token grid, together with the raw scores they came from and the settings that pr
 views of such maps: upsampled tensors, min-max normalised maps, an argmax segmentation, colour-mapped heatmaps and
 overlays as PIL images, a matplotlib figure, and a lossless ``.safetensors`` file format.
 
-The class is model-independent: it never imports diffusers, and matplotlib is imported only by the methods that
-draw.
+The class is model-independent: it never imports diffusers. Its drawing methods call the free functions of
+:mod:`conceptattention.plotting`, which imports matplotlib only when something is drawn.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
+import types
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from conceptattention.encoding import duplicate_concepts
+from conceptattention.encoding import validate_concepts
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import atomic_write_bytes
 
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-
-__all__ = ["ConceptMaps", "ConceptMapsFileError", "ConceptMapsNotFoundError"]
+__all__ = ["ConceptMaps", "ConceptMapsError", "ConceptMapsFileError", "ConceptMapsNotFoundError"]
 
 _FILE_FORMAT = "conceptattention.ConceptMaps"
 _FILE_FORMAT_VERSION = "1"
@@ -39,7 +35,11 @@ _UPSAMPLE_MODES = ("nearest", "nearest-exact", "bilinear", "bicubic", "area")
 _NORMALIZATION_SCOPES = ("concept", "all")
 
 
-class ConceptMapsFileError(ValueError):
+class ConceptMapsError(ConceptAttentionError, ValueError):
+    """An invalid argument of :class:`ConceptMaps` or of its views (a tensor, size, frame, colormap...)."""
+
+
+class ConceptMapsFileError(ConceptMapsError):
     """A file could not be read as saved :class:`ConceptMaps` (corrupt, truncated, or another kind of file)."""
 
 
@@ -47,27 +47,10 @@ class ConceptMapsNotFoundError(ConceptMapsFileError, FileNotFoundError):
     """The :class:`ConceptMaps` file does not exist. Also a :class:`FileNotFoundError`."""
 
 
-def _validate_concepts(concepts: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(concepts, str) or not isinstance(concepts, Sequence):
-        raise ValueError(f"concepts must be a sequence of strings such as ['dog', 'sky'], got {concepts!r}.")
-    concept_tuple = tuple(concepts)
-    if not concept_tuple:
-        raise ValueError("concepts is empty; give at least one concept.")
-    for concept in concept_tuple:
-        if not isinstance(concept, str) or not concept.strip():
-            raise ValueError(f"Every concept must be a non-empty string, got {concept!r} in {list(concept_tuple)}.")
-    duplicates = duplicate_concepts(concept_tuple)
-    if duplicates:
-        raise ValueError(
-            f"Concepts must be unique (ignoring case and spaces); {duplicates} repeat an earlier concept."
-        )
-    return concept_tuple
-
-
 def _validate_map_tensor(name: str, tensor: Any, num_concepts: int) -> torch.Tensor:
     """Check a ``[C, F, h, w]`` map tensor and return a float32 CPU copy."""
     if not isinstance(tensor, torch.Tensor):
-        raise ValueError(
+        raise ConceptMapsError(
             f"{name} must be a torch.Tensor of shape [concepts, frames, h, w], got {type(tensor).__name__}."
         )
     if tensor.ndim != 4:
@@ -76,35 +59,37 @@ def _validate_map_tensor(name: str, tensor: Any, num_concepts: int) -> torch.Ten
             if tensor.ndim == 3
             else ""
         )
-        raise ValueError(
+        raise ConceptMapsError(
             f"{name} must have 4 dimensions [concepts, frames, h, w], got shape {list(tensor.shape)}.{hint}"
         )
     if not tensor.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}.")
+        raise ConceptMapsError(f"{name} must be a floating-point tensor, got dtype {tensor.dtype}.")
     if tensor.shape[0] != num_concepts:
-        raise ValueError(f"{name} has {tensor.shape[0]} maps on its first axis but there are {num_concepts} concepts.")
+        raise ConceptMapsError(f"{name} has {tensor.shape[0]} maps on its first axis but there are {num_concepts} concepts.")
     if min(tensor.shape[1:]) == 0:
-        raise ValueError(f"{name} has an empty frame or spatial axis: shape {list(tensor.shape)}.")
+        raise ConceptMapsError(f"{name} has an empty frame or spatial axis: shape {list(tensor.shape)}.")
     copy = tensor.detach().to(device="cpu", dtype=torch.float32, copy=True).contiguous()
     if not torch.isfinite(copy).all():
-        raise ValueError(f"{name} contains NaN or infinite values (after conversion to float32).")
+        raise ConceptMapsError(f"{name} contains NaN or infinite values (after conversion to float32).")
     return copy
 
 
-def _normalize_config(config: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A JSON round-tripped deep copy, so that a saved and reloaded config compares equal to the original."""
-    if config is None:
+def _normalize_settings(settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A JSON round-tripped deep copy, so that saved and reloaded settings compare equal to the original."""
+    if settings is None:
         return {}
-    if not isinstance(config, Mapping):
-        raise ValueError(f"config must be a mapping (e.g. dataclasses.asdict(config)), got {type(config).__name__}.")
-    for key in config:
+    if not isinstance(settings, Mapping):
+        raise ConceptMapsError(
+            f"settings must be a mapping (e.g. config.to_dict()), got {type(settings).__name__}."
+        )
+    for key in settings:
         if not isinstance(key, str):
-            raise ValueError(f"config keys must be strings, got {key!r}.")
+            raise ConceptMapsError(f"settings keys must be strings, got {key!r}.")
     try:
-        return json.loads(json.dumps(dict(config), allow_nan=False))
+        return json.loads(json.dumps(dict(settings), allow_nan=False))
     except (TypeError, ValueError) as error:
-        raise ValueError(
-            f"config must be JSON-serialisable ({error}); convert ranges and tuples of layers to lists, "
+        raise ConceptMapsError(
+            f"settings must be JSON-serialisable ({error}); convert ranges and tuples of layers to lists, "
             "dtypes and devices to strings, and drop NaN/Infinity."
         ) from error
 
@@ -115,87 +100,68 @@ def _validate_size(size: Any) -> tuple[int, int]:
         or len(size) != 2
         or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)
     ):
-        raise ValueError(f"size must be (height, width) with two positive integers, got {size!r}.")
+        raise ConceptMapsError(f"size must be (height, width) with two positive integers, got {size!r}.")
     return int(size[0]), int(size[1])
 
 
-def _colormap(name: str) -> Any:
-    import matplotlib
-
-    try:
-        return matplotlib.colormaps[name]
-    except KeyError as error:
-        raise ValueError(
-            f"Unknown matplotlib colormap {name!r}; try 'plasma', 'viridis', 'inferno' or 'jet'."
-        ) from error
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"{old} is deprecated; use {new} (the old name goes in the next release).", DeprecationWarning, 3)
 
 
-def _distinct_palette(count: int) -> list[tuple[int, int, int]]:
-    """``count`` clearly different RGB colours: tab10 first, then the farthest remaining colour, one at a time.
+class _PlottingMethod:
+    """A :class:`ConceptMaps` method that is the :mod:`conceptattention.plotting` function of the same name.
 
-    Beyond ten colours, each next colour is the candidate farthest (in RGB) from every colour already chosen; the
-    candidates are matplotlib's qualitative colormaps and a 9 x 9 x 9 RGB grid, without near-black and near-white
-    (which vanish against the figure). Up to 60 concepts no two colours are closer than tab10's closest pair.
+    On an instance it is that function bound to the maps (``maps.heatmap("dog")`` is ``heatmap(maps, "dog")``, with
+    the function's signature and docstring); on the class, the function itself. The plotting module (which imports
+    this one) is imported on first use.
     """
-    import matplotlib
 
-    tab10 = [tuple(int(round(channel * 255)) for channel in color) for color in matplotlib.colormaps["tab10"].colors]
-    if count <= 10:
-        return tab10[:count]
-    pool = [
-        color
-        for name in ("tab20", "Set1", "Dark2", "Set2", "Set3", "Accent", "Paired", "tab20b", "tab20c")
-        for color in matplotlib.colormaps[name].colors
-    ]
-    levels = np.linspace(0.0, 1.0, 9)
-    grid = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)  # [729, 3]
-    candidates = np.round(np.concatenate([np.asarray(pool, dtype=np.float64), grid]) * 255)  # [K, 3]
-    visible = (candidates.max(axis=1) >= 48) & (candidates.min(axis=1) <= 216)
-    candidates = candidates[visible]  # [K', 3]
-    chosen = [np.asarray(color, dtype=np.float64) for color in tab10]
-    distance = np.linalg.norm(candidates[:, None, :] - np.asarray(chosen)[None], axis=-1).min(axis=1)  # [K']
-    while len(chosen) < count:
-        index = int(distance.argmax())
-        chosen.append(candidates[index])
-        distance = np.minimum(distance, np.linalg.norm(candidates - candidates[index], axis=-1))
-    return [tuple(int(channel) for channel in color) for color in chosen]
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
 
+    def __get__(self, maps: ConceptMaps | None, owner: type | None = None) -> Any:
+        from conceptattention import plotting
 
-#: Longest concept label drawn in a figure (titles and legend); longer ones end in an ellipsis.
-MAX_LABEL_CHARS = 40
-
-
-def _label(concept: str) -> str:
-    """``concept`` cut to :data:`MAX_LABEL_CHARS` characters for a figure (so a long concept cannot widen it)."""
-    return concept if len(concept) <= MAX_LABEL_CHARS else concept[: MAX_LABEL_CHARS - 1] + "…"
+        function = getattr(plotting, self.name)
+        return function if maps is None else types.MethodType(function, maps)
 
 
 class ConceptMaps:
     """Concept saliency maps for one image or video, with raw scores and provenance.
 
-    ``maps[c, f]`` is the map of concept ``c`` for frame ``f`` on the transformer's token grid ``(h, w)``. With the
+    ``tensor[c, f]`` is the map of concept ``c`` for frame ``f`` on the transformer's token grid ``(h, w)``. With the
     default ConceptAttention settings these are probabilities from a softmax over concepts, averaged over layers and
     timesteps (so they sum to one over concepts); with the softmax switched off they are raw scores and may take any
     real value. All methods work for both.
 
     Tensors are stored as float32 copies on the CPU; the object does not share memory with the tensors passed in.
-    ``config`` is stored as a JSON round-tripped copy (tuples become lists), so that :meth:`save` and :meth:`load`
+    ``settings`` is stored as a JSON round-tripped copy (tuples become lists), so that :meth:`save` and :meth:`load`
     reproduce it exactly.
+
+    Renamed (the old names work for one more release, with a :class:`DeprecationWarning`): the tensor ``maps`` is
+    :attr:`tensor` (``ca.maps.maps`` stuttered), and the settings dict ``config`` is :attr:`settings` (``config`` is
+    the :class:`~conceptattention.config.ConceptAttentionConfig` dataclass on
+    :class:`~conceptattention.capture.ConceptAttention`; these are the run's provenance, method options included).
 
     Args:
         concepts: ``C`` unique, non-empty concept names, in map order.
         maps: Float tensor of shape ``[C, F, h, w]`` (``F = 1`` for images): the saliency maps.
         logits: Optional float tensor of shape ``[C, F, h, w]``: the mean raw scores before normalisation.
-        config: Optional JSON-serialisable mapping of the settings that produced the maps.
+        settings: Optional JSON-serialisable mapping of the settings that produced the maps (the method options of
+            :meth:`ConceptAttentionConfig.to_dict <conceptattention.config.ConceptAttentionConfig.to_dict>` and
+            provenance such as the architecture).
+        config: Deprecated name of ``settings``.
 
     Raises:
-        ValueError: If the concepts are empty, repeated or not strings; if a tensor is not a finite floating-point
-            ``[C, F, h, w]`` tensor matching the concepts (and each other); if ``config`` is not JSON-serialisable.
+        conceptattention.encoding.ConceptError: If the concepts are empty, repeated or not strings (whitespace is
+            collapsed: ``" red  car "`` becomes ``"red car"``, as everywhere concepts are given).
+        ConceptMapsError: If a tensor is not a finite floating-point ``[C, F, h, w]`` tensor matching the concepts
+            (and each other); if ``settings`` is not JSON-serialisable.
 
     Example:
         >>> import torch
         >>> scores = torch.tensor([[[[2.0, 0.0], [0.0, 0.0]]], [[[0.0, 1.0], [1.0, 1.0]]]])  # [2, 1, 2, 2]
-        >>> maps = ConceptMaps(["cat", "sky"], scores.softmax(dim=0), logits=scores, config={"layers": [15, 16]})
+        >>> maps = ConceptMaps(["cat", "sky"], scores.softmax(dim=0), logits=scores, settings={"layers": [15, 16]})
         >>> maps
         ConceptMaps(concepts=('cat', 'sky'), frames=1, grid_size=(2, 2), logits=True)
         >>> maps.segmentation().tolist()
@@ -209,18 +175,25 @@ class ConceptMaps:
         concepts: Sequence[str],
         maps: torch.Tensor,
         logits: torch.Tensor | None = None,
+        settings: Mapping[str, Any] | None = None,
+        *,
         config: Mapping[str, Any] | None = None,
     ) -> None:
-        self._concepts = _validate_concepts(concepts)
+        if config is not None:
+            _deprecated("ConceptMaps(config=...)", "ConceptMaps(settings=...)")
+            if settings is not None:
+                raise ConceptMapsError("Pass settings= only (config= is its deprecated name), not both.")
+            settings = config
+        self._concepts = validate_concepts(concepts)
         self._maps = _validate_map_tensor("maps", maps, len(self._concepts))
         self._logits: torch.Tensor | None = None
         if logits is not None:
             self._logits = _validate_map_tensor("logits", logits, len(self._concepts))
             if self._logits.shape != self._maps.shape:
-                raise ValueError(
+                raise ConceptMapsError(
                     f"logits shape {list(self._logits.shape)} differs from maps shape {list(self._maps.shape)}."
                 )
-        self._config = _normalize_config(config)
+        self._settings = _normalize_settings(settings)
         self._index = {concept: index for index, concept in enumerate(self._concepts)}
 
     # ------------------------------------------------------------------ basic access
@@ -231,8 +204,19 @@ class ConceptMaps:
         return self._concepts
 
     @property
+    def tensor(self) -> torch.Tensor:
+        """The saliency maps, float32 ``[C, F, h, w]``. Do not modify in place.
+
+        Example:
+            >>> ConceptMaps(["cat", "sky"], torch.rand(2, 1, 4, 6)).tensor.shape  # [C, F, h, w]
+            torch.Size([2, 1, 4, 6])
+        """
+        return self._maps
+
+    @property
     def maps(self) -> torch.Tensor:
-        """The saliency maps, float32 ``[C, F, h, w]``. Do not modify in place."""
+        """Deprecated name of :attr:`tensor` (``ca.maps.maps`` stuttered); warns, then returns :attr:`tensor`."""
+        _deprecated("ConceptMaps.maps", "ConceptMaps.tensor")
         return self._maps
 
     @property
@@ -241,9 +225,20 @@ class ConceptMaps:
         return self._logits
 
     @property
+    def settings(self) -> dict[str, Any]:
+        """The settings that produced the maps (a copy; editing it does not change this object).
+
+        Example:
+            >>> ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), settings={"layers": [15]}).settings
+            {'layers': [15]}
+        """
+        return json.loads(json.dumps(self._settings))
+
+    @property
     def config(self) -> dict[str, Any]:
-        """The settings that produced the maps (a copy; editing it does not change this object)."""
-        return json.loads(json.dumps(self._config))
+        """Deprecated name of :attr:`settings` (``config`` is the dataclass of options on ``ConceptAttention``)."""
+        _deprecated("ConceptMaps.config", "ConceptMaps.settings")
+        return self.settings
 
     @property
     def num_concepts(self) -> int:
@@ -301,7 +296,7 @@ class ConceptMaps:
             and self._maps.shape == other._maps.shape
             and torch.equal(self._maps, other._maps)
             and same_logits
-            and self._config == other._config
+            and self._settings == other._settings
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable tensors inside: not hashable
@@ -310,7 +305,7 @@ class ConceptMaps:
 
     def _check_frame(self, frame: int) -> int:
         if isinstance(frame, bool) or not isinstance(frame, int) or not 0 <= frame < self.num_frames:
-            raise ValueError(f"frame must be an integer in [0, {self.num_frames - 1}], got {frame!r}.")
+            raise ConceptMapsError(f"frame must be an integer in [0, {self.num_frames - 1}], got {frame!r}.")
         return frame
 
     def upsample(self, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -327,7 +322,7 @@ class ConceptMaps:
             Float32 tensor of shape ``[C, F, H, W]``.
 
         Raises:
-            ValueError: If ``size`` is not two positive integers or ``mode`` is unknown.
+            ConceptMapsError: If ``size`` is not two positive integers or ``mode`` is unknown.
 
         Example:
             >>> maps = ConceptMaps(["a"], torch.tensor([[[[0.0, 1.0]]]]))  # [1, 1, 1, 2]
@@ -336,7 +331,7 @@ class ConceptMaps:
         """
         height, width = _validate_size(size)
         if mode not in _UPSAMPLE_MODES:
-            raise ValueError(f"Unknown upsampling mode {mode!r}; use one of {list(_UPSAMPLE_MODES)}.")
+            raise ConceptMapsError(f"Unknown upsampling mode {mode!r}; use one of {list(_UPSAMPLE_MODES)}.")
         align_corners = False if mode in ("bilinear", "bicubic") else None
         # Concepts act as the batch axis and frames as channels: [C, F, h, w] -> [C, F, H, W].
         return F.interpolate(self._maps, size=(height, width), mode=mode, align_corners=align_corners)
@@ -354,7 +349,7 @@ class ConceptMaps:
             Float32 tensor of shape ``[C, F, h, w]`` with values in ``[0, 1]``.
 
         Raises:
-            ValueError: If ``scope`` is unknown.
+            ConceptMapsError: If ``scope`` is unknown.
 
         Example:
             >>> maps = ConceptMaps(["a", "b"], torch.tensor([[[[1.0, 3.0]]], [[[2.0, 2.0]]]]))  # [2, 1, 1, 2]
@@ -364,7 +359,7 @@ class ConceptMaps:
             [[0.0, 1.0], [0.5, 0.5]]
         """
         if scope not in _NORMALIZATION_SCOPES:
-            raise ValueError(f"Unknown normalisation scope {scope!r}; use 'concept' or 'all'.")
+            raise ConceptMapsError(f"Unknown normalisation scope {scope!r}; use 'concept' or 'all'.")
         values = self._maps.to(torch.float64)  # float64: max - min cannot overflow for float32 inputs
         if scope == "concept":
             low = values.amin(dim=(2, 3), keepdim=True)  # [C, F, 1, 1]
@@ -425,218 +420,25 @@ class ConceptMaps:
 
     # ------------------------------------------------------------------ images
 
-    def heatmap(
-        self,
-        concept: str,
-        size: tuple[int, int] | None = None,
-        cmap: str = "plasma",
-        frame: int = 0,
-        scope: Literal["concept", "all"] = "concept",
-    ) -> Image.Image:
-        """Render one concept's normalised map as a colour-mapped RGB image.
-
-        The map is min-max normalised (see :meth:`normalized`), bilinearly upsampled to ``size`` and coloured with a
-        matplotlib colormap.
-
-        Args:
-            concept: The concept to draw.
-            size: ``(H, W)`` of the image; ``None`` for the token grid size ``(h, w)``.
-            cmap: Name of a matplotlib colormap.
-            frame: Which frame, for video maps.
-            scope: Normalisation scope, ``"concept"`` or ``"all"`` (see :meth:`normalized`).
-
-        Returns:
-            A PIL image of mode ``"RGB"`` and size ``(W, H)``.
-
-        Raises:
-            KeyError: If ``concept`` is unknown.
-            ValueError: If ``size``, ``cmap``, ``frame`` or ``scope`` is invalid.
-
-        Example:
-            >>> maps = ConceptMaps(["a"], torch.rand(1, 1, 4, 4))
-            >>> maps.heatmap("a", size=(32, 48)).size
-            (48, 32)
-        """
-        index = self.concept_index(concept)
-        frame = self._check_frame(frame)
-        colormap = _colormap(cmap)
-        concept_map = self.normalized(scope)[index, frame]  # [h, w]
-        if size is not None:
-            height, width = _validate_size(size)
-            # [h, w] -> [1, 1, h, w] -> [1, 1, H, W] -> [H, W]
-            concept_map = F.interpolate(
-                concept_map[None, None], size=(height, width), mode="bilinear", align_corners=False
-            )[0, 0]
-        rgba = colormap(concept_map.clamp(0.0, 1.0).numpy(), bytes=True)  # [H, W, 4] uint8
-        return Image.fromarray(np.ascontiguousarray(rgba[..., :3]))
-
-    def overlay(
-        self,
-        image: Image.Image,
-        concept: str,
-        alpha: float = 0.5,
-        cmap: str = "plasma",
-        frame: int = 0,
-        scope: Literal["concept", "all"] = "concept",
-    ) -> Image.Image:
-        """Blend one concept's heatmap over an image.
-
-        The heatmap (see :meth:`heatmap`) is upsampled to the image size and blended as
-        ``(1 - alpha) * image + alpha * heatmap``. Images with transparency are first composited over white.
-
-        Args:
-            image: The image the maps were computed for (any size; any PIL mode).
-            concept: The concept to draw.
-            alpha: Weight of the heatmap, in ``[0, 1]``.
-            cmap: Name of a matplotlib colormap.
-            frame: Which frame, for video maps.
-            scope: Normalisation scope, ``"concept"`` or ``"all"``.
-
-        Returns:
-            A PIL image of mode ``"RGB"`` with the size of ``image``.
-
-        Raises:
-            KeyError: If ``concept`` is unknown.
-            ValueError: If ``image`` is not a PIL image, or ``alpha``, ``cmap``, ``frame`` or ``scope`` is invalid.
-
-        Example:
-            >>> from PIL import Image
-            >>> maps = ConceptMaps(["a"], torch.rand(1, 1, 4, 4))
-            >>> maps.overlay(Image.new("RGB", (64, 32)), "a").size
-            (64, 32)
-        """
-        from conceptattention.images import to_rgb
-
-        if not isinstance(image, Image.Image):
-            raise ValueError(
-                f"image must be a PIL.Image.Image, got {type(image).__name__}; load files with "
-                "conceptattention.images.load_image and tensors with conceptattention.images.tensor_to_image."
-            )
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}.")
-        heat = self.heatmap(concept, size=(image.height, image.width), cmap=cmap, frame=frame, scope=scope)
-        return Image.blend(to_rgb(image), heat, float(alpha))
+    # The drawing methods are the functions of conceptattention.plotting (same signature and docstring, the maps as
+    # first argument), bound to these maps: maps.heatmap("dog") is plotting.heatmap(maps, "dog").
+    heatmap = _PlottingMethod()
+    overlay = _PlottingMethod()
+    legend = _PlottingMethod()
+    segmentation_image = _PlottingMethod()
+    figure = _PlottingMethod()
 
     def palette(self) -> list[tuple[int, int, int]]:
-        """The RGB colour of each concept in :meth:`segmentation_image`, in concept order.
-
-        Colours come from matplotlib's ``tab10`` (up to 10 concepts); each further one is the qualitative-colormap or
-        RGB-grid colour farthest from those already chosen, so that many concepts still get clearly different colours.
-        """
-        return _distinct_palette(self.num_concepts)
-
-    def legend(self) -> list[tuple[str, tuple[int, int, int]]]:
-        """``(concept, (r, g, b))`` pairs giving the colour of each concept in :meth:`segmentation_image`.
+        """The RGB colour of each concept in :meth:`segmentation_image`, in concept order; see
+        :func:`conceptattention.plotting.distinct_palette`.
 
         Example:
-            >>> ConceptMaps(["cat", "sky"], torch.rand(2, 1, 2, 2)).legend()
-            [('cat', (31, 119, 180)), ('sky', (255, 127, 14))]
-        """
-        return list(zip(self._concepts, self.palette()))
-
-    def segmentation_image(self, size: tuple[int, int] | None = None, frame: int = 0) -> Image.Image:
-        """Draw the argmax segmentation (see :meth:`segmentation`) with one fixed colour per concept.
-
-        Args:
-            size: ``(H, W)`` to upsample the maps to before the argmax; ``None`` keeps the token grid.
-            frame: Which frame, for video maps.
-
-        Returns:
-            A PIL image of mode ``"RGB"`` and size ``(W, H)``; colours as in :meth:`legend`.
-
-        Raises:
-            ValueError: If ``size`` or ``frame`` is invalid.
-
-        Example:
-            >>> maps = ConceptMaps(["cat", "sky"], torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]]))
-            >>> maps.segmentation_image().getpixel((1, 0))
-            (255, 127, 14)
-        """
-        frame = self._check_frame(frame)
-        labels = self.segmentation(size)[frame]  # [H, W]
-        colors = np.array(self.palette(), dtype=np.uint8)  # [C, 3]
-        return Image.fromarray(colors[labels.numpy()])  # [H, W] -> [H, W, 3]
-
-    def figure(self, image: Image.Image | None = None, frame: int = 0, cmap: str = "plasma") -> Figure:
-        """A matplotlib figure with every view of one frame.
-
-        Panels, left to right and top to bottom: the image (if given), one panel per concept (the overlay on the
-        image if given, else the heatmap) titled with the concept, and the argmax segmentation with a legend. Titles
-        and legend labels longer than :data:`MAX_LABEL_CHARS` characters are cut with an ellipsis. Maps are
-        bilinearly upsampled to the image size, or without an image to 256 pixels on the longer side. The grid
-        has at most four columns. The figure is built with the object-oriented API
-        (:class:`matplotlib.figure.Figure`), so it touches no pyplot state and works on any backend; save it with
-        ``fig.savefig(path)``.
-
-        Args:
-            image: The image the maps were computed for, or None.
-            frame: Which frame, for video maps.
-            cmap: Name of a matplotlib colormap for the heatmaps.
-
-        Returns:
-            The figure, with ``C + 1`` axes (``C + 2`` with an image).
-
-        Raises:
-            ValueError: If ``image``, ``frame`` or ``cmap`` is invalid.
-
-        Example:
-            >>> maps = ConceptMaps(["cat", "sky"], torch.rand(2, 1, 4, 4))
-            >>> len(maps.figure().axes)
+            >>> len(ConceptMaps(["a", "b", "c"], torch.rand(3, 1, 2, 2)).palette())
             3
         """
-        from matplotlib.figure import Figure
-        from matplotlib.patches import Patch
+        from conceptattention.plotting import distinct_palette
 
-        if image is not None and not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL.Image.Image or None, got {type(image).__name__}.")
-        frame = self._check_frame(frame)
-        _colormap(cmap)  # fail before drawing anything
-
-        # Without an image, draw the maps bilinearly upsampled so that the longer side has 256 pixels.
-        grid_height, grid_width = self.grid_size
-        scale = 256 / max(grid_height, grid_width)
-        display_size = (
-            (image.height, image.width)
-            if image is not None
-            else (max(1, round(grid_height * scale)), max(1, round(grid_width * scale)))
-        )
-        panel_count = self.num_concepts + 1 + (image is not None)
-        rows = math.ceil(panel_count / 4)  # at most four columns, rows filled evenly
-        columns = math.ceil(panel_count / rows)
-        figure = Figure(figsize=(3.2 * columns, 3.2 * rows), layout="constrained")
-        panel_axes = [figure.add_subplot(rows, columns, position + 1) for position in range(panel_count)]
-        for axes in panel_axes:
-            axes.set_axis_off()
-        panels = iter(panel_axes)
-
-        if image is not None:
-            from conceptattention.images import to_rgb
-
-            image_axes = next(panels)
-            image_axes.imshow(to_rgb(image))
-            image_axes.set_title("image")
-        for concept in self._concepts:
-            concept_axes = next(panels)
-            if image is None:
-                concept_axes.imshow(self.heatmap(concept, size=display_size, cmap=cmap, frame=frame))
-            else:
-                concept_axes.imshow(self.overlay(image, concept, cmap=cmap, frame=frame))
-            concept_axes.set_title(_label(concept))
-
-        segmentation_axes = next(panels)
-        segmentation_axes.imshow(self.segmentation_image(display_size, frame=frame), interpolation="nearest")
-        segmentation_axes.set_title("segmentation")
-        handles = [Patch(color=np.array(color) / 255.0, label=_label(concept)) for concept, color in self.legend()]
-        # below the panel (not beside it), so that constrained layout does not widen its column
-        segmentation_axes.legend(
-            handles=handles,
-            loc="upper center",
-            bbox_to_anchor=(0.5, 0.0),
-            ncol=min(3, len(handles)),
-            fontsize="small",
-            frameon=False,
-        )
-        return figure
+        return distinct_palette(self.num_concepts)
 
     # ------------------------------------------------------------------ files
 
@@ -644,7 +446,7 @@ class ConceptMaps:
         """Write the maps to a ``.safetensors`` file, atomically.
 
         The file holds the tensors ``"maps"`` and (if recorded) ``"logits"``; the header metadata holds the concepts
-        and the config as JSON strings, plus a format tag. The file is written to a temporary name and renamed into
+        and the settings as JSON strings, plus a format tag. The file is written to a temporary name and renamed into
         place, so an interrupted save never leaves a partial file. Any existing file at ``path`` is replaced.
 
         Args:
@@ -658,7 +460,7 @@ class ConceptMaps:
 
         Example:
             >>> import tempfile
-            >>> maps = ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), config={"layers": [15]})
+            >>> maps = ConceptMaps(["cat"], torch.rand(1, 1, 2, 2), settings={"layers": [15]})
             >>> path = maps.save(f"{tempfile.mkdtemp()}/maps.safetensors")
             >>> ConceptMaps.load(path) == maps
             True
@@ -672,7 +474,7 @@ class ConceptMaps:
             "format": _FILE_FORMAT,
             "format_version": _FILE_FORMAT_VERSION,
             "concepts": json.dumps(list(self._concepts), ensure_ascii=False),
-            "config": json.dumps(self._config, ensure_ascii=False),
+            "config": json.dumps(self._settings, ensure_ascii=False),  # the file's key: unchanged
         }
         return atomic_write_bytes(path, save_safetensors(tensors, metadata=metadata))
 
@@ -728,7 +530,7 @@ class ConceptMaps:
             )
         try:
             concepts = json.loads(metadata["concepts"])
-            config = json.loads(metadata.get("config", "{}"))
-            return cls(concepts, tensors["maps"], logits=tensors.get("logits"), config=config)
+            settings = json.loads(metadata.get("config", "{}"))
+            return cls(concepts, tensors["maps"], logits=tensors.get("logits"), settings=settings)
         except (KeyError, ValueError) as error:  # json.JSONDecodeError is a ValueError
             raise ConceptMapsFileError(f"'{file_path}' holds invalid ConceptMaps data: {error}") from error

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, PngImagePlugin
 
+from conceptattention.errors import ConceptAttentionError
+
 
 if TYPE_CHECKING:
     from conceptattention.maps import ConceptMaps
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MASK_RULES",
     "NONE_COLOR",
+    "MaskError",
     "coco_annotations",
     "concept_masks",
     "label_image",
@@ -66,6 +69,12 @@ __all__ = [
     "save_label_image",
     "write_masks",
 ]
+
+
+
+class MaskError(ConceptAttentionError, ValueError):
+    """An invalid mask rule, threshold, tensor or label file."""
+
 
 MaskRule = Literal["mean", "otsu", "threshold", "argmax"]
 MASK_RULES: tuple[str, ...] = ("mean", "otsu", "threshold", "argmax")
@@ -90,17 +99,17 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
         The threshold; for constant values, that value.
 
     Raises:
-        ValueError: If ``values`` is empty or not finite, or ``bins`` < 2.
+        MaskError: If ``values`` is empty or not finite, or ``bins`` < 2.
 
     Example:
         >>> round(otsu_threshold(torch.tensor([0.0, 0.1, 0.2, 0.8, 0.9, 1.0])), 4)
         0.2012
     """
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise ValueError(f"bins must be an integer of at least 2, got {bins!r}.")
+        raise MaskError(f"bins must be an integer of at least 2, got {bins!r}.")
     flat = torch.as_tensor(values).detach().reshape(-1).to(device="cpu", dtype=torch.float64)  # [N]
     if flat.numel() == 0 or not torch.isfinite(flat).all():
-        raise ValueError("otsu_threshold needs a non-empty tensor of finite values.")
+        raise MaskError("otsu_threshold needs a non-empty tensor of finite values.")
     low, high = float(flat.min()), float(flat.max())
     if low == high:
         return low
@@ -120,7 +129,7 @@ def otsu_threshold(values: torch.Tensor, bins: int = 256) -> float:
 def _standardized_logits(maps: ConceptMaps) -> torch.Tensor:
     """The stored raw scores standardised per frame over concepts and pixels, ``[C, F, h, w]``."""
     if maps.logits is None:
-        raise ValueError(
+        raise MaskError(
             "none= needs the raw scores (ConceptMaps.logits), but these maps were stored without them; compute the "
             "maps again with this version of conceptattention (ConceptAttention and explain always record them)."
         )
@@ -135,7 +144,7 @@ def _check_none(none: float | None) -> float | None:
     if none is None:
         return None
     if isinstance(none, bool) or not isinstance(none, int | float) or not np.isfinite(none):
-        raise ValueError(
+        raise MaskError(
             f"none must be a finite number (the null concept's standardised logit) or None, got {none!r}."
         )
     return float(none)
@@ -154,7 +163,7 @@ def none_pixels(maps: ConceptMaps, none: float, size: tuple[int, int] | None = N
         Bool tensor ``[F, H, W]``: True where no concept is assigned.
 
     Raises:
-        ValueError: If the maps have no logits or ``none`` is not a finite number.
+        MaskError: If the maps have no logits or ``none`` is not a finite number.
 
     Example:
         >>> from conceptattention import ConceptMaps
@@ -166,7 +175,7 @@ def none_pixels(maps: ConceptMaps, none: float, size: tuple[int, int] | None = N
 
     value = _check_none(none)
     if value is None:
-        raise ValueError("none must be a finite number, got None.")
+        raise MaskError("none must be a finite number, got None.")
     standardized = _standardized_logits(maps)  # [C, F, h, w]
     if size is not None:
         # concepts as the batch axis, frames as channels: [C, F, h, w] -> [C, F, H, W]
@@ -198,7 +207,7 @@ def concept_masks(
         Bool tensor ``[C, F, H, W]``.
 
     Raises:
-        ValueError: For an unknown rule, a missing or unexpected ``threshold``, a bad ``size`` or ``none``.
+        MaskError: For an unknown rule, a missing or unexpected ``threshold``, a bad ``size`` or ``none``.
 
     Example:
         >>> from conceptattention import ConceptMaps
@@ -209,16 +218,16 @@ def concept_masks(
         [[False, False, False, True]]
     """
     if rule not in MASK_RULES:
-        raise ValueError(f"Unknown mask rule {rule!r}; use one of {list(MASK_RULES)}.")
+        raise MaskError(f"Unknown mask rule {rule!r}; use one of {list(MASK_RULES)}.")
     if rule == "threshold":
         if threshold is None:
-            raise ValueError("rule='threshold' needs threshold=VALUE (e.g. 0.5 for softmax maps).")
+            raise MaskError("rule='threshold' needs threshold=VALUE (e.g. 0.5 for softmax maps).")
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not np.isfinite(threshold):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}.")
+            raise MaskError(f"threshold must be a finite number, got {threshold!r}.")
     elif threshold is not None:
-        raise ValueError(f"threshold is only used by rule='threshold', not by rule={rule!r}; leave it out.")
+        raise MaskError(f"threshold is only used by rule='threshold', not by rule={rule!r}; leave it out.")
     none_value = _check_none(none)
-    values = maps.maps if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
+    values = maps.tensor if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
     if rule == "mean":
         masks = values > values.mean(dim=(2, 3), keepdim=True)  # [C, F, H, W]
     elif rule == "threshold":
@@ -253,7 +262,7 @@ def labels_from_masks(masks: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         [[[1, 2, 0]]]
     """
     if masks.shape != maps.shape or masks.ndim != 4:
-        raise ValueError(f"masks {list(masks.shape)} and maps {list(maps.shape)} must be [C, F, H, W] of one shape.")
+        raise MaskError(f"masks {list(masks.shape)} and maps {list(maps.shape)} must be [C, F, H, W] of one shape.")
     masked = torch.where(masks, maps.to(torch.float64), torch.tensor(-torch.inf, dtype=torch.float64))
     return torch.where(masks.any(dim=0), masked.argmax(dim=0) + 1, 0)  # [C, F, H, W] -> [F, H, W]
 
@@ -304,7 +313,7 @@ def label_image(
         A PIL image of mode ``"P"`` and size ``(W, H)``.
 
     Raises:
-        ValueError: For more than 255 concepts, or invalid arguments.
+        MaskError: For more than 255 concepts, or invalid arguments.
 
     Example:
         >>> from conceptattention import ConceptMaps
@@ -314,10 +323,10 @@ def label_image(
         ('P', 2, [255, 127, 14])
     """
     if maps.num_concepts > 255:
-        raise ValueError(f"A label PNG holds at most 255 concepts, got {maps.num_concepts}.")
+        raise MaskError(f"A label PNG holds at most 255 concepts, got {maps.num_concepts}.")
     frame = maps._check_frame(frame)
     masks = concept_masks(maps, rule, threshold=threshold, size=size, none=none)  # [C, F, H, W]
-    values = maps.maps if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
+    values = maps.tensor if size is None else maps.upsample(size, mode="bilinear")  # [C, F, H, W]
     labels = labels_from_masks(masks, values)[frame]  # [H, W]
     image = Image.fromarray(labels.numpy().astype(np.uint8), mode="P")
     image.putpalette([channel for color in _palette(maps) for channel in color])
@@ -347,7 +356,7 @@ def read_legend(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The legend stored in a label PNG written by :func:`write_masks`.
 
     Raises:
-        ValueError: If the PNG has no legend chunk.
+        MaskError: If the PNG has no legend chunk.
 
     Example:
         >>> import tempfile
@@ -359,7 +368,7 @@ def read_legend(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     with Image.open(path) as image:
         text = getattr(image, "text", {}).get("legend")
     if text is None:
-        raise ValueError(f"'{path}' holds no 'legend' text chunk; it was not written by conceptattention.")
+        raise MaskError(f"'{path}' holds no 'legend' text chunk; it was not written by conceptattention.")
     return json.loads(text)
 
 
@@ -371,7 +380,7 @@ def rle_encode(mask: torch.Tensor | np.ndarray) -> dict[str, Any]:
 
     Raises:
         ImportError: If pycocotools is not installed (``pip install 'conceptattention[masks]'``).
-        ValueError: If ``mask`` is not two-dimensional.
+        MaskError: If ``mask`` is not two-dimensional.
 
     Example:
         >>> rle_encode(torch.tensor([[0, 1], [1, 1]], dtype=torch.bool))
@@ -380,7 +389,7 @@ def rle_encode(mask: torch.Tensor | np.ndarray) -> dict[str, Any]:
     mask_util = _pycocotools_mask()
     array = np.asarray(mask.cpu().numpy() if isinstance(mask, torch.Tensor) else mask)
     if array.ndim != 2:
-        raise ValueError(f"rle_encode expects an [H, W] mask, got shape {list(array.shape)}.")
+        raise MaskError(f"rle_encode expects an [H, W] mask, got shape {list(array.shape)}.")
     encoded = mask_util.encode(np.asfortranarray(array.astype(np.uint8)))
     return {"size": [int(side) for side in encoded["size"]], "counts": encoded["counts"].decode("ascii")}
 
@@ -424,7 +433,7 @@ def coco_annotations(
 
     Raises:
         ImportError: If pycocotools is not installed.
-        ValueError: If the lengths do not match the masks.
+        MaskError: If the lengths do not match the masks.
 
     Example:
         >>> masks = torch.zeros(2, 1, 4, 4, dtype=torch.bool)
@@ -435,15 +444,15 @@ def coco_annotations(
     """
     mask_util = _pycocotools_mask()
     if masks.ndim != 4 or masks.dtype != torch.bool:
-        raise ValueError(f"masks must be a bool [C, F, H, W] tensor, got {masks.dtype} {list(masks.shape)}.")
+        raise MaskError(f"masks must be a bool [C, F, H, W] tensor, got {masks.dtype} {list(masks.shape)}.")
     num_concepts, num_frames, height, width = masks.shape
     if len(concepts) != num_concepts:
-        raise ValueError(f"{len(concepts)} concepts for {num_concepts} masks.")
+        raise MaskError(f"{len(concepts)} concepts for {num_concepts} masks.")
     if len(file_names) != num_frames:
-        raise ValueError(f"{len(file_names)} file names for {num_frames} frames.")
+        raise MaskError(f"{len(file_names)} file names for {num_frames} frames.")
     ids = list(image_ids) if image_ids is not None else list(range(1, num_frames + 1))
     if len(ids) != num_frames:
-        raise ValueError(f"{len(ids)} image ids for {num_frames} frames.")
+        raise MaskError(f"{len(ids)} image ids for {num_frames} frames.")
     categories = []
     for index, concept in enumerate(concepts):
         category: dict[str, Any] = {"id": index + 1, "name": concept, "supercategory": "concept"}

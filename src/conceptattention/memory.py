@@ -27,6 +27,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConceptAttentionError
+
 
 __all__ = [
     "DEFAULT_MAX_MEMORY_GB",
@@ -65,7 +67,7 @@ def default_memory_limit_gb(device: str) -> float:
     return DEFAULT_MAX_MEMORY_GB
 
 
-class MemoryLimitError(ValueError):
+class MemoryLimitError(ConceptAttentionError, ValueError):
     """A run would need more memory than the limit; the message gives the estimate and the limit."""
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConceptAttentionError
+
 
 DEFAULT_MODEL = "shapesworld"
 
@@ -41,7 +43,7 @@ DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class ModelLoadError(ValueError):
+class ModelLoadError(ConceptAttentionError, ValueError):
     """A model could not be loaded; the message says why and what to do."""
 
 
@@ -67,7 +69,7 @@ class LoadedModel:
     vocabulary: tuple[str, ...] | None = None
 
 
-class UnknownWordsError(ValueError):
+class UnknownWordsError(ConceptAttentionError, ValueError):
     """A concept uses words outside the vocabulary the model declares."""
 
 

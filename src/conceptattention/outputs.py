@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import ConceptAttentionError
+
 
 __all__ = [
     "MARKER_NAME",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 
-class OutputExistsError(FileExistsError, ValueError):
+class OutputExistsError(ConceptAttentionError, FileExistsError, ValueError):
     """The output directory already exists and overwriting was not requested.
 
     It is a :class:`FileExistsError` (an ``OSError``) and also a :class:`ValueError`, so callers that handle bad user
@@ -54,7 +56,7 @@ class OutputExistsError(FileExistsError, ValueError):
     """
 
 
-class OutputPathError(ValueError):
+class OutputPathError(ConceptAttentionError, ValueError):
     """The output path cannot be used (it is a file where a directory is expected, or the reverse), cannot be written
     (no permission), or must not be replaced (a folder this program did not write)."""
 

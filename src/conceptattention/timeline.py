@@ -28,9 +28,9 @@ Example:
     >>> with ConceptAttention(pipe, ["dog", "sky"], keep_per_step=True) as ca:
     ...     image = pipe("a dog", height=32, width=32, num_inference_steps=3, max_sequence_length=32).images[0]
     >>> per_step = maps_over(ca, "steps")
-    >>> len(per_step), per_step[0].maps.shape
+    >>> len(per_step), per_step[0].tensor.shape
     (3, torch.Size([2, 1, 16, 16]))
-    >>> torch.allclose(torch.stack([m.maps for m in per_step]).mean(0), ca.maps.maps, atol=1e-6)
+    >>> torch.allclose(torch.stack([m.tensor for m in per_step]).mean(0), ca.maps.tensor, atol=1e-6)
     True
 """
 
@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from .core import ScoreAccumulator
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 
 
@@ -83,7 +84,7 @@ DEFAULT_TIMELINE_MEMORY_GB = 8.0
 _SCORE_BYTES = 4  # kept scores are float32
 
 
-class TimelineError(ValueError):
+class TimelineError(ConceptAttentionError, ValueError):
     """Per-step or per-block maps cannot be made (not kept, unknown axis, nothing recorded)."""
 
 
@@ -167,7 +168,7 @@ def maps_over(attention: ConceptAttention, over: TimelineAxis = "steps", *, inde
 
     Each group of kept ``[B, C, I]`` score tensors goes through the library's
     :class:`~conceptattention.core.ScoreAccumulator` with the run's settings, exactly as the whole run does, and is
-    laid out on the run's token grid ``[C, F, h, w]``. Each result's ``config`` is the run's, plus ``"over"``
+    laid out on the run's token grid ``[C, F, h, w]``. Each result's ``settings`` are the run's, plus ``"over"``
     (``"steps"`` or ``"blocks"``), ``"step"`` or ``"block"`` (the step index / the absolute joint-block index) and
     ``"label"``.
 
@@ -188,7 +189,7 @@ def maps_over(attention: ConceptAttention, over: TimelineAxis = "steps", *, inde
         >>> pipe = tiny_flux_pipeline()
         >>> with ConceptAttention(pipe, ["dog", "sky"], keep_per_step=True, layers=[0, 1]) as ca:
         ...     _ = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32)
-        >>> [m.config["block"] for m in maps_over(ca, "blocks")]
+        >>> [m.settings["block"] for m in maps_over(ca, "blocks")]
         [0, 1]
     """
     if over not in TIMELINE_AXES:
@@ -224,9 +225,9 @@ def maps_over(attention: ConceptAttention, over: TimelineAxis = "steps", *, inde
         logits = logits.reshape(logits.shape[0], logits.shape[1], frames, height, width)  # [B, C, F, h, w]
         row = 0 if maps.shape[0] == 1 else index
         label = f"step {key}" if over == "steps" else f"block {key}"
-        config = base.config
-        config.update({"over": over, "step" if over == "steps" else "block": key, "label": label})
-        results.append(ConceptMaps(base.concepts, maps[row], logits[row], config))
+        settings = base.settings
+        settings.update({"over": over, "step" if over == "steps" else "block": key, "label": label})
+        results.append(ConceptMaps(base.concepts, maps[row], logits[row], settings))
     return results
 
 
@@ -234,12 +235,12 @@ def timeline_labels(maps: Sequence[ConceptMaps]) -> list[str]:
     """The ``"label"`` of each map set of :func:`maps_over` (``"step 3"``, ``"block 15"``), else its position.
 
     Example:
-        >>> timeline_labels([ConceptMaps(["a"], torch.rand(1, 1, 2, 2), config={"label": "step 0"})] * 2)
+        >>> timeline_labels([ConceptMaps(["a"], torch.rand(1, 1, 2, 2), settings={"label": "step 0"})] * 2)
         ['step 0', 'step 0']
         >>> timeline_labels([ConceptMaps(["a"], torch.rand(1, 1, 2, 2))])
         ['#0']
     """
-    return [str(item.config.get("label", f"#{position}")) for position, item in enumerate(maps)]
+    return [str(item.settings.get("label", f"#{position}")) for position, item in enumerate(maps)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +255,7 @@ def _check_timeline(maps: Sequence[ConceptMaps]) -> list[ConceptMaps]:
         raise TimelineError("maps must hold ConceptMaps only.")
     first = maps[0]
     for item in maps[1:]:
-        if item.concepts != first.concepts or item.maps.shape != first.maps.shape:
+        if item.concepts != first.concepts or item.tensor.shape != first.tensor.shape:
             raise TimelineError("All map sets must have the same concepts and shape.")
     return list(maps)
 
@@ -269,7 +270,7 @@ def _overlay_tiles(
         colormap = matplotlib.colormaps[cmap]
     except KeyError as error:
         raise TimelineError(f"Unknown matplotlib colormap {cmap!r}; try 'plasma' or 'viridis'.") from error
-    values = torch.stack([item.maps[:, frame] for item in maps]).to(torch.float64)  # [T, C, h, w]
+    values = torch.stack([item.tensor[:, frame] for item in maps]).to(torch.float64)  # [T, C, h, w]
     low = values.amin(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
     high = values.amax(dim=(0, 2, 3), keepdim=True)  # [1, C, 1, 1]
     span = torch.where(high > low, high - low, torch.ones_like(high))

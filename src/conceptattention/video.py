@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 from .outputs import atomic_write_bytes
 
@@ -55,7 +56,7 @@ _FORMATS = {".gif": "GIF", ".mp4": "MP4"}
 _SCOPES = ("concept", "frame", "all")
 
 
-class VideoOutputError(ValueError):
+class VideoOutputError(ConceptAttentionError, ValueError):
     """Invalid input to a video output function (frames, maps, concept, path or option)."""
 
 
@@ -205,7 +206,7 @@ def _normalized_concept_maps(maps: ConceptMaps, index: int, scope: str) -> torch
     """Min-max normalised ``[F, h, w]`` maps of one concept (constant maps become zeros)."""
     if scope not in _SCOPES:
         raise VideoOutputError(f"scope must be one of {list(_SCOPES)}, got {scope!r}.")
-    values = maps.maps.to(torch.float64)  # [C, F, h, w]
+    values = maps.tensor.to(torch.float64)  # [C, F, h, w]
     concept = values[index]  # [F, h, w]
     if scope == "concept":  # one range over all frames of this concept: no flicker, strength comparable in time
         low, high = concept.min(), concept.max()

@@ -126,14 +126,14 @@ def test_generate_is_seeded(service):
     first = service.generate(**generate_request(seed=3))
     again = service.generate(**generate_request(seed=3))
     other = service.generate(**generate_request(seed=4))
-    assert torch.equal(first.maps.maps, again.maps.maps)
+    assert torch.equal(first.maps.tensor, again.maps.tensor)
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
     assert not np.array_equal(np.asarray(first.image), np.asarray(other.image))
 
 
 def test_method_controls_reach_the_method(service):
     result = service.generate(**generate_request(layers=[5, 1], space="cross_attention", softmax=False))
-    config = result.maps.config
+    config = result.maps.settings
     assert config["resolved_layers"] == ["transformer_blocks.1", "transformer_blocks.5"]
     assert config["space"] == "cross_attention"
     assert config["effective_softmax"] is False
@@ -247,7 +247,7 @@ def test_explain_maps_an_uploaded_image(service, toy_photo):
     assert result.maps.concepts == ("boat", "sea", "sky")
     assert result.image.size == (64, 48)
     assert result.display_image.size == (DISPLAY_SIDE, 288)  # aspect ratio kept
-    assert result.maps.config["num_samples"] == 2 and result.maps.config["noise_level"] == 0.4
+    assert result.maps.settings["num_samples"] == 2 and result.maps.settings["noise_level"] == 0.4
     assert len(result.overlays) == 3 and all(path.exists() for path in result.files)
 
 
@@ -340,7 +340,7 @@ def test_a_model_folder_works_like_in_the_cli(tmp_path, toy_photo):
     result = service.generate(
         prompt="a house by the sea", concepts="house, sea", steps=2, height=32, width=32, guidance_scale=2.0
     )
-    assert result.maps.config["architecture"] == "sd3"
+    assert result.maps.settings["architecture"] == "sd3"
     assert result.image.size == (32, 32) and len(result.overlays) == 2
     explained = service.explain(image_path=str(toy_photo), concepts="house, sea", samples=1)
     assert explained.maps.concepts == ("house", "sea")

@@ -96,7 +96,7 @@ class TestStepsAndBlocks:
         _, result = explored
         for over in ("steps", "blocks"):
             mean = torch.stack([part.maps for part in result.timeline[over]]).mean(0)
-            assert torch.allclose(mean, result.maps.maps, atol=1e-6)
+            assert torch.allclose(mean, result.maps.tensor, atol=1e-6)
 
     def test_views(self, explored):
         service, result = explored
@@ -134,7 +134,7 @@ class TestStepsAndBlocks:
         assert len(result.timeline["steps"]) == 1  # one noise level
         assert len(result.timeline["blocks"]) == 4
         mean = torch.stack([part.maps for part in result.timeline["blocks"]]).mean(0)
-        assert torch.allclose(mean, result.maps.maps, atol=1e-6)
+        assert torch.allclose(mean, result.maps.tensor, atol=1e-6)
 
     def test_bad_switch(self, service):
         with pytest.raises(AppInputError, match="on or off"):

@@ -55,7 +55,7 @@ class TestGenerate:
         assert settings["pipeline_kwargs"]["num_inference_steps"] == 2
         assert settings["method"]["resolved_layers"] == ["transformer_blocks.0", "transformer_blocks.1", "transformer_blocks.2"]
         maps = ConceptMaps.load(out / "maps.safetensors")
-        assert maps.maps.shape == (3, 1, 16, 24)
+        assert maps.tensor.shape == (3, 1, 16, 24)
         assert Image.open(out / "image.png").size == (48, 32)
         assert not list(tmp_path.glob(".*"))  # no temporary folders left behind
 
@@ -64,7 +64,7 @@ class TestGenerate:
             assert main(generate_args(model_dir, tmp_path / name, "--seed", "3")) == 0
         first = ConceptMaps.load(tmp_path / "a" / "maps.safetensors")
         second = ConceptMaps.load(tmp_path / "b" / "maps.safetensors")
-        assert torch.equal(first.maps, second.maps)
+        assert torch.equal(first.tensor, second.tensor)
 
     def test_existing_output_is_kept_without_overwrite(self, model_dir, tmp_path, capsys):
         out = tmp_path / "run"
@@ -152,7 +152,7 @@ class TestExplain:
         assert main(self.explain_args(model_dir, photo, out)) == 0
         settings = json.loads((out / "settings.json").read_text())
         assert settings["method"]["num_samples"] == 2 and settings["method"]["path"] == "explain"
-        assert ConceptMaps.load(out / "maps.safetensors").maps.shape == (2, 1, 16, 16)
+        assert ConceptMaps.load(out / "maps.safetensors").tensor.shape == (2, 1, 16, 16)
 
     @pytest.mark.parametrize("kind", ["L", "RGBA", "I;16", "P"])
     def test_image_modes_accepted(self, model_dir, tmp_path, kind):
@@ -278,7 +278,7 @@ def test_generate_and_explain_other_families(family, tmp_path, photo):
     assert main(["generate", "--model", str(folder), "--prompt", "a house", "--concepts", "house", "sea",
                  "--out", str(out), *FAMILY_OPTIONS[family]]) == 0
     maps = ConceptMaps.load(out / "maps.safetensors")
-    assert maps.num_concepts == 2 and torch.isfinite(maps.maps).all()
+    assert maps.num_concepts == 2 and torch.isfinite(maps.tensor).all()
     if family == "hunyuan_video":
         assert (out / "video.mp4").is_file() and (out / "overlays" / "house.gif").is_file()
         return

@@ -145,8 +145,8 @@ class TestRun:
         assert np.array_equal(
             np.asarray(Image.open(out / "image.png")), np.asarray(Image.open(reference / record["files"]["image"]))
         )
-        assert ConceptMaps.load(out / "maps.safetensors").maps.equal(
-            ConceptMaps.load(reference / record["files"]["maps"]).maps
+        assert ConceptMaps.load(out / "maps.safetensors").tensor.equal(
+            ConceptMaps.load(reference / record["files"]["maps"]).tensor
         )
 
     def test_resume_redoes_partial_items_only(self, reference: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import conceptattention
 from conceptattention.cli import main as cli_main
 from conceptattention.extras import EXTRAS, MissingExtraError, lazy_function, require, require_extra
 
@@ -75,6 +76,25 @@ def test_importing_the_command_line_imports_no_heavy_library(tmp_path):
 def test_help_imports_no_heavy_library(tmp_path, args):
     code = f"from conceptattention.cli.main import main\ntry:\n    main({args!r})\nexcept SystemExit:\n    pass"
     assert imported_after(code, tmp_path) == []
+
+
+def test_python_dash_m_conceptattention_is_the_command(tmp_path):
+    """``python -m conceptattention`` runs the same command line (package ``__main__``), quickly: no torch for --help."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    probe = (
+        "import runpy, sys\nsys.argv = ['conceptattention', '--help']\n"
+        "try:\n    runpy.run_module('conceptattention', run_name='__main__')\nexcept SystemExit as exit:\n"
+        f"    print('STATUS:', exit.code, [m for m in {HEAVY!r} if m in sys.modules])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: conceptattention "), result.stdout
+    assert all(name in result.stdout for name in cli_main.SUBCOMMANDS)
+    assert result.stdout.strip().splitlines()[-1] == "STATUS: 0 []"
+    plain = subprocess.run(
+        [sys.executable, "-m", "conceptattention", "--version"], capture_output=True, text=True, env=env, cwd=tmp_path
+    )
+    assert (plain.returncode, plain.stdout.strip()) == (0, f"conceptattention {conceptattention.__version__}")
 
 
 def test_help_lists_every_subcommand_with_its_modules_help():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -16,8 +17,10 @@ from safetensors.torch import save as save_safetensors
 from safetensors.torch import save_file
 
 from conceptattention import outputs
-from conceptattention.maps import MAX_LABEL_CHARS, ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
+from conceptattention.encoding import ConceptError, validate_concepts
+from conceptattention.maps import ConceptMaps, ConceptMapsFileError, ConceptMapsNotFoundError
 from conceptattention.outputs import OutputPathError
+from conceptattention.plotting import MAX_LABEL_CHARS
 
 
 # Two concepts, two frames, a 2x2 grid; values chosen so that every expectation below can be worked out by hand.
@@ -31,7 +34,7 @@ RAW = torch.tensor(
 
 @pytest.fixture
 def video_maps() -> ConceptMaps:
-    return ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": (15, 16), "softmax": False})
+    return ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, settings={"layers": (15, 16), "softmax": False})
 
 
 def _image_maps(concepts: list[str], seed: int = 0, grid: tuple[int, int] = (4, 6)) -> ConceptMaps:
@@ -57,27 +60,48 @@ class TestConstruction:
         maps_input = RAW.to(torch.float64)
         logits_input = RAW.clone()
         maps = ConceptMaps(("dog", "grass"), maps_input, logits=logits_input)
-        assert maps.maps.dtype == torch.float32 and maps.maps.device.type == "cpu"
+        assert maps.tensor.dtype == torch.float32 and maps.tensor.device.type == "cpu"
         assert maps.logits is not None and maps.logits.dtype == torch.float32
         maps_input.zero_()
         logits_input.zero_()
-        torch.testing.assert_close(maps.maps, RAW)
+        torch.testing.assert_close(maps.tensor, RAW)
         torch.testing.assert_close(maps.logits, RAW)
 
     def test_half_precision_input(self) -> None:
         maps = ConceptMaps(["dog", "grass"], RAW.to(torch.bfloat16))
-        assert maps.maps.dtype == torch.float32
-        torch.testing.assert_close(maps.maps, RAW)
+        assert maps.tensor.dtype == torch.float32
+        torch.testing.assert_close(maps.tensor, RAW)
         assert maps.logits is None
 
-    def test_config_is_a_json_normalised_copy(self) -> None:
-        config = {"layers": (15, 16), "nested": {"steps": [0, 1]}, "model": "flux"}
-        maps = ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), config=config)
-        config["nested"]["steps"].append(2)
-        assert maps.config == {"layers": [15, 16], "nested": {"steps": [0, 1]}, "model": "flux"}
-        maps.config["model"] = "changed"
-        assert maps.config["model"] == "flux"
-        assert ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2)).config == {}
+    def test_settings_are_a_json_normalised_copy(self) -> None:
+        settings = {"layers": (15, 16), "nested": {"steps": [0, 1]}, "model": "flux"}
+        maps = ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings=settings)
+        settings["nested"]["steps"].append(2)
+        assert maps.settings == {"layers": [15, 16], "nested": {"steps": [0, 1]}, "model": "flux"}
+        maps.settings["model"] = "changed"
+        assert maps.settings["model"] == "flux"
+        assert ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2)).settings == {}
+
+    def test_old_names_warn_and_still_work(self, video_maps: ConceptMaps) -> None:
+        """``maps`` (the tensor: ``ca.maps.maps`` stuttered) is ``tensor``, ``config`` (a dict, unlike the dataclass
+        ``ConceptAttention.config``) is ``settings``: the old names stay one release, with a DeprecationWarning."""
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\.maps is deprecated; use ConceptMaps\.tensor"):
+            tensor = video_maps.maps
+        assert tensor is video_maps.tensor
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\.config is deprecated; use ConceptMaps\.settings"):
+            settings = video_maps.config
+        assert settings == video_maps.settings == {"layers": [15, 16], "softmax": False}
+        with pytest.warns(DeprecationWarning, match=r"ConceptMaps\(config=\.\.\.\) is deprecated"):
+            old = ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": (15, 16), "softmax": False})
+        assert old == video_maps
+        with pytest.raises(ValueError, match="not both"), pytest.warns(DeprecationWarning):
+            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings={}, config={})
+
+    def test_new_names_do_not_warn(self, video_maps: ConceptMaps) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert video_maps.tensor.shape == (2, 2, 2, 2)
+            assert video_maps.settings["softmax"] is False
 
     def test_getitem(self, video_maps: ConceptMaps) -> None:
         torch.testing.assert_close(video_maps["grass"], RAW[1])
@@ -92,18 +116,26 @@ class TestConstruction:
         ("concepts", "message"),
         [
             ([], "empty"),
-            ("dog", "sequence of strings"),
+            ("dog", "list of strings"),
             (["dog", "dog"], "unique"),
             (["Sea", "sea "], "unique"),
             (["red car", "Red  Car"], "unique"),
-            (["dog", ""], "non-empty string"),
-            (["dog", "  "], "non-empty string"),
-            (["dog", 3], "non-empty string"),
+            (["dog", ""], "empty or only whitespace"),
+            (["dog", "  "], "empty or only whitespace"),
+            (["dog", 3], "must be strings"),
         ],
     )
     def test_invalid_concepts(self, concepts: object, message: str) -> None:
+        """The checks of encoding.validate_concepts: a ConceptError, which is still a ValueError."""
+        with pytest.raises(ConceptError, match=message):
+            ConceptMaps(concepts, torch.zeros(2, 1, 2, 2))  # type: ignore[arg-type]
         with pytest.raises(ValueError, match=message):
             ConceptMaps(concepts, torch.zeros(2, 1, 2, 2))  # type: ignore[arg-type]
+
+    def test_concepts_are_whitespace_normalised_as_everywhere(self) -> None:
+        maps = ConceptMaps([" red  car ", "sky"], torch.zeros(2, 1, 2, 2))
+        assert maps.concepts == ("red car", "sky")
+        assert maps.concepts == validate_concepts([" red  car ", "sky"])
 
     @pytest.mark.parametrize(
         ("tensor", "message"),
@@ -141,19 +173,19 @@ class TestConstruction:
             ({1: "layer"}, "keys must be strings"),
         ],
     )
-    def test_invalid_config(self, config: object, message: str) -> None:
+    def test_invalid_settings(self, config: object, message: str) -> None:
         with pytest.raises(ValueError, match=message):
-            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), config=config)  # type: ignore[arg-type]
+            ConceptMaps(["dog"], torch.zeros(1, 1, 2, 2), settings=config)  # type: ignore[arg-type]
 
     def test_equality(self, video_maps: ConceptMaps) -> None:
         same = ConceptMaps(
-            ["dog", "grass"], RAW.clone(), logits=RAW * 2, config={"layers": [15, 16], "softmax": False}
+            ["dog", "grass"], RAW.clone(), logits=RAW * 2, settings={"layers": [15, 16], "softmax": False}
         )
         assert video_maps == same
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, config={"layers": [15]})
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW, config={"layers": [15, 16], "softmax": False})
-        assert video_maps != ConceptMaps(["grass", "dog"], RAW, logits=RAW * 2, config=video_maps.config)
-        assert video_maps != ConceptMaps(["dog", "grass"], RAW + 1, logits=RAW * 2, config=video_maps.config)
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW, logits=RAW * 2, settings={"layers": [15]})
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW, settings={"layers": [15, 16], "softmax": False})
+        assert video_maps != ConceptMaps(["grass", "dog"], RAW, logits=RAW * 2, settings=video_maps.settings)
+        assert video_maps != ConceptMaps(["dog", "grass"], RAW + 1, logits=RAW * 2, settings=video_maps.settings)
         assert video_maps != "not maps"
         with pytest.raises(TypeError):
             hash(video_maps)
@@ -435,7 +467,7 @@ class TestFiles:
         assert path == tmp_path / "maps.safetensors"
         loaded = ConceptMaps.load(path)
         assert loaded == video_maps
-        assert loaded.config == {"layers": [15, 16], "softmax": False}
+        assert loaded.settings == {"layers": [15, 16], "softmax": False}
         assert [entry.name for entry in tmp_path.iterdir()] == ["maps.safetensors"]  # no temporary files left
 
     def test_round_trip_without_logits_and_with_unicode_concepts(self, tmp_path: Path) -> None:
@@ -532,3 +564,27 @@ class TestFiles:
         path = self._write_with_metadata(tmp_path / "maps.safetensors", **overrides)
         with pytest.raises(ConceptMapsFileError, match="invalid ConceptMaps data"):
             ConceptMaps.load(path)
+
+
+class TestDrawingLivesInPlotting:
+    """The drawing methods are conceptattention.plotting's free functions, bound to the maps (same API)."""
+
+    @pytest.mark.parametrize("name", ["heatmap", "overlay", "legend", "segmentation_image", "figure"])
+    def test_method_is_the_plotting_function(self, video_maps: ConceptMaps, name: str) -> None:
+        import inspect
+
+        from conceptattention import plotting
+
+        function = getattr(plotting, name)
+        assert getattr(ConceptMaps, name) is function
+        method = getattr(video_maps, name)
+        assert method.__func__ is function and method.__self__ is video_maps
+        assert list(inspect.signature(method).parameters) == list(inspect.signature(function).parameters)[1:]
+
+    def test_method_and_function_draw_the_same(self, video_maps: ConceptMaps) -> None:
+        from conceptattention import plotting
+
+        assert video_maps.heatmap("dog", size=(8, 8), frame=1).tobytes() == plotting.heatmap(
+            video_maps, "dog", size=(8, 8), frame=1
+        ).tobytes()
+        assert video_maps.legend() == plotting.legend(video_maps)

@@ -47,7 +47,7 @@ class TestRules:
 
     def test_threshold_rule(self) -> None:
         maps = random_maps()
-        assert torch.equal(maps.masks("threshold", threshold=0.5), maps.maps > 0.5)
+        assert torch.equal(maps.masks("threshold", threshold=0.5), maps.tensor > 0.5)
         assert not maps.masks("threshold", threshold=1.0).any()
 
     def test_argmax_rule_is_the_segmentation(self) -> None:
@@ -161,7 +161,7 @@ class TestLabels:
     def test_labels_zero_where_no_mask(self) -> None:
         maps = random_maps()
         masks = maps.masks("threshold", threshold=0.6)
-        labels = labels_from_masks(masks, maps.maps)
+        labels = labels_from_masks(masks, maps.tensor)
         assert torch.equal(labels == 0, ~masks.any(dim=0))
         on = labels > 0
         assert masks.gather(0, (labels.clamp(min=1) - 1)[None])[0][on].all()  # the label's own mask is on

@@ -80,26 +80,26 @@ def test_explain_over_several_levels_is_the_mean_of_single_levels(pipe, image):
     both = explain(pipe, image, CONCEPTS, noise_level=[0.3, 0.8], **kwargs)
     low = explain(pipe, image, CONCEPTS, noise_level=0.3, **kwargs)
     high = explain(pipe, image, CONCEPTS, noise_level=0.8, **kwargs)
-    torch.testing.assert_close(both.maps, (low.maps + high.maps) / 2, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(both.tensor, (low.tensor + high.tensor) / 2, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(both.logits, (low.logits + high.logits) / 2, rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(low.maps, high.maps)  # the levels differ, so the mean is not trivially either
-    assert both.config["noise_level"] == [0.3, 0.8]
-    assert low.config["noise_level"] == 0.3
+    assert not torch.allclose(low.tensor, high.tensor)  # the levels differ, so the mean is not trivially either
+    assert both.settings["noise_level"] == [0.3, 0.8]
+    assert low.settings["noise_level"] == 0.3
 
 
 def test_explain_uses_the_model_noise_levels_only_when_none_is_given(pipe, image):
     kwargs = dict(num_samples=1, height=32, width=32)
     default = explain(pipe, image, CONCEPTS, **kwargs)
-    assert default.config["noise_level"] == 0.5
-    assert torch.equal(default.maps, explain(pipe, image, CONCEPTS, noise_level=0.5, **kwargs).maps)
+    assert default.settings["noise_level"] == 0.5
+    assert torch.equal(default.tensor, explain(pipe, image, CONCEPTS, noise_level=0.5, **kwargs).tensor)
     set_model_defaults(pipe.transformer, ModelDefaults(layers=(2,), noise_levels=(0.2, 0.6)))
     recommended = explain(pipe, image, CONCEPTS, **kwargs)
-    assert recommended.config["noise_level"] == [0.2, 0.6]
-    assert recommended.config["resolved_layers"] == ["transformer_blocks.2"]
+    assert recommended.settings["noise_level"] == [0.2, 0.6]
+    assert recommended.settings["resolved_layers"] == ["transformer_blocks.2"]
     manual = explain(pipe, image, CONCEPTS, noise_level=[0.2, 0.6], layers=(2,), **kwargs)
-    assert torch.equal(recommended.maps, manual.maps)
+    assert torch.equal(recommended.tensor, manual.tensor)
     explicit = explain(pipe, image, CONCEPTS, noise_level=0.5, **kwargs)
-    assert explicit.config["noise_level"] == 0.5
+    assert explicit.settings["noise_level"] == 0.5
 
 
 def test_explain_refuses_bad_noise_levels_before_running(pipe, image):

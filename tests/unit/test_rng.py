@@ -125,7 +125,7 @@ def test_explain_leaves_random_state_untouched(name: str) -> None:
     state = torch.get_rng_state()
     maps = explain(pipe, image, list(CONCEPTS), caption="a cat", height=32, width=32)
     assert torch.equal(torch.get_rng_state(), state)
-    assert torch.equal(maps.maps, expected.maps)
+    assert torch.equal(maps.tensor, expected.tensor)
     assert all(module.training for encoder in pipeline_text_encoders(pipe) for module in encoder.modules())
 
 

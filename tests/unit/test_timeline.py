@@ -52,12 +52,12 @@ class TestShippedModel:
         attention, _ = shapesworld_run
         steps, blocks = maps_over(attention, "steps"), maps_over(attention, "blocks")
         assert len(steps) == 4 and len(blocks) == 6
-        assert [item.config["step"] for item in steps] == [0, 1, 2, 3]
-        assert [item.config["block"] for item in blocks] == [0, 1, 2, 3, 4, 5]
+        assert [item.settings["step"] for item in steps] == [0, 1, 2, 3]
+        assert [item.settings["block"] for item in blocks] == [0, 1, 2, 3, 4, 5]
         assert timeline_labels(steps) == ["step 0", "step 1", "step 2", "step 3"]
         for item in steps + blocks:
             assert item.concepts == tuple(CONCEPTS)
-            assert item.maps.shape == attention.maps.maps.shape == (3, 1, 16, 16)
+            assert item.tensor.shape == attention.maps.tensor.shape == (3, 1, 16, 16)
 
     def test_mean_over_steps_and_over_blocks_is_the_normal_map(self, shapesworld_run):
         """Every step holds the same 6 layers and every layer the same 4 steps: equal weights, so the means agree."""
@@ -65,25 +65,25 @@ class TestShippedModel:
         normal = attention.maps
         for over in ("steps", "blocks"):
             parts = maps_over(attention, over)
-            assert torch.allclose(torch.stack([item.maps for item in parts]).mean(0), normal.maps, atol=1e-6)
+            assert torch.allclose(torch.stack([item.tensor for item in parts]).mean(0), normal.tensor, atol=1e-6)
             assert torch.allclose(torch.stack([item.logits for item in parts]).mean(0), normal.logits, atol=1e-5)
 
     def test_each_step_is_the_softmax_mean_over_its_layers(self, shapesworld_run):
         attention, _ = shapesworld_run
         scores = attention.per_step_scores
         for item in maps_over(attention, "steps"):
-            step = item.config["step"]
+            step = item.settings["step"]
             expected = per_layer_softmax_mean([scores[(step, layer)] for layer in range(6)])  # [1, C, I]
-            assert torch.allclose(item.maps.reshape(1, 3, -1), expected, atol=1e-6)
+            assert torch.allclose(item.tensor.reshape(1, 3, -1), expected, atol=1e-6)
         block = maps_over(attention, "blocks")[2]
         expected = per_layer_softmax_mean([scores[(step, 2)] for step in range(4)])
-        assert torch.allclose(block.maps.reshape(1, 3, -1), expected, atol=1e-6)
+        assert torch.allclose(block.tensor.reshape(1, 3, -1), expected, atol=1e-6)
 
     def test_steps_differ(self, shapesworld_run):
         """The per-step maps are not all the same map (the animation has something to show)."""
         attention, _ = shapesworld_run
         steps = maps_over(attention, "steps")
-        assert not torch.allclose(steps[0].maps, steps[-1].maps, atol=1e-3)
+        assert not torch.allclose(steps[0].tensor, steps[-1].tensor, atol=1e-3)
 
     def test_drawing(self, shapesworld_run, tmp_path):
         attention, image = shapesworld_run
@@ -110,7 +110,7 @@ def test_after_mean_order_steps_are_softmax_of_their_mean_logits():
     steps = maps_over(attention, "steps")
     assert len(steps) == 3
     for item in steps:
-        assert torch.allclose(item.maps, item.logits.softmax(dim=0), atol=1e-6)
+        assert torch.allclose(item.tensor, item.logits.softmax(dim=0), atol=1e-6)
     mean_logits = torch.stack([item.logits for item in steps]).mean(0)
     assert torch.allclose(mean_logits, attention.maps.logits, atol=1e-5)
 
@@ -119,7 +119,7 @@ def test_timesteps_selection_gives_only_the_selected_steps():
     pipe = tiny_flux_pipeline(num_layers=2)
     with ConceptAttention(pipe, ["dog", "sky"], keep_per_step=True, timesteps=[0, 2]) as attention:
         pipe("a dog", height=32, width=32, num_inference_steps=4, max_sequence_length=32)
-    assert [item.config["step"] for item in maps_over(attention, "steps")] == [0, 2]
+    assert [item.settings["step"] for item in maps_over(attention, "steps")] == [0, 2]
 
 
 def test_keeping_per_step_scores_leaves_the_image_unchanged():
@@ -148,11 +148,11 @@ def test_explain_steps_are_noise_levels_and_average_to_the_maps():
     )
     levels = maps_over(captured[0], "steps")
     assert len(levels) == 3
-    assert all(item.maps.shape == maps.maps.shape for item in levels)
-    assert torch.allclose(torch.stack([item.maps for item in levels]).mean(0), maps.maps, atol=1e-6)
+    assert all(item.tensor.shape == maps.tensor.shape for item in levels)
+    assert torch.allclose(torch.stack([item.tensor for item in levels]).mean(0), maps.tensor, atol=1e-6)
     blocks = maps_over(captured[0], "blocks")
     assert len(blocks) == 2
-    assert torch.allclose(torch.stack([item.maps for item in blocks]).mean(0), maps.maps, atol=1e-6)
+    assert torch.allclose(torch.stack([item.tensor for item in blocks]).mean(0), maps.tensor, atol=1e-6)
 
 
 class TestErrors:

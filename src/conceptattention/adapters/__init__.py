@@ -17,6 +17,7 @@ import torch
 import torch._dynamo
 from torch import nn
 
+from ..errors import ConceptAttentionError
 from .base import ConceptAdapter, UnsupportedSetupError, common_checks
 from .real_images import ExplainBatch
 
@@ -129,7 +130,7 @@ _REFUSED: dict[str, tuple[str, str]] = {
 }
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(ConceptAttentionError, TypeError):
     """The transformer's architecture has no registered adapter."""
 
 

@@ -1,4 +1,4 @@
-"""AuraFlow adapter (``AuraFlowTransformer2DModel``, ``AuraFlowPipeline``) — method.md §6.6.
+"""AuraFlow adapter (``AuraFlowTransformer2DModel``, ``AuraFlowPipeline``) — docs/models.md.
 
 What AuraFlow needs:
 

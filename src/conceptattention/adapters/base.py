@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
+from ..errors import ConceptAttentionError
 from .real_images import (  # noqa: F401 (the explain-path helpers, re-exported for adapters written against base)
     ExplainBatch,
     ExplainRequest,
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from ..session import ConceptSession
 
 
-class UnsupportedSetupError(RuntimeError):
+class UnsupportedSetupError(ConceptAttentionError, RuntimeError):
     """The model is set up in a way that would give silently wrong maps (caching, checkpointing, parallelism...)."""
 
 

@@ -1,5 +1,5 @@
-"""CogVideoX adapter (``CogVideoXTransformer3DModel``, ``CogVideoXPipeline``) — method.md §6.5,
-diffusers-hooking.md §2-4.
+"""CogVideoX adapter (``CogVideoXTransformer3DModel``, ``CogVideoXPipeline``) — docs/models.md,
+docs/method.md.
 
 CogVideoX is not a separate-weight MM-DiT: text and video share ``to_q/k/v``, ``norm_q/k``, ``to_out`` and ``ff``;
 only the adaptive LayerNorms give each stream its own modulation (``CogVideoXLayerNormZero`` returns a video and a

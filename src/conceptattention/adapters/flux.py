@@ -1,4 +1,4 @@
-"""FLUX.1 adapter (``FluxTransformer2DModel``, ``FluxPipeline``) — method.md §6.2, diffusers-hooking.md §2-3.
+"""FLUX.1 adapter (``FluxTransformer2DModel``, ``FluxPipeline``) — docs/models.md, docs/method.md.
 
 Concept tokens take the text stream's modules of every double-stream block: ``norm1_context`` (modulation),
 ``add_{q,k,v}_proj``, ``norm_added_{q,k}``, ``to_add_out``, ``norm2_context`` and ``ff_context``. FLUX.1 text ids

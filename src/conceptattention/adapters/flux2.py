@@ -1,4 +1,4 @@
-"""FLUX.2 adapter (``Flux2Transformer2DModel``; ``Flux2Pipeline``, ``Flux2KleinPipeline``) — method.md §6.3.
+"""FLUX.2 adapter (``Flux2Transformer2DModel``; ``Flux2Pipeline``, ``Flux2KleinPipeline``) — docs/models.md.
 
 What Flux.2 needs beyond FLUX.1:
 

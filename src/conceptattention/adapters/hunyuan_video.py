@@ -1,4 +1,4 @@
-"""HunyuanVideo adapter (``HunyuanVideoTransformer3DModel``, ``HunyuanVideoPipeline``) — method.md §6.6.
+"""HunyuanVideo adapter (``HunyuanVideoTransformer3DModel``, ``HunyuanVideoPipeline``) — docs/models.md.
 
 What HunyuanVideo needs:
 

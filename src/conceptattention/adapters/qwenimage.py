@@ -1,4 +1,4 @@
-"""Qwen-Image adapter (``QwenImageTransformer2DModel``, ``QwenImagePipeline``) — method.md §6.6.
+"""Qwen-Image adapter (``QwenImageTransformer2DModel``, ``QwenImagePipeline``) — docs/models.md.
 
 What Qwen-Image needs:
 

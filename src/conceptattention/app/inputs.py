@@ -21,6 +21,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import ConceptAttentionError
 from ..images import ImageLoadError, load_image
 
 
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class AppInputError(ValueError):
+class AppInputError(ConceptAttentionError, ValueError):
     """A control of the web app holds a value that cannot be used; the message says which and what to change."""
 
 

@@ -37,12 +37,11 @@ from PIL import Image
 from .. import (
     ConceptAttention,
     ConceptMaps,
-    UnsupportedModelError,
-    UnsupportedSetupError,
     explain,
     get_adapter,
 )
 from ..config import SPACES
+from ..errors import ConceptAttentionError
 from ..models import LoadedModel, UnknownWordsError, check_vocabulary
 from ..timeline import TimelineError, estimate_timeline_bytes, maps_over
 from .inputs import (
@@ -74,13 +73,9 @@ __all__ = [
 
 logger = logging.getLogger("conceptattention.app")
 
-#: Errors whose message is meant for the user (every library error is a ValueError subclass, or one of these).
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError,
-    UnsupportedModelError,
-    UnsupportedSetupError,
-    NotImplementedError,
-)
+#: Errors whose message is meant for the user: the package's own (a torch ValueError is a bug, not one of these),
+#: and NotImplementedError (an adapter without an explain path).
+USER_ERRORS: tuple[type[BaseException], ...] = (ConceptAttentionError, NotImplementedError)
 
 UNEXPECTED_ERROR_MESSAGE = (
     "Something went wrong on the server; the details are in its log. Try again, and if it keeps failing, report it "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from ..errors import ConceptAttentionError
 from ..memory import (
     DEFAULT_MAX_MEMORY_GB,
     ModelDims,
@@ -44,15 +45,17 @@ INTERRUPTED_STATUS = 130
 """Exit status after Ctrl+C (128 + SIGINT), the shell convention."""
 
 
-class CLIError(ValueError):
+class CLIError(ConceptAttentionError, ValueError):
     """A usage error reported as one line, without a traceback."""
 
 
-RUN_ERRORS: tuple[type[Exception], ...] = (ValueError, OSError, TypeError, RuntimeError)
+RUN_ERRORS: tuple[type[Exception], ...] = (ConceptAttentionError, OSError, NotImplementedError)
 """Errors of a subcommand reported as one ``conceptattention: error: ...`` line (exit status 2), without a traceback.
 
-``OSError`` covers missing files (``FileNotFoundError``), existing outputs (``FileExistsError``), permissions and a
-full disk."""
+:class:`~conceptattention.errors.ConceptAttentionError` is every error the package raises about the user's input or
+setup; ``OSError`` covers missing files (``FileNotFoundError``), existing outputs (``FileExistsError``), permissions
+and a full disk; ``NotImplementedError`` a model without an explain path. Anything else (a ``ValueError`` from torch,
+say) is a bug and keeps its traceback."""
 
 
 def finite_float(text: str) -> float:
@@ -295,7 +298,7 @@ def map_command_settings(args: argparse.Namespace, loaded: LoadedModel, maps: Co
         "device": args.device,
         "dtype": str(loaded.pipeline.transformer.dtype).replace("torch.", ""),
         "offload": args.offload,
-        "method": maps.config,
+        "method": maps.settings,
         "notice": loaded.notice,
     }
 
@@ -537,6 +540,9 @@ def run_reporting_errors(
 ) -> int:
     """Run a subcommand; :data:`RUN_ERRORS` become one error line and exit status 2, Ctrl+C one line and 130.
 
+    Running out of memory (``MemoryError``, torch's ``OutOfMemoryError``) is one line too; any other exception
+    propagates with its traceback (it is a bug, not a user error).
+
     Non-finite float options and out-of-range seeds are refused first (:func:`check_parsed_numbers`).
 
     Args:
@@ -552,13 +558,15 @@ def run_reporting_errors(
         return int(run(args) or 0)
     except KeyboardInterrupt:
         return interrupted(interrupted_message)
-    except MemoryError:
+    except RUN_ERRORS as error:
+        return fail(str(error) or type(error).__name__)
+    except (MemoryError, RuntimeError) as error:
+        if not isinstance(error, MemoryError) and type(error).__name__ != "OutOfMemoryError":  # torch's, on a GPU
+            raise  # a bug: its traceback is what a bug report needs
         return fail(
             "out of memory. Use a smaller size, fewer frames, samples or concepts, or a lower --max-memory-gb so "
             "that such runs are refused before they start."
         )
-    except RUN_ERRORS as error:
-        return fail(str(error) or type(error).__name__)
 
 
 def run_as_program(

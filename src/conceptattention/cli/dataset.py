@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import (
+    CLIError,
     add_method_options,
     call_kwargs,
     check_sizes,
@@ -95,9 +96,9 @@ def parse_words(entries: list[str]) -> dict[str, list[str]]:
     for entry in entries:
         name, sep, values = entry.partition("=")
         if not sep or not name.strip():
-            raise ValueError(f"--words takes FIELD=WORD1,WORD2,...; got {entry!r}.")
+            raise CLIError(f"--words takes FIELD=WORD1,WORD2,...; got {entry!r}.")
         if name.strip() in words:
-            raise ValueError(f"--words gives the field {name.strip()!r} twice.")
+            raise CLIError(f"--words gives the field {name.strip()!r} twice.")
         words[name.strip()] = [word.strip() for word in values.split(",") if word.strip()]
     return words
 
@@ -107,12 +108,12 @@ def items_from_args(args: argparse.Namespace) -> list[Any]:
     from ..dataset import items_from_prompts, items_from_template
 
     if args.per_prompt < 1:
-        raise ValueError(f"--per-prompt must be at least 1, got {args.per_prompt}.")
+        raise CLIError(f"--per-prompt must be at least 1, got {args.per_prompt}.")
     if args.limit is not None and args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}.")
+        raise CLIError(f"--limit must be at least 1, got {args.limit}.")
     if args.prompts is not None:
         if args.words or args.concept_fields:
-            raise ValueError("--words and --concept-fields go with --template, not with --prompts.")
+            raise CLIError("--words and --concept-fields go with --template, not with --prompts.")
         if not args.prompts.is_file():
             raise FileNotFoundError(f"Prompt file '{args.prompts}' does not exist.")
         lines = args.prompts.read_text(encoding="utf-8").splitlines()
@@ -146,9 +147,9 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     if args.seed < 0:
-        raise ValueError(f"--seed must be non-negative, got {args.seed}.")
+        raise CLIError(f"--seed must be non-negative, got {args.seed}.")
     if args.steps is not None and args.steps < 1:
-        raise ValueError(f"--steps must be at least 1, got {args.steps}.")
+        raise CLIError(f"--steps must be at least 1, got {args.steps}.")
     check_mask_options(args)
     items = items_from_args(args)
     options = method_options(args)
@@ -190,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
     from ..adapters import get_adapter
 
     if get_adapter(pipe).modality != "image":
-        raise ValueError("conceptattention dataset supports image models; this model makes videos.")
+        raise CLIError("conceptattention dataset supports image models; this model makes videos.")
     call = call_kwargs(
         pipe,
         {

@@ -30,7 +30,7 @@ from ..evaluation.methods import get_method
 from ..evaluation.report import markdown_table, metrics_row
 from ..evaluation.results import check_output_folder
 from ..evaluation.tasks import DATASETS, build_dataset, parse_shapesworld_spec
-from .common import run_as_program
+from .common import CLIError, run_as_program
 from .method_options import add_method_arguments, method_from_args, method_overrides
 
 
@@ -235,14 +235,14 @@ def run_per_kind_protocol(args: argparse.Namespace, started: float) -> int:
     from ..shapesworld import ShapesWorldDataset
 
     if args.dataset != "shapesworld":
-        raise ValueError(f"--protocol per-kind is for --dataset shapesworld, got --dataset {args.dataset}.")
+        raise CLIError(f"--protocol per-kind is for --dataset shapesworld, got --dataset {args.dataset}.")
     methods = per_kind_methods(args)  # unknown methods and bad overrides fail first
     if args.distractors < 0 or args.bootstrap < 1:
-        raise ValueError("--distractors must be >= 0 and --bootstrap >= 1.")
+        raise CLIError("--distractors must be >= 0 and --bootstrap >= 1.")
     split, count, seed = parse_shapesworld_spec(args.data)
     if args.limit is not None:
         if args.limit < 1:
-            raise ValueError(f"--limit must be >= 1, got {args.limit}.")
+            raise CLIError(f"--limit must be >= 1, got {args.limit}.")
         count = min(count, args.limit)
     size = None if args.label_size in (None, 0) else args.label_size
     version = shapesworld_data_version(args)
@@ -277,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "protocol", "standard") == "per-kind":
         return run_per_kind_protocol(args, started)
     if getattr(args, "also", None):
-        raise ValueError("--also compares methods in the per-kind protocol only; add --protocol per-kind.")
+        raise CLIError("--also compares methods in the per-kind protocol only; add --protocol per-kind.")
     method = method_from_args(args)  # unknown methods and bad overrides fail first
     check_output_folder(args.out, resume=args.resume, overwrite=args.overwrite)
     dataset, pipeline, options = load_run_inputs(args)

@@ -105,9 +105,9 @@ def run(args: argparse.Namespace) -> int:
     prompt = args.prompt if args.prompt is not None else defaults.get("prompt")
     concepts = args.concepts if args.concepts is not None else defaults.get("concepts")
     if not prompt:
-        raise ValueError("--prompt is required for this model.")
+        raise CLIError("--prompt is required for this model.")
     if not concepts:
-        raise ValueError("--concepts is required for this model (e.g. --concepts dog grass sky).")
+        raise CLIError("--concepts is required for this model (e.g. --concepts dog grass sky).")
     concepts = list(check_concept_list(concepts))
     check_model_concepts(loaded, concepts)
     check_sizes(args, pipe)

@@ -8,6 +8,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .common import CLIError
+
 
 if TYPE_CHECKING:  # torch: imported by the commands that write masks, not by --help
     from ..maps import ConceptMaps
@@ -50,21 +52,21 @@ def check_mask_options(args: argparse.Namespace) -> None:
     none = getattr(args, "none_logit", None)
     if rule is None:
         if threshold is not None or none is not None:
-            raise ValueError("--mask-threshold and --none-logit only apply with --masks RULE.")
+            raise CLIError("--mask-threshold and --none-logit only apply with --masks RULE.")
         return
     if rule == "threshold" and threshold is None:
-        raise ValueError("--masks threshold needs --mask-threshold VALUE (e.g. 0.5 for softmax maps).")
+        raise CLIError("--masks threshold needs --mask-threshold VALUE (e.g. 0.5 for softmax maps).")
     if rule != "threshold" and threshold is not None:
-        raise ValueError(f"--mask-threshold only applies to --masks threshold, not to --masks {rule}.")
+        raise CLIError(f"--mask-threshold only applies to --masks threshold, not to --masks {rule}.")
     for name, value in (("--mask-threshold", threshold), ("--none-logit", none)):
         if value is not None and not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value}.")
+            raise CLIError(f"{name} must be a finite number, got {value}.")
     from ..masks import _pycocotools_mask
 
     try:
         _pycocotools_mask()
     except ImportError as error:  # one error line, before any work
-        raise RuntimeError(str(error)) from error
+        raise CLIError(str(error)) from error
 
 
 def mask_settings(args: argparse.Namespace) -> dict[str, Any] | None:

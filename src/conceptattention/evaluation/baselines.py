@@ -31,6 +31,8 @@ from functools import lru_cache
 
 import torch
 
+from ..errors import ConceptAttentionError
+
 
 __all__ = ["BASELINES", "BaselineError", "all_background_maps", "baseline_maps", "colour_prior_maps",
            "layout_prior_maps"]  # fmt: skip
@@ -42,7 +44,7 @@ _TIE_BREAK = 1e-6
 """Distance added per vocabulary position so that exact ties go to the concept first in the vocabulary."""
 
 
-class BaselineError(ValueError):
+class BaselineError(ConceptAttentionError, ValueError):
     """A baseline got an unknown concept word, a bad image or an unknown name."""
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conceptattention.capture import ProcessorSwap
+from conceptattention.errors import ConceptAttentionError
 
 
 __all__ = [
@@ -50,7 +51,7 @@ _STANDARD_PROCESSOR_PARAMETERS = frozenset(
 _MAX_DOWNSAMPLING_LEVELS = 8
 
 
-class DAAMError(ValueError):
+class DAAMError(ConceptAttentionError, ValueError):
     """A DAAM baseline cannot run as asked (unsupported pipeline or processor, concept not in the prompt, ...)."""
 
 

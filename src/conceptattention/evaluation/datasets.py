@@ -28,6 +28,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.extras import lazy_module
 
 
@@ -75,7 +76,7 @@ _MATLAB_V5_MAGIC = b"MATLAB 5.0 MAT-file"
 ConceptSpec = Literal["default"] | Sequence[str]
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(ConceptAttentionError, ValueError):
     """Raised when a dataset file or folder does not have the expected format or content."""
 
 

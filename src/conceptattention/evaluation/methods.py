@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conceptattention import ConceptAttention, ConceptAttentionConfig, ConceptMaps, ConfigError, explain
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.evaluation.baselines import BASELINES, BaselineError, baseline_maps
 
 
@@ -51,7 +52,7 @@ CAPTION_MODES: tuple[str, ...] = ("dataset", "empty")
 UPSAMPLINGS: tuple[str, ...] = ("bilinear", "nearest")
 
 
-class MethodError(ValueError):
+class MethodError(ConceptAttentionError, ValueError):
     """An evaluation method is misconfigured or does not fit the pipeline."""
 
 

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.extras import lazy_function
 
 
@@ -59,7 +60,7 @@ APScores = Literal["normalized", "raw"]
 _BINARY_COUNT_KEYS = ("tp", "fp", "tn", "fn", "void")
 
 
-class MetricInputError(ValueError):
+class MetricInputError(ConceptAttentionError, ValueError):
     """Raised when a saliency map, a prediction or a label cannot be scored as given."""
 
 

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.outputs import (
     OutputExistsError,
     OutputPathError,
@@ -58,11 +59,11 @@ RUN_FORMAT_VERSION = 1
 _RESULTS_FOLDER = "results"
 
 
-class ResultsFileError(ValueError):
+class ResultsFileError(ConceptAttentionError, ValueError):
     """A results file is corrupt in a way that resuming cannot repair (not just a torn last line)."""
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(ConceptAttentionError, ValueError):
     """The output folder holds a run with another configuration (or of other data) than the one requested."""
 
 

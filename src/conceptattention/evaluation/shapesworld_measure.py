@@ -56,6 +56,7 @@ from typing import Any
 
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.evaluation.results import check_same_run, read_records, resume_records
 from conceptattention.evaluation.tasks import parse_shapesworld_spec
 from conceptattention.outputs import atomic_write_json, atomic_write_text
@@ -77,7 +78,7 @@ __all__ = [
 ]
 
 
-class MeasureError(ValueError):
+class MeasureError(ConceptAttentionError, ValueError):
     """Bad arguments for a measurement."""
 
 

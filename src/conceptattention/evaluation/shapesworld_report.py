@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.evaluation.metrics import aggregate, per_image_counts
 from conceptattention.evaluation.report import format_metric
 from conceptattention.extras import lazy_function
@@ -72,7 +73,7 @@ CONCEPT_KINDS: tuple[str, ...] = ("object", "colour", "background")
 _RULES: tuple[str, ...] = ("mean", "argmax")
 
 
-class ConceptKindError(ValueError):
+class ConceptKindError(ConceptAttentionError, ValueError):
     """A word is not a ShapesWorld concept, or a concept set / record is malformed."""
 
 

@@ -30,6 +30,7 @@ from conceptattention.evaluation.datasets import (
     PascalVOCSingleClass,
     SegmentationSample,
 )
+from conceptattention.evaluation.methods import MethodError
 from conceptattention.evaluation.metrics import per_image_counts
 from conceptattention.evaluation.multiclass_metrics import multiclass_per_image_counts
 
@@ -542,7 +543,7 @@ def score_item(
     if prediction_rule not in ("mean", "argmax"):
         raise ValueError(f"prediction_rule must be 'mean' or 'argmax', got {prediction_rule!r}.")
     if prediction_rule == "argmax" and len(item.concepts) == 1:
-        raise ValueError(
+        raise MethodError(
             f"Image {item.id!r} has the single concept {item.concepts[0]!r}: an argmax over one concept predicts every "
             "pixel as foreground. Add background concepts, or use the mean threshold (--prediction mean)."
         )

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.render import (
     BACKGROUND_COLOURS,
     COLOURS,
@@ -48,7 +49,7 @@ from conceptattention.shapesworld.render import (
 )
 
 
-class CheckerError(ValueError):
+class CheckerError(ConceptAttentionError, ValueError):
     """Invalid checker input."""
 
 

@@ -27,6 +27,7 @@ from itertools import combinations
 
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.render import (
     BACKGROUNDS,
     COLOURS,
@@ -68,7 +69,7 @@ HELD_OUT_FRACTION_PERCENT = 12
 """Share (percent) of colour-object phrase pairs held out of training."""
 
 
-class DatasetError(ValueError):
+class DatasetError(ConceptAttentionError, ValueError):
     """Invalid dataset arguments."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.checker import FidelityChecker, ObjectCheck
 from conceptattention.shapesworld.dataset import ShapesWorldDataset
 from conceptattention.shapesworld.model import recommended_call_kwargs
@@ -32,7 +33,7 @@ EVAL_SEED_OFFSET = 10_000
 """Evaluation datasets use ``seed + EVAL_SEED_OFFSET`` so that they never share a stream with anything else."""
 
 
-class FidelityError(ValueError):
+class FidelityError(ConceptAttentionError, ValueError):
     """Invalid fidelity-evaluation arguments."""
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from conceptattention.config import ConfigError, ModelDefaults, set_model_defaults
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.render import IMAGE_SIZE
 
 
@@ -43,7 +44,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "shapesw
 """Where the shipped model lives inside the package."""
 
 
-class ModelError(ValueError):
+class ModelError(ConceptAttentionError, ValueError):
     """Invalid model configuration or model folder."""
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from conceptattention.errors import ConceptAttentionError
+
 
 FRAME = 32.0
 """Side of the coordinate frame in which all geometry is defined (pixels at the native resolution)."""
@@ -250,7 +252,7 @@ def typical_colours(version: str = "v1") -> dict[str, tuple[tuple[float, float, 
     return table
 
 
-class SceneError(ValueError):
+class SceneError(ConceptAttentionError, ValueError):
     """An invalid scene specification (unknown word, colour not allowed for an object, ...)."""
 
 

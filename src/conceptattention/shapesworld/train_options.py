@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from conceptattention.errors import ConceptAttentionError
 from conceptattention.shapesworld.model import SETTINGS_FILE
 
 
@@ -23,7 +24,7 @@ CHECKPOINT_NAME = "checkpoint.pt"
 PIPELINE_DIR = "pipeline"
 
 
-class TrainingError(ValueError):
+class TrainingError(ConceptAttentionError, ValueError):
     """Invalid training arguments (nothing is written when this is raised)."""
 
 
