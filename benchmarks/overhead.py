@@ -420,7 +420,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     embeds = torch.randn(args.concepts, concept_width(model), generator=generator).to(device=device, dtype=dtype)
     call, compiled = compile_model(model, args.compile, args.compile_backend, args.compile_mode)
     spec = FAMILIES[args.family].size(args.size)
-    argv_used = sys.argv[1:] if argv is None else argv
+    argv_used = list(sys.argv[1:] if argv is None else argv)
+    if "--json" in argv_used:  # where this run's file went is no part of the command that made the numbers
+        del argv_used[argv_used.index("--json") : argv_used.index("--json") + 2]
     result: dict[str, Any] = {
         "family": args.family,
         "size": args.size,
