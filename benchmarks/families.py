@@ -291,6 +291,7 @@ def make_inputs(
     height: int | None = None,
     width: int | None = None,
     text_tokens: int | None = None,
+    guidance_batch: bool | None = None,
 ) -> dict[str, Any]:
     """Keyword inputs of one transformer call as the family's pipeline builds them (``return_dict=False``),
     floating tensors in ``dtype`` on ``device`` (FLUX.1's ids too, as the pipeline casts them; masks, integer
@@ -301,6 +302,9 @@ def make_inputs(
         height: Pixels (default: the size's).
         width: Pixels.
         text_tokens: Prompt tokens (default: the size's).
+        guidance_batch: Batched classifier-free guidance: the latents repeated (``cat([latents] * 2)``) under
+            different prompt rows, as the pipeline feeds them (default: when the batch is the size's ``cfg_batch`` of
+            2). Noise-sample batches of the explain path are not.
 
     Example:
         >>> model = build_transformer("cogvideox-5b", "tiny", torch.device("cpu"), torch.float32)
@@ -309,6 +313,8 @@ def make_inputs(
     """
     spec = FAMILIES[family]
     chosen = spec.size(size)
+    if guidance_batch is None:
+        guidance_batch = batch is None and chosen.cfg_batch == 2
     inputs = spec.make_inputs(
         spec,
         model,
@@ -319,6 +325,10 @@ def make_inputs(
         frames=chosen.frames,
         padded_text=chosen.padded_text,
     )
+    if guidance_batch:
+        latents = inputs["hidden_states"]
+        half = latents[: latents.shape[0] // 2]
+        inputs["hidden_states"] = torch.cat([half, half])  # [uncond, cond] rows of the same latents
     moved: dict[str, Any] = {}
     for key, value in inputs.items():
         if isinstance(value, torch.Tensor):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from collections import Counter
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -167,6 +169,68 @@ def measure(family: str, concepts: int = 10, dtype: torch.dtype = torch.bfloat16
     }
 
 
+class CallSiteBytes(TorchDispatchMode):
+    """Kernels and bytes (inputs + outputs) of the concept branch's ops inside one joint block, by call site.
+
+    An op belongs to the concept branch when its innermost ``conceptattention`` frame is not the call of the stock
+    diffusers processor (``self.original(...)``) nor a tap's call of a module of the attention (``_Tap``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on = False
+        self.sites: dict[str, list[int]] = {}
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        if self.on and op_kind(func) not in ("view", "alloc"):
+            frames = [frame for frame in traceback.extract_stack() if "/conceptattention/" in frame.filename]
+            line = (frames[-1].line or "") if frames else "self.original("
+            if "self.original(" not in line and "self.module(" not in line:  # not the stock processor or a tap
+                frame = frames[-1]
+                site = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {(frame.line or '').strip()[:70]}"
+                leaves = tree_leaves((args, kwargs, out))
+                entry = self.sites.setdefault(site, [0, 0])
+                entry[0] += 1
+                entry[1] += sum(leaf.nbytes for leaf in leaves if isinstance(leaf, torch.Tensor))
+        return out
+
+
+def full_size_bytes(family: str, block: int = 1, concepts: int = 10) -> dict[str, Any]:
+    """Bytes the concept branch moves in joint block ``block`` at the released size (bf16, default layers, batch 1), from
+    shapes alone: the model runs on the ``meta`` device (no memory, no arithmetic). Caveat: on ``meta`` the concept
+    SDPA decomposes into the math path (its rows overstate it: a fused kernel reads the image keys and values once).
+    """
+    device = torch.device("meta")
+    model = build_transformer(family, "full", device, torch.bfloat16)
+    # batch 1: the guidance families test their latent halves for equality, which needs values (none on meta)
+    inputs = make_inputs(family, "full", model, device, torch.bfloat16, batch=1)
+    embeds = torch.randn(concepts, concept_width(model), generator=torch.Generator().manual_seed(1)).bfloat16()
+    attention = ConceptAttention(model, concept_embeds=embeds)
+    target = attention.adapter.joint_blocks(model)[block]
+    counter = CallSiteBytes()
+    handles = [
+        target.register_forward_pre_hook(lambda *args: setattr(counter, "on", True)),
+        target.register_forward_hook(lambda *args: setattr(counter, "on", False), always_call=True),
+    ]
+    try:
+        with torch.no_grad(), attention, counter:
+            model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    sites = sorted(counter.sites.items(), key=lambda item: -item[1][1])
+    return {
+        "family": family,
+        "block": block,
+        "selected": block in attention.layers,
+        "layers": list(attention.layers),
+        "kernels": sum(count for count, _ in counter.sites.values()),
+        "megabytes": round(sum(size for _, size in counter.sites.values()) / 1e6, 1),
+        "sites": [{"site": site, "kernels": count, "megabytes": round(size / 1e6, 1)} for site, (count, size) in sites],
+    }
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| family | joint blocks | plain kernels / block | extra kernels / selected block (ops incl. views) | "
@@ -190,13 +254,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16",
                         help="bfloat16 (default) shows the dtype conversions a bf16 GPU run makes")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--full-size-bytes", action="store_true",
+                        help="also: bytes per call site of one unselected joint block at the released size (meta device)")
     args = parser.parse_args(argv)
     rows = [measure(family, args.concepts, getattr(torch, args.dtype)) for family in args.family]
+    if args.full_size_bytes:
+        for row in rows:
+            row["full_size_bytes"] = full_size_bytes(row["family"], concepts=args.concepts)
     print(table(rows))
     for row in rows:
         print(f"\n{row['family']}: extra ops of a selected block, largest first")
         for name, count in list(row["per_block"]["top_ops"].items())[:15]:
             print(f"  {count:4d}  {name}")
+        if "full_size_bytes" in row:
+            found = row["full_size_bytes"]
+            print(f"  at the released size, block {found['block']}: {found['kernels']} kernels, {found['megabytes']} MB")
+            for site in found["sites"][:10]:
+                print(f"    {site['kernels']:3d} kernels {site['megabytes']:8.1f} MB  {site['site']}")
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows
