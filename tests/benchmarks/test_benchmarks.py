@@ -174,3 +174,24 @@ def test_launch_count_per_block() -> None:
 def test_docstring_examples(module: Any) -> None:
     failures, _ = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert failures == 0
+
+
+def test_guidance_batches_repeat_the_latents() -> None:
+    """SD3.5 and CogVideoX pipelines feed ``cat([latents] * 2)`` under different prompt rows (the adapters' CFG test)."""
+    import torch
+
+    for family in ("sd3.5-large", "cogvideox-5b"):
+        model = families.build_transformer(family, "tiny", torch.device("cpu"), torch.float32)
+        inputs = families.make_inputs(family, "tiny", model, torch.device("cpu"), torch.float32)
+        latents, text = inputs["hidden_states"], inputs["encoder_hidden_states"]
+        assert latents.shape[0] == 2 and torch.equal(latents[0], latents[1]) and not torch.equal(text[0], text[1])
+        samples = families.make_inputs(family, "tiny", model, torch.device("cpu"), torch.float32, batch=2)
+        assert not torch.equal(samples["hidden_states"][0], samples["hidden_states"][1])  # explain: noise samples
+
+
+def test_full_size_bytes_on_the_meta_device() -> None:
+    found = launch_count.full_size_bytes("flux-schnell")
+    assert found["layers"] == [15, 16, 17, 18] and found["selected"] is False
+    assert found["kernels"] == sum(site["kernels"] for site in found["sites"]) > 0
+    # the concept stream reads the text-stream weights of the block (q/k/v, out, MLP, modulation: ~340 MB in bf16)
+    assert found["megabytes"] > 340
