@@ -25,7 +25,7 @@ import json
 import sys
 import traceback
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -106,15 +106,22 @@ def _region_hooks(blocks: list[torch.nn.Module], counter: RegionCounter) -> list
     return handles
 
 
-def count_ops(model: torch.nn.Module, inputs: dict[str, Any], blocks: list[torch.nn.Module], context: Any) -> dict:
-    counter = RegionCounter()
-    handles = _region_hooks(blocks, counter)
+def _forward(model: torch.nn.Module, inputs: dict[str, Any], handles: list[Any], *contexts: Any) -> None:
+    """One no-grad forward inside ``contexts``; the hook ``handles`` are removed afterwards, also after an error."""
     try:
-        with torch.no_grad(), context, counter:
+        with ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            for context in contexts:
+                stack.enter_context(context)
             model(**inputs)
     finally:
         for handle in handles:
             handle.remove()
+
+
+def count_ops(model: torch.nn.Module, inputs: dict[str, Any], blocks: list[torch.nn.Module], context: Any) -> dict:
+    counter = RegionCounter()
+    _forward(model, inputs, _region_hooks(blocks, counter), context, counter)
     return counter.counts
 
 
@@ -213,12 +220,7 @@ def full_size_bytes(family: str, block: int = 1, concepts: int = 10) -> dict[str
         target.register_forward_pre_hook(lambda *args: setattr(counter, "on", True)),
         target.register_forward_hook(lambda *args: setattr(counter, "on", False), always_call=True),
     ]
-    try:
-        with torch.no_grad(), attention, counter:
-            model(**inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
+    _forward(model, inputs, handles, attention, counter)
     sites = sorted(counter.sites.items(), key=lambda item: -item[1][1])
     return {
         "family": family,
