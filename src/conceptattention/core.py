@@ -217,6 +217,92 @@ def saliency_scores(
     raise ValueError(f"Unknown space {space!r}; expected 'output', 'cross_attention' or 'value'.")
 
 
+def head_saliency_scores(
+    space: Space,
+    *,
+    concept_output: torch.Tensor | None = None,
+    image_output: torch.Tensor | None = None,
+    image_query: torch.Tensor | None = None,
+    concept_key: torch.Tensor | None = None,
+    image_value: torch.Tensor | None = None,
+    concept_value: torch.Tensor | None = None,
+    scale_cross_attention: bool = True,
+) -> torch.Tensor:
+    """Per-head saliency logits ``[B, C, H, I]`` whose mean over heads is :func:`saliency_scores`.
+
+    Output space: ``H · (o_c,h · o_x,h)`` (head ``h``'s share of the dot product over ``d = H·D``, times ``H``);
+    cross-attention space: ``q_x,h · k_c,h`` (``/ sqrt(D)``); value space: ``v_x,h · v_c,h``. The number of heads is
+    read from ``concept_key`` (``[B, C, H, D]``, always given).
+
+    Example:
+        >>> kw = dict(concept_output=torch.randn(1, 2, 8), image_output=torch.randn(1, 3, 8), concept_key=torch.randn(1, 2, 4, 2))
+        >>> heads = head_saliency_scores("output", **kw)
+        >>> heads.shape, torch.allclose(heads.mean(2), saliency_scores("output", **kw), atol=1e-5)
+        (torch.Size([1, 2, 4, 3]), True)
+    """
+    if space == "output":
+        assert concept_output is not None and image_output is not None and concept_key is not None
+        num_heads = concept_key.shape[2]
+        concept_heads = concept_output.float().unflatten(-1, (num_heads, -1))  # [B, C, H, D]
+        image_heads = image_output.float().unflatten(-1, (num_heads, -1))  # [B, I, H, D]
+        return torch.einsum("bchd,bihd->bchi", concept_heads, image_heads) * num_heads  # [B, C, H, I]
+    if space == "cross_attention":
+        assert image_query is not None and concept_key is not None
+        scale = 1.0 / math.sqrt(image_query.shape[-1]) if scale_cross_attention else 1.0
+        return torch.einsum("bchd,bihd->bchi", concept_key.float(), image_query.float()) * scale  # [B, C, H, I]
+    if space == "value":
+        assert image_value is not None and concept_value is not None
+        return torch.einsum("bchd,bihd->bchi", concept_value.float(), image_value.float())  # [B, C, H, I]
+    raise ValueError(f"Unknown space {space!r}; expected 'output', 'cross_attention' or 'value'.")
+
+
+def select_heads(head_scores: torch.Tensor, heads: tuple[int, ...] | None) -> torch.Tensor:
+    """Mean of the selected heads' scores: ``[B, C, H, I]`` -> ``[B, C, I]`` (all heads when ``heads`` is None).
+
+    Raises:
+        ValueError: a head index outside ``0..H-1``.
+
+    Example:
+        >>> select_heads(torch.arange(4.0).reshape(1, 1, 4, 1), (1, 3)).flatten().tolist()
+        [2.0]
+    """
+    num_heads = head_scores.shape[2]
+    if heads is None:
+        return head_scores.mean(2)
+    if max(heads) >= num_heads:
+        raise ValueError(f"heads={list(heads)} selects a head the model does not have (it has {num_heads}: 0..{num_heads - 1}).")
+    return head_scores[:, :, list(heads)].mean(2)  # [B, C, I]
+
+
+def word_pooling_matrix(word_of_token: torch.Tensor, num_words: int) -> torch.Tensor:
+    """``[W, T']`` matrix whose row ``w`` averages the scores of word ``w``'s tokens (``1 / n_w`` on them).
+
+    Args:
+        word_of_token: ``[T']`` long: the word index of each kept text token.
+        num_words: ``W``.
+
+    Example:
+        >>> word_pooling_matrix(torch.tensor([0, 0, 1]), 2).tolist()
+        [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    """
+    one_hot = F.one_hot(word_of_token, num_words).T.float()  # [W, T']
+    return one_hot / one_hot.sum(dim=1, keepdim=True)
+
+
+def pool_word_scores(token_scores: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+    """Scores per label: each label's mean token score, on axis 1: ``[B, T', ...]`` -> ``[B, W, ...]``.
+
+    Applied to the raw scores (``[B, T', I]``, or per head ``[B, T', H, I]``), before any softmax over concepts.
+
+    Example:
+        >>> pool_word_scores(torch.tensor([[[1.0], [3.0], [5.0]]]), word_pooling_matrix(torch.tensor([0, 0, 1]), 2))
+        tensor([[[2.],
+                 [5.]]])
+    """
+    pooled = torch.tensordot(pooling.to(token_scores), token_scores, dims=([1], [1]))  # [W, B, ...]
+    return pooled.movedim(0, 1)  # [B, W, ...]
+
+
 class ScoreAccumulator:
     """Streaming mean of per-(layer, step) saliency scores, kept on the scores' device (paper §2.4).
 

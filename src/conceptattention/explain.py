@@ -148,4 +148,6 @@ def explain(
             "image_pooled": image_pooled,
         }
     )
-    return ConceptMaps(maps.concepts, maps.maps, maps.logits, settings)
+    return ConceptMaps(
+        maps.concepts, maps.maps, maps.logits, settings, head_maps=maps.head_maps, head_logits=maps.head_logits
+    )
