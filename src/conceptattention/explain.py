@@ -47,7 +47,8 @@ def explain(
         pipeline: A diffusers pipeline of a supported family (its VAE, text encoders and transformer are used).
         image: A PIL image or an image file path (grayscale, RGBA and 16-bit files are converted to RGB); for video
             models, a list of frames (images or paths).
-        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
+        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``; ``"prompt"`` maps the caption's words
+            (or pass ``prompt_words=True`` with concepts: see :class:`~conceptattention.ConceptAttention`).
         caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
         noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``; or a list of levels whose maps
             are averaged (each with the same noise samples). ``None``: the model's recommended levels if its
