@@ -68,10 +68,10 @@ class ConceptAttentionConfig:
             usual (per layer and step, or after the mean).
         keep_heads: Also keep every head's maps and mean scores (:attr:`ConceptMaps.head_maps`,
             :attr:`ConceptMaps.head_logits`): each head's scores go through the same softmax and mean as the maps.
-            Memory: two float32 sums of ``B × C × H × I`` (4 bytes each) on the activations' device, plus a
-            ``(L_sel + 1) × B × C × H × I`` per-call buffer, i.e. ``(L_sel + 3) × B × C × H × I × 4`` bytes; with
-            ``keep_per_step`` also ``B × C × H × I × 4`` bytes on the host per (layer, step). FLUX.1 at 1024²
-            (I = 4096, H = 24), 5 concepts, 4 layers, batch 1: 7 × 5 × 24 × 4096 × 4 B = 13.8 MB
+            Memory: two float32 running sums of ``B × C × H × I`` (4 bytes each) on the activations' device, plus
+            one such tensor per selected layer during each transformer call, i.e. ``(L_sel + 2) × B × C × H × I × 4``
+            bytes; with ``keep_per_step`` also ``B × C × H × I × 4`` bytes on the host per (layer, step). FLUX.1 at
+            1024² (I = 4096, H = 24), 5 concepts, 4 layers, batch 1: 6 × 5 × 24 × 4096 × 4 B = 11.8 MB
             (:func:`head_memory_bytes`). Not available while blocks run compiled.
 
     Example:
@@ -150,16 +150,16 @@ class ConceptAttentionConfig:
 def head_memory_bytes(
     num_concepts: int, num_image_tokens: int, num_heads: int, num_layers: int, batch: int = 1, steps: int = 0
 ) -> int:
-    """Bytes that ``keep_heads=True`` adds: ``(L_sel + 3) × B × C × H × I × 4`` (two float32 running sums and the
-    per-call buffer of every selected layer), plus ``steps × L_sel × B × C × H × I × 4`` on the host with
-    ``keep_per_step`` (give ``steps``).
+    """Bytes that ``keep_heads=True`` adds: ``(L_sel + 2) × B × C × H × I × 4`` (two float32 running sums, and the
+    per-head scores of every selected layer during a transformer call), plus ``steps × L_sel × B × C × H × I × 4`` on
+    the host with ``keep_per_step`` (give ``steps``).
 
     Example:
-        >>> head_memory_bytes(5, 4096, 24, 4)  # FLUX.1 at 1024², 5 concepts, 4 layers: 13.8 MB
-        13762560
+        >>> head_memory_bytes(5, 4096, 24, 4)  # FLUX.1 at 1024², 5 concepts, 4 layers: 11.8 MB
+        11796480
     """
     per_tensor = batch * num_concepts * num_heads * num_image_tokens * 4
-    return (num_layers + 3) * per_tensor + steps * num_layers * per_tensor
+    return (num_layers + 2) * per_tensor + steps * num_layers * per_tensor
 
 
 def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:

@@ -251,7 +251,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
         "--keep-heads",
         action="store_true",
         help="also keep each head's maps (in maps.safetensors, heatmaps under heads/); memory: "
-        "(layers + 3) x concepts x heads x image tokens x 4 bytes",
+        "(layers + 2) x concepts x heads x image tokens x 4 bytes",
     )
 
 
