@@ -50,31 +50,29 @@ def render(pipe: object, prompt: str) -> bytes:
     axes[-1].set_title("argmax", fontsize=6)
     for axis in axes:
         axis.axis("off")
-    figure.suptitle(
-        textwrap.fill(f'"{prompt}": one map per prompt word (scripts/readme_prompt_words.py, seed {PROMPT_SEED})', 120),
-        fontsize=6,
-    )
+    title = f'"{prompt}": one map per prompt word (scripts/readme_prompt_words.py, seed {PROMPT_SEED})'
+    figure.suptitle(textwrap.fill(title, 120), fontsize=6)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
     return buffer.getvalue()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="docs/img/prompt_words.png", help="PNG to write")
-    args = parser.parse_args(argv)
+    """Draw the prompt, generate, write the figure (see the module docstring)."""
     from conceptattention.shapesworld import load_pipeline
     from conceptattention.shapesworld.dataset import ShapesWorldDataset
     from conceptattention.shapesworld.model import data_version
 
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="docs/img/prompt_words.png", help="PNG to write")
+    out = parser.parse_args(argv).out
     _, prompt = ShapesWorldDataset("test", seed=PROMPT_SEED, n=1, version=data_version()).record(0)
     print(f"prompt: {prompt!r}")
     pipe = load_pipeline()
     pipe.set_progress_bar_config(disable=True)
     data = render(pipe, prompt)
-    atomic_write_bytes(args.out, data)
-    print(f"wrote {args.out} ({len(data) / 1000:.0f} kB)")
+    atomic_write_bytes(out, data)
+    print(f"wrote {out} ({len(data) / 1000:.0f} kB)")
     return 0
 
 

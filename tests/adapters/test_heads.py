@@ -10,7 +10,7 @@ import torch
 from conceptattention import ConceptAttention, ConceptMaps
 from conceptattention.cli.main import main
 from conceptattention.config import ConceptAttentionConfig, ConfigError, head_memory_bytes
-from conceptattention.core import head_saliency_scores, saliency_scores
+from conceptattention.core import saliency_scores
 from conceptattention.testing import tiny_flux_pipeline
 
 from .test_prompt_words import CALL, PROMPT, RawCapture, generate, model_dir, naive_word_maps, naive_words  # noqa: F401
@@ -37,7 +37,7 @@ def test_head_scores_average_to_the_layer_scores(space):
         "image_value": torch.randn(2, 5, 4, 3, generator=generator, dtype=torch.float64),
         "concept_value": torch.randn(2, 3, 4, 3, generator=generator, dtype=torch.float64),
     }
-    heads = head_saliency_scores(space, **tensors)  # [B, C, H, I]
+    heads = saliency_scores(space, per_head=True, **tensors)  # [B, C, H, I]
     assert heads.shape == (2, 3, 4, 5)
     torch.testing.assert_close(heads.mean(2).double(), saliency_scores(space, **tensors).double(), atol=1e-5, rtol=1e-5)
 

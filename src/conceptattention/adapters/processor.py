@@ -19,7 +19,6 @@ from torch import nn
 
 from ..core import (
     concept_attention,
-    head_saliency_scores,
     pool_word_scores,
     saliency_scores,
     sdpa_bshd,
@@ -349,7 +348,7 @@ class ConceptProcessorMixin:
         options = {"scale_cross_attention": config.cross_attention_scale, **tensors}
         head_scores = None
         if config.heads is not None or config.keep_heads:
-            head_scores = head_saliency_scores(config.space, **options)  # [B, C, H, I]
+            head_scores = saliency_scores(config.space, per_head=True, **options)  # [B, C, H, I]
         if config.heads is None:
             scores = saliency_scores(config.space, **options)  # [B, C, I]
         else:
