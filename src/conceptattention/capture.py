@@ -167,6 +167,10 @@ class ConceptAttention(ProcessorSwap):
         ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
         >>> ca.maps.maps.shape[:2]
         torch.Size([2, 1])
+        >>> with ConceptAttention(pipe, ["sky"], prompt_words=True, keep_heads=True) as ca:
+        ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
+        >>> ca.maps.concepts, tuple(ca.maps.head_maps.shape)  # [C + W, H, F, h, w]
+        (('sky', 'a', 'dog'), (3, 2, 1, 16, 16))
     """
 
     def __init__(
