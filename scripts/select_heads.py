@@ -98,6 +98,41 @@ def choose_heads(pipe: Any, dataset: Any, resamples: int) -> dict[str, Any]:
     }
 
 
+#: Paired differences reported for a head subset against all heads: ``{label: (numerator stat, denominator stat)}``.
+DIFFERENCES = {
+    "object AUROC": ("object.auroc_sum", "object.auroc_n"),
+    "sky+ground AUROC": ("background.auroc_sum", "background.auroc_n"),
+    "colour AUROC": ("colour.auroc_sum", "colour.auroc_n"),
+    "object argmax IoU": ("object.inter", "object.union"),
+    "pixels named right (names list)": ("names.correct", "names.pixels"),
+}
+
+
+def paired_differences(folder: Path, subset: str, resamples: int, seed: int = 0) -> dict[str, list[float | None]]:
+    """Subset minus all heads on the same test scenes, in points, with 95 % paired bootstrap intervals (the scenes
+    are resampled once for both methods), for :data:`DIFFERENCES` and the selection score (mean of three AUROCs)."""
+    import numpy as np
+
+    from conceptattention.evaluation.bootstrap import bootstrap_metric, resample_weights
+
+    def read(name: str) -> list[dict[str, float]]:
+        lines = (folder / f"scenes-{name}.jsonl").read_text().splitlines()
+        return [row["stats"] for row in sorted((json.loads(line) for line in lines), key=lambda row: row["index"])]
+
+    rows = {"all": read("conceptattention"), "subset": read(subset)}
+    names = {f"{side}:{name}" for side, side_rows in rows.items() for row in side_rows for name in row}
+    count = len(rows["all"])
+    stats = {name: np.array([rows[name.split(":")[0]][i].get(name.split(":", 1)[1], 0.0) for i in range(count)]) for name in names}
+    weights = resample_weights(count, resamples, seed)
+    ratio = lambda s, side, pair: s[f"{side}:{pair[0]}"] / s[f"{side}:{pair[1]}"]  # noqa: E731
+    metrics = {label: (lambda s, pair=pair: 100 * (ratio(s, "subset", pair) - ratio(s, "all", pair))) for label, pair in DIFFERENCES.items()}
+    aurocs = [DIFFERENCES[label] for label in ("object AUROC", "sky+ground AUROC", "colour AUROC")]
+    metrics["selection score (mean of the 3 AUROCs)"] = lambda s: 100 * sum(
+        ratio(s, "subset", pair) - ratio(s, "all", pair) for pair in aurocs
+    ) / 3
+    return {label: list(bootstrap_metric(stats, metric, weights=weights)) for label, metric in metrics.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--select", default="train:20", help="split:count of the scenes that choose the heads")
@@ -146,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         model_name="shapesworld (shipped)",
     )
     print(metrics_table(report["metrics"]), end="")
+    for method in methods[1:]:
+        if method.name.startswith("conceptattention-heads-"):
+            differences = paired_differences(args.out / "test", method.name, args.bootstrap)
+            (args.out / f"differences-{method.name}.json").write_text(json.dumps(differences, indent=2))
+            for label, (value, low, high) in differences.items():
+                print(f"{method.name} - all heads, {label}: {value:+.1f} [{low:+.1f}, {high:+.1f}]")
     print(f"chosen heads {selection['chosen_heads']} on {selection['select']}; {time.perf_counter() - started:.0f} s in all")
     return 0
 
