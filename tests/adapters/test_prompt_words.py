@@ -244,3 +244,11 @@ def test_cli_writes_one_map_per_word(model_dir, tmp_path, monkeypatch):
     assert json.loads((out / "settings.json").read_text())["concepts"] == ["sky", "red", "car"]
     assert main(args[:-2] + ["--caption", "", "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_single_word_prompt_warns_and_keeps_raw_scores(pipe):
+    with pytest.warns(UserWarning, match="single concept"), ConceptAttention(pipe, "prompt") as attention:
+        generate(pipe, "sand")
+    maps = attention.maps
+    assert maps.concepts == ("sand",) and maps.config["effective_softmax"] is False
+    assert torch.equal(maps.maps, maps.logits)
