@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -14,13 +15,31 @@ from .adapters import UnsupportedSetupError, find_transformer, get_adapter
 from .adapters.base import active_cache, cache_refusal
 from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
+from .encoding import prompt_words as split_prompt_words
 from .errors import ConceptAttentionError
 from .maps import ConceptMaps
 from .session import ConceptSession
 
 
+PROMPT = "prompt"
+"""``ConceptAttention(pipe, "prompt")``: map the prompt's words (see ``prompt_words``)."""
+
 _HOOK_NAME = "conceptattention_call"
 _ACTIVE_ATTRIBUTE = "_conceptattention_active"
+
+
+def prompt_word_source(adapter: Any) -> Any:
+    """The adapter class's own ``prompt_word_source`` method (``(adapter, pipeline, encode_prompt arguments) ->
+    (fast tokenizer, prompt or None, max_length)``), or None when its class does not declare one itself: a subclass
+    (e.g. Chroma of FLUX.1) must declare it, since its processor must hand over the prompt's text rows too.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> prompt_word_source(get_adapter(tiny_flux_transformer())) is not None
+        True
+    """
+    return vars(type(adapter)).get("prompt_word_source")
 
 
 class NoMapsError(ConceptAttentionError, RuntimeError):
@@ -119,8 +138,19 @@ class ConceptAttention(ProcessorSwap):
         model: A diffusers pipeline (e.g. ``FluxPipeline``) or its transformer (e.g. ``FluxTransformer2DModel``).
         concepts: Concept strings, e.g. ``["dragon", "rock", "sky"]``. With a bare transformer, give
             ``concept_embeds`` as well (the names then only label the maps), or only ``concept_embeds``.
+            ``"prompt"`` (the string, not in a list) maps the prompt's words only: the same as ``prompt_words=True``
+            without concepts.
         concept_embeds: ``[C, D_text]`` precomputed concept embeddings in the text encoder's output space (FLUX.1:
             T5, ``joint_attention_dim``); skips text encoding.
+        prompt_words: Also map every word of the prompt (after the concepts; no extra concept stream): each word's
+            scores are taken from the prompt's own text tokens in the same space (output: the text rows of the
+            attention output before ``to_add_out``; cross-attention: image queries · text keys; value: image values
+            · text values), a word of several tokens gets the **mean of its tokens' raw scores, before the softmax**
+            over concepts and words. Words come from the fast tokenizer's word ids (its pre-tokenisation: FLUX.1's
+            T5 splits on spaces), special tokens and padding are left out; the prompt is read when the pipeline
+            encodes it (one prompt per run; ``prompt_embeds=`` cannot be mapped). A word that repeats an earlier
+            word or a concept is labelled ``word#2``, ``word#3``... FLUX.1 only: other families raise
+            :class:`ConceptError` naming the family.
         config: A :class:`ConceptAttentionConfig`; or pass its fields as keyword options instead.
         **options: Fields of :class:`ConceptAttentionConfig` (``layers``, ``timesteps``, ``space``, ``softmax``...).
 
@@ -138,14 +168,19 @@ class ConceptAttention(ProcessorSwap):
         ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
         >>> ca.maps.tensor.shape[:2]
         torch.Size([2, 1])
+        >>> with ConceptAttention(pipe, ["sky"], prompt_words=True, keep_heads=True) as ca:
+        ...     image = pipe("a dog", height=32, width=32, num_inference_steps=2, max_sequence_length=32).images[0]
+        >>> ca.maps.concepts, tuple(ca.maps.head_maps.shape)  # [C + W, H, F, h, w]
+        (('sky', 'a', 'dog'), (3, 2, 1, 16, 16))
     """
 
     def __init__(
         self,
         model: Any,
-        concepts: Sequence[str] | None = None,
+        concepts: Sequence[str] | str | None = None,
         *,
         concept_embeds: torch.Tensor | None = None,
+        prompt_words: bool = False,
         config: ConceptAttentionConfig | None = None,
         **options: Any,
     ) -> None:
@@ -162,9 +197,17 @@ class ConceptAttention(ProcessorSwap):
             raise ConfigError(
                 f"concept_text_encoder={chosen!r} is not offered by the {self.adapter.name} adapter ({offered})."
             )
-        self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
+        if isinstance(concepts, str) and concepts == PROMPT:
+            concepts, prompt_words = None, True
+        self.prompt_words = bool(prompt_words)
+        if self.prompt_words:
+            self._check_prompt_words()
+        if self.prompt_words and concepts is None and concept_embeds is None:
+            self.concepts, self._concept_embeds = (), None
+        else:
+            self.concepts, self._concept_embeds = self._check_concepts(concepts, concept_embeds)
         self.effective_softmax = self.config.softmax
-        if self.config.softmax and len(self.concepts) == 1:
+        if self.config.softmax and len(self.concepts) == 1 and not self.prompt_words:
             warnings.warn(
                 "Softmax over a single concept is identically 1; using the raw scores instead. Add contrasting "
                 "concepts (e.g. a background word) for a softmax-normalised map.",
@@ -183,6 +226,8 @@ class ConceptAttention(ProcessorSwap):
         self._extra_handles: list[Any] = []
         self._created_registry = False
         self._had_instance_forward = False
+        self._encode_prompt_saved: tuple[bool, Any] | None = None
+        self._prompt_read = False
         self._active = False
 
     # ----- validation --------------------------------------------------------------------------------------------
@@ -214,6 +259,17 @@ class ConceptAttention(ProcessorSwap):
                 "pipeline, or pass concept_embeds= (a [C, D_text] tensor of text-encoder outputs)."
             )
         return names, None
+
+    def _check_prompt_words(self) -> None:
+        if self.pipeline is None:
+            raise ConceptError(
+                "Prompt-word maps read the prompt from the pipeline, but a bare transformer was given; pass the pipeline."
+            )
+        if prompt_word_source(self.adapter) is None:
+            raise ConceptError(
+                f"Prompt-word maps are not implemented for the {self.adapter.name!r} family "
+                f"({type(self.transformer).__name__}); they are available for FLUX.1. Map concepts instead."
+            )
 
     def _resolve_layers(self, num_blocks: int) -> tuple[int, ...]:
         if num_blocks == 0:
@@ -259,8 +315,11 @@ class ConceptAttention(ProcessorSwap):
         from .adapters import common_checks
 
         common_checks(self.transformer)
+        self._check_heads()
         embeds = self._concept_embeds
-        if embeds is None:
+        if embeds is None and not self.concepts:  # prompt words only: no concept stream
+            embeds = torch.zeros(0, 0)
+        elif embeds is None:
             embeds = encode_concepts_isolated(
                 self.adapter,
                 self.pipeline,
@@ -275,9 +334,23 @@ class ConceptAttention(ProcessorSwap):
         self._activate()
         return self
 
+    def _check_heads(self) -> None:
+        heads = self.config.heads
+        if heads is None:
+            return
+        attention = self.adapter.attention_module(self.adapter.joint_blocks(self.transformer)[self.layers[0]])
+        num_heads = getattr(attention, "heads", None)
+        if isinstance(num_heads, int) and max(heads) >= num_heads:
+            raise ConfigError(
+                f"heads={list(heads)} selects a head that {type(self.transformer).__name__} does not have: its joint "
+                f"blocks have {num_heads} heads (0..{num_heads - 1})."
+            )
+
     def _install(self) -> None:
         assert self.session is not None
         setattr(self.transformer, _ACTIVE_ATTRIBUTE, True)
+        if self.prompt_words:
+            self._wrap_encode_prompt()
         for layer, block in enumerate(self.adapter.joint_blocks(self.transformer)):
             if layer > self.session.last_layer:
                 break
@@ -294,10 +367,57 @@ class ConceptAttention(ProcessorSwap):
         registry.register_hook(self._hook, _HOOK_NAME)
         self._extra_handles = list(self.adapter.install_hooks(self.transformer, self.session))
 
+    def _wrap_encode_prompt(self) -> None:
+        """Read the prompt where the pipeline encodes it: ``pipeline.encode_prompt`` is shadowed by an instance
+        attribute that records the prompt's words, then calls the original (restored on exit)."""
+        pipeline = self.pipeline
+        original = pipeline.encode_prompt
+        self._encode_prompt_saved = ("encode_prompt" in vars(pipeline), vars(pipeline).get("encode_prompt"))
+        signature = inspect.signature(original)
+
+        def encode_prompt(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            self._read_prompt(bound.arguments)
+            return original(*args, **kwargs)
+
+        pipeline.encode_prompt = encode_prompt
+
+    def _read_prompt(self, arguments: dict[str, Any]) -> None:
+        """The words of the first prompt encoded since the last transformer call (a later one in the same run is
+        the negative prompt of true classifier-free guidance)."""
+        if self._prompt_read:
+            return
+        source = prompt_word_source(self.adapter)
+        assert source is not None and self.session is not None
+        tokenizer, prompt, max_length = source(self.adapter, self.pipeline, arguments)
+        if prompt is None:
+            raise ConceptError(
+                "Prompt-word maps need the prompt's text, but the pipeline got prompt embeddings; pass prompt=... ."
+            )
+        if not isinstance(prompt, str):
+            distinct = list(dict.fromkeys(prompt))
+            if len(distinct) != 1:
+                raise ConceptError(
+                    f"Prompt-word maps take one prompt per run, got {len(distinct)} different prompts; run them one "
+                    "at a time (num_images_per_prompt is fine)."
+                )
+            prompt = distinct[0]
+        self.session.set_prompt_words(split_prompt_words(tokenizer, prompt, max_length), self.concepts)
+        self.effective_softmax = self.session.effective_softmax
+        self._prompt_read = True
+
     def _restore(self) -> None:
         """Put back every processor and remove the hook; safe to call more than once."""
         if self.session is not None:
             self.session.end_call()
+        if self._encode_prompt_saved is not None:
+            had, previous = self._encode_prompt_saved
+            if had:
+                self.pipeline.encode_prompt = previous
+            else:
+                vars(self.pipeline).pop("encode_prompt", None)
+            self._encode_prompt_saved = None
         for handle in self._extra_handles:
             handle.remove()
         self._extra_handles = []
@@ -335,6 +455,12 @@ class ConceptAttention(ProcessorSwap):
                     f"{type(attention.processor).__name__}), e.g. by set_attn_processor, fuse_qkv_projections or "
                     "load_ip_adapter. Do that before entering the block."
                 )
+        if self.prompt_words and self.session.prompt_words is None:
+            raise ConceptError(
+                "Prompt-word maps: the transformer ran before the pipeline encoded a prompt; call the pipeline with "
+                "prompt=... (a bare transformer call cannot be mapped to words)."
+            )
+        self._prompt_read = False  # the next prompt encoded belongs to the next run
         inputs = self.adapter.capture_call(self.transformer, args, kwargs)
         self.adapter.observe_call(self.session, inputs)
         unconditional = unconditional or self.adapter.is_auxiliary_call(inputs)
@@ -366,6 +492,7 @@ class ConceptAttention(ProcessorSwap):
                 "transformer_class": type(self.transformer).__name__,
                 "resolved_layers": [self.adapter.block_path(index) for index in self.layers],
                 "effective_softmax": self.effective_softmax,
+                "prompt_words": list(self.session.word_labels) if self.session is not None and self.prompt_words else None,
             }
         )
         if self.session is not None:
@@ -390,8 +517,24 @@ class ConceptAttention(ProcessorSwap):
         frames, height, width = self.adapter.token_grid(session.grid_inputs, maps.shape[-1])
         maps = maps.reshape(maps.shape[0], maps.shape[1], frames, height, width)  # [B, C, F, h, w]
         logits = logits.reshape(logits.shape[0], logits.shape[1], frames, height, width)  # [B, C, F, h, w]
+        head_maps = head_logits = None
+        if session.head_accumulator is not None:
+            head_maps, head_logits = (tensor.detach().cpu() for tensor in session.head_accumulator.result())  # [B, C, H, I]
+            head_maps = head_maps.unflatten(-1, (frames, height, width))  # [B, C, H, F, h, w]
+            head_logits = head_logits.unflatten(-1, (frames, height, width))  # [B, C, H, F, h, w]
         settings = self._settings()
-        return [ConceptMaps(self.concepts, maps[index], logits[index], settings) for index in range(maps.shape[0])]
+        labels = self.concepts + session.word_labels
+        return [
+            ConceptMaps(
+                labels,
+                maps[index],
+                logits[index],
+                settings,
+                head_maps=None if head_maps is None else head_maps[index],
+                head_logits=None if head_logits is None else head_logits[index],
+            )
+            for index in range(maps.shape[0])
+        ]
 
     @property
     def maps(self) -> ConceptMaps:
@@ -404,6 +547,15 @@ class ConceptAttention(ProcessorSwap):
         if len(all_maps) != 1:
             raise ValueError(f"The run produced {len(all_maps)} images; use `.batch_maps` to get one map set per image.")
         return all_maps[0]
+
+    @property
+    def per_step_head_scores(self) -> dict[tuple[int, int], torch.Tensor]:
+        """``{(step, layer): [B, C, H, I] per-head scores}`` with ``keep_heads=True`` and ``keep_per_step=True``."""
+        if self.session is None:
+            raise NoMapsError("No run yet.")
+        if self.session.head_accumulator is None or not self.config.keep_per_step:
+            raise ConfigError("Per-step head scores are kept only with keep_heads=True and keep_per_step=True.")
+        return dict(self.session.head_accumulator.per_step)
 
     @property
     def per_step_scores(self) -> dict[tuple[int, int], torch.Tensor]:

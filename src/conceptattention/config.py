@@ -65,6 +65,19 @@ class ConceptAttentionConfig:
         cross_attention_scale: Scale ``q·k`` by ``1/sqrt(head_dim)`` in the cross-attention space.
         keep_per_step: Keep each (layer, step) score tensor (on the host) in addition to the running mean.
         batch_half: Under batched classifier-free guidance: ``"cond"`` reports the conditional half, ``"all"`` both.
+        heads: Attention heads whose scores make the maps (indices ``0..H-1``, the same heads in every selected
+            block); ``None`` uses all heads. A head's score is its share of the layer's score: in the output space
+            ``H · (o_c,h · o_x,h)`` (so that the mean over all heads is exactly the usual ``o_c · o_x`` over
+            ``d = H·D``), in the cross-attention and value spaces the per-head dot product (whose mean over heads is
+            the usual score). The selected heads' scores are averaged, then the softmax over concepts is taken as
+            usual (per layer and step, or after the mean).
+        keep_heads: Also keep every head's maps and mean scores (:attr:`ConceptMaps.head_maps`,
+            :attr:`ConceptMaps.head_logits`): each head's scores go through the same softmax and mean as the maps.
+            Memory: two float32 running sums of ``B × C × H × I`` (4 bytes each) on the activations' device, plus
+            one such tensor per selected layer during each transformer call, i.e. ``(L_sel + 2) × B × C × H × I × 4``
+            bytes; with ``keep_per_step`` also ``B × C × H × I × 4`` bytes on the host per (layer, step). FLUX.1 at
+            1024² (I = 4096, H = 24), 5 concepts, 4 layers, batch 1: 6 × 5 × 24 × 4096 × 4 B = 11.8 MB
+            (:func:`head_memory_bytes`). Not available while blocks run compiled.
 
     Example:
         >>> ConceptAttentionConfig(layers=(15, 16, 17, 18), softmax=True).space
@@ -84,6 +97,8 @@ class ConceptAttentionConfig:
     cross_attention_scale: bool = True
     keep_per_step: bool = False
     batch_half: Literal["cond", "all"] = "cond"
+    heads: tuple[int, ...] | None = None
+    keep_heads: bool = False
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +118,18 @@ class ConceptAttentionConfig:
                 if isinstance(step, bool) or not isinstance(step, int) or step < 0:
                     raise ConfigError(f"timesteps entries must be non-negative step indices, got {step!r}.")
             object.__setattr__(self, "timesteps", tuple(sorted(set(timesteps))))
+        if self.heads is not None:
+            heads = _as_tuple(self.heads, "heads")
+            if not heads:
+                raise ConfigError("heads must name at least one attention head (or be None for all heads).")
+            for head in heads:
+                if isinstance(head, bool) or not isinstance(head, int) or head < 0:
+                    raise ConfigError(f"heads entries must be non-negative head indices, got {head!r}.")
+            if len(set(heads)) != len(heads):
+                raise ConfigError(f"heads lists a head twice: {list(heads)}.")
+            object.__setattr__(self, "heads", tuple(sorted(heads)))
+        if not isinstance(self.keep_heads, bool):
+            raise ConfigError(f"keep_heads must be True or False, got {self.keep_heads!r}.")
         _check_choice("space", self.space, SPACES)
         _check_choice("concept_attention", self.concept_attention, CONCEPT_ATTENTION_MODES)
         _check_choice("concept_conditioning", self.concept_conditioning, CONCEPT_CONDITIONINGS)
@@ -118,7 +145,7 @@ class ConceptAttentionConfig:
         """A JSON-serialisable dict of the options."""
         out = dataclasses.asdict(self)
         out.pop("extra")
-        for key in ("layers", "timesteps"):
+        for key in ("layers", "timesteps", "heads"):
             if out[key] is not None:
                 out[key] = list(out[key])
         return out
@@ -126,6 +153,21 @@ class ConceptAttentionConfig:
     def replace(self, **changes: Any) -> ConceptAttentionConfig:
         """A copy with some options changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+
+def head_memory_bytes(
+    num_concepts: int, num_image_tokens: int, num_heads: int, num_layers: int, batch: int = 1, steps: int = 0
+) -> int:
+    """Bytes that ``keep_heads=True`` adds: ``(L_sel + 2) × B × C × H × I × 4`` (two float32 running sums, and the
+    per-head scores of every selected layer during a transformer call), plus ``steps × L_sel × B × C × H × I × 4`` on
+    the host with ``keep_per_step`` (give ``steps``).
+
+    Example:
+        >>> head_memory_bytes(5, 4096, 24, 4)  # FLUX.1 at 1024², 5 concepts, 4 layers: 11.8 MB
+        11796480
+    """
+    per_tensor = batch * num_concepts * num_heads * num_image_tokens * 4
+    return (num_layers + 2) * per_tensor + steps * num_layers * per_tensor
 
 
 def _as_tuple(value: Any, name: str) -> tuple[Any, ...]:

@@ -187,6 +187,7 @@ def saliency_scores(
     image_value: torch.Tensor | None = None,
     concept_value: torch.Tensor | None = None,
     scale_cross_attention: bool = True,
+    per_head: bool = False,
 ) -> torch.Tensor:
     """Saliency logits of one layer in the requested space (the ``space`` option).
 
@@ -195,15 +196,25 @@ def saliency_scores(
             ``"cross_attention"`` needs ``image_query [B, I, H, D]`` and ``concept_key [B, C, H, D]``;
             ``"value"`` needs ``image_value [B, I, H, D]`` and ``concept_value [B, C, H, D]``.
         scale_cross_attention: Multiply cross-attention scores by ``1/sqrt(D)`` as attention does.
+        per_head: Per-head logits ``[B, C, H, I]`` whose mean over heads is the usual ``[B, C, I]``: output space
+            ``H · (o_c,h · o_x,h)`` (head ``h``'s share of the dot product over ``d = H·D``, times ``H``; the number
+            of heads is read from ``concept_key [B, C, H, D]``, which must be given), cross-attention space
+            ``q_x,h · k_c,h`` (``/ sqrt(D)``), value space ``v_x,h · v_c,h``.
 
     Returns:
-        ``[B, C, I]`` float32.
+        ``[B, C, I]`` float32 (``[B, C, H, I]`` with ``per_head``).
 
     Example:
         >>> s = saliency_scores("output", concept_output=torch.ones(1, 2, 4), image_output=torch.ones(1, 3, 4))
         >>> s.shape
         torch.Size([1, 2, 3])
+        >>> kw = dict(concept_output=torch.randn(1, 2, 8), image_output=torch.randn(1, 3, 8), concept_key=torch.randn(1, 2, 4, 2))
+        >>> heads = saliency_scores("output", per_head=True, **kw)
+        >>> heads.shape, torch.allclose(heads.mean(2), saliency_scores("output", **kw), atol=1e-5)
+        (torch.Size([1, 2, 4, 3]), True)
     """
+    if per_head:
+        return _per_head_saliency(space, concept_output, image_output, image_query, concept_key, image_value, concept_value, scale_cross_attention)
     if space == "output":
         assert concept_output is not None and image_output is not None
         return output_space_scores(concept_output, image_output)
@@ -215,6 +226,81 @@ def saliency_scores(
         assert image_value is not None and concept_value is not None
         return per_head_scores(image_value, concept_value)
     raise ValueError(f"Unknown space {space!r}; expected 'output', 'cross_attention' or 'value'.")
+
+
+def _per_head_saliency(
+    space: Space,
+    concept_output: torch.Tensor | None,
+    image_output: torch.Tensor | None,
+    image_query: torch.Tensor | None,
+    concept_key: torch.Tensor | None,
+    image_value: torch.Tensor | None,
+    concept_value: torch.Tensor | None,
+    scale_cross_attention: bool,
+) -> torch.Tensor:
+    """``saliency_scores(..., per_head=True)``: ``[B, C, H, I]``."""
+    if space == "output":
+        assert concept_output is not None and image_output is not None and concept_key is not None
+        num_heads = concept_key.shape[2]
+        concept_side = concept_output.float().unflatten(-1, (num_heads, -1)) * num_heads  # [B, C, H, D], times H
+        image_side = image_output.float().unflatten(-1, (num_heads, -1))  # [B, I, H, D]
+    elif space == "cross_attention":
+        assert image_query is not None and concept_key is not None
+        scale = 1.0 / math.sqrt(image_query.shape[-1]) if scale_cross_attention else 1.0
+        concept_side, image_side = concept_key.float() * scale, image_query.float()  # [B, C, H, D], [B, I, H, D]
+    elif space == "value":
+        assert image_value is not None and concept_value is not None
+        concept_side, image_side = concept_value.float(), image_value.float()  # [B, C, H, D], [B, I, H, D]
+    else:
+        raise ValueError(f"Unknown space {space!r}; expected 'output', 'cross_attention' or 'value'.")
+    return torch.einsum("bchd,bihd->bchi", concept_side, image_side)  # [B, C, H, I]
+
+
+def select_heads(head_scores: torch.Tensor, heads: tuple[int, ...] | None) -> torch.Tensor:
+    """Mean of the selected heads' scores: ``[B, C, H, I]`` -> ``[B, C, I]`` (all heads when ``heads`` is None).
+
+    Raises:
+        ValueError: a head index outside ``0..H-1``.
+
+    Example:
+        >>> select_heads(torch.arange(4.0).reshape(1, 1, 4, 1), (1, 3)).flatten().tolist()
+        [2.0]
+    """
+    num_heads = head_scores.shape[2]
+    if heads is None:
+        return head_scores.mean(2)
+    if max(heads) >= num_heads:
+        raise ValueError(f"heads={list(heads)} selects a head the model does not have (it has {num_heads}: 0..{num_heads - 1}).")
+    return head_scores[:, :, list(heads)].mean(2)  # [B, C, I]
+
+
+def word_pooling_matrix(word_of_token: torch.Tensor, num_words: int) -> torch.Tensor:
+    """``[W, T']`` matrix whose row ``w`` averages the scores of word ``w``'s tokens (``1 / n_w`` on them).
+
+    Args:
+        word_of_token: ``[T']`` long: the word index of each kept text token.
+        num_words: ``W``.
+
+    Example:
+        >>> word_pooling_matrix(torch.tensor([0, 0, 1]), 2).tolist()
+        [[0.5, 0.5, 0.0], [0.0, 0.0, 1.0]]
+    """
+    one_hot = F.one_hot(word_of_token, num_words).T.float()  # [W, T']
+    return one_hot / one_hot.sum(dim=1, keepdim=True)
+
+
+def pool_word_scores(token_scores: torch.Tensor, pooling: torch.Tensor) -> torch.Tensor:
+    """Scores per label: each label's mean token score, on axis 1: ``[B, T', ...]`` -> ``[B, W, ...]``.
+
+    Applied to the raw scores (``[B, T', I]``, or per head ``[B, T', H, I]``), before any softmax over concepts.
+
+    Example:
+        >>> pool_word_scores(torch.tensor([[[1.0], [3.0], [5.0]]]), word_pooling_matrix(torch.tensor([0, 0, 1]), 2))
+        tensor([[[2.],
+                 [5.]]])
+    """
+    pooled = torch.tensordot(pooling.to(token_scores), token_scores, dims=([1], [1]))  # [W, B, ...]
+    return pooled.movedim(0, 1)  # [B, W, ...]
 
 
 class ScoreAccumulator:

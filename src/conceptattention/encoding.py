@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -161,6 +162,80 @@ def tokenize_concepts(
         if token_id is not None:
             content_mask &= input_ids != token_id
     return input_ids, attention_mask, content_mask
+
+
+@dataclass(frozen=True)
+class PromptWords:
+    """The words of a prompt as its text encoder sees them (see :func:`prompt_words`).
+
+    Attributes:
+        words: The words, as spelled in the prompt (the tokenizer's pre-tokenisation decides what a word is).
+        token_index: ``[T']`` long: positions, in the padded token sequence, of the tokens that belong to a word
+            (special tokens and padding are left out).
+        word_of_token: ``[T']`` long: the word (index into ``words``) of each of those tokens.
+    """
+
+    words: tuple[str, ...]
+    token_index: torch.Tensor
+    word_of_token: torch.Tensor
+
+
+def prompt_words(tokenizer: Any, prompt: str, max_length: int) -> PromptWords:
+    """Split a prompt into words and their tokens with a fast tokenizer's ``word_ids()`` and character offsets.
+
+    The prompt is tokenised as the pipeline does (special tokens added, truncated at ``max_length``); tokens with no
+    word (BOS/EOS, padding) are dropped, and a word cut by the truncation keeps the tokens the model saw.
+
+    Raises:
+        ConceptError: a slow tokenizer (no word ids), or a prompt without words.
+
+    Example:
+        >>> from conceptattention.testing import tiny_t5_tokenizer
+        >>> split = prompt_words(tiny_t5_tokenizer(), "a red car", 32)
+        >>> split.words, split.word_of_token.tolist()
+        (('a', 'red', 'car'), [0, 1, 1, 1, 2, 2, 2])
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ConceptError(
+            f"Prompt-word maps need a fast tokenizer (word ids and offsets); {type(tokenizer).__name__} is not one."
+        )
+    encoded = tokenizer(prompt, max_length=max_length, truncation=True, add_special_tokens=True)
+    word_ids = encoded.word_ids()
+    positions = [position for position, word in enumerate(word_ids) if word is not None]
+    if not positions:
+        raise ConceptError(f"The prompt {prompt!r} has no words to map.")
+    order: dict[int, int] = {}  # the tokenizer's word id -> our word index, in order of appearance
+    for position in positions:
+        order.setdefault(word_ids[position], len(order))
+    words = []
+    for word_id in order:
+        span = encoded.word_to_chars(word_id)
+        words.append(prompt[span.start : span.end])
+    return PromptWords(
+        words=tuple(words),
+        token_index=torch.tensor(positions, dtype=torch.long),
+        word_of_token=torch.tensor([order[word_ids[position]] for position in positions], dtype=torch.long),
+    )
+
+
+def unique_labels(words: Sequence[str], taken: Sequence[str] = ()) -> tuple[str, ...]:
+    """Map labels for prompt words: a word that repeats an earlier word or a concept (up to case and spaces) gets
+    ``#2``, ``#3``... (its occurrence number).
+
+    Example:
+        >>> unique_labels(["a", "cube", "on", "a", "Sky"], taken=["sky"])
+        ('a', 'cube', 'on', 'a#2', 'Sky#2')
+    """
+    seen = {concept_key(concept) for concept in taken}
+    labels = []
+    for word in words:
+        label, number = word, 1
+        while concept_key(label) in seen:
+            number += 1
+            label = f"{word}#{number}"
+        seen.add(concept_key(label))
+        labels.append(label)
+    return tuple(labels)
 
 
 def pipeline_text_encoder(pipeline: Any, tokenizer_name: str, encoder_name: str, description: str) -> tuple[Any, Any]:

@@ -50,7 +50,8 @@ def explain(
             of them: a batch, as in diffusers (one :class:`ConceptMaps` each). The frames of a video go to
             :func:`explain_video`. (Deprecated: on a video model a list is still read as the frames of one video,
             with a :class:`DeprecationWarning`; in the next release it will be a batch there too.)
-        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``.
+        concepts: Concept strings, e.g. ``["cat", "sofa", "background"]``; ``"prompt"`` maps the caption's words
+            (or pass ``prompt_words=True`` with concepts: see :class:`~conceptattention.ConceptAttention`).
         caption: Prompt given to the model alongside the image (``""`` as the official code; ``"a cat"`` helps).
         noise_level: Rectified-flow time ``t`` in (0, 1]: ``x_t = (1 - t)·x_0 + t·ε``; or a list of levels whose maps
             are averaged (each with the same noise samples). ``None``: the model's recommended levels if its
@@ -180,7 +181,9 @@ def explain(
             "image_pooled": image_pooled,
         }
     )
-    return ConceptMaps(maps.concepts, maps.tensor, maps.logits, settings)
+    return ConceptMaps(
+        maps.concepts, maps.tensor, maps.logits, settings, head_maps=maps.head_maps, head_logits=maps.head_logits
+    )
 
 
 def explain_video(

@@ -178,6 +178,8 @@ class ConceptMaps:
         settings: Mapping[str, Any] | None = None,
         *,
         config: Mapping[str, Any] | None = None,
+        head_maps: torch.Tensor | None = None,
+        head_logits: torch.Tensor | None = None,
     ) -> None:
         if config is not None:
             _deprecated("ConceptMaps(config=...)", "ConceptMaps(settings=...)")
@@ -195,6 +197,51 @@ class ConceptMaps:
                 )
         self._settings = _normalize_settings(settings)
         self._index = {concept: index for index, concept in enumerate(self._concepts)}
+        self._head_maps = self._check_heads("head_maps", head_maps)
+        self._head_logits = self._check_heads("head_logits", head_logits)
+
+    def _check_heads(self, name: str, tensor: torch.Tensor | None) -> torch.Tensor | None:
+        """A float32 CPU copy of a per-head ``[C, H, F, h, w]`` tensor matching the maps, or None."""
+        if tensor is None:
+            return None
+        if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5:
+            raise ValueError(f"{name} must be a [concepts, heads, frames, h, w] tensor, got {getattr(tensor, 'shape', tensor)!r}.")
+        flat = _validate_map_tensor(name, tensor.flatten(1, 2), len(self._concepts))  # [C, H·F, h, w]
+        heads = tensor.shape[1]
+        if (tensor.shape[0], *tensor.shape[2:]) != tuple(self._maps.shape):
+            raise ValueError(f"{name} shape {list(tensor.shape)} does not match maps {list(self._maps.shape)} (heads on axis 1).")
+        return flat.unflatten(1, (heads, -1))  # [C, H, F, h, w]
+
+    @property
+    def head_maps(self) -> torch.Tensor | None:
+        """Per-head maps ``[C, H, F, h, w]`` (``keep_heads=True``): each head's scores through the same softmax over
+        concepts and mean over layers and steps as :attr:`maps`; None if not kept."""
+        return self._head_maps
+
+    @property
+    def head_logits(self) -> torch.Tensor | None:
+        """Per-head mean raw scores ``[C, H, F, h, w]`` (``keep_heads=True``); their mean over heads is :attr:`logits`
+        (up to float rounding). None if not kept."""
+        return self._head_logits
+
+    def head(self, index: int) -> ConceptMaps:
+        """The maps of one attention head (``keep_heads=True``), as a :class:`ConceptMaps`.
+
+        Raises:
+            ValueError: no per-head maps were kept, or ``index`` is not a head.
+
+        Example:
+            >>> maps = ConceptMaps(["a", "b"], torch.rand(2, 1, 2, 2), head_maps=torch.rand(2, 3, 1, 2, 2))
+            >>> maps.head(2).maps.shape
+            torch.Size([2, 1, 2, 2])
+        """
+        if self._head_maps is None:
+            raise ValueError("No per-head maps were kept; run with keep_heads=True.")
+        num_heads = self._head_maps.shape[1]
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_heads:
+            raise ValueError(f"Head {index!r} does not exist; the maps have heads 0..{num_heads - 1}.")
+        logits = None if self._head_logits is None else self._head_logits[:, index]
+        return ConceptMaps(self._concepts, self._head_maps[:, index], logits, {**self._config, "head": index})
 
     # ------------------------------------------------------------------ basic access
 
@@ -470,6 +517,9 @@ class ConceptMaps:
         tensors = {"maps": self._maps}
         if self._logits is not None:
             tensors["logits"] = self._logits
+        for name, value in (("head_maps", self._head_maps), ("head_logits", self._head_logits)):
+            if value is not None:
+                tensors[name] = value
         metadata = {
             "format": _FILE_FORMAT,
             "format_version": _FILE_FORMAT_VERSION,
@@ -512,7 +562,7 @@ class ConceptMaps:
             with safe_open(str(file_path), framework="pt", device="cpu") as handle:
                 metadata = handle.metadata() or {}
                 names = set(handle.keys())
-                tensors = {name: handle.get_tensor(name) for name in names & {"maps", "logits"}}
+                tensors = {name: handle.get_tensor(name) for name in names & {"maps", "logits", "head_maps", "head_logits"}}
         except Exception as error:  # safetensors raises SafetensorError, OSError, ... for unreadable files
             raise ConceptMapsFileError(
                 f"'{file_path}' is not a readable safetensors file (it may be truncated or corrupt): {error}"
@@ -531,6 +581,13 @@ class ConceptMaps:
         try:
             concepts = json.loads(metadata["concepts"])
             settings = json.loads(metadata.get("config", "{}"))
-            return cls(concepts, tensors["maps"], logits=tensors.get("logits"), settings=settings)
+            return cls(
+                concepts,
+                tensors["maps"],
+                logits=tensors.get("logits"),
+                settings=settings,
+                head_maps=tensors.get("head_maps"),
+                head_logits=tensors.get("head_logits"),
+            )
         except (KeyError, ValueError) as error:  # json.JSONDecodeError is a ValueError
             raise ConceptMapsFileError(f"'{file_path}' holds invalid ConceptMaps data: {error}") from error

@@ -5,13 +5,15 @@ The session knows nothing of a particular architecture: adapters read and write 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .config import ConceptAttentionConfig
-from .core import ScoreAccumulator
+from .core import ScoreAccumulator, word_pooling_matrix
+from .encoding import ConceptError, PromptWords, unique_labels
 
 
 class EarlyExit(Exception):
@@ -34,6 +36,7 @@ class TransformerCall:
             not a Python int, so that compiled blocks do not specialise on it (one graph serves every block).
         score_slots: ``[last_layer + 1]`` long tensor: the row of ``scores`` that each layer writes.
         blocks_before_buffers: Unselected blocks run eagerly before the buffers existed (start of ``block_counter``).
+        head_scores: ``{layer: [B, C, H, I]}`` per-head scores of the selected layers (``keep_heads=True`` only).
     """
 
     step: int
@@ -45,6 +48,7 @@ class TransformerCall:
     block_counter: torch.Tensor | None = None
     score_slots: torch.Tensor | None = None
     blocks_before_buffers: int = 0
+    head_scores: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
 class ConceptSession:
@@ -84,6 +88,10 @@ class ConceptSession:
         # what the (stateless, shared) adapter keeps between the transformer calls of this run, e.g. Chroma's
         # previous call for true-CFG detection (ConceptAdapter.observe_call); kept by reset()
         self.adapter_state: dict[str, Any] = {}
+        self.head_accumulator = self._new_accumulator() if config.keep_heads else None
+        self.prompt_words: PromptWords | None = None  # the prompt's words, when prompt-word maps are on
+        self.word_labels: tuple[str, ...] = ()
+        self.score_pooling: torch.Tensor | None = None  # [C + W, C + T'] (concepts, then word means of tokens)
 
     def _new_accumulator(self) -> ScoreAccumulator:
         return ScoreAccumulator(
@@ -97,6 +105,33 @@ class ConceptSession:
     @property
     def num_concepts(self) -> int:
         return int(self.concept_embeds.shape[0])
+
+    def set_prompt_words(self, words: PromptWords, concepts: tuple[str, ...]) -> None:
+        """Map the words of the prompt too (after the ``concepts``): their scores are the mean scores of their
+        tokens, taken before the softmax over concepts and words.
+
+        Raises:
+            ConceptError: the prompt's words differ from those of maps already recorded in this block.
+        """
+        labels = unique_labels(words.words, taken=concepts)
+        if self.accumulator.count and labels != self.word_labels:
+            raise ConceptError(
+                f"The prompt changed within one ConceptAttention block ({' '.join(self.word_labels)!r} -> "
+                f"{' '.join(labels)!r}); prompt-word maps of two prompts cannot be averaged. Call .reset() between runs."
+            )
+        num_concepts = len(concepts)
+        num_words, num_tokens = len(words.words), int(words.token_index.numel())
+        pooling = torch.zeros(num_concepts + num_words, num_concepts + num_tokens)  # [C + W, C + T']
+        pooling[:num_concepts, :num_concepts] = torch.eye(num_concepts)
+        pooling[num_concepts:, num_concepts:] = word_pooling_matrix(words.word_of_token, num_words)
+        self.prompt_words, self.word_labels, self.score_pooling = words, labels, pooling
+        if num_concepts + num_words == 1 and self.effective_softmax:
+            warnings.warn(
+                "Softmax over a single concept is identically 1; using the raw scores instead.", UserWarning, stacklevel=2
+            )
+            self.effective_softmax = False
+            self.accumulator = self._new_accumulator()
+            self.head_accumulator = self._new_accumulator() if self.config.keep_heads else None
 
     def begin_call(self, inputs: dict[str, Any], unconditional: bool) -> TransformerCall:
         """Start a transformer forward call. Unconditional (true-CFG) calls are not recorded and not counted."""
@@ -146,10 +181,13 @@ class ConceptSession:
         call.scores.index_copy_(0, slot, scores.unsqueeze(0))
         call.block_counter.add_(1)
 
-    def record_layer(self, layer: int, scores: torch.Tensor) -> None:
-        """Eager path of :meth:`record` for a selected layer: the row is known on the host."""
+    def record_layer(self, layer: int, scores: torch.Tensor, head_scores: torch.Tensor | None = None) -> None:
+        """Eager path of :meth:`record` for a selected layer: the row is known on the host. ``head_scores``
+        (``[B, C, H, I]``, with ``keep_heads``) are kept for this layer too."""
         call = self.call
         assert call is not None
+        if head_scores is not None:
+            call.head_scores[layer] = head_scores.float()
         scores = scores.float()
         self._ensure_buffers(call, scores)
         assert call.block_counter is not None and call.scores is not None
@@ -175,10 +213,13 @@ class ConceptSession:
             self.grid_inputs = call.inputs
         for slot, layer in enumerate(self.selected_layers):
             self.accumulator.add(call.scores[slot][self.batch_slice], step=call.step, layer=layer)
+            if self.head_accumulator is not None:
+                self.head_accumulator.add(call.head_scores[layer][self.batch_slice], step=call.step, layer=layer)
 
     def reset(self) -> None:
         """Forget the recorded scores and the call counter."""
         self.accumulator = self._new_accumulator()
+        self.head_accumulator = self._new_accumulator() if self.config.keep_heads else None
         self.num_recorded_calls = 0
         self.call = None
         self.grid_inputs = None

@@ -324,7 +324,7 @@ class TestExplain:
         assert all(module.processor is original for module, original in zip(modules, originals))
         assert [maps.concepts for maps in batched] == [("dog", "grass"), ("cat", "sky", "grass")]
         assert all(maps.grid_size == (8, 12) and maps.num_frames == 1 for maps in batched)
-        assert all(bool((maps.maps >= 0).all()) and float(maps.maps.max()) > 0 for maps in batched)
+        assert all(bool((maps.tensor >= 0).all()) and float(maps.tensor.max()) > 0 for maps in batched)
         assert batched[1].config["prompt"] == "a cat, a cat, a sky, a grass"
         alone = daam_explain(
             pipe, images[1:], concepts[1:], captions=["a cat"], num_samples=2, height=16, width=24, seed=3
@@ -338,7 +338,7 @@ class TestExplain:
     def test_default_resolution_keeps_the_aspect_ratio(self, pipe: Any) -> None:
         (maps,) = daam_explain(pipe, [random_image(10, 40, 0)], [["dog", "sky"]])
         # Model area 16 x 16 pixels (sample size 8 x VAE factor 2), multiples of 4: 8 x 32 pixels -> 4 x 16 latents.
-        assert (maps.config["height"], maps.config["width"]) == (8, 32) and maps.grid_size == (4, 16)
+        assert (maps.settings["height"], maps.settings["width"]) == (8, 32) and maps.grid_size == (4, 16)
 
     def test_argument_errors(self, pipe: Any) -> None:
         image = random_image(16, 16, 0)

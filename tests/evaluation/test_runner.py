@@ -101,7 +101,7 @@ class TestRecordsAndReport:
         # Image 2 scored by hand: explain() with the method's options, bilinear resize, argmax over concepts (VOC).
         item = voc.item(2)
         maps = explain(pipe, item.image, list(item.concepts), caption=f"a {item.class_name}", height=32, width=32)
-        resized = torch.nn.functional.interpolate(maps.maps, size=(LABEL_SIZE, LABEL_SIZE), mode="bilinear")[:, 0]
+        resized = torch.nn.functional.interpolate(maps.tensor, size=(LABEL_SIZE, LABEL_SIZE), mode="bilinear")[:, 0]
         target_index = item.concepts.index(item.class_name)
         expected = per_image_counts(
             resized[target_index], item.binary_targets[0][1], prediction=resized.argmax(0) == target_index

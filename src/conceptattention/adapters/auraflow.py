@@ -69,7 +69,7 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_auraflow_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_auraflow_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

@@ -31,7 +31,7 @@ class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         >>> model = tiny_bria_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_bria_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

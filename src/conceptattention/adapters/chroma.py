@@ -67,7 +67,7 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
         >>> model = tiny_chroma_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_chroma_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

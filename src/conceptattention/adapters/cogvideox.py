@@ -91,7 +91,7 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_cogvideox_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_cogvideox_inputs(model))
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 2, 2, 3])
     """
 

@@ -58,7 +58,7 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_cogview4_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_cogview4_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 #: Modules of ``FluxAttention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
 FLUX_TAPS = ("norm_q", "norm_k", "to_v", "to_qkv")
+#: Modules of ``FluxAttention`` that hand over the prompt's text rows (prompt-word maps): text keys after QK-norm,
+#: text values (plain or fused projection); ``to_add_out``'s input (the text attention output) is taken too.
+FLUX_PROMPT_TAPS = ("norm_added_k", "add_v_proj", "to_added_qkv")
 
 
 class FluxConceptAttnProcessor(ConceptProcessorMixin):
@@ -104,8 +107,9 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         if encoder_hidden_states is None or not session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
         sink: dict[str, torch.Tensor] = {}
+        words = session.prompt_words is not None
         outputs = self.original(
-            AttentionView(attn, sink, FLUX_TAPS),
+            AttentionView(attn, sink, FLUX_TAPS + FLUX_PROMPT_TAPS if words else FLUX_TAPS, inputs=("to_add_out",) if words else ()),
             hidden_states,
             encoder_hidden_states,
             attention_mask,
@@ -113,6 +117,8 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             **extra,
         )
         check_captured(sink, (("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux")
+        if words:
+            check_captured(sink, (("norm_added_k",), ("add_v_proj", "to_added_qkv"), ("to_add_out",)), self.original, "flux")
         self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
         return outputs
 
@@ -128,6 +134,16 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         session = self.session
         call, block = session.call, self._block()
         assert call is not None and block is not None
+        image = self._image_tensors(attn, sink, num_text, image_rotary_emb)
+        prompt_rows = self._prompt_rows(attn, sink, num_text, image_rotary_emb) if session.prompt_words else None
+        if session.num_concepts == 0:  # prompt words only: no concept stream to advance
+            self._record_scores(
+                prompt_rows=prompt_rows,
+                image_output=image["image_output"],
+                image_query=image["image_query"],
+                image_value=image["image_value"],
+            )
+            return
         if call.concept_hidden_states is None:
             call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(hidden_states)
         concepts = call.concept_hidden_states  # [B, C, d]
@@ -137,18 +153,8 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
         concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
         num_concepts = concept_key.shape[1]
-
-        # image keys as the joint attention used them: RoPE (image rows of the tables) on the QK-normed keys
-        image_key = sink["norm_k"]  # [B, I, H, D]
-        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
-        image_value = image_value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        image_query = sink.get("norm_q")  # [B, I, H, D]
-        if image_rotary_emb is not None:
-            image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
-            image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
-            if session.config.space == "cross_attention" and image_query is not None:
-                image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
-        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
+        image_key, image_value, image_output = image["image_key"], image["image_value"], image["image_output"]
+        image_query = image["image_query"]
 
         # ---- concept attention (FLUX.1 concept ids are zero: RoPE is the identity), scores, residual stream ----
         key = torch.cat([image_key, concept_key], dim=1)  # [B, I + C, H, D]
@@ -168,7 +174,56 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             image_value=image_value,
             concept_value=concept_value,
             modulation=(gate_msa, shift_mlp, scale_mlp, gate_mlp),
+            prompt_rows=prompt_rows,
         )
+
+    def _image_tensors(
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        num_text: int,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor | None]:
+        """The image keys as the joint attention used them (RoPE, image rows of the tables, on the QK-normed keys),
+        values ``[B, I, H, D]``, queries (RoPE'd for the cross-attention space) and output ``[B, I, H·D]``."""
+        image_key = sink["norm_k"]  # [B, I, H, D]
+        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
+        image_value = image_value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        image_query = sink.get("norm_q")  # [B, I, H, D]
+        if image_rotary_emb is not None:
+            image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
+            image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
+            if self.session.config.space == "cross_attention" and image_query is not None:
+                image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
+        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
+        return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
+
+    def _prompt_rows(
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        num_text: int,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor]:
+        """The prompt's word tokens as the joint attention saw them, for prompt-word maps: their attention output
+        before ``to_add_out`` ``[B, T', H·D]``, keys after QK-norm and RoPE (text rows) and values ``[B, T', H, D]``."""
+        words = self.session.prompt_words
+        assert words is not None
+        if int(words.token_index.max()) >= num_text:
+            raise RuntimeError(
+                f"The prompt's words reach token {int(words.token_index.max())} but the transformer got {num_text} text "
+                "tokens: the text the pipeline encoded is not the prompt that was read."
+            )
+        index = words.token_index.to(sink["to_add_out"].device)  # [T']
+        text_key = sink["norm_added_k"]  # [B, T, H, D]
+        if image_rotary_emb is not None:
+            text_key = apply_rotary_emb(text_key, (image_rotary_emb[0][:num_text], image_rotary_emb[1][:num_text]), sequence_dim=1)
+        text_value = sink["to_added_qkv"].chunk(3, dim=-1)[2] if "to_added_qkv" in sink else sink["add_v_proj"]  # [B, T, H·D]
+        return {
+            "concept_output": sink["to_add_out"].index_select(1, index),  # [B, T', H·D]
+            "concept_key": text_key.index_select(1, index),  # [B, T', H, D]
+            "concept_value": text_value.unflatten(-1, (-1, attn.head_dim)).index_select(1, index),  # [B, T', H, D]
+        }
 
     def _concept_conditioning(self) -> torch.Tensor:
         """This block's modulation input of the concept stream (FLUX.1: one vector for the whole call).
@@ -218,10 +273,13 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         image_value: torch.Tensor,
         concept_value: torch.Tensor,
         modulation: tuple[torch.Tensor, ...],
+        prompt_rows: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """Record the layer's scores (if selected) and advance the concept stream as the block advances text."""
+        """Record the layer's scores (if selected; with the prompt's word rows for prompt-word maps) and advance the
+        concept stream as the block advances text."""
         session = self.session
         if not self._record_scores(
+            prompt_rows=prompt_rows,
             concept_output=concept_output,
             image_output=image_output,
             image_query=image_query,
@@ -318,6 +376,14 @@ class FluxAdapter(ConceptAdapter):
         device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
         max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
         return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
+
+    def prompt_word_source(self, pipeline: Any, arguments: dict[str, Any]) -> tuple[Any, str | list[str] | None, int]:
+        """For prompt-word maps: the T5 tokenizer, the prompt T5 encodes (``prompt_2``, else ``prompt``; None when
+        ``prompt_embeds`` are given) and its ``max_sequence_length``, from ``FluxPipeline.encode_prompt``'s bound
+        arguments. Declared here, so FLUX.1 only: subclasses (Chroma, Flux-like families) do not inherit it."""
+        tokenizer, _ = pipeline_text_encoder(pipeline, "tokenizer_2", "text_encoder_2", "This Flux pipeline has no T5 text encoder")
+        prompt = None if arguments.get("prompt_embeds") is not None else (arguments.get("prompt_2") or arguments.get("prompt"))
+        return tokenizer, prompt, int(arguments.get("max_sequence_length") or 512)
 
     # ----- real images -------------------------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_flux2_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 24)) as ca:
         ...     _ = model(**tiny_flux2_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

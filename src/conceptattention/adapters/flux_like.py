@@ -50,7 +50,7 @@ class FluxLikeConceptAttnProcessor(FluxConceptAttnProcessor):
         >>> model = tiny_longcat_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_longcat_image_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

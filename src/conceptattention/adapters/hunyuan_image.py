@@ -51,7 +51,7 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         >>> model = tiny_hunyuan_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_image_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

@@ -67,7 +67,7 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_hunyuan_video_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_video_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 2, 3, 4])
     """
 

@@ -36,7 +36,7 @@ class HunyuanVideo15ConceptAttnProcessor(HunyuanImageConceptAttnProcessor):
         >>> model = tiny_hunyuan_video15_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_video15_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 2, 3, 4])
     """
 

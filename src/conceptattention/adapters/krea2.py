@@ -68,7 +68,7 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_krea2_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_krea2_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

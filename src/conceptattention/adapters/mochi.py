@@ -101,7 +101,7 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_mochi_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_mochi_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 2, 2, 3])
     """
 

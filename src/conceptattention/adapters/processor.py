@@ -17,7 +17,13 @@ import torch
 from diffusers.models.attention_dispatch import dispatch_attention_fn
 from torch import nn
 
-from ..core import concept_attention, saliency_scores, sdpa_bshd
+from ..core import (
+    concept_attention,
+    pool_word_scores,
+    saliency_scores,
+    sdpa_bshd,
+    select_heads,
+)
 from ..session import EarlyExit
 
 
@@ -55,7 +61,8 @@ class AttentionView:
     The stock processor runs unchanged on it (same modules, same operations, same order), so the model's outputs
     are bit-identical by construction, and nothing is registered on the model, so nothing can leak. A tap whose
     module is absent (``None``, e.g. no QK-norm) is left as it is. Taps named in ``copies`` keep a clone of the
-    output (CogView4's processor rotates its normed queries and keys in place).
+    output (CogView4's processor rotates its normed queries and keys in place). Modules named in ``inputs`` (e.g.
+    ``("to_add_out",)``: the prompt rows of the attention output) leave their *input* in ``sink[name]``.
 
     Example:
         >>> from conceptattention.testing import tiny_flux_transformer
@@ -67,13 +74,18 @@ class AttentionView:
     """
 
     def __init__(
-        self, attn: nn.Module, sink: dict[str, torch.Tensor], taps: tuple[str, ...], copies: tuple[str, ...] = ()
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        taps: tuple[str, ...],
+        copies: tuple[str, ...] = (),
+        inputs: tuple[str, ...] = (),
     ) -> None:
         self._attn = attn
-        for name in taps:
+        for name in (*taps, *inputs):
             module = getattr(attn, name, None)
             if module is not None:
-                setattr(self, name, _Tap(module, sink, name, copy=name in copies))
+                setattr(self, name, _Tap(module, sink, name, keep_input=name in inputs, copy=name in copies))
         to_out = getattr(attn, "to_out", None)
         if to_out is not None:
             self.to_out = (_Tap(to_out[0], sink, "to_out", keep_input=True), *to_out[1:])
@@ -175,6 +187,25 @@ def native_backend_active() -> bool:
     return getattr(backend, "value", backend) == "native"
 
 
+def with_prompt_rows(
+    tensors: dict[str, torch.Tensor | None], prompt_rows: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor | None]:
+    """The score inputs with the prompt's word-token rows appended to the concept side (``concept_output``,
+    ``concept_key``, ``concept_value``, on the concept axis 1); concept tensors that are ``None`` (no concepts) are
+    replaced by the prompt rows.
+
+    Example:
+        >>> rows = {"concept_key": torch.zeros(1, 3, 2, 4)}
+        >>> with_prompt_rows({"concept_key": torch.ones(1, 2, 2, 4)}, rows)["concept_key"].shape
+        torch.Size([1, 5, 2, 4])
+    """
+    merged = dict(tensors)
+    for name, rows in prompt_rows.items():
+        concept_side = merged.get(name)
+        merged[name] = rows if concept_side is None else torch.cat([concept_side, rows.to(concept_side.dtype)], dim=1)
+    return merged
+
+
 class ConceptProcessorMixin:
     """Put first in the bases of a concept processor: ``class X(ConceptProcessorMixin, StockProcessor)``.
 
@@ -274,7 +305,7 @@ class ConceptProcessorMixin:
         )
         return concept_output if recorded else None
 
-    def _record_scores(self, **tensors: torch.Tensor) -> bool:
+    def _record_scores(self, prompt_rows: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor | None) -> bool:
         """Record this block's saliency scores; whether the concept stream must still advance (always, except on
         the explain path's last needed block).
 
@@ -284,24 +315,50 @@ class ConceptProcessorMixin:
         layers' ones: while compiling, no branch here reads the layer index, so a compiled block class traces a
         single graph; eagerly, unselected layers skip the scores.
 
+        ``prompt_rows`` (prompt-word maps): the prompt's word tokens on the concept side, ``{"concept_output":
+        [B, T', H·D], "concept_key": [B, T', H, D], "concept_value": [B, T', H, D]}``, appended after the concepts
+        (which may be absent: ``None`` tensors when only prompt words are mapped).
+
         Raises:
             EarlyExit: after the last needed block on the explain path (nothing later has to run).
         """
         session = self.session
-        config = session.config
+        if prompt_rows is not None:
+            tensors = with_prompt_rows(tensors, prompt_rows)
         if torch.compiler.is_compiling():  # traced: no branch on the layer (one graph for every block)
-            session.record(
-                saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
-            )
+            if session.config.keep_heads:
+                raise RuntimeError("keep_heads=True is not available while the blocks run compiled.")
+            session.record(self._layer_scores(tensors)[0])
         elif session.is_selected(self.layer):  # eager: unselected layers compute no scores
-            scores = saliency_scores(config.space, scale_cross_attention=config.cross_attention_scale, **tensors)
-            session.record_layer(self.layer, scores)  # [B, C, I]
+            scores, head_scores = self._layer_scores(tensors)
+            session.record_layer(self.layer, scores, head_scores)  # [B, C, I], [B, C, H, I] or None
         else:
             session.skip_layer()
         if session.stop_after_last_layer and self.layer >= session.last_layer:  # explain path only (eager)
             session.end_call()
             raise EarlyExit()
         return True
+
+    def _layer_scores(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This layer's scores ``[B, C, I]`` (from the config's heads) and, with ``keep_heads``, the per-head scores
+        ``[B, C, H, I]``. With prompt-word maps the concept side holds the concepts then the prompt's word tokens,
+        and the scores are pooled to concepts then words (a word's score = the mean of its tokens' scores)."""
+        session = self.session
+        config = session.config
+        options = {"scale_cross_attention": config.cross_attention_scale, **tensors}
+        head_scores = None
+        if config.heads is not None or config.keep_heads:
+            head_scores = saliency_scores(config.space, per_head=True, **options)  # [B, C, H, I]
+        if config.heads is None:
+            scores = saliency_scores(config.space, **options)  # [B, C, I]
+        else:
+            assert head_scores is not None
+            scores = select_heads(head_scores, config.heads)  # [B, C, I]
+        if session.score_pooling is not None:
+            scores = pool_word_scores(scores, session.score_pooling)  # [B, C + T', I] -> [B, C + W, I]
+            if head_scores is not None:
+                head_scores = pool_word_scores(head_scores, session.score_pooling)  # [B, C + W, H, I]
+        return scores, head_scores if config.keep_heads else None
 
     def _concept_tokens(self, like: torch.Tensor, text_input: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """The concept embeddings ``[C, D_text]`` through the model's text input layer (``context_embedder``...),

@@ -75,7 +75,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_qwenimage_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_qwenimage_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

@@ -119,7 +119,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_sd3_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 48)) as ca:
         ...     _ = model(**tiny_sd3_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

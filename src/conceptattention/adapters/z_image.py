@@ -94,7 +94,7 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_z_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_z_image_inputs())
-        >>> ca.maps.maps.shape
+        >>> ca.maps.tensor.shape
         torch.Size([2, 1, 4, 6])
     """
 

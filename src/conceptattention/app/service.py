@@ -445,7 +445,7 @@ class MapService(ResultExplorer):
             "concepts": list(maps.concepts),
             "seed": seed_value,
             "pipeline_kwargs": kwargs,
-            "method": maps.config,
+            "method": maps.settings,
         }
         return self._finish(image, maps, settings, notes, started, per_step)
 
@@ -533,7 +533,7 @@ class MapService(ResultExplorer):
             "image": path.name,  # the name of the user's file (never a server path), and its fingerprint
             "image_sha256": file_sha256(path),
             "concepts": list(maps.concepts),
-            "method": maps.config,
+            "method": maps.settings,
         }
         return self._finish(image, maps, settings, notes, started, per_step)
 

@@ -243,6 +243,49 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--pooling", choices=["mean", "first", "last"], default="mean", help="multi-token concepts")
     group.add_argument("--conditioning", choices=["null_pooled", "prompt"], default="null_pooled")
+    group.add_argument(
+        "--heads",
+        type=nonnegative_int,
+        nargs="+",
+        default=None,
+        help="attention heads whose scores make the maps, same heads in every block (default: all)",
+    )
+    group.add_argument(
+        "--keep-heads",
+        action="store_true",
+        help="also keep each head's maps (in maps.safetensors, heatmaps under heads/); memory: "
+        "(layers + 2) x concepts x heads x image tokens x 4 bytes",
+    )
+
+
+def add_prompt_words_option(parser: argparse.ArgumentParser) -> None:
+    """``--prompt-words``: one map per word of the prompt (``generate``) or caption (``explain``)."""
+    parser.add_argument(
+        "--prompt-words",
+        action="store_true",
+        help="also map every word of the prompt from its own text tokens (FLUX.1; --concepts then optional)",
+    )
+
+
+def head_writer(args: argparse.Namespace, maps: ConceptMaps, size: tuple[int, int]) -> Callable[[Path], dict[str, Any]]:
+    """With ``--keep-heads``: write ``heads/head<h>/<concept>.png`` heatmaps (else nothing) into the run folder."""
+
+    def write(folder: Path) -> dict[str, Any]:
+        if not getattr(args, "keep_heads", False) or maps.head_maps is None:
+            return {}
+        listing: dict[str, dict[str, str]] = {}
+        for head in range(maps.head_maps.shape[1]):
+            head_maps = maps.head(head)
+            (folder / "heads" / f"head{head}").mkdir(parents=True)
+            taken: set[str] = set()
+            listing[str(head)] = {}
+            for concept in head_maps.concepts:
+                name = f"heads/head{head}/{slug(concept, taken)}.png"
+                head_maps.heatmap(concept, size=display_size((size[1], size[0]))[::-1], cmap=args.cmap).save(folder / name)
+                listing[str(head)][concept] = name
+        return {"heads": listing}
+
+    return write
 
 
 def load_model_from_args(args: argparse.Namespace) -> LoadedModel:
@@ -274,6 +317,8 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "concept_attention": args.concept_attention,
         "concept_pooling": args.pooling,
         "concept_conditioning": args.conditioning,
+        "heads": tuple(args.heads) if getattr(args, "heads", None) else None,
+        "keep_heads": bool(getattr(args, "keep_heads", False)),
     }
 
 

@@ -11,6 +11,7 @@ from .animate import add_animate_options, animation_writer, check_animation_memo
 from .common import (
     CLIError,
     add_map_command_options,
+    add_prompt_words_option,
     check_concept_list,
     check_memory_before_loading,
     check_memory_for_model,
@@ -20,6 +21,7 @@ from .common import (
     combined_writers,
     finish_map_command,
     finite_float,
+    head_writer,
     load_model_from_args,
     map_command_settings,
     method_options,
@@ -35,7 +37,9 @@ HELP = "write concept maps for an existing image (VAE-encode, add noise, one ear
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("explain", help=HELP, description=HELP)
     parser.add_argument("--image", required=True, help="image file (PNG/JPEG/...; grayscale, RGBA, 16-bit accepted)")
-    parser.add_argument("--concepts", nargs="+", required=True, help="concepts to map, e.g. --concepts cat sofa floor")
+    parser.add_argument(
+        "--concepts", nargs="+", default=None, help="concepts to map, e.g. --concepts cat sofa floor (or --prompt-words)"
+    )
     parser.add_argument("--caption", default="", help="prompt given with the image (default: empty)")
     parser.add_argument(
         "--noise-level",
@@ -49,6 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--height", type=int, default=None, help="model input height (default: keep aspect ratio)")
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--guidance-scale", type=finite_float, default=3.5, help="guidance embedding (FLUX.1-dev only)")
+    add_prompt_words_option(parser)
     add_mask_options(parser)
     add_map_command_options(parser, run)
     add_animate_options(parser, steps_help="noise level (--noise-level with several values)")
@@ -63,7 +68,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(args.out, args.overwrite)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.image):
         raise CLIError(f"--image {args.image!r}: URLs are not supported; download the file first and give its path.")
-    concepts = list(check_concept_list(args.concepts))
+    if args.concepts is None and not args.prompt_words:
+        raise CLIError("Give --concepts (e.g. --concepts cat sofa floor), or --prompt-words with a --caption.")
+    if args.prompt_words and not args.caption.strip():
+        raise CLIError("--prompt-words maps the words of the caption: give --caption.")
+    concepts = list(check_concept_list(args.concepts)) if args.concepts is not None else []
     if (args.height is None) != (args.width is None):
         raise CLIError("Give both --height and --width, or neither (the image's aspect ratio is kept).")
     check_memory_before_loading(args, args.height, args.width, batch=args.samples)
@@ -73,14 +82,23 @@ def run(args: argparse.Namespace) -> int:
         check_noise_levels(args.noise_level)  # so do bad noise levels
     loaded = load_model_from_args(args)
     pipe = loaded.pipeline
-    check_model_concepts(loaded, concepts)
+    if concepts:
+        check_model_concepts(loaded, concepts)
     check_sizes(args, pipe)
     if args.height is None or args.width is None:
         height, width = get_adapter(pipe).explain_resolution(pipe, image.size)
     else:
         height, width = args.height, args.width
-    check_memory_for_model(args, pipe, height=height, width=width, batch=args.samples, concepts=len(concepts))
+    check_memory_for_model(
+        args,
+        pipe,
+        height=height,
+        width=width,
+        batch=args.samples,
+        concepts=len(concepts) + (len(args.caption.split()) if args.prompt_words else 0),
+    )
     options = method_options(args)
+    options["prompt_words"] = args.prompt_words
     animate, labels = None, None
     attentions: list = []
     if args.animate:  # the kept per-step scores are checked before the run
@@ -90,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         labels = [f"noise {level:g}" for level in levels] if args.animate == "steps" else None
         animate = check_animation_memory(
             args,
-            ConceptAttention(pipe, concepts, **options),
+            ConceptAttention(pipe, concepts or None, **options),
             steps=len(levels),
             tokens=image_tokens(pipe, height=height, width=width),
             batch=args.samples,
@@ -98,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     maps = explain(
         pipe,
         image,
-        concepts,
+        concepts or None,
         caption=args.caption,
         noise_level=args.noise_level,
         num_samples=args.samples,
@@ -117,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         **map_command_settings(args, loaded, maps),
         "masks": mask_settings(args),
     }
-    extra_files = [mask_writer(args, maps, (image.height, image.width))]
+    extra_files = [mask_writer(args, maps, (image.height, image.width)), head_writer(args, maps, (image.height, image.width))]
     if animate is not None:
         settings["animate"] = animate
         extra_files.append(animation_writer(args, attentions[0], image, settings, labels=labels))

@@ -11,6 +11,7 @@ from .animate import add_animate_options, animation_writer, check_animation_memo
 from .common import (
     CLIError,
     add_map_command_options,
+    add_prompt_words_option,
     call_kwargs,
     check_concept_list,
     check_memory_before_loading,
@@ -21,6 +22,7 @@ from .common import (
     combined_writers,
     finish_map_command,
     finite_float,
+    head_writer,
     load_model_from_args,
     map_command_settings,
     method_options,
@@ -56,6 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-sequence-length", type=positive_int, default=None, help="prompt tokens (default: the model's)"
     )
+    add_prompt_words_option(parser)
     add_mask_options(parser)
     add_map_command_options(parser, run)
     add_animate_options(parser, steps_help="denoising step")
@@ -104,12 +107,15 @@ def run(args: argparse.Namespace) -> int:
     pipe = loaded.pipeline
     prompt = args.prompt if args.prompt is not None else defaults.get("prompt")
     concepts = args.concepts if args.concepts is not None else defaults.get("concepts")
+    if args.prompt_words and args.concepts is None:
+        concepts = []  # the prompt's words only
     if not prompt:
         raise CLIError("--prompt is required for this model.")
-    if not concepts:
-        raise CLIError("--concepts is required for this model (e.g. --concepts dog grass sky).")
-    concepts = list(check_concept_list(concepts))
-    check_model_concepts(loaded, concepts)
+    if not concepts and not args.prompt_words:
+        raise CLIError("--concepts is required for this model (e.g. --concepts dog grass sky), or --prompt-words.")
+    concepts = list(check_concept_list(concepts)) if concepts else []
+    if concepts:
+        check_model_concepts(loaded, concepts)
     check_sizes(args, pipe)
     video = get_adapter(pipe).modality == "video"
     if args.frames is not None and not video:
@@ -145,13 +151,13 @@ def run(args: argparse.Namespace) -> int:
         height=height,
         width=width,
         frames=frame_count if isinstance(frame_count, int) else 1,
-        concepts=len(concepts),
+        concepts=len(concepts) + (len(prompt.split()) if args.prompt_words else 0),
         text_tokens=kwargs.get("max_sequence_length"),
     )
     animate: dict[str, Any] | None = None
     if args.animate:
         options["keep_per_step"] = True
-    attention = ConceptAttention(pipe, concepts, **options)
+    attention = ConceptAttention(pipe, concepts or None, prompt_words=args.prompt_words, **options)
     if args.animate:  # the kept per-step scores are checked before the run
         steps = kwargs.get("num_inference_steps", _call_default(pipe, "num_inference_steps"))
         animate = check_animation_memory(
@@ -170,12 +176,13 @@ def run(args: argparse.Namespace) -> int:
         "model": loaded.description,
         "prompt": prompt,
         "concepts": list(maps.concepts),
+        "prompt_words": args.prompt_words,
         "seed": args.seed,
         "pipeline_kwargs": {k: v for k, v in kwargs.items() if k != "generator"},
         **map_command_settings(args, loaded, maps),
     }
     settings["masks"] = mask_settings(args)
-    extra_files = [mask_writer(args, maps, (image.height, image.width))]
+    extra_files = [mask_writer(args, maps, (image.height, image.width)), head_writer(args, maps, (image.height, image.width))]
     if animate is not None:
         settings["animate"] = animate
         extra_files.append(animation_writer(args, attention, image, settings))

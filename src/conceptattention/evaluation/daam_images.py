@@ -233,6 +233,6 @@ def daam_explain(
                 }
             )
             results[index] = ConceptMaps(
-                concept_lists[index], concept_maps.unsqueeze(1), config=config
+                concept_lists[index], concept_maps.unsqueeze(1), settings=config
             )  # [C, 1, h, w]
     return [maps for maps in results if maps is not None]

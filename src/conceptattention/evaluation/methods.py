@@ -287,7 +287,7 @@ class Method:
             )
         else:
             concept_maps = [self._explain(pipeline, request) for request in requests]
-        return [self._blur(maps.maps[:, 0]) for maps in concept_maps]  # [C, 1, h, w] -> [C, h, w]
+        return [self._blur(maps.tensor[:, 0]) for maps in concept_maps]  # [C, 1, h, w] -> [C, h, w]
 
     def _baseline(self, request: MapRequest) -> torch.Tensor:
         """Baseline maps ``[C, H, W]`` at the image's resolution (blurred if configured)."""

@@ -257,7 +257,7 @@ def variant_maps(
             concept_embeds=embeds,
             config=ConceptAttentionConfig(**dict(variant.options)),
         )
-    return maps.maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
+    return maps.tensor[:, 0]  # [C, 1, h, w] -> [C, h, w]
 
 
 def load_measurement_pipeline() -> Any:
