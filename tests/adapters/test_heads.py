@@ -48,14 +48,14 @@ def test_per_head_maps_average_to_the_maps(pipe, space):
         generate(pipe)
     maps = raw.maps
     assert maps.head_maps.shape == (3, 2, 1, 16, 16)  # [C, H, F, h, w]: the tiny model has 2 heads
-    torch.testing.assert_close(maps.head_maps.double().mean(1), maps.maps.double(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps.head_maps.double().mean(1), maps.tensor.double(), atol=1e-5, rtol=1e-5)
     with ConceptAttention(pipe, CONCEPTS, keep_heads=True, space=space) as softmax:
         generate(pipe)
     torch.testing.assert_close(softmax.maps.head_logits.double().mean(1), softmax.maps.logits.double(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(softmax.maps.head_maps.sum(0), torch.ones(2, 1, 16, 16))  # each head: a softmax
     with ConceptAttention(pipe, CONCEPTS, space=space) as plain:
         generate(pipe)
-    assert torch.equal(plain.maps.maps, softmax.maps.maps)  # keeping heads does not change the maps
+    assert torch.equal(plain.maps.tensor, softmax.maps.tensor)  # keeping heads does not change the maps
 
 
 def test_head_selection_matches_naive_reference(pipe):
@@ -68,7 +68,7 @@ def test_head_selection_matches_naive_reference(pipe):
         capture.remove()
     words = naive_words(pipe.tokenizer_2, PROMPT, 32)
     expected = naive_word_maps(capture.calls, words, [0, 2], "output", heads=[1])
-    torch.testing.assert_close(attention.maps.maps.flatten(1).double(), expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(attention.maps.tensor.flatten(1).double(), expected, atol=2e-5, rtol=1e-4)
     all_heads = naive_word_maps(capture.calls, words, [0, 2], "output")
     assert (expected - all_heads).abs().max() > 1e-3  # the selection changes the maps
 
@@ -80,9 +80,9 @@ def test_head_selection_of_concepts_follows_per_step_head_scores(pipe):
         generate(pipe)
     per_step = full.per_step_head_scores  # {(step, layer): [B, C, H, I]}
     expected = torch.stack([scores[:, :, 0].double().softmax(1) for scores in per_step.values()]).mean(0)
-    torch.testing.assert_close(head0.maps.maps.flatten(1).double(), expected[0], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(full.maps.head(0).maps, head0.maps.maps, atol=1e-6, rtol=1e-5)
-    assert head0.maps.config["heads"] == [0]
+    torch.testing.assert_close(head0.maps.tensor.flatten(1).double(), expected[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(full.maps.head(0).maps, head0.maps.tensor, atol=1e-6, rtol=1e-5)
+    assert head0.maps.settings["heads"] == [0]
 
 
 def test_memory_estimate_matches_the_kept_tensors(pipe):

@@ -128,7 +128,7 @@ def test_word_maps_match_naive_float64_reference(pipe, space):
     words = naive_words(pipe.tokenizer_2, PROMPT, 32)
     assert maps.concepts == ("a", "red", "car,", "on", "sand")
     expected = naive_word_maps(capture.calls, words, [0, 2], space)  # [W, I]
-    torch.testing.assert_close(maps.maps.flatten(1).double(), expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(maps.tensor.flatten(1).double(), expected, atol=2e-5, rtol=1e-4)
 
 
 def test_sub_word_tokens_are_pooled_by_word_ids(pipe):
@@ -173,8 +173,8 @@ def test_combined_with_concepts(pipe):
     # raw scores are those of each part alone; the softmax runs over concepts and words together
     torch.testing.assert_close(maps.logits[:2], concepts_only.maps.logits)
     torch.testing.assert_close(maps.logits[2:], words_only.maps.logits)
-    torch.testing.assert_close(maps.maps.sum(0), torch.ones_like(maps.maps[0]))
-    assert maps.config["prompt_words"] == ["a", "red", "car,#2", "on", "sand"]
+    torch.testing.assert_close(maps.tensor.sum(0), torch.ones_like(maps.tensor[0]))
+    assert maps.settings["prompt_words"] == ["a", "red", "car,#2", "on", "sand"]
 
 
 def test_repeated_words_and_true_cfg_negative_prompt(pipe):
@@ -187,7 +187,7 @@ def test_explain_maps_caption_words(pipe):
     from PIL import Image
 
     maps = explain(pipe, Image.new("RGB", (32, 32), "red"), "prompt", caption="red sand", height=32, width=32)
-    assert maps.concepts == ("red", "sand") and maps.maps.shape == (2, 1, 16, 16)
+    assert maps.concepts == ("red", "sand") and maps.tensor.shape == (2, 1, 16, 16)
     with pytest.raises(ConceptError, match="no words"):
         explain(pipe, Image.new("RGB", (32, 32)), "prompt", caption="", height=32, width=32)
 
@@ -250,5 +250,5 @@ def test_single_word_prompt_warns_and_keeps_raw_scores(pipe):
     with pytest.warns(UserWarning, match="single concept"), ConceptAttention(pipe, "prompt") as attention:
         generate(pipe, "sand")
     maps = attention.maps
-    assert maps.concepts == ("sand",) and maps.config["effective_softmax"] is False
-    assert torch.equal(maps.maps, maps.logits)
+    assert maps.concepts == ("sand",) and maps.settings["effective_softmax"] is False
+    assert torch.equal(maps.tensor, maps.logits)

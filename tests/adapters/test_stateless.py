@@ -53,8 +53,8 @@ def test_chroma_nested_sessions_keep_their_own_true_cfg_state():
             first(**uncond)  # a: the unconditional twin of its own previous call, not recorded
             second(**cond)  # b: the twin of its own previous call, not recorded
     assert (a.session.num_recorded_calls, b.session.num_recorded_calls) == (1, 1)
-    assert torch.equal(a.maps.maps, alone_first.maps.maps)
-    assert torch.equal(b.maps.maps, alone_second.maps.maps)
+    assert torch.equal(a.maps.tensor, alone_first.maps.tensor)
+    assert torch.equal(b.maps.tensor, alone_second.maps.tensor)
     assert vars(adapter) == before
 
 
@@ -94,8 +94,8 @@ def test_sd3_nested_blocks_with_different_concept_text_encoders():
     clip = adapter.encode_concepts(second, concepts, "mean", text_encoder="clip")
     assert torch.equal(a.session.concept_embeds, t5) and torch.equal(b.session.concept_embeds, clip)
     assert not torch.equal(t5, adapter.encode_concepts(first, concepts, "mean"))  # the option changes something
-    assert torch.equal(a.maps.maps, alone_first.maps.maps) and torch.equal(b.maps.maps, alone_second.maps.maps)
-    assert a.maps.config["concept_text_encoder"] == "t5" and b.maps.config["concept_text_encoder"] is None
+    assert torch.equal(a.maps.tensor, alone_first.maps.tensor) and torch.equal(b.maps.tensor, alone_second.maps.tensor)
+    assert a.maps.settings["concept_text_encoder"] == "t5" and b.maps.settings["concept_text_encoder"] is None
     assert vars(adapter) == before == {}
 
 
