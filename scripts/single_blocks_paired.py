@@ -21,18 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from conceptattention.evaluation.bootstrap import bootstrap_metric, resample_weights
-from conceptattention.evaluation.shapesworld_protocol import METRIC_LABELS, _metric_functions
-
-
-KEYS = (
-    "object.auroc",
-    "background.auroc",
-    "colour.auroc",
-    "object.argmax_iou",
-    "names.pixel_accuracy",
-    "names.absent_share",
-    "object.miou",
-)
+from conceptattention.evaluation.shapesworld_protocol import _SUMMARY_KEYS, METRIC_LABELS, _metric_functions
 
 
 def scene_stats(folder: Path, method: str) -> dict[int, dict[str, float]]:
@@ -79,7 +68,7 @@ def main() -> None:
     print(f"{len(scenes)} scenes common to {len(runs)} runs; baseline {args.runs[0]}")
     header = ["metric", str(args.runs[0].name)] + [f"{folder.name} (Δ vs baseline)" for folder in args.runs[1:]]
     print("| " + " | ".join(header) + " |\n| " + " | ".join(["---"] * len(header)) + " |")
-    for key in KEYS:
+    for key in _SUMMARY_KEYS:
         cells = []
         for number in range(len(runs)):
             value, low, high = bootstrap_metric(stats, run_metric(functions[key], names, number), weights=weights)

@@ -39,6 +39,8 @@ from .processor import AttentionView, ConceptProcessorMixin, check_captured
 if TYPE_CHECKING:
     from ..session import ConceptSession
 
+#: FLUX.1's rotary tables ``(cos, sin)``, each ``[T + I, D]``, or None.
+Rotary = tuple[torch.Tensor, torch.Tensor] | None
 #: Modules of the single block's attention whose outputs the concept branch takes.
 SINGLE_TAPS = ("norm_q", "norm_k", "to_v", "to_qkv")
 #: Key of ``session.call.inputs`` under which a single block's pre-hook stores the ``temb`` it receives.
@@ -93,13 +95,9 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    def __call__(  # the stock processor's call: the single block passes no encoder_hidden_states
+        self, attn: nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, image_rotary_emb: Rotary = None,
     ) -> Any:
         if encoder_hidden_states is not None or not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
@@ -121,13 +119,10 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         return block.act_mlp(block.proj_mlp(normed))
 
     def _concept_branch(
-        self,
-        attn: nn.Module,
-        sink: dict[str, torch.Tensor],
-        output: torch.Tensor,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+        self, attn: nn.Module, sink: dict[str, torch.Tensor], output: torch.Tensor, image_rotary_emb: Rotary
     ) -> None:
-        """Advance the concept stream through this single block and record its scores."""
+        """Advance the concept stream through this single block and record its scores (``output``: the attention
+        output ``[B, T + I, H·D]``)."""
         session, block = self.session, self._block()
         call = session.call
         assert call is not None and block is not None
