@@ -216,6 +216,8 @@ class ConceptAttention(ProcessorSwap):
             )
             self.effective_softmax = False
         blocks = self.adapter.joint_blocks(self.transformer)
+        # joint blocks, then the blocks the concept stream may continue into (FLUX.1's single blocks)
+        self._layer_paths = [path for path, _ in self.adapter.layer_blocks(self.transformer)]
         self.layers = self._resolve_layers(len(blocks))
         self.session: ConceptSession | None = None
         self._reduce_batch = False
@@ -280,22 +282,26 @@ class ConceptAttention(ProcessorSwap):
             if requested is None:
                 return self.adapter.default_layers(num_blocks)
         resolved: list[int] = []
-        paths = {self.adapter.block_path(index): index for index in range(num_blocks)}
+        paths = {path: index for index, path in enumerate(self._layer_paths)}
+        extra = len(paths) - num_blocks  # blocks after the joint ones (FLUX.1's single blocks), selectable too
         for layer in requested:
             if isinstance(layer, str):
                 if layer not in paths:
                     raise ConfigError(
                         f"Unknown layer {layer!r}; joint blocks are {self.adapter.block_path(0)} .. "
-                        f"{self.adapter.block_path(num_blocks - 1)}."
+                        f"{self.adapter.block_path(num_blocks - 1)}"
+                        + (f", then {self._layer_paths[num_blocks]} .. {self._layer_paths[-1]}." if extra else ".")
                     )
                 index = paths[layer]
             else:
-                if not -num_blocks <= layer < num_blocks:
+                if not -num_blocks <= layer < len(paths):
+                    more = f", {num_blocks}..{len(paths) - 1} the blocks after them" if extra else ""
                     raise ConfigError(
                         f"Layer {layer} is out of range: {type(self.transformer).__name__} has {num_blocks} joint "
-                        f"blocks (valid indices 0..{num_blocks - 1}, or negative from the end)."
+                        f"blocks (valid indices 0..{num_blocks - 1}{more}, or negative from the end of the joint "
+                        "blocks)."
                     )
-                index = layer % num_blocks
+                index = layer % num_blocks if layer < 0 else layer
             if index in resolved:
                 raise ConfigError(f"Layer {layer!r} is selected twice.")
             resolved.append(index)
@@ -351,7 +357,7 @@ class ConceptAttention(ProcessorSwap):
         setattr(self.transformer, _ACTIVE_ATTRIBUTE, True)
         if self.prompt_words:
             self._wrap_encode_prompt()
-        for layer, block in enumerate(self.adapter.joint_blocks(self.transformer)):
+        for layer, (_, block) in enumerate(self.adapter.layer_blocks(self.transformer)):
             if layer > self.session.last_layer:
                 break
             attention = self.adapter.attention_module(block)
@@ -490,7 +496,7 @@ class ConceptAttention(ProcessorSwap):
             {
                 "architecture": self.adapter.name,
                 "transformer_class": type(self.transformer).__name__,
-                "resolved_layers": [self.adapter.block_path(index) for index in self.layers],
+                "resolved_layers": [self._layer_paths[index] for index in self.layers],
                 "effective_softmax": self.effective_softmax,
                 "prompt_words": list(self.session.word_labels) if self.session is not None and self.prompt_words else None,
             }

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from .flux_single_reference import naive_single_blocks
 from .reference_common import (
     Layout,
     ada_norm_zero,
@@ -89,4 +90,11 @@ def naive_chroma_scores(
         hidden = residual_update(hidden, attn.to_out[0](o_img), layer_norm, block.ff, *img_mod)
         text = residual_update(text, attn.to_add_out(o_txt), layer_norm, block.ff_context, *txt_mod)
         concepts = residual_update(concepts, attn.to_add_out(o_con), layer_norm, block.ff_context, *con_mod)
+
+    def single_rows(k: int, stream: str) -> tuple[torch.Tensor, ...]:
+        """Single block k's shift, scale, gate ``[B, d]`` (tokens and concepts alike)."""
+        return tuple(modulation[:, 3 * k : 3 * k + 3].unbind(1))
+
+    singles = model.single_transformer_blocks  # layer indices past the double blocks
+    scores += naive_single_blocks(singles, text, hidden, concepts, single_rows, rope, allowed, layers, num_blocks, space, mode)
     return torch.stack(scores)  # [L, B, C, I]

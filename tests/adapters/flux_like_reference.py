@@ -6,7 +6,8 @@ boolean mask (text and image never see concepts; concepts see image and/or conce
 text). ``temb`` is rebuilt from the timestep as each model's ``forward`` builds it, written out per class; concepts are
 modulated by it. RoPE rotates the text and image rows with the ids of the call; concepts sit at id ``(0, 0, 0)``
 (no rotation) unless ``concept_position`` names a text row whose rotation they take (a deliberately wrong variant).
-No code is shared with the library's processors.
+Layer indices past the double blocks continue into the single blocks (``flux_single_reference``). No code is shared
+with the library's processors.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from .flux_single_reference import naive_single_blocks, silu_rows
 from .reference_common import (
     Layout,
     blocks_until,
@@ -100,4 +102,10 @@ def naive_flux_like_scores(
         hidden = residual_update(hidden, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
         text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
         concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    singles, first = model.single_transformer_blocks, len(model.transformer_blocks)  # indices past the doubles
+
+    def modulation(k: int, stream: str) -> tuple[torch.Tensor, ...]:
+        return silu_rows(singles[k], temb)  # tokens and concepts alike
+
+    scores += naive_single_blocks(singles, text, hidden, concepts, modulation, rope, allowed, layers, first, space, mode)
     return torch.stack(scores)  # [L, B, C, I]

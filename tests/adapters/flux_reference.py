@@ -4,7 +4,8 @@ It re-runs the double-stream blocks of a ``FluxTransformer2DModel`` by hand, in 
 the concatenation ``[text, image, concepts]`` and an explicit boolean mask (text and image never see concepts;
 concepts see image and/or concepts according to the mode, never the text). It shares no code with the library's
 processors, so agreement is evidence that the optimised path (concept rows only, keys reused from the joint
-attention) implements the method.
+attention) implements the method. Layer indices past the double blocks continue into the single blocks
+(``flux_single_reference``, the single-stream extension).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
+from .flux_single_reference import naive_single_blocks, silu_rows
 from .reference_common import (
     Layout,
     blocks_until,
@@ -71,4 +73,10 @@ def naive_flux_scores(
         hidden = residual_update(hidden, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
         text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
         concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    singles, first = model.single_transformer_blocks, len(model.transformer_blocks)  # indices past the doubles
+
+    def modulation(k: int, stream: str) -> tuple[torch.Tensor, ...]:
+        return silu_rows(singles[k], temb if stream == "tokens" else temb_concepts)
+
+    scores += naive_single_blocks(singles, text, hidden, concepts, modulation, rope, allowed, layers, first, space, mode)
     return torch.stack(scores)  # [L, B, C, I]

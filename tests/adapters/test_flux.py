@@ -293,7 +293,7 @@ class TestRefusals:
         "options, message",
         [
             (dict(layers=[7]), "out of range"),
-            (dict(layers=["single_transformer_blocks.0"]), "Unknown layer"),
+            (dict(layers=["single_transformer_blocks.9"]), "Unknown layer"),
             (dict(layers=[1, -3]), "selected twice"),
             (dict(space="attention"), "space"),
             (dict(concept_attention="all"), "concept_attention"),

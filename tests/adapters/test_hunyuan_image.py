@@ -1,6 +1,6 @@
 """HunyuanImage 2.1 adapter: the shared battery on a tiny HunyuanImage 2.1 model ([image, text] joint attention,
 image-only RoPE, token refiner, padded prompt) and a tiny offline HunyuanImagePipeline (glyph prompts, guider CFG),
-per-concept refinement, guidance embedding, concept encoding, refusals."""
+per-concept refinement, guidance embedding, concept encoding, refusals, the explain path."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
+import numpy
 import pytest
 import torch
 from diffusers.models.transformers.transformer_hunyuanimage import HunyuanImageAttnProcessor
@@ -25,8 +26,10 @@ from .battery import (
     assert_padding_mask_kept,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    check_explain,
     layer_logits,
     module_fixtures,
+    random_image,
     seeded_embeds,
 )
 from .hunyuan_image_reference import naive_hunyuan_image_scores
@@ -163,3 +166,50 @@ def test_concept_encoding_matches_the_pipelines_prompt_encoder():
         end = int(mask.sum()) - len(tokenizer("<|im_end|>").input_ids)
         start = end - len(tokenizer(concept).input_ids)
         torch.testing.assert_close(encoded[index], states[0, start:end].mean(0), rtol=1e-5, atol=1e-6)
+
+
+# ----- real images (explain path) ---------------------------------------------------------------------------------
+
+
+def test_explain_shape_sums_and_early_exit(pipe):
+    check_explain(
+        pipe, height=32, width=48, grid=(1, 16, 24), bad_height=33, one_caption="",
+        skipped_block=pipe.transformer.transformer_blocks[2], layers=[1],
+    )
+
+
+def test_explain_maps_equal_a_direct_call_on_the_same_noised_latents(pipe):
+    """The explain maps are those of one transformer call on the VAE latents ``× scaling_factor`` noised by rectified
+    flow with the seed's noise at ``timestep = 1000·t``, with the caption as the pipeline encodes it; the pipeline's
+    scheduler puts ``t`` at timestep ``1000·t`` (so the explain call is a step the pipeline could have made)."""
+    from conceptattention import explain
+    from conceptattention.adapters.hunyuan_image import HunyuanImageAdapter
+
+    image, concepts, level, seed = random_image(32, 48), ["house", "sky"], 0.25, 7
+    pipe.scheduler.set_timesteps(sigmas=[level, 0.0], device="cpu")
+    assert torch.allclose(pipe.scheduler.timesteps[0], torch.tensor(1000.0 * level))
+    ours = explain(pipe, image, concepts, height=32, width=48, noise_level=level, seed=seed, caption="a house",
+                   layers=[1, 2])
+    embeds = HunyuanImageAdapter().encode_concepts(pipe, concepts, "mean")
+    pixels = torch.from_numpy(numpy.asarray(image.convert("RGB"), dtype=numpy.float32) / 127.5 - 1.0)
+    with torch.no_grad():
+        latents = pipe.vae.encode(pixels.permute(2, 0, 1)[None]).latent_dist.mode() * pipe.vae.config.scaling_factor
+        noise = torch.randn(latents.shape[1:], generator=torch.Generator().manual_seed(seed))[None]  # [1, c, h, w]
+        prompt, mask, glyph, glyph_mask = pipe.encode_prompt(prompt="a house", device="cpu")
+        with ConceptAttention(pipe.transformer, concepts, concept_embeds=embeds, layers=[1, 2]) as direct:
+            pipe.transformer(
+                hidden_states=(1 - level) * latents + level * noise, timestep=torch.full((1,), 1000.0 * level),
+                encoder_hidden_states=prompt, encoder_attention_mask=mask, encoder_hidden_states_2=glyph,
+                encoder_attention_mask_2=glyph_mask,
+            )
+    torch.testing.assert_close(ours.maps, direct.maps.maps, rtol=1e-5, atol=1e-6)
+
+
+def test_explain_resolution_keeps_the_aspect_ratio(pipe):
+    """The default size is the pipeline's default area (``default_sample_size·vae_scale_factor`` a side), aspect
+    ratio kept, rounded to the size multiple."""
+    adapter = get_adapter(pipe)
+    side = pipe.default_sample_size * pipe.vae_scale_factor
+    assert adapter.explain_resolution(pipe, (100, 100)) == (side, side)
+    height, width = adapter.explain_resolution(pipe, (300, 200))
+    assert height % 2 == 0 and width % 2 == 0 and abs(width / height - 1.5) < 0.05

@@ -65,6 +65,24 @@ def test_every_stock_processor_is_fingerprinted(family, adapter):
         assert f"{cls.__module__}.{cls.__qualname__}.__call__" in paths, (family, cls.__name__)
 
 
+def _single_block_adapters():
+    return [(family, adapter) for family, adapter in _adapters() if getattr(adapter, "single_processor_class", None)]
+
+
+@pytest.mark.parametrize(("family", "adapter"), _single_block_adapters(), ids=[f for f, _ in _single_block_adapters()])
+def test_single_block_sources_unchanged(family, adapter):
+    """The single-block processors of the single-stream extension (FLUX.1 and the families sharing its single
+    blocks) name the stock processor, the single block's forward and its modulation, all unchanged."""
+    processor = adapter.single_processor_class
+    paths = [path for path, _ in processor.STOCK_SOURCES]
+    stock = adapter.single_stock_processor_class
+    assert f"{stock.__module__}.{stock.__qualname__}.__call__" in paths, family
+    assert any(path.endswith("SingleTransformerBlock.forward") for path in paths), family
+    drifted = stock_source_drift(processor)
+    found = {path: source_fingerprint(resolve_dotted(path)) for path in drifted}
+    assert not drifted, f"diffusers changed {drifted}, which {processor.__name__} ({family}) mirrors: {found}"
+
+
 def test_fingerprint_ignores_comments_and_docstrings_but_not_code():
     base = _fingerprint_of_text("def f(x):\n    return x + 1\n")
     assert base == _fingerprint_of_text('def f(x):\n    """Docs."""\n    # a comment\n    return (x + 1)\n')

@@ -86,6 +86,11 @@ class ConceptAdapter(ABC):
         """The joint (double-stream) blocks in execution order."""
         return list(getattr(transformer, self.blocks_attribute))
 
+    def layer_blocks(self, transformer: nn.Module) -> list[tuple[str, nn.Module]]:
+        """Every block ``layers=`` may select, in execution order, with its module path: the joint blocks (indices
+        ``0..J-1``), then any blocks the concept stream continues into (FLUX.1's single blocks: ``J..``)."""
+        return [(self.block_path(index), block) for index, block in enumerate(self.joint_blocks(transformer))]
+
     def block_path(self, index: int) -> str:
         """Module path of joint block ``index`` inside the transformer (``"transformer_blocks.15"``)."""
         return f"{self.blocks_attribute}.{index}"

@@ -19,6 +19,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
@@ -46,6 +47,17 @@ class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
     COPIES_STOCK = False
 
 
+class BriaSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
+    """Bria single-block processor (the single-stream extension, beyond the paper): ``BriaAttnProcessor``
+    untouched, the concepts through the block's shared weights with the block's ``temb``."""
+
+    STOCK_SOURCES = (
+        *BriaConceptAttnProcessor.STOCK_SOURCES,
+        ("diffusers.models.transformers.transformer_bria.BriaSingleTransformerBlock.forward", "b605a3ec22b0f955013e047632e5eacb7df3601191b1fa3447ef43002ca29b3f"),
+        ADA_NORM_SINGLE_SOURCE,
+    )
+
+
 class BriaAdapter(FluxLikeAdapter):
     """Adapter for Bria 3.x text-to-image (``BriaTransformer2DModel``, ``BriaPipeline``).
 
@@ -59,6 +71,8 @@ class BriaAdapter(FluxLikeAdapter):
     name = "bria"
     processor_class = BriaConceptAttnProcessor
     stock_processor_class = BriaAttnProcessor
+    single_processor_class = BriaSingleConceptAttnProcessor
+    single_stock_processor_class = BriaAttnProcessor
     transformer_classes = ("BriaTransformer2DModel",)
     pipeline_classes = ("BriaPipeline",)
     modality = "image"
@@ -108,4 +122,4 @@ class BriaAdapter(FluxLikeAdapter):
         return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
 
-__all__ = ["BriaAdapter", "BriaConceptAttnProcessor"]
+__all__ = ["BriaAdapter", "BriaConceptAttnProcessor", "BriaSingleConceptAttnProcessor"]

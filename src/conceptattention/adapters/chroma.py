@@ -30,6 +30,7 @@ from ..config import ConceptPooling
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
+from .flux_single import BlockTembSingleConceptAttnProcessor, FluxSingleConceptAttnProcessor
 from .real_images import ExplainBatch, ExplainRequest
 
 
@@ -88,6 +89,17 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
         return self._block_text_conditioning()
 
 
+class ChromaSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
+    """Chroma single-block processor (the single-stream extension, beyond the paper): FLUX.1's, with the concepts
+    modulated by the block's own ``temb`` slice ``[B, 3, d]`` (``ChromaAdaLayerNormZeroSinglePruned``)."""
+
+    STOCK_SOURCES = (
+        *FluxSingleConceptAttnProcessor.STOCK_SOURCES[:4],  # FluxAttnProcessor and its projections
+        ("diffusers.models.transformers.transformer_chroma.ChromaSingleTransformerBlock.forward", "6dac5adae225acbbe7872f78ec540f18187723b1afa6adefc483efdb371ea075"),
+        ("diffusers.models.transformers.transformer_chroma.ChromaAdaLayerNormZeroSinglePruned.forward", "65167e08410974a9457940b6e9a38f44a136a5edc3ae8cd1ed11547a434a5acc"),
+    )
+
+
 class ChromaAdapter(FluxAdapter):
     """Adapter for Chroma (``ChromaTransformer2DModel``): FLUX.1 blocks with per-block modulation and T5 only.
 
@@ -100,6 +112,7 @@ class ChromaAdapter(FluxAdapter):
 
     name = "chroma"
     processor_class = ChromaConceptAttnProcessor
+    single_processor_class = ChromaSingleConceptAttnProcessor
     transformer_classes = ("ChromaTransformer2DModel",)
     pipeline_classes = ("ChromaPipeline",)
     modality = "image"
@@ -143,8 +156,9 @@ class ChromaAdapter(FluxAdapter):
         return bool(call_inputs.get(TRUE_CFG_TWIN_KEY, False))
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
-        """Block pre-hooks that hand each double block's ``temb`` to its processor."""
-        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+        """Block pre-hooks that hand each double block's ``temb`` to its processor (single blocks' too)."""
+        grabbers = block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+        return grabbers + self.single_block_grabbers(transformer, session)
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
@@ -194,4 +208,4 @@ class ChromaAdapter(FluxAdapter):
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=latents_shape)
 
 
-__all__ = ["ChromaAdapter", "ChromaConceptAttnProcessor"]
+__all__ = ["ChromaAdapter", "ChromaConceptAttnProcessor", "ChromaSingleConceptAttnProcessor"]

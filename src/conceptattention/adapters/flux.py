@@ -2,7 +2,8 @@
 
 Concept tokens take the text stream's modules of every double-stream block: ``norm1_context`` (modulation),
 ``add_{q,k,v}_proj``, ``norm_added_{q,k}``, ``to_add_out``, ``norm2_context`` and ``ff_context``. FLUX.1 text ids
-are all zero, so RoPE is the identity for concepts. Single-stream blocks are never touched.
+are all zero, so RoPE is the identity for concepts. Single-stream blocks are touched only when ``layers=`` selects
+one (indices past the double blocks): :mod:`conceptattention.adapters.flux_single`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..config import ConceptPooling
 from ..core import concept_attention_packed
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import ConceptAdapter, bind_call
+from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
 
@@ -313,8 +315,11 @@ def module_variant(processor_class: type) -> type:
     return _MODULE_VARIANTS[processor_class]
 
 
-class FluxAdapter(ConceptAdapter):
+class FluxAdapter(SingleBlockLayers, ConceptAdapter):
     """Adapter for FLUX.1 [dev]/[schnell] and every model built on ``FluxTransformer2DModel``.
+
+    Layer indices past the double blocks select the single blocks (the single-stream extension, beyond the paper:
+    :mod:`conceptattention.adapters.flux_single`).
 
     Example:
         >>> from conceptattention.adapters import get_adapter
@@ -326,6 +331,8 @@ class FluxAdapter(ConceptAdapter):
     name = "flux"
     processor_class = FluxConceptAttnProcessor
     stock_processor_class = (FluxAttnProcessor, FluxIPAdapterAttnProcessor)
+    single_processor_class = FluxSingleConceptAttnProcessor
+    single_stock_processor_class = FluxAttnProcessor
     stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     transformer_classes = ("FluxTransformer2DModel",)
     pipeline_classes = ("FluxPipeline",)
@@ -337,6 +344,8 @@ class FluxAdapter(ConceptAdapter):
         self, session: Any, layer: int, block: nn.Module, original_processor: Any, transformer: nn.Module
     ) -> Any:
         """The concept processor wrapping ``original_processor`` (an ``nn.Module`` one when it holds weights)."""
+        if self.is_single_layer(transformer, layer):
+            return self.make_single_processor(session, layer, block, original_processor, transformer)
         assert self.processor_class is not None
         cls = self.processor_class
         if isinstance(original_processor, nn.Module):

@@ -89,6 +89,7 @@ class FluxLikeAdapter(FluxAdapter):
     fused_qkv = "yes (per attention module)"
     stock_processor_remedy = "a custom processor is installed: call `transformer.set_default_attn_processor()`."
     official_default_layers = "last 4 double blocks (no official choice)"
+    single_processor_class = None  # each family names its own single-block processor
     tested = (
         "adapter battery + naive reference; tiny offline pipeline with CFG; fused QKV; concept encoding checked "
         "against the pipeline's own prompt encoding; explain path"
@@ -100,8 +101,9 @@ class FluxLikeAdapter(FluxAdapter):
         return {"timestep": bound["timestep"], "img_ids": bound["img_ids"]}
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
-        """Block pre-hooks that hand each double block's ``temb`` to its processor."""
-        return block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+        """Block pre-hooks that hand each double (and selected-or-earlier single) block's ``temb`` to its processor."""
+        grabbers = block_input_grabbers(self.joint_blocks(transformer), session, "temb", BLOCK_TEMB_KEY)
+        return grabbers + self.single_block_grabbers(transformer, session)
 
     #: The transformer's ``timestep`` per unit of rectified-flow time (Bria takes the scheduler's 0-1000 scale).
     timestep_scale: float = 1.0

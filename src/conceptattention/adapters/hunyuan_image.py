@@ -13,6 +13,11 @@ RoPE on the image rows only, then single-stream blocks (never touched). Design (
 * **Modulation**: ``temb`` (timestep, optional guidance and MeanFlow embeddings, no pooled text) is the same for image,
   text and concepts; it is captured per block (``concept_conditioning`` options coincide).
 * Concepts carry no position (text has none) and never attend to text, so the prompt's padding mask does not apply.
+* **Real images** (explain path): the VAE latents scaled by ``scaling_factor`` (the pipeline divides by it before
+  decoding), noised once per seed by rectified flow, ``timestep = 1000·t`` (the pipeline's scheduler timesteps), the
+  caption encoded by the pipeline (Qwen2.5-VL and ByT5 glyph streams), one batched call that stops after the last
+  selected block. Guidance-distilled models get ``guidance_scale·1000``; MeanFlow models ``timestep_r = timestep``
+  (the instantaneous velocity).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import UnsupportedSetupError, bind_call
+from .base import ExplainBatch, ExplainRequest, UnsupportedSetupError, bind_call, flow_noised, image_pixels
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 
@@ -112,7 +117,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     tested = (
         "adapter battery + naive reference (guidance-distilled variant too); tiny offline pipeline (glyph prompts; "
         "guider CFG bit-identical, but its unconditional call is recorded too); concept encoding checked against the "
-        "pipeline's own prompt encoder; no explain path yet"
+        "pipeline's own prompt encoder; explain path (maps equal to a direct call on the same noised latents)"
     )
 
     def check_model(self, transformer: nn.Module) -> None:
@@ -143,6 +148,50 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     def size_multiple(self, pipeline: Any) -> int:
         patch = int(getattr(getattr(pipeline, "transformer", None), "config", {}).get("patch_size", (1, 1))[-1])
         return int(getattr(pipeline, "vae_scale_factor", 32)) * patch
+
+    # ----- real images -------------------------------------------------------------------------------------------
+
+    def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The pipeline's default area (``default_sample_size·vae_scale_factor`` a side: 2048² for HunyuanImage 2.1),
+        aspect ratio kept, rounded to the size multiple."""
+        multiple = self.size_multiple(pipeline)
+        area = (int(getattr(pipeline, "default_sample_size", 64)) * int(getattr(pipeline, "vae_scale_factor", 32))) ** 2
+        width, height = image_size
+        scale = (area / float(width * height)) ** 0.5
+        return tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in (height, width))
+
+    def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
+        """One batched HunyuanImage call on the image, noised once per seed (see the module docstring;
+        ``image_pooled`` does not apply: no pooled text)."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"The HunyuanImage explain path takes one PIL image, got {type(image).__name__}.")
+        device = pipeline._execution_device
+        vae, transformer = pipeline.vae, pipeline.transformer
+        dtype, num = transformer.dtype, len(request.seeds)
+        pixels = image_pixels(pipeline, image, request.height, request.width)  # [1, 3, H, W]
+        with torch.no_grad():
+            latents = vae.encode(pixels).latent_dist.mode() * vae.config.scaling_factor  # [1, c, h, w]
+            prompt_embeds, prompt_mask, glyph_embeds, glyph_mask = pipeline.encode_prompt(
+                prompt=request.caption, device=device, num_images_per_prompt=num
+            )
+        timestep = torch.full((num,), request.noise_level * 1000.0, device=device, dtype=dtype)  # [N]
+        guidance = None
+        if transformer.config.guidance_embeds:
+            guidance = torch.full((num,), request.guidance_scale * 1000.0, device=device, dtype=dtype)  # [N]
+        kwargs = {
+            "hidden_states": flow_noised(latents, request, device).to(dtype),  # [N, c, h, w]
+            "timestep": timestep,
+            "timestep_r": timestep if transformer.config.use_meanflow else None,
+            "encoder_hidden_states": prompt_embeds.to(dtype),  # [N, T, D_text]
+            "encoder_attention_mask": prompt_mask,  # [N, T]
+            "encoder_hidden_states_2": glyph_embeds.to(dtype),  # [N, T2, D_glyph]
+            "encoder_attention_mask_2": glyph_mask,  # [N, T2]
+            "guidance": guidance,
+            "return_dict": False,
+        }
+        return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None

@@ -21,6 +21,7 @@ from ..config import ConceptPooling
 from ..encoding import pool_token_states
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
 
 
 class LongCatImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
@@ -47,6 +48,17 @@ class LongCatImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
     COPIES_STOCK = False
 
 
+class LongCatImageSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
+    """LongCat-Image single-block processor (the single-stream extension, beyond the paper): ``LongCatImageAttnProcessor``
+    untouched, the concepts through the block's shared weights with the block's ``temb``."""
+
+    STOCK_SOURCES = (
+        *LongCatImageConceptAttnProcessor.STOCK_SOURCES,
+        ("diffusers.models.transformers.transformer_longcat_image.LongCatImageSingleTransformerBlock.forward", "4f82694633d1e0aba8dab83a948aeede2a6cfe89d15414aff488ee03e03a10fa"),
+        ADA_NORM_SINGLE_SOURCE,
+    )
+
+
 class LongCatImageAdapter(FluxLikeAdapter):
     """Adapter for LongCat-Image text-to-image (``LongCatImageTransformer2DModel``, ``LongCatImagePipeline``).
 
@@ -60,6 +72,8 @@ class LongCatImageAdapter(FluxLikeAdapter):
     name = "longcat_image"
     processor_class = LongCatImageConceptAttnProcessor
     stock_processor_class = LongCatImageAttnProcessor
+    single_processor_class = LongCatImageSingleConceptAttnProcessor
+    single_stock_processor_class = LongCatImageAttnProcessor
     transformer_classes = ("LongCatImageTransformer2DModel",)
     pipeline_classes = ("LongCatImagePipeline",)
     modality = "image"
@@ -110,4 +124,4 @@ class LongCatImageAdapter(FluxLikeAdapter):
         return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
 
 
-__all__ = ["LongCatImageAdapter", "LongCatImageConceptAttnProcessor"]
+__all__ = ["LongCatImageAdapter", "LongCatImageConceptAttnProcessor", "LongCatImageSingleConceptAttnProcessor"]

@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 from diffusers.models.transformers.transformer_ovis_image import OvisImageAttnProcessor
+from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
 
 
 class OvisImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
@@ -51,6 +53,22 @@ class OvisImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
     text_input = ("context_embedder_norm", "context_embedder")
 
 
+class OvisImageSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
+    """Ovis-Image single-block processor (the single-stream extension, beyond the paper): ``OvisImageAttnProcessor``
+    untouched, the concepts through the block's shared weights with the block's ``temb``."""
+
+    STOCK_SOURCES = (
+        *OvisImageConceptAttnProcessor.STOCK_SOURCES,
+        ("diffusers.models.transformers.transformer_ovis_image.OvisImageSingleTransformerBlock.forward", "9fd8be2a240bc6cd816a531cef82ffbedfdc5f544c3953e6e5751db790a5b99b"),
+        ADA_NORM_SINGLE_SOURCE,
+    )
+
+    def _mlp_branch(self, block: nn.Module, normed: torch.Tensor) -> torch.Tensor:
+        """Ovis-Image's gated MLP branch: ``act_mlp(gate)·h`` with ``[h, gate] = proj_mlp(ĉ)``: ``[B, C, d_mlp]``."""
+        hidden, gate = block.proj_mlp(normed).split(block.mlp_hidden_dim, dim=-1)  # [B, C, d_mlp] each
+        return block.act_mlp(gate) * hidden
+
+
 class OvisImageAdapter(FluxLikeAdapter):
     """Adapter for Ovis-Image text-to-image (``OvisImageTransformer2DModel``, ``OvisImagePipeline``).
 
@@ -64,6 +82,8 @@ class OvisImageAdapter(FluxLikeAdapter):
     name = "ovis_image"
     processor_class = OvisImageConceptAttnProcessor
     stock_processor_class = OvisImageAttnProcessor
+    single_processor_class = OvisImageSingleConceptAttnProcessor
+    single_stock_processor_class = OvisImageAttnProcessor
     transformer_classes = ("OvisImageTransformer2DModel",)
     pipeline_classes = ("OvisImagePipeline",)
     modality = "image"
@@ -101,4 +121,4 @@ class OvisImageAdapter(FluxLikeAdapter):
         return pool_token_states(hidden, content_mask.to(hidden.device), pooling)  # [C, D_text]
 
 
-__all__ = ["OvisImageAdapter", "OvisImageConceptAttnProcessor"]
+__all__ = ["OvisImageAdapter", "OvisImageConceptAttnProcessor", "OvisImageSingleConceptAttnProcessor"]
