@@ -205,11 +205,11 @@ class ConceptMaps:
         if tensor is None:
             return None
         if not isinstance(tensor, torch.Tensor) or tensor.ndim != 5:
-            raise ValueError(f"{name} must be a [concepts, heads, frames, h, w] tensor, got {getattr(tensor, 'shape', tensor)!r}.")
+            raise ConceptMapsError(f"{name} must be a [concepts, heads, frames, h, w] tensor, got {getattr(tensor, 'shape', tensor)!r}.")
         flat = _validate_map_tensor(name, tensor.flatten(1, 2), len(self._concepts))  # [C, H·F, h, w]
         heads = tensor.shape[1]
         if (tensor.shape[0], *tensor.shape[2:]) != tuple(self._maps.shape):
-            raise ValueError(f"{name} shape {list(tensor.shape)} does not match maps {list(self._maps.shape)} (heads on axis 1).")
+            raise ConceptMapsError(f"{name} shape {list(tensor.shape)} does not match maps {list(self._maps.shape)} (heads on axis 1).")
         return flat.unflatten(1, (heads, -1))  # [C, H, F, h, w]
 
     @property
@@ -228,20 +228,20 @@ class ConceptMaps:
         """The maps of one attention head (``keep_heads=True``), as a :class:`ConceptMaps`.
 
         Raises:
-            ValueError: no per-head maps were kept, or ``index`` is not a head.
+            ConceptMapsError: no per-head maps were kept, or ``index`` is not a head.
 
         Example:
             >>> maps = ConceptMaps(["a", "b"], torch.rand(2, 1, 2, 2), head_maps=torch.rand(2, 3, 1, 2, 2))
-            >>> maps.head(2).maps.shape
+            >>> maps.head(2).tensor.shape
             torch.Size([2, 1, 2, 2])
         """
         if self._head_maps is None:
-            raise ValueError("No per-head maps were kept; run with keep_heads=True.")
+            raise ConceptMapsError("No per-head maps were kept; run with keep_heads=True.")
         num_heads = self._head_maps.shape[1]
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < num_heads:
-            raise ValueError(f"Head {index!r} does not exist; the maps have heads 0..{num_heads - 1}.")
+            raise ConceptMapsError(f"Head {index!r} does not exist; the maps have heads 0..{num_heads - 1}.")
         logits = None if self._head_logits is None else self._head_logits[:, index]
-        return ConceptMaps(self._concepts, self._head_maps[:, index], logits, {**self._config, "head": index})
+        return ConceptMaps(self._concepts, self._head_maps[:, index], logits, {**self._settings, "head": index})
 
     # ------------------------------------------------------------------ basic access
 

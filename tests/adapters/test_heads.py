@@ -81,7 +81,7 @@ def test_head_selection_of_concepts_follows_per_step_head_scores(pipe):
     per_step = full.per_step_head_scores  # {(step, layer): [B, C, H, I]}
     expected = torch.stack([scores[:, :, 0].double().softmax(1) for scores in per_step.values()]).mean(0)
     torch.testing.assert_close(head0.maps.tensor.flatten(1).double(), expected[0], atol=1e-6, rtol=1e-5)
-    torch.testing.assert_close(full.maps.head(0).maps, head0.maps.tensor, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(full.maps.head(0).tensor, head0.maps.tensor, atol=1e-6, rtol=1e-5)
     assert head0.maps.settings["heads"] == [0]
 
 

@@ -128,7 +128,7 @@ def plot_unprompted(out: str | os.PathLike[str], *, seed: int = 0, threads: int 
         with ConceptAttention(pipe, list(concepts)) as session:
             image = pipe(caption, generator=generator, **kwargs).images[0]
         generation_maps = session.maps.tensor[:, 0]  # [C, 1, h, w] -> [C, h, w]
-        explained = explain(pipe, image, list(concepts), caption="", num_samples=4).maps[:, 0]  # [C, h, w]
+        explained = explain(pipe, image, list(concepts), caption="", num_samples=4).tensor[:, 0]  # [C, h, w]
         rows.append((caption, concepts, image, generation_maps, explained))
     columns = 1 + max(len(concepts) for _, concepts, _, _, _ in rows)
     figure = Figure(figsize=(1.25 * columns, 1.35 * 2 * len(rows)), layout="constrained")

@@ -490,7 +490,7 @@ def measure_grid(
                     per_slice.append(
                         [
                             explain(pipe, image, list(concept_set.concepts), caption=sample.caption,
-                                    noise_level=level, seed=0, layers=(block,)).maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
+                                    noise_level=level, seed=0, layers=(block,)).tensor[:, 0]  # [C, 1, h, w] -> [C, h, w]
                             for block in range(num_blocks)
                         ]  # fmt: skip
                     )

@@ -104,7 +104,7 @@ def checkpoint_metrics(pipe: Any, scenes: int, version: str = "v1", seed: int = 
                 concept_set.name: explain(
                     pipe, sample.pil(), list(concept_set.concepts), caption=sample.caption,
                     noise_level=[0.3, 0.5, 0.7], seed=0,
-                ).maps[:, 0]  # [C, 1, h, w] -> [C, h, w]
+                ).tensor[:, 0]  # [C, 1, h, w] -> [C, h, w]
                 for concept_set in sets
             }  # fmt: skip
             rows.append(scene_stats(maps, sets, sample))
