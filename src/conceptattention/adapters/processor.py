@@ -235,6 +235,9 @@ class ConceptProcessorMixin:
         self.original = original
         self.session = session
         self.layer = layer
+        # fixed at install: whether the explain path stops after this block. A plain bool, so a compiled block class
+        # guards on its value (two graphs at most) instead of on the layer index (one graph per block)
+        self.exits_after = session.stop_after_last_layer and layer >= session.last_layer
         self._block = weakref.ref(block)
         self._transformer = weakref.ref(transformer)
 
@@ -334,7 +337,7 @@ class ConceptProcessorMixin:
             session.record_layer(self.layer, scores, head_scores)  # [B, C, I], [B, C, H, I] or None
         else:
             session.skip_layer()
-        if session.stop_after_last_layer and self.layer >= session.last_layer:  # explain path only (eager)
+        if self.exits_after:  # explain path only
             session.end_call()
             raise EarlyExit()
         return True
