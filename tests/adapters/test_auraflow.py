@@ -7,7 +7,7 @@ from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.auraflow import AuraFlowAdapter
-from conceptattention.testing_extra import tiny_auraflow_inputs, tiny_auraflow_pipeline, tiny_auraflow_transformer
+from conceptattention.testing import tiny_auraflow_inputs, tiny_auraflow_pipeline, tiny_auraflow_transformer
 
 from .auraflow_reference import naive_auraflow_scores
 from .battery import (

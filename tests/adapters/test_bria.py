@@ -7,7 +7,7 @@ import torch
 from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 
 from conceptattention.adapters.bria import BriaAdapter
-from conceptattention.testing_zoo import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
+from conceptattention.testing import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
 
 from .battery import assert_cfg_conditional_half, make_generate, module_fixtures, t5_content_states
 from .flux_like_battery import FluxLikeBattery

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conceptattention import ConceptAttention, get_adapter
-from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
+from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
 
 from .battery import (
     AdapterBattery,

@@ -15,7 +15,7 @@ from PIL import Image
 from conceptattention import ConceptAttention, explain
 from conceptattention.adapters.cogvideox import CogVideoXAdapter
 from conceptattention.session import EarlyExit
-from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
+from conceptattention.testing import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
 from conceptattention.video import frames_grid_figure, save_overlay_video
 
 from .battery import (

@@ -9,7 +9,7 @@ from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProce
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.cogview4 import CogView4Adapter
-from conceptattention.testing_zoo import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
+from conceptattention.testing import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
 
 from .battery import (
     assert_concepts_permute,

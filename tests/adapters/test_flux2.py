@@ -14,7 +14,7 @@ from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, 
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.flux2 import Flux2Adapter, template_content_span
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_flux2_inputs,
     tiny_flux2_klein_pipeline,
     tiny_flux2_pipeline,

@@ -13,7 +13,7 @@ import torch
 from diffusers.models.transformers.transformer_hunyuanimage import HunyuanImageAttnProcessor
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_hunyuan_image_inputs,
     tiny_hunyuan_image_pipeline,
     tiny_hunyuan_image_transformer,
@@ -145,7 +145,7 @@ def test_concept_encoding_matches_the_pipelines_prompt_encoder():
     from diffusers import HunyuanImagePipeline
 
     from conceptattention.adapters.hunyuan_image import HunyuanImageAdapter
-    from conceptattention.testing_extra import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
+    from conceptattention.testing import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
 
     tokenizer = tiny_byte_level_tokenizer()
     text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=1)

@@ -7,7 +7,7 @@ import torch
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, explain, get_adapter
 from conceptattention.adapters.hunyuan_video import HunyuanVideoAdapter
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_hunyuan_video_inputs,
     tiny_hunyuan_video_pipeline,
     tiny_hunyuan_video_transformer,

@@ -13,7 +13,7 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVid
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.hunyuan_video15 import HunyuanVideo15Adapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_hunyuan_video15_inputs,
     tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video15_transformer,
@@ -123,7 +123,7 @@ def test_concept_encoding_matches_the_pipelines_prompt_encoder():
 
     from diffusers import HunyuanVideo15Pipeline
 
-    from conceptattention.testing_extra import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
+    from conceptattention.testing import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
 
     tokenizer = tiny_byte_level_tokenizer()
     text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=1)

@@ -12,7 +12,7 @@ from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.krea2 import Krea2Adapter
-from conceptattention.testing_zoo import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
+from conceptattention.testing import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 
 from .battery import (
     assert_concepts_permute,

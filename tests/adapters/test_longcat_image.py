@@ -8,7 +8,7 @@ from diffusers.models.transformers.transformer_longcat_image import LongCatImage
 
 from conceptattention import ConceptAttention
 from conceptattention.adapters.longcat_image import LongCatImageAdapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_longcat_image_inputs,
     tiny_longcat_image_pipeline,
     tiny_longcat_image_transformer,

@@ -9,7 +9,7 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.mochi import MochiAdapter
-from conceptattention.testing_zoo import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
+from conceptattention.testing import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
 
 from .battery import (
     assert_cfg_conditional_half,

@@ -9,7 +9,7 @@ from diffusers.models.transformers.transformer_ovis_image import OvisImageAttnPr
 
 from conceptattention import ConceptAttention
 from conceptattention.adapters.ovis_image import OvisImageAdapter
-from conceptattention.testing_zoo import tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
+from conceptattention.testing import tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
 
 from .battery import assert_right_not_wrong, layer_logits, make_generate, module_fixtures, seeded_embeds
 from .flux_like_battery import FluxLikeBattery

@@ -7,7 +7,7 @@ import torch
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.qwenimage import QwenImageAdapter
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_qwenimage_inputs,
     tiny_qwenimage_pipeline,
     tiny_qwenimage_transformer,

@@ -16,7 +16,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProc
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, explain
 from conceptattention.adapters.sd3 import SD3Adapter, SD3ConceptAttnProcessor
-from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
+from conceptattention.testing import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
 
 from .battery import (
     AdapterBattery,

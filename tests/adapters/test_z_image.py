@@ -11,7 +11,7 @@ from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnP
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.z_image import ZImageAdapter
-from conceptattention.testing_zoo import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
+from conceptattention.testing import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
 
 from .battery import (
     assert_concepts_permute,

@@ -58,7 +58,7 @@ class AttentionView:
     output (CogView4's processor rotates its normed queries and keys in place).
 
     Example:
-        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> from conceptattention.testing.flux import tiny_flux_transformer
         >>> attn = tiny_flux_transformer().transformer_blocks[0].attn
         >>> sink = {}
         >>> view = AttentionView(attn, sink, ("norm_k",))
