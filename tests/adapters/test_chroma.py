@@ -6,8 +6,7 @@ import torch
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_padding_mask_kept,
     assert_right_not_wrong,
@@ -18,7 +17,7 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .chroma_reference import naive_chroma_scores
+from conceptattention.testing.references.chroma import naive_chroma_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=32, output_type="pt", guidance_scale=1.0)

@@ -16,9 +16,7 @@ from conceptattention import ConceptAttention, explain
 from conceptattention.adapters.cogvideox import CogVideoXAdapter
 from conceptattention.session import EarlyExit
 from conceptattention.testing import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
-from conceptattention.video import frames_grid_figure, save_overlay_video
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_close_scaled,
@@ -28,7 +26,8 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .cogvideox_reference import naive_cogvideox_scores
+from conceptattention.testing.references.cogvideox import naive_cogvideox_scores
+from conceptattention.video import frames_grid_figure, save_overlay_video
 
 
 GEN_KW = dict(

@@ -10,8 +10,7 @@ from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProce
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.cogview4 import CogView4Adapter
 from conceptattention.testing import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
@@ -21,8 +20,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .cogview4_reference import naive_cogview4_scores
-from .zoo_battery import ZooBattery
+from conceptattention.testing.references.cogview4 import naive_cogview4_scores
+from conceptattention.testing.zoo_battery import ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=1.0)

@@ -19,8 +19,7 @@ from conceptattention import (
     explain,
 )
 from conceptattention.testing import tiny_flux_inputs, tiny_flux_pipeline, tiny_flux_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_subclassed_processor_refused,
@@ -29,7 +28,7 @@ from .battery import (
     random_image,
     t5_content_states,
 )
-from .flux_reference import naive_flux_scores
+from conceptattention.testing.references.flux import naive_flux_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=3, max_sequence_length=32, output_type="pt")

@@ -20,8 +20,7 @@ from conceptattention.testing import (
     tiny_flux2_pipeline,
     tiny_flux2_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_concepts_permute,
@@ -32,7 +31,7 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .flux2_reference import naive_flux2_scores
+from conceptattention.testing.references.flux2 import naive_flux2_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=64, output_type="pt", guidance_scale=1.0)

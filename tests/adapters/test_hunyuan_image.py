@@ -18,8 +18,7 @@ from conceptattention.testing import (
     tiny_hunyuan_image_pipeline,
     tiny_hunyuan_image_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_padding_mask_kept,
@@ -29,8 +28,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .hunyuan_image_reference import naive_hunyuan_image_scores
-from .zoo_battery import GuidedPipelineChecks, ZooBattery
+from conceptattention.testing.references.hunyuan_image import naive_hunyuan_image_scores
+from conceptattention.testing.zoo_battery import GuidedPipelineChecks, ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt")

@@ -12,8 +12,7 @@ from conceptattention.testing import (
     tiny_hunyuan_video_pipeline,
     tiny_hunyuan_video_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_mean_of_concept_span,
@@ -21,7 +20,7 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .hunyuan_video_reference import naive_hunyuan_video_scores
+from conceptattention.testing.references.hunyuan_video import naive_hunyuan_video_scores
 
 
 GEN_KW = dict(

@@ -18,8 +18,7 @@ from conceptattention.testing import (
     tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video15_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_right_not_wrong,
@@ -28,8 +27,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .hunyuan_video15_reference import naive_hunyuan_video15_scores
-from .zoo_battery import GuidedPipelineChecks, StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.hunyuan_video15 import naive_hunyuan_video15_scores
+from conceptattention.testing.zoo_battery import GuidedPipelineChecks, StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")

@@ -13,9 +13,8 @@ from conceptattention.testing import (
     tiny_longcat_image_pipeline,
     tiny_longcat_image_transformer,
 )
-
-from .battery import make_generate, module_fixtures
-from .flux_like_battery import FluxLikeBattery
+from conceptattention.testing.battery import make_generate, module_fixtures
+from conceptattention.testing.flux_like_battery import FluxLikeBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=1.0, enable_prompt_rewrite=False)

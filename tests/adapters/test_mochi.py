@@ -10,8 +10,7 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.mochi import MochiAdapter
 from conceptattention.testing import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_close_scaled,
     assert_concepts_permute,
@@ -22,8 +21,8 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .mochi_reference import naive_mochi_scores
-from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.mochi import naive_mochi_scores
+from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(

@@ -17,8 +17,7 @@ from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProc
 from conceptattention import ConceptAttention, UnsupportedSetupError, explain
 from conceptattention.adapters.sd3 import SD3Adapter, SD3ConceptAttnProcessor
 from conceptattention.testing import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_close_scaled,
@@ -28,7 +27,7 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .sd3_reference import naive_sd3_scores
+from conceptattention.testing.references.sd3 import naive_sd3_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="pt")

@@ -12,8 +12,7 @@ from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnP
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.z_image import ZImageAdapter
 from conceptattention.testing import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
@@ -23,8 +22,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .z_image_reference import naive_z_image_scores
-from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.z_image import naive_z_image_scores
+from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=16, width=24, num_inference_steps=2, output_type="pt", guidance_scale=0.0)

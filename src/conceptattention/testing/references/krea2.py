@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .reference_common import (
+from .common import (
     Layout,
     blocks_until,
     concept_attention,

@@ -3,6 +3,33 @@
 A subclass supplies a tiny random model (and optionally a tiny pipeline) and its inputs; the battery checks
 bit-identical outputs, restoration after normal exit and exceptions, map shapes/finiteness/softmax sums,
 determinism, layer and step selection, CFG handling, and agreement with a naive reference when one is given.
+Each check is its own test: the bit-identity and naive-reference checks are parametrised over every
+(``space``, ``mode``) pair of ``spaces_checked`` × ``modes_checked`` (12 tests each by default), and every test gets
+a freshly built transformer / pipeline (function-scoped fixtures), so a test that changes its model cannot affect
+another.
+
+This module is a test helper: importing it needs pytest (the library itself never imports it).
+
+Writing an adapter (say ``adapters/myfamily.py``): put tiny builders in ``conceptattention/testing/myfamily.py``
+(``tiny_myfamily_transformer(num_layers=3, seed=0)``, ``tiny_myfamily_inputs(batch_size=1, seed=0)``,
+optionally ``tiny_myfamily_pipeline``), a naive float64 reference in ``testing/references/myfamily.py`` (built from
+:mod:`conceptattention.testing.references.common`), and in ``tests/adapters/test_myfamily.py``::
+
+    from conceptattention.testing.battery import AdapterBattery
+
+    class TestMyFamilyBattery(AdapterBattery):
+        concept_dim = 32                      # width of the text input of the transformer
+        expected_grid = (1, 4, 6)             # (frames, h, w) of tiny_inputs' image tokens
+        tiny_transformer = tiny_myfamily_transformer
+        tiny_inputs = tiny_myfamily_inputs
+        tiny_pipeline = tiny_myfamily_pipeline  # optional: pipeline checks
+        pipeline_kwargs = dict(height=32, width=48, num_inference_steps=2, output_type="pt")
+        expected_pipeline_grid = (1, 16, 24)
+        naive_reference = naive_myfamily_scores  # optional: the 12 (space, mode) reference checks
+
+``pytest tests/adapters/test_myfamily.py`` then runs the whole battery. Models without diffusers' ``AttentionMixin``
+use :class:`~conceptattention.testing.zoo_battery.ZooBattery`; FLUX.1 clones without pooled text
+:class:`~conceptattention.testing.flux_like_battery.FluxLikeBattery`.
 
 Subclass contract (class attributes / methods):
     concept_dim: width of concept embeddings (the text encoder output the model's text input layer takes)
@@ -10,7 +37,7 @@ Subclass contract (class attributes / methods):
         class attributes); the default make_transformer / make_inputs / make_pipeline / naive_scores call them, the
         model and pipeline factories with ``tiny_kwargs`` (default ``num_layers=3``). A subclass may instead override
         those methods.
-    make_transformer() -> nn.Module                       (called once per class; cache it)
+    make_transformer() -> nn.Module                       (called for every test: a fresh model each time)
     make_inputs(batch_size: int, seed: int) -> dict      transformer kwargs
     expected_grid: (frames, h, w) of make_inputs' image tokens
     output_of(result) -> Tensor                          main output of a transformer call
@@ -20,6 +47,7 @@ Subclass contract (class attributes / methods):
                                                           as separate calls, e.g. Flux true CFG)
     pipeline_outputs(result) -> Tensor                    the pipeline's image/video tensor
     expected_pipeline_grid: (frames, h, w)
+    spaces_checked, modes_checked: the (space, mode) pairs of the parametrised checks
     naive_scores(transformer, inputs, embeds, layers, space, mode) -> [L, B, C, I] | None (optional)
 """
 
@@ -61,7 +89,7 @@ def make_generate(
 
 def module_fixtures(battery: type[AdapterBattery]) -> tuple[Any, Any]:
     """Module-scoped ``transformer`` and ``pipe`` fixtures for a family file's plain test functions, built like the
-    battery class's (but separate instances: the battery's cached ones are not shared)."""
+    battery class's (module-scoped: shared by the module's plain test functions, never by the battery's tests)."""
 
     @pytest.fixture(scope="module", name="transformer")
     def transformer_fixture() -> Any:
@@ -212,6 +240,12 @@ def check_explain(
     assert calls == []  # early exit after the last selected block
 
 
+def per_space_and_mode(test: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a battery test that takes ``space`` and ``mode``: the battery runs it once per checked pair."""
+    test.per_space_and_mode = True  # type: ignore[attr-defined]
+    return test
+
+
 class AdapterBattery:
     concept_dim: int = 32
     expected_grid: tuple[int, int, int] = (1, 1, 1)
@@ -273,20 +307,31 @@ class AdapterBattery:
         return len(get_adapter(transformer).joint_blocks(transformer))
 
     @pytest.fixture
-    def transformer(self):
-        cls = type(self)
-        if "_cached_transformer" not in cls.__dict__:  # built once per test class
-            cls._cached_transformer = self.make_transformer()
-        return cls._cached_transformer
+    def transformer(self) -> Any:
+        """A freshly built transformer for every test: nothing a test does to it reaches another test."""
+        return self.make_transformer()
 
     @pytest.fixture
-    def pipeline(self):
-        cls = type(self)
-        if "_cached_pipeline" not in cls.__dict__:
-            cls._cached_pipeline = self.make_pipeline()
-        if cls._cached_pipeline is None:
+    def pipeline(self) -> Any:
+        """A freshly built pipeline for every test (skipped where the class provides none)."""
+        pipe = self.make_pipeline()
+        if pipe is None:
             pytest.skip("this adapter's test class provides no pipeline")  # documented per adapter
-        return cls._cached_pipeline
+        return pipe
+
+    def has_naive_reference(self) -> bool:
+        """Whether the class gives a naive reference (a ``naive_reference`` factory or its own ``naive_scores``)."""
+        return self.factory("naive_reference") is not None or type(self).naive_scores is not AdapterBattery.naive_scores
+
+    def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
+        """One test per (space, mode) of ``spaces_checked`` × ``modes_checked`` for the checks marked
+        :func:`per_space_and_mode` (none for the reference check of a class without a reference: one skipped test)."""
+        if not getattr(metafunc.function, "per_space_and_mode", False):
+            return
+        pairs = [(space, mode) for space in self.spaces_checked for mode in self.modes_checked]
+        if metafunc.function.__name__ == "test_matches_naive_reference" and not self.has_naive_reference():
+            pairs = []  # pytest reports the empty parameter set as one skipped test
+        metafunc.parametrize(("space", "mode"), pairs, ids=[f"{space}-{mode}" for space, mode in pairs])
 
     def generate(self, pipe: Any, seed: int = 0, **extra: Any) -> torch.Tensor:
         kwargs = {**self.pipeline_kwargs, **extra}
@@ -295,14 +340,13 @@ class AdapterBattery:
 
     # ----- the battery -----
 
-    def test_bare_transformer_bit_identical(self, transformer):
+    @per_space_and_mode
+    def test_bare_transformer_bit_identical(self, transformer, space, mode):
         inputs = self.make_inputs()
         reference = self.run(transformer, inputs)
-        for space in self.spaces_checked:
-            for mode in self.modes_checked:
-                with ConceptAttention(transformer, concept_embeds=self.embeds(), space=space, concept_attention=mode):
-                    output = self.run(transformer, inputs)
-                assert torch.equal(reference, output), (space, mode)
+        with ConceptAttention(transformer, concept_embeds=self.embeds(), space=space, concept_attention=mode):
+            output = self.run(transformer, inputs)
+        assert torch.equal(reference, output)
 
     def test_maps_shape_finite_and_softmax(self, transformer):
         with ConceptAttention(transformer, concept_embeds=self.embeds()) as ca:
@@ -357,27 +401,23 @@ class AdapterBattery:
             self.run(transformer, self.make_inputs())
         torch.testing.assert_close(both.maps.logits, torch.stack(single).mean(0))
 
-    def test_matches_naive_reference(self, transformer):
+    @per_space_and_mode
+    def test_matches_naive_reference(self, transformer, space, mode):
         inputs = self.make_inputs(batch_size=2)
         embeds = self.embeds()
         count = self.num_blocks(transformer)
         layers = sorted({0, count - 1})
-        checked = 0
-        for space in self.spaces_checked:
-            for mode in self.modes_checked:
-                reference = self.naive_scores(transformer, inputs, embeds, layers, space, mode)
-                if reference is None:
-                    pytest.skip("no naive reference for this adapter")
-                with ConceptAttention(
-                    transformer, concept_embeds=embeds, layers=layers, space=space, concept_attention=mode, softmax=False
-                ) as ca:
-                    self.run(transformer, inputs)
-                ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, I]
-                expected = reference.mean(0).float()
-                scale = expected.abs().max().item()
-                torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * scale, msg=f"{space}/{mode}")
-                checked += 1
-        assert checked > 0
+        reference = self.naive_scores(transformer, inputs, embeds, layers, space, mode)
+        if reference is None:
+            pytest.skip(f"no naive reference for {space}/{mode} on this adapter")
+        with ConceptAttention(
+            transformer, concept_embeds=embeds, layers=layers, space=space, concept_attention=mode, softmax=False
+        ) as ca:
+            self.run(transformer, inputs)
+        ours = torch.stack([maps.logits.flatten(1) for maps in ca.batch_maps])  # [B, C, I]
+        expected = reference.mean(0).float()
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * scale)
 
     # ----- fused projections -----
 
@@ -404,7 +444,7 @@ class AdapterBattery:
     # ----- torch.compile -----
 
     def make_compile_transformer(self) -> Any:
-        """A fresh model for the regional-compile test (compiling changes the module, so never the cached one)."""
+        """A fresh model for the regional-compile test (may differ from make_transformer: e.g. more blocks than graphs)."""
         return self.make_transformer()
 
     def test_compiled_whole_model(self):

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from .reference_common import Layout, blocks_until, concept_attention, concept_scores, stream_qkv
+from .common import Layout, blocks_until, concept_attention, concept_scores, stream_qkv
 
 
 def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:

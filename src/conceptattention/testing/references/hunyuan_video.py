@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .reference_common import (
+from .common import (
     Layout,
     blocks_until,
     concept_attention,

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .reference_common import (
+from .common import (
     Layout,
     ada_norm_zero,
     blocks_until,

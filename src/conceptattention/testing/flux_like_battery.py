@@ -16,7 +16,7 @@ from .battery import (
     layer_logits,
     seeded_embeds,
 )
-from .flux_like_reference import naive_flux_like_scores
+from .references.flux_like import naive_flux_like_scores
 from .zoo_battery import ZooBattery
 
 

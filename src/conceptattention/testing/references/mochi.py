@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .reference_common import Layout, blocks_until, concept_attention, concept_scores, joint_qkv, rotate_rows
+from .common import Layout, blocks_until, concept_attention, concept_scores, joint_qkv, rotate_rows
 
 
 def _rms(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .reference_common import (
+from .common import (
     Layout,
     blocks_until,
     concept_attention,

@@ -1,4 +1,4 @@
-"""Building blocks shared by the naive float64 ConceptAttention references (``*_reference.py``), for tests.
+"""Building blocks shared by the naive float64 ConceptAttention references (``references/<family>.py``), for tests.
 
 Every reference re-runs a joint-attention transformer by hand with ONE full attention over a sequence that ends in
 the concept rows, ``[..., concepts]``, and an explicit boolean mask: the text and image tokens never see the concepts;

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
-from .reference_common import (
+from .common import (
     Layout,
     ada_norm_zero,
     blocks_until,
