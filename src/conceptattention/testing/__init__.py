@@ -2,7 +2,8 @@
 
 For tests, docs, benchmarks and people writing adapters. Nothing here downloads anything: tokenizers are built from
 in-memory vocabularies (character or byte level, so every concept is multi-token), encoders, VAEs and transformers from
-small configs, seeded before each component, in eval mode.
+small configs, seeded before each component, in eval mode. Configurations follow diffusers' own fast tests
+(``get_dummy_components``), scaled so that a whole pipeline call takes well under a second on a CPU.
 
 Layout (mirrors :mod:`conceptattention.adapters`):
 

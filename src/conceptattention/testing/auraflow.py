@@ -1,6 +1,4 @@
-"""Tiny random-weight AuraFlow transformer, inputs and pipeline (:mod:`conceptattention.adapters.auraflow`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight AuraFlow transformer, inputs and pipeline for :mod:`conceptattention.adapters.auraflow`.
 
 Example:
     >>> type(tiny_auraflow_transformer()).__name__

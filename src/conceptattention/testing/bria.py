@@ -1,6 +1,4 @@
-"""Tiny random-weight Bria transformer, inputs and pipeline (:mod:`conceptattention.adapters.bria`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Bria transformer, inputs and pipeline for :mod:`conceptattention.adapters.bria`.
 
 Example:
     >>> type(tiny_bria_transformer()).__name__

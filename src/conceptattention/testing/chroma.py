@@ -1,6 +1,4 @@
-"""Tiny random-weight Chroma transformer, inputs and pipeline (:mod:`conceptattention.adapters.chroma`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Chroma transformer, inputs and pipeline for :mod:`conceptattention.adapters.chroma`.
 
 Example:
     >>> type(tiny_chroma_transformer()).__name__

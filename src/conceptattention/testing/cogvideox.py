@@ -1,6 +1,4 @@
-"""Tiny random-weight CogVideoX transformer, inputs and pipeline (:mod:`conceptattention.adapters.cogvideox`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight CogVideoX transformer, inputs and pipeline for :mod:`conceptattention.adapters.cogvideox`.
 
 The CogVideoX VAE compresses 4× in space and time.
 

@@ -1,6 +1,4 @@
-"""Tiny random-weight CogView4 transformer, inputs and pipeline (:mod:`conceptattention.adapters.cogview4`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight CogView4 transformer, inputs and pipeline for :mod:`conceptattention.adapters.cogview4`.
 
 Example:
     >>> type(tiny_cogview4_transformer()).__name__

@@ -1,6 +1,4 @@
-"""Tiny random-weight Flux.2 (and Flux.2 Klein, Qwen3 text encoder) transformer, inputs and pipeline (:mod:`conceptattention.adapters.flux2`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Flux.2 (and Flux.2 Klein, Qwen3 text encoder) transformer, inputs and pipeline for :mod:`conceptattention.adapters.flux2`.
 
 Example:
     >>> type(tiny_flux2_transformer()).__name__

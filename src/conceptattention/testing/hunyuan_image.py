@@ -1,6 +1,4 @@
-"""Tiny random-weight HunyuanImage 2.1 transformer, inputs and pipeline (:mod:`conceptattention.adapters.hunyuan_image`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight HunyuanImage 2.1 transformer, inputs and pipeline for :mod:`conceptattention.adapters.hunyuan_image`.
 
 Example:
     >>> type(tiny_hunyuan_image_transformer()).__name__

@@ -1,6 +1,4 @@
-"""Tiny random-weight HunyuanVideo transformer, inputs and pipeline (:mod:`conceptattention.adapters.hunyuan_video`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight HunyuanVideo transformer, inputs and pipeline for :mod:`conceptattention.adapters.hunyuan_video`.
 
 Example:
     >>> type(tiny_hunyuan_video_transformer()).__name__

@@ -1,6 +1,4 @@
-"""Tiny random-weight HunyuanVideo 1.5 transformer, inputs and pipeline (:mod:`conceptattention.adapters.hunyuan_video15`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight HunyuanVideo 1.5 transformer, inputs and pipeline for :mod:`conceptattention.adapters.hunyuan_video15`.
 
 Example:
     >>> type(tiny_hunyuan_video15_transformer()).__name__

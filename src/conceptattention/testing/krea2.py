@@ -1,6 +1,4 @@
-"""Tiny random-weight Krea 2 transformer, inputs and pipeline (:mod:`conceptattention.adapters.krea2`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Krea 2 transformer, inputs and pipeline for :mod:`conceptattention.adapters.krea2`.
 
 Example:
     >>> type(tiny_krea2_transformer()).__name__

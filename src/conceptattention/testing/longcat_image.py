@@ -1,6 +1,4 @@
-"""Tiny random-weight LongCat-Image transformer, inputs and pipeline (:mod:`conceptattention.adapters.longcat_image`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight LongCat-Image transformer, inputs and pipeline for :mod:`conceptattention.adapters.longcat_image`.
 
 Example:
     >>> type(tiny_longcat_image_transformer()).__name__

@@ -1,6 +1,4 @@
-"""Tiny random-weight Mochi transformer, inputs and pipeline (:mod:`conceptattention.adapters.mochi`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Mochi transformer, inputs and pipeline for :mod:`conceptattention.adapters.mochi`.
 
 Example:
     >>> type(tiny_mochi_transformer()).__name__

@@ -1,6 +1,4 @@
-"""Tiny random-weight Ovis-Image transformer, inputs and pipeline (:mod:`conceptattention.adapters.ovis_image`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Ovis-Image transformer, inputs and pipeline for :mod:`conceptattention.adapters.ovis_image`.
 
 Example:
     >>> type(tiny_ovis_image_transformer()).__name__

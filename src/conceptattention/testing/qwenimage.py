@@ -1,6 +1,4 @@
-"""Tiny random-weight Qwen-Image transformer, inputs and pipeline (:mod:`conceptattention.adapters.qwenimage`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight Qwen-Image transformer, inputs and pipeline for :mod:`conceptattention.adapters.qwenimage`.
 
 Example:
     >>> type(tiny_qwenimage_transformer()).__name__

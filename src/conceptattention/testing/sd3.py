@@ -1,6 +1,4 @@
-"""Tiny random-weight SD3/SD3.5 transformer, inputs and pipeline (:mod:`conceptattention.adapters.sd3`), built
-fully offline: configurations follow diffusers' fast tests, scaled so that a pipeline call takes well under a
-second on a CPU.
+"""Tiny random-weight SD3/SD3.5 transformer, inputs and pipeline for :mod:`conceptattention.adapters.sd3`.
 
 Sizes are chosen so that the pipelines exercise the real code paths: the SD3 VAE downsamples by 2 and the
 transformer patchifies by 2 (a 32×48 image gives an 8×12 token grid), CLIP-L ⊕ CLIP-G (16 + 16 channels) is
