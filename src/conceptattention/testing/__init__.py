@@ -77,7 +77,7 @@ from .krea2 import KREA2_TEXT_DIM, KREA2_TEXT_LAYERS, tiny_krea2_inputs, tiny_kr
 from .longcat_image import tiny_longcat_image_inputs, tiny_longcat_image_pipeline, tiny_longcat_image_transformer
 from .mochi import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
 from .ovis_image import OVIS_TEXT_HIDDEN, tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
-from .qwenimage import tiny_qwenimage_inputs, tiny_qwenimage_pipeline, tiny_qwenimage_transformer
+from .qwenimage import tiny_qwenimage_inputs, tiny_qwenimage_pipeline, tiny_qwenimage_transformer, tiny_qwenimage_vae
 from .sd3 import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
 from .text_encoders import (
     MISTRAL_CHAT_TEMPLATE,
@@ -172,6 +172,7 @@ __all__ = [
     "tiny_qwenimage_inputs",
     "tiny_qwenimage_pipeline",
     "tiny_qwenimage_transformer",
+    "tiny_qwenimage_vae",
     "tiny_sd3_inputs",
     "tiny_sd3_pipeline",
     "tiny_sd3_transformer",

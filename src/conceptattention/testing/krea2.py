@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .common import quiet_pipeline, seeded_eval
+from .qwenimage import tiny_qwenimage_vae
 from .text_encoders import tiny_byte_level_tokenizer
 
 
@@ -96,7 +97,7 @@ def tiny_krea2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_krea2_pipeline().text_encoder_select_layers
         (1, 2)
     """
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Krea2Pipeline
+    from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
     from transformers import Qwen3VLConfig, Qwen3VLModel
 
     tokenizer = tiny_byte_level_tokenizer()
@@ -124,17 +125,7 @@ def tiny_krea2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         vision_end_token_id=vocab + 4,
     )
     text_encoder = seeded_eval(seed + 1, Qwen3VLModel, config)
-    vae = seeded_eval(
-        seed + 2,
-        AutoencoderKLQwenImage,
-        base_dim=24,
-        z_dim=4,
-        dim_mult=[1, 2, 4],
-        num_res_blocks=1,
-        temperal_downsample=[False, True],
-        latents_mean=[0.0] * 4,
-        latents_std=[1.0] * 4,
-    )
+    vae = tiny_qwenimage_vae(seed + 2)
     transformer = tiny_krea2_transformer(num_layers=num_layers, in_channels=16, seed=seed + 3)
     return quiet_pipeline(
         Krea2Pipeline(

@@ -80,11 +80,27 @@ def tiny_qwenimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         >>> tiny_qwenimage_pipeline().vae_scale_factor
         4
     """
-    from diffusers import AutoencoderKLQwenImage, QwenImagePipeline
+    from diffusers import QwenImagePipeline
 
     tokenizer = tiny_byte_level_tokenizer()
-    vae = seeded_eval(
-        seed + 2,
+    vae = tiny_qwenimage_vae(seed + 2)
+    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
+    transformer = tiny_qwenimage_transformer(num_layers=num_layers, seed=seed + 3)
+    return flow_matching_pipeline(QwenImagePipeline, tokenizer, text_encoder, vae, transformer)
+
+
+def tiny_qwenimage_vae(seed: int = 0) -> Any:
+    """A random ``AutoencoderKLQwenImage`` with 4 latent channels (8× spatial compression; Qwen-Image's and Krea 2's
+    VAE), in eval mode.
+
+    Example:
+        >>> tiny_qwenimage_vae().config.z_dim
+        4
+    """
+    from diffusers import AutoencoderKLQwenImage
+
+    return seeded_eval(
+        seed,
         AutoencoderKLQwenImage,
         base_dim=24,
         z_dim=4,
@@ -94,6 +110,3 @@ def tiny_qwenimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         latents_mean=[0.0] * 4,
         latents_std=[1.0] * 4,
     )
-    text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=seed + 1)
-    transformer = tiny_qwenimage_transformer(num_layers=num_layers, seed=seed + 3)
-    return flow_matching_pipeline(QwenImagePipeline, tokenizer, text_encoder, vae, transformer)
