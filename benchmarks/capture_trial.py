@@ -85,20 +85,20 @@ def build_family(family: str, args: argparse.Namespace) -> tuple[Any, dict[str, 
         torch.manual_seed(0)
         model = FluxTransformer2DModel(patch_size=1, **CONFIG).eval().requires_grad_(False)
         return model, build_inputs(model, args.grid, args.text_tokens), CONFIG["joint_attention_dim"]
-    from conceptattention import testing, testing_extra, testing_models
+    from conceptattention import testing
 
     factories = {
-        "sd3": (testing_models.tiny_sd3_transformer, lambda model: testing_models.tiny_sd3_inputs(), 48),
-        "cogvideox": (testing_models.tiny_cogvideox_transformer, testing_models.tiny_cogvideox_inputs, 32),
-        "chroma": (testing_extra.tiny_chroma_transformer, lambda model: testing_extra.tiny_chroma_inputs(), 32),
-        "flux2": (testing_extra.tiny_flux2_transformer, lambda model: testing_extra.tiny_flux2_inputs(), 24),
-        "qwenimage": (testing_extra.tiny_qwenimage_transformer, lambda model: testing_extra.tiny_qwenimage_inputs(), 16),
+        "sd3": (testing.tiny_sd3_transformer, lambda model: testing.tiny_sd3_inputs(), 48),
+        "cogvideox": (testing.tiny_cogvideox_transformer, testing.tiny_cogvideox_inputs, 32),
+        "chroma": (testing.tiny_chroma_transformer, lambda model: testing.tiny_chroma_inputs(), 32),
+        "flux2": (testing.tiny_flux2_transformer, lambda model: testing.tiny_flux2_inputs(), 24),
+        "qwenimage": (testing.tiny_qwenimage_transformer, lambda model: testing.tiny_qwenimage_inputs(), 16),
         "hunyuan_video": (
-            testing_extra.tiny_hunyuan_video_transformer,
-            lambda model: testing_extra.tiny_hunyuan_video_inputs(),
+            testing.tiny_hunyuan_video_transformer,
+            lambda model: testing.tiny_hunyuan_video_inputs(),
             16,
         ),
-        "auraflow": (testing_extra.tiny_auraflow_transformer, lambda model: testing_extra.tiny_auraflow_inputs(), 32),
+        "auraflow": (testing.tiny_auraflow_transformer, lambda model: testing.tiny_auraflow_inputs(), 32),
         "flux-tiny": (testing.tiny_flux_transformer, lambda model: testing.tiny_flux_inputs(), 32),
     }
     build, inputs, width = factories[family]

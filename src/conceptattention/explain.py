@@ -209,7 +209,7 @@ def explain_video(
 
     Example:
         >>> from PIL import Image
-        >>> from conceptattention.testing_models import tiny_cogvideox_pipeline
+        >>> from conceptattention.testing import tiny_cogvideox_pipeline
         >>> frames = [Image.new("RGB", (24, 16), (20 * i, 80, 160)) for i in range(5)]  # 1 + 4k frames
         >>> explain_video(tiny_cogvideox_pipeline(), frames, ["cat", "sky"], height=16, width=24).tensor.shape
         torch.Size([2, 2, 2, 3])

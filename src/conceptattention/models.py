@@ -56,7 +56,7 @@ class LoadedModel:
         name: What the user asked for (alias, folder or hub id).
         description: One line for logs and settings files.
         defaults: Generation defaults of this model (height, width, steps, guidance_scale, prompt, concepts...).
-        notice: A message to show the user (e.g. that the model is an untrained stand-in), or None.
+        notice: A message to show the user about the model, or None.
         vocabulary: The words the model knows, when it declares them (the shipped ShapesWorld toy model); None for
             real models, which accept any text. See :func:`check_vocabulary`.
     """
@@ -186,43 +186,34 @@ def shipped_model_dir() -> Path:
 
 
 def load_embedded_default(device: str = "cpu", dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """The model shipped with the package: ShapesWorld if its weights are installed, else a random stand-in."""
+    """The model shipped with the package: the ShapesWorld toy pipeline in ``assets/shapesworld``.
+
+    Raises:
+        ModelLoadError: The shipped weights are missing (a broken installation): the message names the folder and
+            how to repair it, or to pass ``--model`` / ``name`` instead.
+    """
     folder = shipped_model_dir()
-    if (folder / "model_index.json").is_file():
-        from .shapesworld import load_pipeline as load_shapesworld
-        from .shapesworld import recommended_call_kwargs
-
-        pipeline = load_shapesworld(folder, device=device, dtype=dtype)
-        pipeline.set_progress_bar_config(disable=False)
-        recommended = json.loads((folder / "shapesworld.json").read_text()).get("recommended", {})
-        recommended.pop("concept_attention", None)  # method settings: already recorded on the transformer
-        defaults = {**recommended, **recommended_call_kwargs(pipeline), **SHAPESWORLD_EXAMPLE}
-        return LoadedModel(
-            pipeline,
-            DEFAULT_MODEL,
-            "ShapesWorld toy FLUX-architecture model (shipped)",
-            defaults,
-            vocabulary=shapesworld_vocabulary(),
+    if not (folder / "model_index.json").is_file():
+        raise ModelLoadError(
+            f"The shipped ShapesWorld model is missing from {folder} (no model_index.json): this installation of "
+            "conceptattention is incomplete. Reinstall the package (pip install --force-reinstall conceptattention), "
+            "or name a model explicitly (--model FOLDER_OR_HUB_ID)."
         )
-    from .testing import tiny_flux_pipeline
+    from .shapesworld import load_pipeline as load_shapesworld
+    from .shapesworld import recommended_call_kwargs
 
-    pipeline = tiny_flux_pipeline().to(device)
-    if dtype != torch.float32:
-        pipeline = pipeline.to(dtype=dtype)
-    notice = (
-        "NOTE: the shipped ShapesWorld weights are not installed, so the embedded default is a tiny FLUX pipeline "
-        "with RANDOM weights: it proves the plumbing runs, but its images and maps mean nothing."
+    pipeline = load_shapesworld(folder, device=device, dtype=dtype)
+    pipeline.set_progress_bar_config(disable=False)
+    recommended = json.loads((folder / "shapesworld.json").read_text()).get("recommended", {})
+    recommended.pop("concept_attention", None)  # method settings: already recorded on the transformer
+    defaults = {**recommended, **recommended_call_kwargs(pipeline), **SHAPESWORLD_EXAMPLE}
+    return LoadedModel(
+        pipeline,
+        DEFAULT_MODEL,
+        "ShapesWorld toy FLUX-architecture model (shipped)",
+        defaults,
+        vocabulary=shapesworld_vocabulary(),
     )
-    defaults = {
-        "height": 64,
-        "width": 64,
-        "num_inference_steps": 4,
-        "guidance_scale": 0.0,
-        "max_sequence_length": 64,
-        "prompt": "a dragon on a rock under the sky",
-        "concepts": ["dragon", "rock", "sky"],
-    }
-    return LoadedModel(pipeline, DEFAULT_MODEL, "tiny random-weight FLUX pipeline (stand-in)", defaults, notice)
 
 
 def load_model(

@@ -7,10 +7,8 @@ from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.auraflow import AuraFlowAdapter
-from conceptattention.testing_extra import tiny_auraflow_inputs, tiny_auraflow_pipeline, tiny_auraflow_transformer
-
-from .auraflow_reference import naive_auraflow_scores
-from .battery import (
+from conceptattention.testing import tiny_auraflow_inputs, tiny_auraflow_pipeline, tiny_auraflow_transformer
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_subclassed_processor_refused,
@@ -20,6 +18,7 @@ from .battery import (
     random_image,
     t5_content_states,
 )
+from conceptattention.testing.references.auraflow import naive_auraflow_scores
 
 
 GEN_KW = dict(height=16, width=24, num_inference_steps=2, max_sequence_length=32, output_type="pt", guidance_scale=1.0)
@@ -50,7 +49,7 @@ def test_registry_paths_and_default_layers(transformer):
     assert adapter.default_layers(4) == (0, 1, 2, 3)
     with ConceptAttention(transformer, concept_embeds=torch.randn(2, 32), layers=["joint_transformer_blocks.2"]) as ca:
         transformer(**tiny_auraflow_inputs())
-    assert ca.maps.config["resolved_layers"] == ["joint_transformer_blocks.2"]
+    assert ca.maps.settings["resolved_layers"] == ["joint_transformer_blocks.2"]
 
 
 def test_cfg_reports_the_conditional_half(pipe):

@@ -7,10 +7,14 @@ import torch
 from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 
 from conceptattention.adapters.bria import BriaAdapter
-from conceptattention.testing_zoo import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
-
-from .battery import assert_cfg_conditional_half, make_generate, module_fixtures, t5_content_states
-from .flux_like_battery import FluxLikeBattery
+from conceptattention.testing import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
+from conceptattention.testing.battery import (
+    assert_cfg_conditional_half,
+    make_generate,
+    module_fixtures,
+    t5_content_states,
+)
+from conceptattention.testing.flux_like_battery import FluxLikeBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=32, output_type="pt", guidance_scale=1.0)

@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 
 from conceptattention import ConceptAttention, get_adapter
-from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_padding_mask_kept,
     assert_right_not_wrong,
@@ -18,7 +17,7 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .chroma_reference import naive_chroma_scores
+from conceptattention.testing.references.chroma import naive_chroma_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=32, output_type="pt", guidance_scale=1.0)
@@ -74,7 +73,7 @@ def test_true_cfg_records_only_conditional_calls(pipe):
         generate(pipe, **CFG_KW)
     with ConceptAttention(pipe, ["house", "sea"], timesteps=[0]) as without_cfg:
         generate(pipe)
-    torch.testing.assert_close(with_cfg.maps.maps, without_cfg.maps.maps)
+    torch.testing.assert_close(with_cfg.maps.tensor, without_cfg.maps.tensor)
     # an unselected step's unconditional call is not counted either
     with ConceptAttention(pipe, ["house", "sea"], timesteps=[1], keep_per_step=True) as ca:
         generate(pipe, **CFG_KW)
@@ -114,5 +113,5 @@ def test_conditioning_options_coincide(transformer):
     for conditioning in ("null_pooled", "prompt"):
         with ConceptAttention(transformer, concept_embeds=embeds, concept_conditioning=conditioning) as ca:
             transformer(**inputs)
-        maps.append(ca.maps.maps)
+        maps.append(ca.maps.tensor)
     assert torch.equal(maps[0], maps[1])

@@ -15,10 +15,8 @@ from PIL import Image
 from conceptattention import ConceptAttention, explain
 from conceptattention.adapters.cogvideox import CogVideoXAdapter
 from conceptattention.session import EarlyExit
-from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
-from conceptattention.video import frames_grid_figure, save_overlay_video
-
-from .battery import (
+from conceptattention.testing import tiny_cogvideox_inputs, tiny_cogvideox_pipeline, tiny_cogvideox_transformer
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_close_scaled,
@@ -28,7 +26,8 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .cogvideox_reference import naive_cogvideox_scores
+from conceptattention.testing.references.cogvideox import naive_cogvideox_scores
+from conceptattention.video import frames_grid_figure, save_overlay_video
 
 
 GEN_KW = dict(
@@ -115,7 +114,7 @@ class TestMethod:
         inputs = tiny_cogvideox_inputs(model, frames=latent_frames, height=4, width=6)
         with ConceptAttention(model, concept_embeds=concept_embeds()) as ca:
             model(**inputs)
-        assert ca.maps.maps.shape == (3, *grid)
+        assert ca.maps.tensor.shape == (3, *grid)
         assert ca.maps.num_frames == grid[0]
 
     def test_exactly_the_given_concepts_in_the_softmax(self):
@@ -126,7 +125,7 @@ class TestMethod:
             model(**inputs)
         per_layer = [ca.per_step_scores[(0, layer)] for layer in ca.layers]  # each [1, 2, V]
         expected = torch.stack([torch.softmax(scores, dim=1) for scores in per_layer]).mean(0)[0]  # [2, V]
-        torch.testing.assert_close(ca.maps.maps.flatten(1), expected)
+        torch.testing.assert_close(ca.maps.tensor.flatten(1), expected)
 
 
 class TestGuidanceAndEncoding:
@@ -168,8 +167,8 @@ class TestExplain:
     def test_image_as_one_frame_video(self, pipe, pipe15):
         image = Image.fromarray((torch.rand(20, 30, 3, generator=torch.Generator().manual_seed(0)) * 255).byte().numpy())
         maps = explain(pipe, image, ["cat", "sky"], height=16, width=24, num_samples=2)
-        assert maps.maps.shape == (2, 1, 2, 3)
-        torch.testing.assert_close(maps.maps.sum(0), torch.ones(1, 2, 3))
+        assert maps.tensor.shape == (2, 1, 2, 3)
+        torch.testing.assert_close(maps.tensor.sum(0), torch.ones(1, 2, 3))
         maps15 = explain(pipe15, image, ["cat", "sky"], height=16, width=24)  # 1 latent frame padded to 2
         assert maps15.maps.shape == (2, 1, 2, 3)
 
@@ -196,7 +195,7 @@ class TestExplain:
         with attention, torch.no_grad():
             with pytest.raises(EarlyExit):
                 pipe.transformer(**kwargs)
-        assert attention.maps.maps.shape == (2, 3, 2, 3)
+        assert attention.maps.tensor.shape == (2, 3, 2, 3)
 
     @pytest.mark.parametrize(
         "frames, size, message",

@@ -9,9 +9,8 @@ from diffusers.models.transformers.transformer_cogview4 import CogView4AttnProce
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.cogview4 import CogView4Adapter
-from conceptattention.testing_zoo import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
+from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
@@ -21,8 +20,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .cogview4_reference import naive_cogview4_scores
-from .zoo_battery import ZooBattery
+from conceptattention.testing.references.cogview4 import naive_cogview4_scores
+from conceptattention.testing.zoo_battery import ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=1.0)
@@ -73,7 +72,7 @@ def test_true_cfg_records_only_conditional_calls(pipe):
         generate(pipe, **CFG_KW)
     with ConceptAttention(pipe, ["house", "sea"], timesteps=[0]) as without_cfg:
         generate(pipe)
-    torch.testing.assert_close(with_cfg.maps.maps, without_cfg.maps.maps)
+    torch.testing.assert_close(with_cfg.maps.tensor, without_cfg.maps.tensor)
 
 
 def test_concept_encoding_as_the_pipeline_encodes_a_prompt(pipe):

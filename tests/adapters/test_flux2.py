@@ -14,14 +14,13 @@ from diffusers.models.transformers.transformer_flux2 import Flux2AttnProcessor, 
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.flux2 import Flux2Adapter, template_content_span
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_flux2_inputs,
     tiny_flux2_klein_pipeline,
     tiny_flux2_pipeline,
     tiny_flux2_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_concepts_permute,
@@ -32,7 +31,7 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .flux2_reference import naive_flux2_scores
+from conceptattention.testing.references.flux2 import naive_flux2_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=64, output_type="pt", guidance_scale=1.0)
@@ -134,7 +133,7 @@ def test_pipeline_concept_strings_change_with_pooling(pipe):
     for pooling in ("mean", "last"):
         with ConceptAttention(pipe, ["red car", "sky"], concept_pooling=pooling) as ca:
             pipe(prompt="a red car", generator=torch.Generator().manual_seed(0), **GEN_KW)
-        maps[pooling] = ca.maps.maps
+        maps[pooling] = ca.maps.tensor
     assert not torch.allclose(maps["mean"], maps["last"])
 
 
@@ -157,7 +156,7 @@ def test_flux2_dev_pipeline_mistral_encoder_bit_identical_and_encoding():
     with ConceptAttention(pipe, ["red car", "sky"]) as ca:
         images = run()
     assert torch.equal(reference, images)
-    assert ca.maps.maps.shape == (2, 1, 16, 16)
+    assert ca.maps.tensor.shape == (2, 1, 16, 16)
 
     from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 

@@ -14,23 +14,31 @@ from diffusers.models.transformers.transformer_longcat_image import LongCatImage
 from conceptattention import ConceptAttention, ConfigError, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.flux_single import FluxSingleConceptAttnProcessor
 from conceptattention.config import ModelDefaults, set_model_defaults
-from conceptattention.testing import tiny_flux_inputs, tiny_flux_pipeline, tiny_flux_transformer
-from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_transformer
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_bria_inputs,
     tiny_bria_transformer,
+    tiny_chroma_inputs,
+    tiny_chroma_transformer,
+    tiny_flux_inputs,
+    tiny_flux_pipeline,
+    tiny_flux_transformer,
     tiny_longcat_image_inputs,
     tiny_longcat_image_pipeline,
     tiny_longcat_image_transformer,
     tiny_ovis_image_inputs,
     tiny_ovis_image_transformer,
 )
-
-from .battery import AdapterBattery, assert_right_not_wrong, check_explain, layer_logits, seeded_embeds
-from .chroma_reference import naive_chroma_scores
-from .flux_like_battery import FluxLikeBattery
-from .flux_like_reference import naive_flux_like_scores
-from .flux_reference import naive_flux_scores
+from conceptattention.testing.battery import (
+    AdapterBattery,
+    assert_right_not_wrong,
+    check_explain,
+    layer_logits,
+    seeded_embeds,
+)
+from conceptattention.testing.flux_like_battery import FluxLikeBattery
+from conceptattention.testing.references.chroma import naive_chroma_scores
+from conceptattention.testing.references.flux import naive_flux_scores
+from conceptattention.testing.references.flux_like import naive_flux_like_scores
 
 
 def with_single_default(model: Any, num_double: int) -> Any:

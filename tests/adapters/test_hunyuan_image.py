@@ -14,13 +14,12 @@ import torch
 from diffusers.models.transformers.transformer_hunyuanimage import HunyuanImageAttnProcessor
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_hunyuan_image_inputs,
     tiny_hunyuan_image_pipeline,
     tiny_hunyuan_image_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_padding_mask_kept,
@@ -32,8 +31,8 @@ from .battery import (
     random_image,
     seeded_embeds,
 )
-from .hunyuan_image_reference import naive_hunyuan_image_scores
-from .zoo_battery import GuidedPipelineChecks, ZooBattery
+from conceptattention.testing.references.hunyuan_image import naive_hunyuan_image_scores
+from conceptattention.testing.zoo_battery import GuidedPipelineChecks, ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt")
@@ -81,7 +80,7 @@ def test_glyph_prompt_stays_bit_identical(pipe):
         reference = pipe(prompt, generator=torch.Generator().manual_seed(0), **GEN_KW).images
         with ConceptAttention(pipe, ["sign", "wall"]) as ca:
             output = pipe(prompt, generator=torch.Generator().manual_seed(0), **GEN_KW).images
-    assert torch.equal(reference, output) and ca.maps.maps.shape == (2, 1, 16, 24)
+    assert torch.equal(reference, output) and ca.maps.tensor.shape == (2, 1, 16, 24)
 
 
 def test_registry_and_stock_processor_kept(transformer):
@@ -148,7 +147,7 @@ def test_concept_encoding_matches_the_pipelines_prompt_encoder():
     from diffusers import HunyuanImagePipeline
 
     from conceptattention.adapters.hunyuan_image import HunyuanImageAdapter
-    from conceptattention.testing_extra import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
+    from conceptattention.testing import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
 
     tokenizer = tiny_byte_level_tokenizer()
     text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=1)
@@ -202,7 +201,7 @@ def test_explain_maps_equal_a_direct_call_on_the_same_noised_latents(pipe):
                 encoder_hidden_states=prompt, encoder_attention_mask=mask, encoder_hidden_states_2=glyph,
                 encoder_attention_mask_2=glyph_mask,
             )
-    torch.testing.assert_close(ours.maps, direct.maps.maps, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.maps, direct.maps.tensor, rtol=1e-5, atol=1e-6)
 
 
 def test_explain_resolution_keeps_the_aspect_ratio(pipe):

@@ -7,13 +7,12 @@ import torch
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, explain, get_adapter
 from conceptattention.adapters.hunyuan_video import HunyuanVideoAdapter
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_hunyuan_video_inputs,
     tiny_hunyuan_video_pipeline,
     tiny_hunyuan_video_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_mean_of_concept_span,
@@ -21,7 +20,7 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .hunyuan_video_reference import naive_hunyuan_video_scores
+from conceptattention.testing.references.hunyuan_video import naive_hunyuan_video_scores
 
 
 GEN_KW = dict(
@@ -72,7 +71,7 @@ def test_maps_are_per_frame(transformer):
     inputs = tiny_hunyuan_video_inputs(frames=3)
     with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)) as ca:
         transformer(**inputs)
-    maps = ca.maps.maps  # [C, F, h, w]
+    maps = ca.maps.tensor  # [C, F, h, w]
     assert maps.shape == (2, 3, 3, 4)
     assert not torch.allclose(maps[:, 0], maps[:, 1])
 

@@ -13,13 +13,12 @@ from diffusers.models.transformers.transformer_hunyuan_video15 import HunyuanVid
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.hunyuan_video15 import HunyuanVideo15Adapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_hunyuan_video15_inputs,
     tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video15_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_right_not_wrong,
@@ -28,8 +27,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .hunyuan_video15_reference import naive_hunyuan_video15_scores
-from .zoo_battery import GuidedPipelineChecks, StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.hunyuan_video15 import naive_hunyuan_video15_scores
+from conceptattention.testing.zoo_battery import GuidedPipelineChecks, StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=32, width=32, num_frames=5, num_inference_steps=2, output_type="latent")
@@ -107,8 +106,8 @@ def test_image_to_video_layout(transformer):
 def test_maps_are_per_frame(transformer):
     with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)) as ca:
         transformer(**tiny_hunyuan_video15_inputs(frames=3))
-    assert ca.maps.maps.shape == (2, 3, 3, 4)
-    assert not torch.allclose(ca.maps.maps[:, 0], ca.maps.maps[:, 1])
+    assert ca.maps.tensor.shape == (2, 3, 3, 4)
+    assert not torch.allclose(ca.maps.tensor[:, 0], ca.maps.tensor[:, 1])
 
 
 def test_subclassed_processor_refused():
@@ -123,7 +122,7 @@ def test_concept_encoding_matches_the_pipelines_prompt_encoder():
 
     from diffusers import HunyuanVideo15Pipeline
 
-    from conceptattention.testing_extra import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
+    from conceptattention.testing import tiny_byte_level_tokenizer, tiny_qwen25vl_encoder
 
     tokenizer = tiny_byte_level_tokenizer()
     text_encoder = tiny_qwen25vl_encoder(len(tokenizer), seed=1)

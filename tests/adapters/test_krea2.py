@@ -12,9 +12,8 @@ from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.krea2 import Krea2Adapter
-from conceptattention.testing_zoo import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
+from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
@@ -24,8 +23,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .krea2_reference import naive_krea2_scores
-from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.krea2 import naive_krea2_scores
+from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=0.0)

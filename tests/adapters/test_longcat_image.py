@@ -8,14 +8,13 @@ from diffusers.models.transformers.transformer_longcat_image import LongCatImage
 
 from conceptattention import ConceptAttention
 from conceptattention.adapters.longcat_image import LongCatImageAdapter
-from conceptattention.testing_zoo import (
+from conceptattention.testing import (
     tiny_longcat_image_inputs,
     tiny_longcat_image_pipeline,
     tiny_longcat_image_transformer,
 )
-
-from .battery import make_generate, module_fixtures
-from .flux_like_battery import FluxLikeBattery
+from conceptattention.testing.battery import make_generate, module_fixtures
+from conceptattention.testing.flux_like_battery import FluxLikeBattery
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=1.0, enable_prompt_rewrite=False)
@@ -48,7 +47,7 @@ def test_true_cfg_records_only_conditional_calls(pipe):
         generate(pipe, **CFG_KW)
     with ConceptAttention(pipe, ["house", "sea"], timesteps=[0]) as without_cfg:
         generate(pipe)
-    torch.testing.assert_close(with_cfg.maps.maps, without_cfg.maps.maps)  # step 0: same latents, same prompt
+    torch.testing.assert_close(with_cfg.maps.tensor, without_cfg.maps.tensor)  # step 0: same latents, same prompt
 
 
 def test_concept_encoding_matches_the_pipelines_prompt_states(pipe):

@@ -9,9 +9,8 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.mochi import MochiAdapter
-from conceptattention.testing_zoo import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_mochi_inputs, tiny_mochi_pipeline, tiny_mochi_transformer
+from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_close_scaled,
     assert_concepts_permute,
@@ -22,8 +21,8 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .mochi_reference import naive_mochi_scores
-from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.mochi import naive_mochi_scores
+from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(
@@ -86,8 +85,8 @@ def test_padding_mask_kept(transformer):
 def test_maps_are_per_frame(transformer):
     with ConceptAttention(transformer, concept_embeds=torch.randn(2, 16)) as ca:
         transformer(**tiny_mochi_inputs(frames=3))
-    assert ca.maps.maps.shape == (2, 3, 2, 3)
-    assert not torch.allclose(ca.maps.maps[:, 0], ca.maps.maps[:, 1])
+    assert ca.maps.tensor.shape == (2, 3, 2, 3)
+    assert not torch.allclose(ca.maps.tensor[:, 0], ca.maps.tensor[:, 1])
 
 
 def test_foreign_processor_refused():

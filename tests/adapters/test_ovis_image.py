@@ -9,11 +9,16 @@ from diffusers.models.transformers.transformer_ovis_image import OvisImageAttnPr
 
 from conceptattention import ConceptAttention
 from conceptattention.adapters.ovis_image import OvisImageAdapter
-from conceptattention.testing_zoo import tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
-
-from .battery import assert_right_not_wrong, layer_logits, make_generate, module_fixtures, seeded_embeds
-from .flux_like_battery import FluxLikeBattery
-from .flux_like_reference import naive_flux_like_scores
+from conceptattention.testing import tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
+from conceptattention.testing.battery import (
+    assert_right_not_wrong,
+    layer_logits,
+    make_generate,
+    module_fixtures,
+    seeded_embeds,
+)
+from conceptattention.testing.flux_like_battery import FluxLikeBattery
+from conceptattention.testing.references.flux_like import naive_flux_like_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, output_type="pt", guidance_scale=1.0)

@@ -198,7 +198,7 @@ class TestRefusals:
             ConceptAttention(pipe.transformer, "prompt")
 
     def test_other_family_is_named(self):
-        from conceptattention.testing_extra import tiny_chroma_pipeline
+        from conceptattention.testing import tiny_chroma_pipeline
 
         with pytest.raises(ConceptError, match="'chroma' family"):
             ConceptAttention(tiny_chroma_pipeline(), ["sky"], prompt_words=True)

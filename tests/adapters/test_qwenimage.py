@@ -7,13 +7,12 @@ import torch
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.qwenimage import QwenImageAdapter
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_qwenimage_inputs,
     tiny_qwenimage_pipeline,
     tiny_qwenimage_transformer,
 )
-
-from .battery import (
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_close_scaled,
     assert_concepts_permute,
@@ -26,7 +25,7 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .qwenimage_reference import naive_qwenimage_scores
+from conceptattention.testing.references.qwenimage import naive_qwenimage_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=64, output_type="pt")

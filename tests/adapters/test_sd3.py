@@ -16,9 +16,8 @@ from diffusers.models.attention_processor import AttnProcessor2_0, JointAttnProc
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, explain
 from conceptattention.adapters.sd3 import SD3Adapter, SD3ConceptAttnProcessor
-from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_sd3_inputs, tiny_sd3_pipeline, tiny_sd3_transformer
+from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_close_scaled,
@@ -28,7 +27,7 @@ from .battery import (
     seeded_embeds,
     t5_content_states,
 )
-from .sd3_reference import naive_sd3_scores
+from conceptattention.testing.references.sd3 import naive_sd3_scores
 
 
 GEN_KW = dict(height=32, width=48, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="pt")
@@ -107,7 +106,7 @@ class TestMethod:
         for conditioning in ("null_pooled", "prompt"):
             with ConceptAttention(model, concept_embeds=concept_embeds(), concept_conditioning=conditioning) as ca:
                 model(**tiny_sd3_inputs())
-            results[conditioning] = ca.maps.maps
+            results[conditioning] = ca.maps.tensor
         assert not torch.allclose(results["null_pooled"], results["prompt"])
 
     def test_last_block_context_pre_only_alone(self):
@@ -272,7 +271,7 @@ class TestConceptEncoding:
         with ConceptAttention(pipe, ["house", "sea"]) as ca:
             images = generate(pipe)
         assert torch.equal(reference, images)
-        assert ca.maps.maps.shape == (2, 1, 8, 12)
+        assert ca.maps.tensor.shape == (2, 1, 8, 12)
         with pytest.raises(ValueError, match="no T5 encoder"):
             SD3Adapter().encode_concepts(pipe, ["sky"], "mean", text_encoder="t5")
 
@@ -325,7 +324,7 @@ class TestWideClipLayout:
         with ConceptAttention(wide, ["house", "sea"]) as ca:
             output = generate(wide)
         assert torch.equal(reference, output)
-        assert torch.isfinite(ca.maps.maps).all()
+        assert torch.isfinite(ca.maps.tensor).all()
 
 
 class TestRefusals:
@@ -391,7 +390,7 @@ class TestExplain:
             maps = explain(pipe, image, ["cat", "sky"])
         finally:
             pipe.default_sample_size = pipe.transformer.config.sample_size
-        assert maps.config["height"] < maps.config["width"]
-        assert maps.config["height"] % 4 == 0 and maps.config["width"] % 4 == 0
+        assert maps.settings["height"] < maps.settings["width"]
+        assert maps.settings["height"] % 4 == 0 and maps.settings["width"] % 4 == 0
         with pytest.raises(ValueError, match="multiples of 4"):
             explain(pipe, image, ["cat", "sky"], height=30, width=48)

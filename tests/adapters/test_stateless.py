@@ -14,8 +14,7 @@ import torch
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters import _BUILTIN_ADAPTERS, _builtin
 from conceptattention.adapters.sd3 import SD3Adapter
-from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_transformer
-from conceptattention.testing_models import tiny_sd3_pipeline
+from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_transformer, tiny_sd3_pipeline
 
 
 SD3_KW = dict(height=32, width=48, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16, output_type="pt")

@@ -11,9 +11,8 @@ from diffusers.models.transformers.transformer_z_image import ZSingleStreamAttnP
 
 from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
 from conceptattention.adapters.z_image import ZImageAdapter
-from conceptattention.testing_zoo import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
-
-from .battery import (
+from conceptattention.testing import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
+from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
@@ -23,8 +22,8 @@ from .battery import (
     module_fixtures,
     seeded_embeds,
 )
-from .z_image_reference import naive_z_image_scores
-from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+from conceptattention.testing.references.z_image import naive_z_image_scores
+from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
 GEN_KW = dict(height=16, width=24, num_inference_steps=2, output_type="pt", guidance_scale=0.0)
@@ -96,14 +95,14 @@ def test_true_cfg_conditional_half(pipe):
         generate(pipe, **CFG_KW)
     with ConceptAttention(pipe, ["house", "sea"], timesteps=[0]) as without_cfg:
         generate(pipe)
-    torch.testing.assert_close(with_cfg.maps.maps, without_cfg.maps.maps)
+    torch.testing.assert_close(with_cfg.maps.tensor, without_cfg.maps.tensor)
 
 
 def test_cfg_truncated_steps_report_the_whole_batch(pipe):
     """With ``cfg_truncation`` a step runs without the guidance batch: that call's single sample is reported."""
     with ConceptAttention(pipe, ["house", "sea"]) as ca:
         generate(pipe, guidance_scale=3.0, cfg_truncation=0.5)
-    assert len(ca.batch_maps) == 1 and torch.isfinite(ca.maps.maps).all()
+    assert len(ca.batch_maps) == 1 and torch.isfinite(ca.maps.tensor).all()
 
 
 def test_concept_encoding_as_the_pipeline_encodes_a_prompt(pipe):

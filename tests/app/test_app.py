@@ -327,7 +327,7 @@ def test_explain_refuses_a_bad_noise_level_and_sample_count(service, toy_photo):
 def test_a_model_folder_works_like_in_the_cli(tmp_path, toy_photo):
     """Any model the CLI accepts: here a tiny SD3 pipeline saved as a diffusers folder and loaded offline."""
     from conceptattention.models import load_model
-    from conceptattention.testing_models import tiny_sd3_pipeline
+    from conceptattention.testing import tiny_sd3_pipeline
 
     folder = tmp_path / "tiny-sd3"
     tiny_sd3_pipeline().save_pretrained(folder)
@@ -348,7 +348,7 @@ def test_a_model_folder_works_like_in_the_cli(tmp_path, toy_photo):
 
 def test_a_video_model_shows_its_first_frame(tmp_path):
     from conceptattention.models import LoadedModel
-    from conceptattention.testing_models import tiny_cogvideox_pipeline
+    from conceptattention.testing import tiny_cogvideox_pipeline
 
     loaded = LoadedModel(tiny_cogvideox_pipeline(), "tiny-cogvideox", "tiny CogVideoX", {"max_sequence_length": 16})
     service = MapService(loaded, work_dir=tmp_path / "work")

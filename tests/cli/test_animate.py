@@ -135,7 +135,7 @@ def test_the_estimate_is_the_bytes_actually_kept(family):
     """The guard's estimate (from sizes, before the run) equals the bytes of the kept score tensors after it."""
     from conceptattention import ConceptAttention
     from conceptattention.cli.animate import image_tokens
-    from conceptattention.testing_models import tiny_cogvideox_pipeline
+    from conceptattention.testing import tiny_cogvideox_pipeline
     from conceptattention.timeline import estimate_timeline_bytes
 
     if family == "flux":

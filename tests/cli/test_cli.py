@@ -210,7 +210,7 @@ def test_help_lists_commands(capsys):
 
 @pytest.fixture(scope="module")
 def sd3_dir(tmp_path_factory) -> Path:
-    from conceptattention.testing_models import tiny_sd3_pipeline
+    from conceptattention.testing import tiny_sd3_pipeline
 
     folder = tmp_path_factory.mktemp("models") / "tiny-sd3"
     tiny_sd3_pipeline().save_pretrained(folder)
@@ -218,7 +218,7 @@ def sd3_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cogvideox_dir(tmp_path_factory) -> Path:
-    from conceptattention.testing_models import tiny_cogvideox_pipeline
+    from conceptattention.testing import tiny_cogvideox_pipeline
 
     folder = tmp_path_factory.mktemp("models") / "tiny-cogvideox"
     tiny_cogvideox_pipeline().save_pretrained(folder)
@@ -270,10 +270,10 @@ FAMILY_OPTIONS = {
 @pytest.mark.parametrize("family", sorted(FAMILY_OPTIONS))
 def test_generate_and_explain_other_families(family, tmp_path, photo):
     """`generate` (and `explain` for image models) with a tiny save_pretrained folder of each family, offline."""
-    from conceptattention import testing_extra
+    from conceptattention import testing
 
     folder = tmp_path / family
-    getattr(testing_extra, f"tiny_{family}_pipeline")().save_pretrained(folder)
+    getattr(testing, f"tiny_{family}_pipeline")().save_pretrained(folder)
     out = tmp_path / "gen"
     assert main(["generate", "--model", str(folder), "--prompt", "a house", "--concepts", "house", "sea",
                  "--out", str(out), *FAMILY_OPTIONS[family]]) == 0

@@ -18,16 +18,17 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conceptattention.testing import tiny_flux_pipeline
-from conceptattention.testing_extra import (
+from conceptattention.testing import (
     tiny_auraflow_pipeline,
     tiny_chroma_pipeline,
+    tiny_cogvideox_pipeline,
     tiny_flux2_klein_pipeline,
     tiny_flux2_pipeline,
+    tiny_flux_pipeline,
     tiny_hunyuan_video_pipeline,
     tiny_qwenimage_pipeline,
+    tiny_sd3_pipeline,
 )
-from conceptattention.testing_models import tiny_cogvideox_pipeline, tiny_sd3_pipeline
 
 
 CONCEPTS = ("cat", "sky")

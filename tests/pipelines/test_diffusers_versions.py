@@ -11,8 +11,7 @@ import torch
 
 from conceptattention import ConceptAttention, supported_models
 from conceptattention.adapters import MIN_DIFFUSERS, UnsupportedModelError, _diffusers_release, get_adapter
-from conceptattention.testing import tiny_flux_transformer
-from conceptattention.testing_extra import tiny_qwenimage_transformer
+from conceptattention.testing import tiny_flux_transformer, tiny_qwenimage_transformer
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +57,10 @@ def test_installed_release_decides(qwen: torch.nn.Module) -> None:
     """On the real installed diffusers: Qwen-Image works from 0.39 on and is refused (not silently map-less) before."""
     if _diffusers_release() >= (0, 39):
         with ConceptAttention(qwen, concept_embeds=torch.randn(2, 16)) as attention:
-            from conceptattention.testing_extra import tiny_qwenimage_inputs
+            from conceptattention.testing import tiny_qwenimage_inputs
 
             qwen(**tiny_qwenimage_inputs())
-        assert attention.maps.maps.shape[0] == 2
+        assert attention.maps.tensor.shape[0] == 2
     else:
         with pytest.raises(UnsupportedModelError, match="diffusers >= 0.39"):
             get_adapter(qwen)

@@ -72,11 +72,11 @@ def transformer_rows(case: PipelineCase, pipe: Any, **overrides: Any) -> int:
 @pytest.fixture(scope="module")
 def default_maps(case: PipelineCase, pipe: Any) -> torch.Tensor:
     """The maps of the default call: features that leave the generation alone must leave them alone too."""
-    return compare(case, pipe).maps.maps
+    return compare(case, pipe).maps.tensor
 
 
 def test_default_call(case: PipelineCase, pipe: Any, default_maps: torch.Tensor) -> None:
-    assert torch.equal(compare(case, pipe).maps.maps, default_maps)  # and repeatable
+    assert torch.equal(compare(case, pipe).maps.tensor, default_maps)  # and repeatable
 
 
 def test_callback_on_step_end(case: PipelineCase, pipe: Any, default_maps: torch.Tensor) -> None:
@@ -88,7 +88,7 @@ def test_callback_on_step_end(case: PipelineCase, pipe: Any, default_maps: torch
         return {}
 
     attention = compare(case, pipe, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=["latents"])
-    assert torch.equal(attention.maps.maps, default_maps)
+    assert torch.equal(attention.maps.tensor, default_maps)
     steps = case.call["num_inference_steps"]
     assert seen == list(range(steps)) * 2  # once without, once with maps
 
@@ -105,7 +105,7 @@ def test_callback_changing_latents(case: PipelineCase, pipe: Any) -> None:
 def test_prompt_embeds_passed_in(case: PipelineCase, pipe: Any, default_maps: torch.Tensor) -> None:
     with torch.no_grad():  # as inside the pipeline (with autograd on, CPU kernels may differ in the last bit)
         embeds = case.embeds(pipe, PROMPT)
-    assert torch.equal(compare(case, pipe, **embeds).maps.maps, default_maps)  # the same transformer inputs
+    assert torch.equal(compare(case, pipe, **embeds).maps.tensor, default_maps)  # the same transformer inputs
 
 
 def test_num_images_per_prompt(case: PipelineCase, pipe: Any) -> None:
@@ -131,7 +131,7 @@ def test_classifier_free_guidance_negative_prompt(case: PipelineCase, pipe: Any)
 
 @pytest.mark.parametrize("output_type", ["latent", "np", "pil"])
 def test_output_type(case: PipelineCase, pipe: Any, default_maps: torch.Tensor, output_type: str) -> None:
-    assert torch.equal(compare(case, pipe, output_type=output_type).maps.maps, default_maps)
+    assert torch.equal(compare(case, pipe, output_type=output_type).maps.tensor, default_maps)
 
 
 @pytest.mark.parametrize("mode", ["tiling", "slicing"])
@@ -139,7 +139,7 @@ def test_vae_tiling_and_slicing(case: PipelineCase, pipe: Any, default_maps: tor
     vae = pipe.vae
     getattr(vae, f"enable_{mode}")()
     try:
-        assert torch.equal(compare(case, pipe).maps.maps, default_maps)
+        assert torch.equal(compare(case, pipe).maps.tensor, default_maps)
     finally:
         getattr(vae, f"disable_{mode}")()
 
@@ -172,7 +172,7 @@ def test_save_pretrained_round_trip(case: PipelineCase, pipe: Any, tmp_path: Any
     assert {name: type(processor) for name, processor in loaded.transformer.attn_processors.items()} == stock
     assert_identical(generate(case, loaded), reference)
     again = compare(case, loaded)
-    torch.testing.assert_close(again.maps.maps, attention.maps.maps, rtol=0, atol=0)
+    torch.testing.assert_close(again.maps.tensor, attention.maps.tensor, rtol=0, atol=0)
 
 
 OFFLOAD = {
@@ -194,7 +194,7 @@ def test_offload_hooks(case: PipelineCase, default_maps: torch.Tensor, offload: 
     reference = generate(case, pipe)
     OFFLOAD[offload](pipe)
     assert_identical(generate(case, pipe), reference)
-    assert torch.equal(compare(case, pipe).maps.maps, default_maps)  # same seeds, same weights, same maps
+    assert torch.equal(compare(case, pipe).maps.tensor, default_maps)  # same seeds, same weights, same maps
 
 
 def test_fused_qkv_projections(case: PipelineCase, default_maps: torch.Tensor) -> None:
@@ -209,7 +209,7 @@ def test_fused_qkv_projections(case: PipelineCase, default_maps: torch.Tensor) -
             generate(case, pipe)
         return
     attention = compare(case, pipe)
-    torch.testing.assert_close(attention.maps.maps, default_maps, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(attention.maps.tensor, default_maps, rtol=1e-4, atol=1e-5)
 
 
 def test_compiled_transformer(case: PipelineCase, default_maps: torch.Tensor) -> None:
@@ -221,6 +221,6 @@ def test_compiled_transformer(case: PipelineCase, default_maps: torch.Tensor) ->
         pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
         attention = compare(case, pipe)
         assert attention.transformer is pipe.transformer._orig_mod
-        torch.testing.assert_close(attention.maps.maps, default_maps, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attention.maps.tensor, default_maps, rtol=1e-4, atol=1e-5)
     finally:
         torch._dynamo.reset()

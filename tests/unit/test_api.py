@@ -11,8 +11,7 @@ from PIL import Image
 
 import conceptattention
 from conceptattention import ConfigError, explain, explain_video
-from conceptattention.testing import tiny_flux_pipeline
-from conceptattention.testing_models import tiny_cogvideox_pipeline
+from conceptattention.testing import tiny_cogvideox_pipeline, tiny_flux_pipeline
 
 
 CONCEPTS = ["dog", "sky"]

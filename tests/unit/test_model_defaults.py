@@ -125,3 +125,16 @@ def test_shapesworld_loader_applies_and_validates_recommended_settings(tmp_path)
     (folder / "shapesworld.json").write_text(json.dumps(settings))
     with pytest.raises(ModelError, match="recommended.concept_attention"):
         load_pipeline(folder)
+
+
+def test_missing_shipped_weights_are_an_installation_error(tmp_path, monkeypatch):
+    """No random-weight stand-in at run time: without the shipped ShapesWorld files the default model is refused with
+    a message that names the folder and the way out (reinstall, or --model)."""
+    from conceptattention import models
+
+    empty = tmp_path / "shapesworld"
+    empty.mkdir()
+    monkeypatch.setattr(models, "shipped_model_dir", lambda: empty)
+    for name in (None, models.DEFAULT_MODEL):
+        with pytest.raises(models.ModelLoadError, match=r"(?s)missing from .*shapesworld.*Reinstall.*--model"):
+            models.load_model(name)

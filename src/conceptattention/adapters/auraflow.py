@@ -65,7 +65,7 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_extra import tiny_auraflow_inputs, tiny_auraflow_transformer
+        >>> from conceptattention.testing.auraflow import tiny_auraflow_inputs, tiny_auraflow_transformer
         >>> model = tiny_auraflow_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_auraflow_inputs())
@@ -175,7 +175,7 @@ class AuraFlowAdapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_extra import tiny_auraflow_transformer
+        >>> from conceptattention.testing.auraflow import tiny_auraflow_transformer
         >>> get_adapter(tiny_auraflow_transformer()).block_path(0)
         'joint_transformer_blocks.0'
     """

@@ -278,7 +278,7 @@ def active_cache(transformer: nn.Module) -> str | None:
 
     Example:
         >>> from diffusers import FirstBlockCacheConfig
-        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> from conceptattention.testing.flux import tiny_flux_transformer
         >>> model = tiny_flux_transformer()
         >>> model.enable_cache(FirstBlockCacheConfig(threshold=0.2))
         >>> active_cache(model)
@@ -373,7 +373,7 @@ def block_input_grabbers(
         The hook handles.
 
     Example:
-        >>> from conceptattention.testing_extra import tiny_flux2_transformer
+        >>> from conceptattention.testing.flux2 import tiny_flux2_transformer
         >>> from conceptattention.session import ConceptSession
         >>> from conceptattention.config import ConceptAttentionConfig
         >>> model = tiny_flux2_transformer()

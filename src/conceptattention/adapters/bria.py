@@ -28,7 +28,7 @@ class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_bria_inputs, tiny_bria_transformer
+        >>> from conceptattention.testing.bria import tiny_bria_inputs, tiny_bria_transformer
         >>> model = tiny_bria_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_bria_inputs())
@@ -63,7 +63,7 @@ class BriaAdapter(FluxLikeAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_bria_transformer
+        >>> from conceptattention.testing.bria import tiny_bria_transformer
         >>> get_adapter(tiny_bria_transformer()).name
         'bria'
     """

@@ -64,7 +64,7 @@ class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_extra import tiny_chroma_inputs, tiny_chroma_transformer
+        >>> from conceptattention.testing.chroma import tiny_chroma_inputs, tiny_chroma_transformer
         >>> model = tiny_chroma_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_chroma_inputs())
@@ -105,7 +105,7 @@ class ChromaAdapter(FluxAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_extra import tiny_chroma_transformer
+        >>> from conceptattention.testing.chroma import tiny_chroma_transformer
         >>> get_adapter(tiny_chroma_transformer()).name
         'chroma'
     """

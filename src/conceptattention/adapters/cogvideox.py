@@ -87,7 +87,7 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_models import tiny_cogvideox_inputs, tiny_cogvideox_transformer
+        >>> from conceptattention.testing.cogvideox import tiny_cogvideox_inputs, tiny_cogvideox_transformer
         >>> model = tiny_cogvideox_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_cogvideox_inputs(model))
@@ -201,7 +201,7 @@ class CogVideoXAdapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_models import tiny_cogvideox_transformer
+        >>> from conceptattention.testing.cogvideox import tiny_cogvideox_transformer
         >>> get_adapter(tiny_cogvideox_transformer()).modality
         'video'
     """

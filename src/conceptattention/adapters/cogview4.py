@@ -54,7 +54,7 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_cogview4_inputs, tiny_cogview4_transformer
+        >>> from conceptattention.testing.cogview4 import tiny_cogview4_inputs, tiny_cogview4_transformer
         >>> model = tiny_cogview4_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_cogview4_inputs())
@@ -151,7 +151,7 @@ class CogView4Adapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_cogview4_transformer
+        >>> from conceptattention.testing.cogview4 import tiny_cogview4_transformer
         >>> get_adapter(tiny_cogview4_transformer()).name
         'cogview4'
     """

@@ -59,7 +59,7 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing import tiny_flux_inputs, tiny_flux_transformer
+        >>> from conceptattention.testing.flux import tiny_flux_inputs, tiny_flux_transformer
         >>> model = tiny_flux_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_flux_inputs())
@@ -323,7 +323,7 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> from conceptattention.testing.flux import tiny_flux_transformer
         >>> get_adapter(tiny_flux_transformer()).name
         'flux'
     """

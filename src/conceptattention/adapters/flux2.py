@@ -70,7 +70,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_extra import tiny_flux2_inputs, tiny_flux2_transformer
+        >>> from conceptattention.testing.flux2 import tiny_flux2_inputs, tiny_flux2_transformer
         >>> model = tiny_flux2_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 24)) as ca:
         ...     _ = model(**tiny_flux2_inputs())
@@ -217,7 +217,7 @@ class Flux2Adapter(FluxAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_extra import tiny_flux2_transformer
+        >>> from conceptattention.testing.flux2 import tiny_flux2_transformer
         >>> get_adapter(tiny_flux2_transformer()).name
         'flux2'
     """

@@ -46,7 +46,7 @@ class FluxLikeConceptAttnProcessor(FluxConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_longcat_image_inputs, tiny_longcat_image_transformer
+        >>> from conceptattention.testing.longcat_image import tiny_longcat_image_inputs, tiny_longcat_image_transformer
         >>> model = tiny_longcat_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_longcat_image_inputs())

@@ -73,7 +73,7 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         >>> model = tiny_flux_transformer(num_layers=2, num_single_layers=2)
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32), layers=[1, 3]) as ca:
         ...     _ = model(**tiny_flux_inputs())
-        >>> ca.maps.config["resolved_layers"]
+        >>> ca.maps.settings["resolved_layers"]
         ['transformer_blocks.1', 'single_transformer_blocks.1']
     """
 

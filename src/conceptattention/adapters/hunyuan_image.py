@@ -52,7 +52,7 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_hunyuan_image_inputs, tiny_hunyuan_image_transformer
+        >>> from conceptattention.testing.hunyuan_image import tiny_hunyuan_image_inputs, tiny_hunyuan_image_transformer
         >>> model = tiny_hunyuan_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_image_inputs())
@@ -101,7 +101,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_hunyuan_image_transformer
+        >>> from conceptattention.testing.hunyuan_image import tiny_hunyuan_image_transformer
         >>> get_adapter(tiny_hunyuan_image_transformer()).name
         'hunyuan_image'
     """

@@ -63,7 +63,7 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_extra import tiny_hunyuan_video_inputs, tiny_hunyuan_video_transformer
+        >>> from conceptattention.testing.hunyuan_video import tiny_hunyuan_video_inputs, tiny_hunyuan_video_transformer
         >>> model = tiny_hunyuan_video_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_video_inputs())
@@ -179,7 +179,7 @@ class HunyuanVideoAdapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_extra import tiny_hunyuan_video_transformer
+        >>> from conceptattention.testing.hunyuan_video import tiny_hunyuan_video_transformer
         >>> get_adapter(tiny_hunyuan_video_transformer()).modality
         'video'
     """

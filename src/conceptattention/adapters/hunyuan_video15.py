@@ -32,7 +32,7 @@ class HunyuanVideo15ConceptAttnProcessor(HunyuanImageConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_hunyuan_video15_inputs, tiny_hunyuan_video15_transformer
+        >>> from conceptattention.testing.hunyuan_video15 import tiny_hunyuan_video15_inputs, tiny_hunyuan_video15_transformer
         >>> model = tiny_hunyuan_video15_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_hunyuan_video15_inputs())
@@ -64,7 +64,7 @@ class HunyuanVideo15Adapter(HunyuanImageAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_hunyuan_video15_transformer
+        >>> from conceptattention.testing.hunyuan_video15 import tiny_hunyuan_video15_transformer
         >>> get_adapter(tiny_hunyuan_video15_transformer()).modality
         'video'
     """

@@ -64,7 +64,7 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_krea2_inputs, tiny_krea2_transformer
+        >>> from conceptattention.testing.krea2 import tiny_krea2_inputs, tiny_krea2_transformer
         >>> model = tiny_krea2_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_krea2_inputs())
@@ -193,7 +193,7 @@ class Krea2Adapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_krea2_transformer
+        >>> from conceptattention.testing.krea2 import tiny_krea2_transformer
         >>> get_adapter(tiny_krea2_transformer()).name
         'krea2'
     """

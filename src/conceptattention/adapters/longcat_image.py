@@ -29,7 +29,7 @@ class LongCatImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_longcat_image_inputs, tiny_longcat_image_transformer
+        >>> from conceptattention.testing.longcat_image import tiny_longcat_image_inputs, tiny_longcat_image_transformer
         >>> model = tiny_longcat_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_longcat_image_inputs())
@@ -64,7 +64,7 @@ class LongCatImageAdapter(FluxLikeAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_longcat_image_transformer
+        >>> from conceptattention.testing.longcat_image import tiny_longcat_image_transformer
         >>> get_adapter(tiny_longcat_image_transformer()).name
         'longcat_image'
     """

@@ -64,7 +64,7 @@ class ProcessorSlot:
     is a plain ``nn.Module`` whose ``forward`` calls ``self.processor`` (it has no ``set_processor``).
 
     Example:
-        >>> from conceptattention.testing_zoo import tiny_mochi_transformer
+        >>> from conceptattention.testing.mochi import tiny_mochi_transformer
         >>> attn = tiny_mochi_transformer().transformer_blocks[0].attn1
         >>> slot, stock = ProcessorSlot(attn), attn.processor
         >>> slot.set_processor(None); attn.processor is None
@@ -97,7 +97,7 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_mochi_inputs, tiny_mochi_transformer
+        >>> from conceptattention.testing.mochi import tiny_mochi_inputs, tiny_mochi_transformer
         >>> model = tiny_mochi_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_mochi_inputs())
@@ -225,7 +225,7 @@ class MochiAdapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_mochi_transformer
+        >>> from conceptattention.testing.mochi import tiny_mochi_transformer
         >>> get_adapter(tiny_mochi_transformer()).modality
         'video'
     """

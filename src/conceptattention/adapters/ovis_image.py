@@ -32,7 +32,7 @@ class OvisImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_ovis_image_inputs, tiny_ovis_image_transformer
+        >>> from conceptattention.testing.ovis_image import tiny_ovis_image_inputs, tiny_ovis_image_transformer
         >>> model = tiny_ovis_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 32)) as ca:
         ...     _ = model(**tiny_ovis_image_inputs())
@@ -74,7 +74,7 @@ class OvisImageAdapter(FluxLikeAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_ovis_image_transformer
+        >>> from conceptattention.testing.ovis_image import tiny_ovis_image_transformer
         >>> get_adapter(tiny_ovis_image_transformer()).name
         'ovis_image'
     """

@@ -65,7 +65,7 @@ class AttentionView:
     ``("to_add_out",)``: the prompt rows of the attention output) leave their *input* in ``sink[name]``.
 
     Example:
-        >>> from conceptattention.testing import tiny_flux_transformer
+        >>> from conceptattention.testing.flux import tiny_flux_transformer
         >>> attn = tiny_flux_transformer().transformer_blocks[0].attn
         >>> sink = {}
         >>> view = AttentionView(attn, sink, ("norm_k",))

@@ -71,7 +71,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_extra import tiny_qwenimage_inputs, tiny_qwenimage_transformer
+        >>> from conceptattention.testing.qwenimage import tiny_qwenimage_inputs, tiny_qwenimage_transformer
         >>> model = tiny_qwenimage_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_qwenimage_inputs())
@@ -208,7 +208,7 @@ class QwenImageAdapter(FluxAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_extra import tiny_qwenimage_transformer
+        >>> from conceptattention.testing.qwenimage import tiny_qwenimage_transformer
         >>> get_adapter(tiny_qwenimage_transformer()).name
         'qwenimage'
     """

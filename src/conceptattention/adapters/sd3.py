@@ -115,7 +115,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_models import tiny_sd3_inputs, tiny_sd3_transformer
+        >>> from conceptattention.testing.sd3 import tiny_sd3_inputs, tiny_sd3_transformer
         >>> model = tiny_sd3_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 48)) as ca:
         ...     _ = model(**tiny_sd3_inputs())
@@ -265,7 +265,7 @@ class SD3Adapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_models import tiny_sd3_transformer
+        >>> from conceptattention.testing.sd3 import tiny_sd3_transformer
         >>> get_adapter(tiny_sd3_transformer()).name
         'sd3'
     """

@@ -90,7 +90,7 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
 
     Example:
         >>> from conceptattention import ConceptAttention
-        >>> from conceptattention.testing_zoo import tiny_z_image_inputs, tiny_z_image_transformer
+        >>> from conceptattention.testing.z_image import tiny_z_image_inputs, tiny_z_image_transformer
         >>> model = tiny_z_image_transformer()
         >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
         ...     _ = model(**tiny_z_image_inputs())
@@ -210,7 +210,7 @@ class ZImageAdapter(ConceptAdapter):
 
     Example:
         >>> from conceptattention.adapters import get_adapter
-        >>> from conceptattention.testing_zoo import tiny_z_image_transformer
+        >>> from conceptattention.testing.z_image import tiny_z_image_transformer
         >>> get_adapter(tiny_z_image_transformer()).name
         'z_image'
     """

@@ -1,0 +1,254 @@
+"""Building blocks shared by the naive float64 ConceptAttention references (``references/<family>.py``), for tests.
+
+Every reference re-runs a joint-attention transformer by hand with ONE full attention over a sequence that ends in
+the concept rows, ``[..., concepts]``, and an explicit boolean mask: the text and image tokens never see the concepts;
+the concepts see the image and/or the concepts according to the mode, never the text. What is common to all of them
+lives here, written out naively: the row layout and mask, the per-head projections, the masked softmax attention, the
+concept-row scores in the three spaces, and the adaptive-LayerNorm modulation and residual updates. Nothing here
+imports the library, so agreement with a reference stays evidence that the optimised path implements the method.
+
+Shapes: ``B`` batch, ``S`` joint sequence length, ``H`` heads, ``D`` head dimension, ``d`` model width, ``I`` image
+(or video) tokens, ``C`` concepts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Row slices of the joint sequence; the concepts always come last."""
+
+    text: slice
+    image: slice
+    concepts: slice
+
+    @classmethod
+    def text_first(cls, num_text: int, num_image: int, num_concepts: int) -> Layout:
+        """``[text, image, concepts]`` (FLUX.1, Chroma, FLUX.2, Qwen-Image, AuraFlow, CogVideoX)."""
+        joint = num_text + num_image
+        return cls(slice(0, num_text), slice(num_text, joint), slice(joint, joint + num_concepts))
+
+    @classmethod
+    def image_first(cls, num_text: int, num_image: int, num_concepts: int) -> Layout:
+        """``[image, text, concepts]`` (SD3, HunyuanVideo)."""
+        joint = num_image + num_text
+        return cls(slice(num_image, joint), slice(0, num_image), slice(joint, joint + num_concepts))
+
+    @property
+    def joint(self) -> int:
+        """Number of text + image rows (the rows before the concepts)."""
+        return self.concepts.start
+
+    @property
+    def total(self) -> int:
+        """``S``, the length of the whole sequence."""
+        return self.concepts.stop
+
+    def mask(self, mode: str, joint: torch.Tensor | None = None, device: Any = None) -> torch.Tensor:
+        """Boolean ``allowed[query, key]`` mask, ``[S, S]``, or ``[B, S, S]`` for a batched ``joint``.
+
+        ``joint`` (``[J, J]`` or ``[B, J, J]``, ``J`` text + image rows) says which text/image rows see which; by
+        default all of them see each other. Text and image never see the concepts; the concepts see the image
+        (modes ``both``, ``cross``) and themselves (``both``, ``self``), never the text.
+        """
+        if joint is None:
+            joint = torch.ones(self.joint, self.joint, dtype=torch.bool, device=device)
+        allowed = torch.zeros(*joint.shape[:-2], self.total, self.total, dtype=torch.bool, device=joint.device)
+        allowed[..., : self.joint, : self.joint] = joint
+        if mode in ("both", "cross"):
+            allowed[..., self.concepts, self.image] = True
+        if mode in ("both", "self"):
+            allowed[..., self.concepts, self.concepts] = True
+        return allowed
+
+
+def key_mask(valid_keys: torch.Tensor) -> torch.Tensor:
+    """``[B, J]`` per-key validity -> ``[B, J, J]`` joint mask in which every row sees exactly the valid keys."""
+    return valid_keys[:, None, :].expand(-1, valid_keys.shape[1], -1)
+
+
+def blocks_until(blocks: Iterable[Any], layers: Sequence[int]) -> Iterator[tuple[int, Any]]:
+    """``(index, block)`` for the blocks up to and including the deepest selected layer."""
+    last = max(layers)
+    for index, block in enumerate(blocks):
+        if index > last:
+            return
+        yield index, block
+
+
+def per_sample(embedded: torch.Tensor, batch: int) -> torch.Tensor:
+    """The embedded concepts ``[C, d]`` repeated for every sample: ``[B, C, d]``."""
+    return embedded.unsqueeze(0).repeat(batch, 1, 1)
+
+
+# --- modulation ---------------------------------------------------------------------------------------------------
+
+
+def layer_norm(x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the last dimension without affine weights, eps ``1e-6``: ``[..., d]`` -> ``[..., d]``."""
+    return F.layer_norm(x, x.shape[-1:], eps=1e-6)
+
+
+def silu_modulation(norm_module: Any, conditioning: torch.Tensor, chunks: int) -> list[torch.Tensor]:
+    """``norm_module.linear(silu(conditioning))`` (``conditioning [B, d_t]``) split into ``chunks`` vectors ``[B, d]``."""
+    return list(norm_module.linear(F.silu(conditioning)).chunk(chunks, dim=1))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``x [B, S, d] · (1 + scale) + shift`` with per-sample vectors ``shift, scale [B, d]``."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+def ada_norm_zero(
+    x: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    shift: torch.Tensor,
+    scale: torch.Tensor,
+    gate: torch.Tensor,
+    shift2: torch.Tensor,
+    scale2: torch.Tensor,
+    gate2: torch.Tensor,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """AdaLayerNormZero written out: ``modulate(norm(x))`` ``[B, S, d]`` and ``(gate, shift2, scale2, gate2)``.
+
+    The six vectors are ``[B, d]``; the returned four feed :func:`residual_update`.
+    """
+    return modulate(norm(x), shift, scale), (gate, shift2, scale2, gate2)
+
+
+def residual_update(
+    x: torch.Tensor,
+    attention_out: torch.Tensor,
+    norm: Callable[[torch.Tensor], torch.Tensor],
+    ff: Callable[[torch.Tensor], torch.Tensor],
+    gate: torch.Tensor,
+    shift2: torch.Tensor,
+    scale2: torch.Tensor,
+    gate2: torch.Tensor,
+    mlp_onto_input: bool = False,
+) -> torch.Tensor:
+    """The gated residual updates of a DiT stream ``x [B, S, d]``.
+
+    ``y = x + gate · attention_out`` (the projected attention output ``[B, S, d]``), then
+    ``y + gate2 · ff(norm(y) · (1 + scale2) + shift2)``; the vectors are ``[B, d]``. With ``mlp_onto_input``
+    (AuraFlow) the MLP term is added onto the block's input ``x`` instead of ``y``.
+    """
+    updated = x + gate[:, None] * attention_out
+    return (x if mlp_onto_input else updated) + gate2[:, None] * ff(modulate(norm(updated), shift2, scale2))
+
+
+# --- attention ----------------------------------------------------------------------------------------------------
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """``[B, S, H·D]`` -> ``[B, S, H, D]``."""
+    return x.unflatten(-1, (heads, -1))
+
+
+def call_norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """Apply a QK-norm module to ``x [B, S, H, D]`` (identity when the model has none)."""
+    return x if norm is None else norm(x)
+
+
+def stream_qkv(
+    attn: Any,
+    x: torch.Tensor,
+    context: bool,
+    qk_norm: Callable[[Any, torch.Tensor], torch.Tensor] = call_norm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value ``[B, S, H, D]`` of one stream ``x [B, S, d]``.
+
+    The image projections (``to_q/k/v``, ``norm_q/k``), or with ``context`` the added ones (``add_q/k/v_proj``,
+    ``norm_added_q/k``) that text and concepts go through; ``qk_norm(norm_module, x)`` applies a QK-norm.
+    """
+    heads = attn.heads
+    if context:
+        projections = (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+        norms = (attn.norm_added_q, attn.norm_added_k)
+    else:
+        projections = (attn.to_q, attn.to_k, attn.to_v)
+        norms = (attn.norm_q, attn.norm_k)
+    query = qk_norm(norms[0], split_heads(projections[0](x), heads))
+    key = qk_norm(norms[1], split_heads(projections[1](x), heads))
+    return query, key, split_heads(projections[2](x), heads)
+
+
+def joint_qkv(
+    attn: Any,
+    streams: Sequence[tuple[torch.Tensor, bool]],
+    qk_norm: Callable[[Any, torch.Tensor], torch.Tensor] = call_norm,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Query, key and value ``[B, S, H, D]`` of the streams ``(x [B, S_i, d], context)`` concatenated in order."""
+    queries, keys, values = zip(*(stream_qkv(attn, x, context, qk_norm) for x, context in streams))
+    return torch.cat(queries, dim=1), torch.cat(keys, dim=1), torch.cat(values, dim=1)
+
+
+def rotate_rows(x: torch.Tensor, rows: slice, rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``x [B, S, H, D]`` with ``rotate`` (a RoPE) applied to the rows ``x[:, rows]`` only."""
+    start = rows.start or 0
+    return torch.cat([x[:, :start], rotate(x[:, rows]), x[:, rows.stop :]], dim=1)
+
+
+def masked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed: torch.Tensor
+) -> torch.Tensor:
+    """Masked softmax attention on ``[B, S, H, D]`` with ``allowed`` ``[S, S]`` or ``[B, S, S]``: ``[B, S, H, D]``.
+
+    Rows with no allowed key return zeros.
+    """
+    if allowed.ndim == 3:
+        allowed = allowed[:, None]  # [B, 1, S, S], broadcast over the heads
+    logits = torch.einsum("bqhd,bkhd->bhqk", query, key) / math.sqrt(query.shape[-1])  # [B, H, S, S]
+    weights = torch.softmax(logits.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+    return torch.einsum("bhqk,bkhd->bqhd", weights, value)  # [B, S, H, D]
+
+
+def concept_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    allowed: torch.Tensor,
+    layout: Layout,
+    mode: str,
+) -> torch.Tensor:
+    """The joint attention output ``[B, S, H·D]`` (heads merged) of ``[B, S, H, D]`` inputs under ``allowed``.
+
+    In mode ``none`` the concept rows attend to nothing and their output is their value.
+    """
+    output = masked_attention(query, key, value, allowed)  # [B, S, H, D]
+    if mode == "none":
+        output[:, layout.concepts] = value[:, layout.concepts]
+    return output.flatten(2, 3)
+
+
+def concept_scores(
+    space: str,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    output: torch.Tensor,
+    layout: Layout,
+) -> torch.Tensor:
+    """Concept-to-image saliency ``[B, C, I]`` of one layer, in float64.
+
+    ``output`` space: dot products of the concept and image attention outputs (``output [B, S, H·D]``);
+    ``cross_attention``: image queries against concept keys, averaged over heads and scaled by ``1/√D``;
+    ``value``: image values against concept values, averaged over heads (``query, key, value [B, S, H, D]``).
+    """
+    image, concepts = layout.image, layout.concepts
+    heads, head_dim = query.shape[2], query.shape[3]
+    if space == "output":
+        return torch.einsum("bcd,bid->bci", output[:, concepts], output[:, image])
+    if space == "cross_attention":
+        return torch.einsum("bihd,bchd->bci", query[:, image], key[:, concepts]) / heads / math.sqrt(head_dim)
+    if space == "value":
+        return torch.einsum("bihd,bchd->bci", value[:, image], value[:, concepts]) / heads
+    raise ValueError(f"unknown space {space!r}")

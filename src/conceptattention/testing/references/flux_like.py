@@ -1,0 +1,111 @@
+"""A deliberately naive float64 reference of ConceptAttention on the FLUX.1 clones without pooled text (Bria,
+LongCat-Image, Ovis-Image), for tests.
+
+It re-runs the double-stream blocks by hand with ONE full attention over ``[text, image, concepts]`` and an explicit
+boolean mask (text and image never see concepts; concepts see image and/or concepts according to the mode, never the
+text). ``temb`` is rebuilt from the timestep as each model's ``forward`` builds it, written out per class; concepts are
+modulated by it. RoPE rotates the text and image rows with the ids of the call; concepts sit at id ``(0, 0, 0)``
+(no rotation) unless ``concept_position`` names a text row whose rotation they take (a deliberately wrong variant).
+Layer indices past the double blocks continue into the single blocks (``flux_single_reference``). No code is shared
+with the library's processors.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from .common import (
+    Layout,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    joint_qkv,
+    per_sample,
+    residual_update,
+    rotate_rows,
+)
+from .flux_single import naive_single_blocks, silu_rows
+
+
+def _temb(model: Any, timestep: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+    """``temb [B, d]`` as the class's ``forward`` computes it (float64)."""
+    name = type(model).__name__
+    if name == "BriaTransformer2DModel":  # raw timestep; optional guidance embedding added
+        temb = model.time_embed(timestep, dtype=torch.float64)
+        if guidance is not None and model.config.guidance_embeds:
+            temb = temb + model.guidance_embed(guidance, dtype=torch.float64)
+        return temb
+    if name == "LongCatImageTransformer2DModel":
+        return model.time_embed(timestep * 1000, torch.float64)
+    if name == "OvisImageTransformer2DModel":
+        return model.timestep_embedder(model.time_proj(timestep * 1000).double())
+    raise TypeError(name)
+
+
+def _text_input(model: Any, embeds: torch.Tensor, skip_norm: bool = False) -> torch.Tensor:
+    """The text input layer: ``context_embedder`` (Ovis-Image: after ``context_embedder_norm``)."""
+    if hasattr(model, "context_embedder_norm") and not skip_norm:
+        embeds = model.context_embedder_norm(embeds)
+    return model.context_embedder(embeds)
+
+
+def naive_flux_like_scores(
+    transformer: Any,
+    inputs: dict[str, Any],
+    concept_embeds: torch.Tensor,
+    layers: list[int],
+    space: str = "output",
+    mode: str = "both",
+    concept_position: int | None = None,
+    skip_text_norm: bool = False,
+) -> torch.Tensor:
+    """Per-layer saliency scores ``[L, B, C, I]`` (float64) for the selected layers.
+
+    ``concept_position`` (text row whose RoPE the concepts take) and ``skip_text_norm`` (Ovis-Image without its text
+    RMSNorm) give deliberately wrong variants.
+    """
+    model = copy.deepcopy(transformer).double()
+    hidden = model.x_embedder(inputs["hidden_states"].double())  # [B, I, d]
+    batch, num_image = hidden.shape[:2]
+    guidance = inputs.get("guidance")
+    temb = _temb(model, inputs["timestep"].double(), None if guidance is None else guidance.double())  # [B, d]
+    text = _text_input(model, inputs["encoder_hidden_states"].double())  # [B, T, d]
+    concepts = per_sample(_text_input(model, concept_embeds.double(), skip_text_norm), batch)  # [B, C, d]
+    num_text, num_concepts = text.shape[1], concepts.shape[1]
+    layout = Layout.text_first(num_text, num_image, num_concepts)
+    allowed = layout.mask(mode)  # [S, S]
+    ids = torch.cat([inputs["txt_ids"], inputs["img_ids"]], dim=0)  # [T + I, 3]
+    if concept_position is not None:  # concepts at a text token's position (wrong variant)
+        ids = torch.cat([ids, inputs["txt_ids"][concept_position].expand(num_concepts, -1)], dim=0)
+    cos, sin = model.pos_embed(ids)  # [T + I (+ C), D] each
+    rotated = slice(0, layout.joint if concept_position is None else layout.total)
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+
+    scores = []
+    for index, block in blocks_until(model.transformer_blocks, layers):
+        attn = block.attn
+        n_img, *img_mod = block.norm1(hidden, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
+        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+        n_con, *con_mod = block.norm1_context(concepts, emb=temb)
+        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
+        query, key = rotate_rows(query, rotated, rope), rotate_rows(key, rotated, rope)
+        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        if index in layers:
+            scores.append(concept_scores(space, query, key, value, output, layout))
+        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
+        hidden = residual_update(hidden, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
+        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
+        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    singles, first = model.single_transformer_blocks, len(model.transformer_blocks)  # indices past the doubles
+
+    def modulation(k: int, stream: str) -> tuple[torch.Tensor, ...]:
+        return silu_rows(singles[k], temb)  # tokens and concepts alike
+
+    scores += naive_single_blocks(singles, text, hidden, concepts, modulation, rope, allowed, layers, first, space, mode)
+    return torch.stack(scores)  # [L, B, C, I]

@@ -1,0 +1,85 @@
+"""A deliberately naive float64 reference of ConceptAttention on HunyuanVideo, for tests.
+
+It re-runs the double-stream blocks of a ``HunyuanVideoTransformer3DModel`` by hand with ONE full attention over
+``[video, text, concepts]`` and an explicit boolean mask (video and text see the video and the unpadded text;
+concepts see the video and/or the concepts, never the text). RoPE rotates the video rows only. Each concept is run
+through the token refiner on its own, in a Python loop. No code is shared with the library's processors.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from .common import (
+    Layout,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    joint_qkv,
+    key_mask,
+    residual_update,
+    rotate_rows,
+)
+
+
+def naive_hunyuan_video_scores(
+    transformer: Any,
+    inputs: dict[str, Any],
+    concept_embeds: torch.Tensor,
+    layers: list[int],
+    space: str = "output",
+    mode: str = "both",
+    conditioning: str = "null_pooled",
+) -> torch.Tensor:
+    """Per-layer saliency scores ``[L, B, C, F·h·w]`` (float64) for the selected layers."""
+    model = copy.deepcopy(transformer).double()
+    latents = inputs["hidden_states"].double()  # [B, c, F, H, W]
+    timestep = inputs["timestep"].double()
+    guidance = inputs["guidance"].double()
+    pooled = inputs["pooled_projections"].double()
+    cos, sin = model.rope(latents)  # [F·h·w, D] each
+    temb, _ = model.time_text_embed(timestep, pooled, guidance)  # [B, d]
+    concept_pooled = torch.zeros_like(pooled) if conditioning == "null_pooled" else pooled
+    temb_concepts, _ = model.time_text_embed(timestep, concept_pooled, guidance)  # [B, d]
+    video = model.x_embedder(latents)  # [B, I, d]
+    text_mask = inputs["encoder_attention_mask"]  # [B, T]
+    text = model.context_embedder(inputs["encoder_hidden_states"].double(), timestep, text_mask)  # [B, T, d]
+    batch, num_video = video.shape[:2]
+    rows = []
+    for sample in range(batch):
+        refined = [
+            model.context_embedder(concept_embeds[index].double()[None, None], timestep[sample : sample + 1])[0, 0]
+            for index in range(concept_embeds.shape[0])
+        ]
+        rows.append(torch.stack(refined))  # [C, d]
+    concepts = torch.stack(rows)  # [B, C, d]
+    num_text = text.shape[1]
+    layout = Layout.image_first(num_text, num_video, concepts.shape[1])  # [video, text, concepts]
+
+    valid_text = torch.arange(num_text)[None, :] < text_mask.sum(dim=1, keepdim=True)  # [B, T]
+    valid_keys = torch.cat([torch.ones(batch, num_video, dtype=torch.bool), valid_text], dim=1)  # [B, I + T]
+    allowed = layout.mask(mode, joint=key_mask(valid_keys))  # [B, S, S]: everyone sees the video, the unpadded text
+
+    def rope(x: torch.Tensor) -> torch.Tensor:
+        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+
+    scores = []
+    for index, block in blocks_until(model.transformer_blocks, layers):
+        attn = block.attn
+        n_vid, *vid_mod = block.norm1(video, emb=temb)  # vid_mod: gate, shift2, scale2, gate2, each [B, d]
+        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+        n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
+        query, key, value = joint_qkv(attn, [(n_vid, False), (n_txt, True), (n_con, True)])  # [B, S, H, D]
+        query, key = rotate_rows(query, layout.image, rope), rotate_rows(key, layout.image, rope)  # video rows only
+        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        if index in layers:
+            scores.append(concept_scores(space, query, key, value, output, layout))
+        o_vid, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
+        video = residual_update(video, attn.to_out[0](o_vid), block.norm2, block.ff, *vid_mod)
+        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
+        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    return torch.stack(scores)  # [L, B, C, F·h·w]
