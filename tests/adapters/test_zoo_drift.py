@@ -12,6 +12,7 @@ from conceptattention.adapters.processor import stock_source_drift
 
 ZOO = {
     "bria": "BriaTransformer2DModel",
+    "bria_fibo": "BriaFiboTransformer2DModel",
     "longcat_image": "LongCatImageTransformer2DModel",
     "ovis_image": "OvisImageTransformer2DModel",
     "hunyuan_image": "HunyuanImageTransformer2DModel",

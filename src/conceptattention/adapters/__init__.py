@@ -50,6 +50,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
+    "BriaFiboTransformer2DModel": ("conceptattention.adapters.bria_fibo", "BriaFiboAdapter"),
     # single-stream extension (beyond the paper; docs/models.md)
     "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
     "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
@@ -72,11 +73,6 @@ _REFUSED: dict[str, tuple[str, str]] = {
         TWO_STREAM,
         "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
         "Llama-3.1 layer of its own, so concepts would need per-layer Llama features",
-    ),
-    "BriaFiboTransformer2DModel": (
-        TWO_STREAM,
-        "FLUX.1-style double blocks, but every block replaces half of the text channels with a projection of a "
-        "different text-encoder layer, so concepts would need per-layer encoder features",
     ),
     "JoyImageEditTransformer3DModel": (
         TWO_STREAM,
