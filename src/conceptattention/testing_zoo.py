@@ -959,3 +959,66 @@ def tiny_bria_fibo_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
     )
     transformer = tiny_bria_fibo_transformer(num_layers=num_layers, seed=seed + 3)
     return _flow_matching_pipeline(BriaFiboPipeline, tokenizer, text_encoder, vae, transformer)
+
+
+# ----- HiDream-I1 ----------------------------------------------------------------------------------------------------
+
+#: Text widths of the tiny HiDream-I1: T5 states, one Llama hidden layer, the pooled CLIP-L + CLIP-G vector.
+HIDREAM_T5_DIM = 16
+HIDREAM_LLAMA_DIM = 8
+HIDREAM_POOLED_DIM = 16
+#: Llama hidden layers of the tiny Llama (the model taps all of them: one per block).
+HIDREAM_LLAMA_LAYERS = 4
+
+
+def tiny_hidream_image_transformer(num_layers: int = 3, num_single_layers: int = 1, seed: int = 0) -> Any:
+    """A random-weight ``HiDreamImageTransformer2DModel`` (2 heads × 16, patch 2, two routed experts, Llama layers
+    ``0..num_layers + num_single_layers - 1``, one per block; eval mode).
+
+    Example:
+        >>> tiny_hidream_image_transformer().config.llama_layers
+        [0, 1, 2, 3]
+    """
+    from diffusers import HiDreamImageTransformer2DModel
+
+    return seeded_eval(
+        seed,
+        HiDreamImageTransformer2DModel,
+        patch_size=2,
+        in_channels=4,
+        num_layers=num_layers,
+        num_single_layers=num_single_layers,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        caption_channels=[HIDREAM_T5_DIM, HIDREAM_LLAMA_DIM],
+        text_emb_dim=HIDREAM_POOLED_DIM,
+        num_routed_experts=2,
+        num_activated_experts=1,
+        axes_dims_rope=(8, 4, 4),
+        max_resolution=(16, 16),
+        llama_layers=list(range(num_layers + num_single_layers)),
+    )
+
+
+def tiny_hidream_image_inputs(
+    batch_size: int = 1, size: int = 8, t5_tokens: int = 6, llama_tokens: int = 5, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``HiDreamImageTransformer2DModel`` call: square latents ``[B, 4, size, size]`` (the
+    model patchifies them: ``(size/2)²`` tokens), a 0-1000 timestep, T5 states, the stacked Llama hidden layers
+    ``[L, B, T, 8]`` and the pooled CLIP vector.
+
+    Example:
+        >>> tuple(tiny_hidream_image_inputs()["encoder_hidden_states_llama3"].shape)
+        (4, 1, 5, 8)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "hidden_states": torch.randn(batch_size, 4, size, size, generator=generator),
+        "timesteps": torch.linspace(300.0, 700.0, batch_size),
+        "encoder_hidden_states_t5": torch.randn(batch_size, t5_tokens, HIDREAM_T5_DIM, generator=generator),
+        "encoder_hidden_states_llama3": torch.randn(
+            HIDREAM_LLAMA_LAYERS, batch_size, llama_tokens, HIDREAM_LLAMA_DIM, generator=generator
+        ),
+        "pooled_embeds": torch.randn(batch_size, HIDREAM_POOLED_DIM, generator=generator),
+        "return_dict": False,
+    }

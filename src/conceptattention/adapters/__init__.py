@@ -51,6 +51,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
     "BriaFiboTransformer2DModel": ("conceptattention.adapters.bria_fibo", "BriaFiboAdapter"),
+    "HiDreamImageTransformer2DModel": ("conceptattention.adapters.hidream_image", "HiDreamImageAdapter"),
     # single-stream extension (beyond the paper; docs/models.md)
     "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
     "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
@@ -69,11 +70,6 @@ CROSS_ATTENTION = "cross-attention only (out of scope)"
 
 # transformer class name -> (kind, evidence from the diffusers 0.42.1 source); docs/models.md has the full survey
 _REFUSED: dict[str, tuple[str, str]] = {
-    "HiDreamImageTransformer2DModel": (
-        TWO_STREAM,
-        "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
-        "Llama-3.1 layer of its own, so concepts would need per-layer Llama features",
-    ),
     "JoyImageEditTransformer3DModel": (
         TWO_STREAM,
         "JoyImageAttention has separate text weights (txt_attn_qkv, txt_attn_proj, txt_mod, txt_mlp); an "

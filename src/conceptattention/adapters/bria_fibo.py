@@ -42,8 +42,33 @@ from .sd3 import guidance_half_slice
 
 #: Keys of ``session.call.inputs``: the concepts' projected layer features of every double block, and the counter of
 #: the double block running.
-FIBO_LAYERS_KEY = "bria_fibo_concept_layers"
-FIBO_BLOCK_KEY = "bria_fibo_block"
+BLOCK_FEATURES_KEY = "concept_block_features"
+BLOCK_COUNTER_KEY = "concept_block_counter"
+
+
+def stash_block_features(session: Any, projections: Sequence[nn.Module], features: torch.Tensor, batch: int) -> None:
+    """Project the concepts' per-block text-encoder features once per call: block ``k``'s are
+    ``projections[k](features[:, k])``; stored stacked ``[N, B, C, d']`` with a block counter (a tensor, so that the
+    per-block code reads no Python layer index and a compiled block class traces one graph for all blocks).
+
+    Args:
+        session: The run state (``session.call.inputs`` receives them).
+        projections: The model's per-block text projections (``caption_projection``).
+        features: ``[C, N, D_enc]``, the concepts' features of the layers the ``N`` double blocks take.
+        batch: Rows of the call's batch.
+    """
+    projected = torch.stack([projections[index](features[:, index]) for index in range(features.shape[1])])  # [N, C, d']
+    session.call.inputs[BLOCK_FEATURES_KEY] = projected.unsqueeze(1).expand(-1, batch, -1, -1)  # [N, B, C, d']
+    session.call.inputs[BLOCK_COUNTER_KEY] = torch.zeros(1, dtype=torch.long, device=features.device)
+
+
+def next_block_features(session: Any) -> torch.Tensor:
+    """The running double block's projected concept features ``[B, C, d']`` (:func:`stash_block_features`); advances
+    the block counter."""
+    counter = session.call.inputs[BLOCK_COUNTER_KEY]  # [1]: this double block's index
+    features = session.call.inputs[BLOCK_FEATURES_KEY].index_select(0, counter)[0]  # [N, B, C, d'] -> [B, C, d']
+    counter.add_(1)
+    return features
 
 
 def fibo_concept_widths(transformer: nn.Module) -> tuple[int, int, int]:
@@ -106,20 +131,15 @@ class BriaFiboConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         return transformer.context_embedder(embeds[:, :joint])  # [C, d]
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FLUX.1's concept tokens and ``temb``; also every double block's projected concept layer, stacked
-        ``[N, B, C, d/2]``, and a block counter (a tensor: the per-block code reads no Python layer index, so a
-        compiled block class traces one graph for all blocks)."""
+        """FLUX.1's concept tokens and ``temb``; also every double block's projected concept layer (see
+        :func:`stash_block_features`)."""
         concepts, conditioning = super()._initial_concepts(like)
-        transformer, call = self._transformer(), self.session.call
-        assert transformer is not None and call is not None
+        transformer = self._transformer()
+        assert transformer is not None
         joint, per_layer, layers = fibo_concept_widths(transformer)
         features = self.session.concept_embeds[:, joint:].to(device=like.device, dtype=like.dtype)  # [C, N·D_enc]
         features = features.unflatten(-1, (layers, per_layer))  # [C, N·D_enc] -> [C, N, D_enc]
-        projected = torch.stack(
-            [transformer.caption_projection[index](features[:, index]) for index in range(layers)]
-        )  # [N, C, d/2]
-        call.inputs[FIBO_LAYERS_KEY] = projected.unsqueeze(1).expand(-1, like.shape[0], -1, -1)  # [N, B, C, d/2]
-        call.inputs[FIBO_BLOCK_KEY] = torch.zeros(1, dtype=torch.long, device=like.device)
+        stash_block_features(self.session, transformer.caption_projection, features, like.shape[0])
         return concepts, conditioning
 
     def _concept_branch(
@@ -137,9 +157,7 @@ class BriaFiboConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         if call.concept_hidden_states is None:
             call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(hidden_states)
         concepts = call.concept_hidden_states  # [B, C, d]
-        block = call.inputs[FIBO_BLOCK_KEY]  # [1]: this double block's index
-        projected = call.inputs[FIBO_LAYERS_KEY].index_select(0, block)[0]  # [N, B, C, d/2] -> [B, C, d/2]
-        block.add_(1)
+        projected = next_block_features(self.session)  # [B, C, d/2]
         call.concept_hidden_states = torch.cat([concepts[..., : concepts.shape[-1] // 2], projected], dim=-1)
         super()._concept_branch(attn, sink, num_text, hidden_states, image_rotary_emb)
 
@@ -210,4 +228,10 @@ class BriaFiboAdapter(BriaAdapter):
         return torch.stack(rows)  # [C, D_joint + N·D_enc]
 
 
-__all__ = ["BriaFiboAdapter", "BriaFiboConceptAttnProcessor", "fibo_concept_widths"]
+__all__ = [
+    "BriaFiboAdapter",
+    "BriaFiboConceptAttnProcessor",
+    "fibo_concept_widths",
+    "next_block_features",
+    "stash_block_features",
+]

@@ -1,0 +1,94 @@
+"""HiDream-I1 adapter: the zoo battery on a tiny HiDream-I1 (3 double-stream blocks with a mixture-of-experts image
+MLP, 1 single-stream block, one tapped Llama layer per block), the naive float64 reference for both conditionings,
+the per-block Llama-layer rebuild of the concepts checked against a wrong variant, non-square images refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnProcessor
+
+from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
+from conceptattention.testing_zoo import (
+    HIDREAM_LLAMA_DIM,
+    HIDREAM_LLAMA_LAYERS,
+    HIDREAM_T5_DIM,
+    tiny_hidream_image_inputs,
+    tiny_hidream_image_transformer,
+)
+
+from .battery import assert_concepts_permute, assert_right_not_wrong, assert_subclassed_processor_refused, layer_logits, seeded_embeds
+from .hidream_image_reference import naive_hidream_scores
+from .zoo_battery import StockGraphBreaksCompile, ZooBattery
+
+
+#: the tiny model's concept width: T5 state, then one state per tapped Llama layer (4)
+CONCEPT_DIM = HIDREAM_T5_DIM + HIDREAM_LLAMA_LAYERS * HIDREAM_LLAMA_DIM
+
+
+class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
+    """The shared battery on a tiny HiDream-I1 (square 8×8 latents: 4×4 image tokens). The mixture-of-experts MLP
+    breaks the stock model's graph (``moe_infer`` calls ``.cpu().numpy()``)."""
+
+    concept_dim = CONCEPT_DIM
+    expected_grid = (1, 4, 4)
+    tiny_transformer = tiny_hidream_image_transformer
+    tiny_inputs = tiny_hidream_image_inputs
+    naive_reference = naive_hidream_scores
+
+    def test_registry_and_stock_processor_kept(self, transformer):
+        assert get_adapter(transformer).name == "hidream_image"
+        with ConceptAttention(transformer, concept_embeds=self.embeds()):
+            self.run(transformer, self.make_inputs())
+            processor = transformer.double_stream_blocks[0].block.attn1.processor
+            assert type(processor.original) is HiDreamAttnProcessor
+        single = transformer.single_stream_blocks[0].block.attn1.processor
+        assert type(single) is HiDreamAttnProcessor  # single-stream blocks are never touched
+
+    def test_prompt_conditioning_matches_reference(self, transformer):
+        """``concept_conditioning="prompt"`` modulates concepts with the blocks' temb (pooled CLIP included), which
+        differs from the default null-pooled modulation."""
+        inputs = tiny_hidream_image_inputs()
+        embeds = seeded_embeds(3, CONCEPT_DIM, seed=4)
+        ours = layer_logits(transformer, inputs, embeds, [1], concept_conditioning="prompt")
+        right = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="prompt")[0, 0].float()
+        wrong = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="null_pooled")[0, 0].float()
+        assert_right_not_wrong(ours, right, wrong)
+
+    def test_concepts_rebuilt_from_their_own_llama_layer_per_block(self, transformer):
+        """Before block k the concepts' fresh tokens come from their Llama layer k: a reference fed the Llama layers
+        in the wrong order is far off; permuting the concepts permutes the scores."""
+        inputs = tiny_hidream_image_inputs()
+        embeds = seeded_embeds(3, CONCEPT_DIM, seed=9)
+        ours = layer_logits(transformer, inputs, embeds, [2])
+        right = naive_hidream_scores(transformer, inputs, embeds, [2])[0, 0].float()
+        layers = embeds[:, HIDREAM_T5_DIM:].unflatten(-1, (HIDREAM_LLAMA_LAYERS, HIDREAM_LLAMA_DIM))
+        shuffled = torch.cat([embeds[:, :HIDREAM_T5_DIM], layers[:, [2, 1, 0, 3]].flatten(1)], dim=1)
+        wrong = naive_hidream_scores(transformer, inputs, shuffled, [2])[0, 0].float()
+        assert_right_not_wrong(ours, right, wrong)
+        assert_concepts_permute(transformer, inputs, embeds, [2], ours, [2, 0, 1])
+
+    def test_wrong_concept_width_refused(self, transformer):
+        with pytest.raises(ValueError, match=r"HiDream-I1 concept embeddings must be \[C, 16 \+ 4·8\]"):
+            with ConceptAttention(transformer, concept_embeds=torch.randn(2, HIDREAM_T5_DIM)):
+                transformer(**tiny_hidream_image_inputs())
+
+    def test_non_square_image_refused_without_partial_output(self, transformer):
+        inputs = tiny_hidream_image_inputs()
+        inputs["hidden_states"] = torch.randn(1, 4, 8, 12)
+        with ConceptAttention(transformer, concept_embeds=self.embeds()) as ca:
+            with pytest.raises(UnsupportedSetupError, match="square images only"):
+                transformer(**inputs)
+        assert ca.session.num_recorded_calls == 0
+
+    def test_fused_qkv_projections(self):
+        """diffusers cannot fuse HiDreamAttention's projections (its ``fuse_projections`` fails on the module), and
+        HiDreamAttnProcessor uses the unfused ``to_q/k/v`` only: there is no fused set-up to support."""
+        attn = self.make_transformer().double_stream_blocks[0].block.attn1
+        with pytest.raises(AttributeError):
+            attn.fuse_projections()
+
+    def test_subclassed_processor_refused(self):
+        model = self.make_transformer()
+        attn = model.double_stream_blocks[1].block.attn1
+        assert_subclassed_processor_refused(model, attn, HiDreamAttnProcessor, CONCEPT_DIM)
