@@ -1022,3 +1022,58 @@ def tiny_hidream_image_inputs(
         "pooled_embeds": torch.randn(batch_size, HIDREAM_POOLED_DIM, generator=generator),
         "return_dict": False,
     }
+
+
+def tiny_hidream_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A complete random-weight ``HiDreamImagePipeline`` with its four text encoders: two tiny CLIPs with projection
+    (width 8 each: a 16-wide pooled vector), a tiny T5 (width 16, in-memory tokenizer), a tiny four-layer
+    ``LlamaForCausalLM`` (width 8) with a byte-level tokenizer, a one-level VAE (4 latent channels) and the tiny
+    transformer (3 double blocks + 1 single block, Llama layers 0-3).
+
+    Call it with ``max_sequence_length`` at most 77 (the tiny CLIPs' positions). The pipeline rescales every request
+    to an area of ``default_sample_size²`` pixels (set to 16² here): a 16×16 image has 8×8 image tokens.
+
+    Example:
+        >>> type(tiny_hidream_image_pipeline()).__name__
+        'HiDreamImagePipeline'
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .testing import _tiny_clip
+
+    tokenizer, text_encoder = _tiny_clip(HIDREAM_POOLED_DIM // 2, seed + 1, with_projection=True)
+    tokenizer_2, text_encoder_2 = _tiny_clip(HIDREAM_POOLED_DIM // 2, seed + 2, with_projection=True)
+    tokenizer_3, text_encoder_3 = _tiny_t5(HIDREAM_T5_DIM, seed + 3)
+    tokenizer_4 = tiny_byte_level_tokenizer(chat_template=None)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer_4),
+        hidden_size=HIDREAM_LLAMA_DIM,
+        intermediate_size=16,
+        num_hidden_layers=HIDREAM_LLAMA_LAYERS,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer_4.pad_token_id,
+        eos_token_id=tokenizer_4.eos_token_id,
+        bos_token_id=tokenizer_4.eos_token_id,
+    )
+    config._attn_implementation = "eager"  # the pipeline asks for attention weights
+    text_encoder_4 = seeded_eval(seed + 4, LlamaForCausalLM, config)
+    pipe = quiet_pipeline(
+        HiDreamImagePipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=_tiny_flux_vae(latent_channels=4, seed=seed + 5),
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tokenizer_2,
+            text_encoder_3=text_encoder_3,
+            tokenizer_3=tokenizer_3,
+            text_encoder_4=text_encoder_4,
+            tokenizer_4=tokenizer_4,
+            transformer=tiny_hidream_image_transformer(num_layers=num_layers, seed=seed + 6),
+        )
+    )
+    pipe.default_sample_size = 16  # the pipeline resizes every request to this area (16² pixels: 8×8 tokens)
+    return pipe

@@ -15,6 +15,7 @@ import copy
 from typing import Any
 
 import torch
+
 from .reference_common import Layout, blocks_until, concept_attention, concept_scores, per_sample, residual_update
 
 

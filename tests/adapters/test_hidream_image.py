@@ -1,6 +1,8 @@
 """HiDream-I1 adapter: the zoo battery on a tiny HiDream-I1 (3 double-stream blocks with a mixture-of-experts image
-MLP, 1 single-stream block, one tapped Llama layer per block), the naive float64 reference for both conditionings,
-the per-block Llama-layer rebuild of the concepts checked against a wrong variant, non-square images refused."""
+MLP, 1 single-stream block, one tapped Llama layer per block) and a tiny offline HiDreamImagePipeline (four text
+encoders, batched CFG), the naive float64 reference for both conditionings, the per-block Llama-layer rebuild of the
+concepts checked against a wrong variant, concept encoding against the pipeline's own encoders, non-square images
+refused."""
 
 from __future__ import annotations
 
@@ -14,14 +16,27 @@ from conceptattention.testing_zoo import (
     HIDREAM_LLAMA_LAYERS,
     HIDREAM_T5_DIM,
     tiny_hidream_image_inputs,
+    tiny_hidream_image_pipeline,
     tiny_hidream_image_transformer,
 )
 
-from .battery import assert_concepts_permute, assert_right_not_wrong, assert_subclassed_processor_refused, layer_logits, seeded_embeds
+from .battery import (
+    assert_cfg_conditional_half,
+    assert_concepts_permute,
+    assert_right_not_wrong,
+    assert_subclassed_processor_refused,
+    layer_logits,
+    make_generate,
+    module_fixtures,
+    seeded_embeds,
+    t5_content_states,
+)
 from .hidream_image_reference import naive_hidream_scores
 from .zoo_battery import StockGraphBreaksCompile, ZooBattery
 
 
+GEN_KW = dict(height=16, width=16, num_inference_steps=2, output_type="pt", guidance_scale=1.0, max_sequence_length=32)
+CFG_KW = dict(guidance_scale=3.0, negative_prompt="blurry")
 #: the tiny model's concept width: T5 state, then one state per tapped Llama layer (4)
 CONCEPT_DIM = HIDREAM_T5_DIM + HIDREAM_LLAMA_LAYERS * HIDREAM_LLAMA_DIM
 
@@ -35,6 +50,10 @@ class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
     tiny_transformer = tiny_hidream_image_transformer
     tiny_inputs = tiny_hidream_image_inputs
     naive_reference = naive_hidream_scores
+    tiny_pipeline = tiny_hidream_image_pipeline
+    pipeline_kwargs = GEN_KW
+    pipeline_cfg_kwargs = CFG_KW
+    expected_pipeline_grid = (1, 8, 8)
 
     def test_registry_and_stock_processor_kept(self, transformer):
         assert get_adapter(transformer).name == "hidream_image"
@@ -92,3 +111,32 @@ class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
         model = self.make_transformer()
         attn = model.double_stream_blocks[1].block.attn1
         assert_subclassed_processor_refused(model, attn, HiDreamAttnProcessor, CONCEPT_DIM)
+
+
+transformer, pipe = module_fixtures(TestHiDreamImageBattery)
+generate = make_generate(GEN_KW)
+
+
+def test_cfg_maps_come_from_the_conditional_half(pipe):
+    assert_cfg_conditional_half(pipe, lambda pipe: generate(pipe, **CFG_KW), rtol=0, atol=0)
+
+
+def test_non_square_request_refused(pipe):
+    with ConceptAttention(pipe, ["house", "sea"]), pytest.raises(UnsupportedSetupError, match="square images only"):
+        generate(pipe, height=16, width=32)
+
+
+def test_concept_encoding_matches_the_pipelines_encoders(pipe):
+    """A concept's embedding is its T5 state and its state in each tapped Llama layer (the pipeline's own
+    ``_get_llama3_prompt_embeds`` layers), each the mean over the concept's own tokens."""
+    concepts = ["red car", "sky"]
+    encoded = get_adapter(pipe).encode_concepts(pipe, concepts, "mean")
+    assert encoded.shape == (2, CONCEPT_DIM)
+    t5_hidden, t5_content = t5_content_states(pipe.tokenizer_3, pipe.text_encoder_3, concepts)
+    for index, concept in enumerate(concepts):
+        torch.testing.assert_close(encoded[index, :HIDREAM_T5_DIM], t5_hidden[index, t5_content[index]].mean(0))
+        with torch.no_grad():
+            llama = pipe._get_llama3_prompt_embeds([concept], max_sequence_length=32)  # [L, 1, 32, D_llama]
+        count = len(pipe.tokenizer_4(concept).input_ids)  # the byte-level tokenizer adds no special token
+        expected = llama[:, 0, :count].mean(1).flatten()  # [L·D_llama], layers 0..3 = llama_layers
+        torch.testing.assert_close(encoded[index, HIDREAM_T5_DIM:], expected)

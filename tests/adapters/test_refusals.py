@@ -59,10 +59,12 @@ CROSS_ATTENTION = [
 ]
 TWO_STREAM = [
     _tiny(
-        "HiDreamImageTransformer2DModel", patch_size=2, in_channels=4, num_layers=1, num_single_layers=1,
-        attention_head_dim=16, num_attention_heads=2, caption_channels=[16, 8], text_emb_dim=16,
-        num_routed_experts=2, num_activated_experts=1, axes_dims_rope=(8, 4, 4), max_resolution=(8, 8),
-        llama_layers=[0, 1],
+        "JoyImageEditTransformer3DModel", patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2,
+        text_dim=16, num_layers=1, rope_dim_list=[4, 6, 6],
+    ),
+    _tiny(
+        "JoyImageEditPlusTransformer3DModel", patch_size=[1, 2, 2], in_channels=4, hidden_size=32,
+        num_attention_heads=2, text_dim=16, num_layers=1, rope_dim_list=[4, 6, 6],
     ),
 ]
 

@@ -15,6 +15,7 @@ ZOO = {
     "bria_fibo": "BriaFiboTransformer2DModel",
     "longcat_image": "LongCatImageTransformer2DModel",
     "ovis_image": "OvisImageTransformer2DModel",
+    "hidream_image": "HiDreamImageTransformer2DModel",
     "hunyuan_image": "HunyuanImageTransformer2DModel",
     "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
     "cogview4": "CogView4Transformer2DModel",

@@ -240,7 +240,7 @@ class HiDreamImageAdapter(ConceptAdapter):
 
     name = "hidream_image"
     blocks_attribute = "double_stream_blocks"
-    attention_attribute = "attn1"
+    attention_attribute = "block.attn1"  # inside the HiDreamBlock wrapper (for messages)
     processor_class = HiDreamConceptAttnProcessor
     stock_processor_class = HiDreamAttnProcessor
     stock_processor_remedy = "a custom processor is installed: restore `HiDreamAttnProcessor()` on each attn1."
@@ -258,9 +258,6 @@ class HiDreamImageAdapter(ConceptAdapter):
     def attention_module(self, block: nn.Module) -> nn.Module:
         """``HiDreamBlock`` wraps the double-stream block: its ``block.attn1``."""
         return block.block.attn1
-
-    def block_path(self, index: int) -> str:
-        return f"double_stream_blocks.{index}.block"
 
     def check_model(self, transformer: nn.Module) -> None:
         super().check_model(transformer)
