@@ -1077,3 +1077,61 @@ def tiny_hidream_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
     )
     pipe.default_sample_size = 16  # the pipeline resizes every request to this area (16² pixels: 8×8 tokens)
     return pipe
+
+
+# ----- JoyImage Edit -------------------------------------------------------------------------------------------------
+
+#: Width of the tiny JoyImage Edit's text features (``text_dim``).
+JOYIMAGE_TEXT_DIM = 16
+
+
+def tiny_joyimage_transformer(num_layers: int = 3, rope_type: str = "rope", seed: int = 0) -> Any:
+    """A random-weight ``JoyImageEditTransformer3DModel`` (2 heads × 16, patch ``(1, 2, 2)``, 4 latent channels, text
+    width 16; eval mode). The learned modulation tables start at zero in diffusers: they are randomised here so that
+    the tests see them.
+
+    Example:
+        >>> len(tiny_joyimage_transformer().double_blocks)
+        3
+    """
+    from diffusers import JoyImageEditTransformer3DModel
+
+    model = seeded_eval(
+        seed,
+        JoyImageEditTransformer3DModel,
+        patch_size=[1, 2, 2],
+        in_channels=4,
+        hidden_size=32,
+        num_attention_heads=2,
+        text_dim=JOYIMAGE_TEXT_DIM,
+        num_layers=num_layers,
+        rope_dim_list=[4, 6, 6],
+        rope_type=rope_type,
+    )
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for block in model.double_blocks:
+            for table in (block.img_mod.modulate_table, block.txt_mod.modulate_table):
+                table.copy_(0.1 * torch.randn(table.shape, generator=generator))
+    return model
+
+
+def tiny_joyimage_inputs(
+    batch_size: int = 1, height: int = 8, width: int = 12, text_tokens: int = 7, references: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``JoyImageEditTransformer3DModel`` call: latents ``[B, 4, 1, h, w]`` (``references``
+    > 0: ``[B, references + 1, 4, 1, h, w]``, the reference images first and the target last, as the edit pipeline
+    stacks them), a 0-1000 timestep and text features ``[B, T, 16]``. An 8×12 latent has 4×6 target tokens.
+
+    Example:
+        >>> tuple(tiny_joyimage_inputs(references=1)["hidden_states"].shape)
+        (1, 2, 4, 1, 8, 12)
+    """
+    generator = torch.Generator().manual_seed(seed)
+    items = () if references == 0 else (references + 1,)
+    return {
+        "hidden_states": torch.randn(batch_size, *items, 4, 1, height, width, generator=generator),
+        "timestep": torch.linspace(300.0, 700.0, batch_size),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, JOYIMAGE_TEXT_DIM, generator=generator),
+        "return_dict": False,
+    }

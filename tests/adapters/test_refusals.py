@@ -59,10 +59,6 @@ CROSS_ATTENTION = [
 ]
 TWO_STREAM = [
     _tiny(
-        "JoyImageEditTransformer3DModel", patch_size=[1, 2, 2], in_channels=4, hidden_size=32, num_attention_heads=2,
-        text_dim=16, num_layers=1, rope_dim_list=[4, 6, 6],
-    ),
-    _tiny(
         "JoyImageEditPlusTransformer3DModel", patch_size=[1, 2, 2], in_channels=4, hidden_size=32,
         num_attention_heads=2, text_dim=16, num_layers=1, rope_dim_list=[4, 6, 6],
     ),

@@ -17,6 +17,7 @@ ZOO = {
     "ovis_image": "OvisImageTransformer2DModel",
     "hidream_image": "HiDreamImageTransformer2DModel",
     "hunyuan_image": "HunyuanImageTransformer2DModel",
+    "joyimage": "JoyImageEditTransformer3DModel",
     "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
     "cogview4": "CogView4Transformer2DModel",
     "mochi": "MochiTransformer3DModel",

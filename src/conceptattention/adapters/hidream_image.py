@@ -53,17 +53,31 @@ if TYPE_CHECKING:
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running double block's ``temb``.
 HIDREAM_TEMB_KEY = "hidream_block_temb"
+#: Image-side modules of ``HiDreamAttention`` whose outputs the concept branch takes (``to_out``: its input).
+HIDREAM_TAPS = ("q_rms_norm", "k_rms_norm", "to_v")
 
 
-class _HiDreamAttentionView:
-    """``HiDreamAttention`` for diffusers' processor, with the image-side ``q_rms_norm``, ``k_rms_norm``, ``to_v``
-    outputs and the ``to_out`` input (image attention output before the projection) left in ``sink``."""
+class ProjectionTapView:
+    """An attention module for diffusers' processor in which the modules named in ``outputs`` leave their output and
+    those named in ``inputs`` their input in ``sink`` (for modules that :class:`~.processor.AttentionView` does not
+    cover: HiDream's ``to_out`` is a plain ``Linear``, JoyImage's output projection is ``img_attn_proj``).
 
-    def __init__(self, attn: nn.Module, sink: dict[str, torch.Tensor]) -> None:
+    Example:
+        >>> from conceptattention.testing_zoo import tiny_hidream_image_transformer
+        >>> attn = tiny_hidream_image_transformer().double_stream_blocks[0].block.attn1
+        >>> view = ProjectionTapView(attn, {}, outputs=("k_rms_norm",), inputs=("to_out",))
+        >>> view.heads == attn.heads
+        True
+    """
+
+    def __init__(
+        self, attn: nn.Module, sink: dict[str, torch.Tensor], outputs: tuple[str, ...], inputs: tuple[str, ...] = ()
+    ) -> None:
         self._attn = attn
-        for name in ("q_rms_norm", "k_rms_norm", "to_v"):
+        for name in outputs:
             setattr(self, name, _Tap(getattr(attn, name), sink, name))
-        self.to_out = _Tap(attn.to_out, sink, "to_out", keep_input=True)
+        for name in inputs:
+            setattr(self, name, _Tap(getattr(attn, name), sink, name, keep_input=True))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._attn, name)
@@ -127,7 +141,7 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs)
         sink: dict[str, torch.Tensor] = {}
         outputs = self.original(
-            _HiDreamAttentionView(attn, sink), hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs
+            ProjectionTapView(attn, sink, HIDREAM_TAPS, ("to_out",)), hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs
         )
         check_captured(sink, (("q_rms_norm",), ("k_rms_norm",), ("to_v",), ("to_out",)), self.original, "hidream_image")
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
@@ -327,4 +341,4 @@ class HiDreamImageAdapter(ConceptAdapter):
         return torch.cat([row.to(rows[0].dtype) for row in rows], dim=-1)  # [C, D_t5 + n·D_llama]
 
 
-__all__ = ["HiDreamConceptAttnProcessor", "HiDreamImageAdapter", "hidream_concept_widths"]
+__all__ = ["HiDreamConceptAttnProcessor", "HiDreamImageAdapter", "ProjectionTapView", "hidream_concept_widths"]

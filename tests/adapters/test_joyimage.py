@@ -1,0 +1,68 @@
+"""JoyImage Edit adapter: the zoo battery on a tiny JoyImage Edit transformer (3 double-stream blocks, randomised
+modulation tables) with the naive float64 reference, in the text-to-image layout and the editing layout (a reference
+image in the visual sequence: maps of the target only, concepts never see the reference), with both RoPE types.
+Transformer level only: the pipeline's Qwen3-VL processor is not built offline here."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.transformers.transformer_joyimage import JoyImageAttnProcessor
+
+from conceptattention import ConceptAttention, get_adapter
+from conceptattention.testing_zoo import JOYIMAGE_TEXT_DIM, tiny_joyimage_inputs, tiny_joyimage_transformer
+
+from .battery import (
+    assert_concepts_permute,
+    assert_right_not_wrong,
+    assert_subclassed_processor_refused,
+    layer_logits,
+    seeded_embeds,
+)
+from .joyimage_reference import naive_joyimage_scores
+from .zoo_battery import ZooBattery
+
+
+class TestJoyImageBattery(ZooBattery):
+    """The shared battery on a tiny JoyImage Edit (8×12 latent: 4×6 target tokens, no reference)."""
+
+    concept_dim = JOYIMAGE_TEXT_DIM
+    expected_grid = (1, 4, 6)
+    tiny_transformer = tiny_joyimage_transformer
+    tiny_inputs = tiny_joyimage_inputs
+    naive_reference = naive_joyimage_scores
+
+    def test_registry_and_stock_processor_kept(self, transformer):
+        assert get_adapter(transformer).name == "joyimage"
+        with ConceptAttention(transformer, concept_embeds=self.embeds()):
+            self.run(transformer, self.make_inputs())
+            assert type(transformer.double_blocks[0].attn.processor.original) is JoyImageAttnProcessor
+
+    def test_edit_layout_maps_of_the_target_only(self, transformer):
+        """With a reference image in the sequence the maps cover the target's 4×6 tokens, the output stays
+        bit-identical, and concepts attend to the target only: a reference whose concepts also see the reference
+        image is far off."""
+        inputs = tiny_joyimage_inputs(references=1)
+        embeds = seeded_embeds(3, JOYIMAGE_TEXT_DIM, seed=5)
+        reference_output = self.run(transformer, inputs)
+        with ConceptAttention(transformer, concept_embeds=embeds) as ca:
+            assert torch.equal(self.run(transformer, inputs), reference_output)
+        assert ca.maps.maps.shape == (3, 1, 4, 6)
+        ours = layer_logits(transformer, inputs, embeds, [2])
+        right = naive_joyimage_scores(transformer, inputs, embeds, [2])[0, 0].float()
+        wrong = naive_joyimage_scores(transformer, inputs, embeds, [2], concepts_see_references=True)[0, 0].float()
+        assert_right_not_wrong(ours, right, wrong)
+        assert_concepts_permute(transformer, inputs, embeds, [2], ours, [1, 2, 0])
+
+    def test_mrope_concepts_at_the_first_text_position(self):
+        """``rope_type="mrope"`` rotates text after the visual grid; concepts take the first text position."""
+        model = tiny_joyimage_transformer(rope_type="mrope")
+        inputs = tiny_joyimage_inputs(references=1)
+        embeds = seeded_embeds(3, JOYIMAGE_TEXT_DIM, seed=6)
+        for space in ("output", "cross_attention"):
+            ours = layer_logits(model, inputs, embeds, [1], space=space)
+            expected = naive_joyimage_scores(model, inputs, embeds, [1], space=space)[0, 0].float()
+            torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+    def test_subclassed_processor_refused(self):
+        model = self.make_transformer()
+        assert_subclassed_processor_refused(model, model.double_blocks[1].attn, JoyImageAttnProcessor, JOYIMAGE_TEXT_DIM)
