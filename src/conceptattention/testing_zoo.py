@@ -1135,3 +1135,65 @@ def tiny_joyimage_inputs(
         "encoder_hidden_states": torch.randn(batch_size, text_tokens, JOYIMAGE_TEXT_DIM, generator=generator),
         "return_dict": False,
     }
+
+
+def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``JoyImageEditPipeline`` for its text-to-image path (no reference image, so no Qwen3-VL
+    processor): tiny two-layer ``Qwen3VLForConditionalGeneration`` (width 16) with a byte-level chat tokenizer, tiny
+    Wan VAE (4 latent channels, ``vae_scale_factor_spatial`` 8), the tiny transformer.
+
+    The pipeline snaps every request to its 1024-pixel buckets: a square request gives a 128×128 latent and 64×64
+    image tokens (use ``output_type="latent"``: decoding 1024² pixels is slow on a CPU).
+
+    Example:
+        >>> type(tiny_joyimage_pipeline()).__name__
+        'JoyImageEditPipeline'
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, JoyImageEditPipeline
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    tokenizer = tiny_byte_level_tokenizer()
+    vocab = len(tokenizer)
+    config = Qwen3VLConfig(
+        text_config={
+            "hidden_size": JOYIMAGE_TEXT_DIM,
+            "intermediate_size": 16,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
+            "vocab_size": vocab,
+            "pad_token_id": 0,
+            "max_position_embeddings": 2048,
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+            "deepstack_visual_indexes": [],
+        },
+        image_token_id=vocab + 1,
+        video_token_id=vocab + 2,
+        vision_start_token_id=vocab + 3,
+        vision_end_token_id=vocab + 4,
+    )
+    vae = seeded_eval(
+        seed + 2,
+        AutoencoderKLWan,
+        base_dim=8,
+        z_dim=4,
+        dim_mult=[1, 1, 1, 1],
+        num_res_blocks=1,
+        temperal_downsample=[False, True, True],
+        latents_mean=[0.0] * 4,
+        latents_std=[1.0] * 4,
+    )
+    return quiet_pipeline(
+        JoyImageEditPipeline(
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            vae=vae,
+            text_encoder=seeded_eval(seed + 1, Qwen3VLForConditionalGeneration, config),
+            tokenizer=tokenizer,
+            transformer=tiny_joyimage_transformer(num_layers=num_layers, seed=seed + 3),
+            processor=None,
+        )
+    )

@@ -155,8 +155,9 @@ class JoyImageAdapter(ConceptAdapter):
     official_default_layers = "last 4 blocks (JoyImage Edit: 16-19; no official choice)"
     fused_qkv = "always fused (img_attn_qkv / txt_attn_qkv)"
     tested = (
-        "adapter battery + naive reference at transformer level (text-to-image and edit layouts, rope and mrope); "
-        "no tiny pipeline (its Qwen3-VL processor cannot be built offline here); no explain path"
+        "adapter battery + naive reference (text-to-image and edit layouts, rope and mrope); tiny offline pipeline "
+        "(text-to-image path) bit-identical with and without CFG, but its unconditional CFG call is recorded too "
+        "(strict xfail); concept encoding checked against the pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
