@@ -1085,20 +1085,21 @@ def tiny_hidream_image_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
 JOYIMAGE_TEXT_DIM = 16
 
 
-def tiny_joyimage_transformer(num_layers: int = 3, rope_type: str = "rope", seed: int = 0) -> Any:
-    """A random-weight ``JoyImageEditTransformer3DModel`` (2 heads × 16, patch ``(1, 2, 2)``, 4 latent channels, text
-    width 16; eval mode). The learned modulation tables start at zero in diffusers: they are randomised here so that
-    the tests see them.
+def tiny_joyimage_transformer(num_layers: int = 3, rope_type: str = "rope", seed: int = 0, plus: bool = False) -> Any:
+    """A random-weight ``JoyImageEditTransformer3DModel`` (``plus``: ``JoyImageEditPlusTransformer3DModel``; 2 heads
+    × 16, patch ``(1, 2, 2)``, 4 latent channels, text width 16; eval mode). The learned modulation tables start at
+    zero in diffusers: they are randomised here so that the tests see them.
 
     Example:
         >>> len(tiny_joyimage_transformer().double_blocks)
         3
     """
-    from diffusers import JoyImageEditTransformer3DModel
+    import diffusers
 
+    model_class = diffusers.JoyImageEditPlusTransformer3DModel if plus else diffusers.JoyImageEditTransformer3DModel
     model = seeded_eval(
         seed,
-        JoyImageEditTransformer3DModel,
+        model_class,
         patch_size=[1, 2, 2],
         in_channels=4,
         hidden_size=32,
@@ -1197,3 +1198,47 @@ def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
             processor=None,
         )
     )
+
+
+# ----- JoyImage Edit Plus --------------------------------------------------------------------------------------------
+
+
+def tiny_joyimage_edit_plus_transformer(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``JoyImageEditPlusTransformer3DModel`` (the tiny JoyImage Edit geometry; eval mode).
+
+    Example:
+        >>> type(tiny_joyimage_edit_plus_transformer()).__name__
+        'JoyImageEditPlusTransformer3DModel'
+    """
+    return tiny_joyimage_transformer(num_layers=num_layers, seed=seed, plus=True)
+
+
+def tiny_joyimage_edit_plus_inputs(
+    batch_size: int = 1, text_tokens: int = 7, padded_text: int = 2, padded_patches: int = 3, seed: int = 0
+) -> dict[str, Any]:
+    """Keyword inputs of a bare ``JoyImageEditPlusTransformer3DModel`` call, packed as ``JoyImageEditPlusPipeline``
+    packs them: per sample a 4×6-token target, then a 2×4-token reference, then ``padded_patches`` padding patches
+    (``hidden_states [B, 24 + 8 + pad, 4, 1, 2, 2]``, ``shape_list``), a 0-1000 timestep, text features
+    ``[B, T, 16]`` whose last ``padded_text`` tokens are masked out.
+
+    Example:
+        >>> inputs = tiny_joyimage_edit_plus_inputs()
+        >>> tuple(inputs["hidden_states"].shape), inputs["shape_list"]
+        ((1, 35, 4, 1, 2, 2), [[(1, 4, 6), (1, 2, 4)]])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    shapes = [(1, 4, 6), (1, 2, 4)]
+    patches = sum(t * h * w for t, h, w in shapes)
+    hidden = torch.randn(batch_size, patches + padded_patches, 4, 1, 2, 2, generator=generator)
+    hidden[:, patches:] = 0  # padding patches, as the pipeline's zeros
+    mask = torch.ones(batch_size, text_tokens, dtype=torch.long)  # [B, T]
+    if padded_text > 0:
+        mask[:, text_tokens - padded_text :] = 0
+    return {
+        "hidden_states": hidden,
+        "timestep": torch.linspace(300.0, 700.0, batch_size),
+        "encoder_hidden_states": torch.randn(batch_size, text_tokens, JOYIMAGE_TEXT_DIM, generator=generator),
+        "encoder_hidden_states_mask": mask,
+        "shape_list": [list(shapes) for _ in range(batch_size)],
+        "return_dict": False,
+    }

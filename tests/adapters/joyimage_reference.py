@@ -1,11 +1,13 @@
-"""A deliberately naive float64 reference of ConceptAttention on JoyImage Edit, for tests.
+"""A deliberately naive float64 reference of ConceptAttention on JoyImage Edit and Edit Plus, for tests.
 
 It re-runs the double-stream blocks by hand with ONE full attention over ``[image, text, concepts]`` and an explicit
 boolean mask: image and text never see the concepts; the concepts see the **target** image rows (the first ``t·h·w``
 visual rows: the model puts the generated image first and the reference images after it) and/or the concepts
 according to the mode, never the text or the reference images. Scores are taken on the target rows. RoPE (interleaved
 pairs) rotates the visual rows, and with ``rope_type="mrope"`` the text rows and the concepts (at the first text
-position). No code is shared with the library's processors.
+position). Edit Plus inputs (``shape_list``: per sample the target, then references, then padding patches) get
+per-sample RoPE tables and a key mask over the padding patches and the masked text, as the model builds them. No code
+is shared with the library's processors.
 """
 
 from __future__ import annotations
@@ -15,14 +17,43 @@ from typing import Any
 
 import torch
 
-from .reference_common import Layout, blocks_until, concept_attention, concept_scores, per_sample, residual_update
+from .reference_common import (
+    Layout,
+    blocks_until,
+    concept_attention,
+    concept_scores,
+    key_mask,
+    per_sample,
+    residual_update,
+)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """``x [B, S, H, D]`` rotated by interleaved pairs with ``cos, sin [S, D]`` (float64)."""
+    """``x [B, S, H, D]`` rotated by interleaved pairs with ``cos, sin`` ``[S, D]`` or per sample ``[B, S, D]``."""
     real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
     rotated_half = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
-    return x * cos[None, :, None].double() + rotated_half * sin[None, :, None].double()
+    cos, sin = (t.double() if t.ndim == 3 else t.double()[None] for t in (cos, sin))  # [B or 1, S, D]
+    return x * cos[:, :, None] + rotated_half * sin[:, :, None]
+
+
+def _packed(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, int]:
+    """Edit Plus: image tokens ``[B, N, d]``, per-sample RoPE ``(cos, sin)`` ``[B, N, D]`` (padding: identity), the
+    valid image keys ``[B, N]`` and the target's token count."""
+    patches = inputs["hidden_states"].double()  # [B, N, c, pt, ph, pw]
+    batch, num = patches.shape[:2]
+    image = model.img_in(patches.flatten(0, 1)).reshape(batch, num, -1)  # [B·N, d, 1, 1, 1] -> [B, N, d]
+    cos = torch.ones(batch, num, model.config.hidden_size // model.config.num_attention_heads, dtype=torch.float64)
+    sin = torch.zeros_like(cos)
+    valid = torch.zeros(batch, num, dtype=torch.bool)
+    for sample, shapes in enumerate(inputs["shape_list"]):
+        row, offset = 0, 0
+        for t, h, w in shapes:  # each component at frames offset..offset + t
+            part_cos, part_sin = model._get_rotary_pos_embed_for_range((offset, 0, 0), (offset + t, h, w))
+            cos[sample, row : row + t * h * w], sin[sample, row : row + t * h * w] = part_cos, part_sin
+            row, offset = row + t * h * w, offset + t
+        valid[sample, :row] = True
+    t, h, w = inputs["shape_list"][0][0]
+    return image, (cos, sin), valid, t * h * w
 
 
 def _qkv(attn: Any, x: torch.Tensor, stream: str) -> tuple[torch.Tensor, ...]:
@@ -47,28 +78,38 @@ def naive_joyimage_scores(
     """
     model = copy.deepcopy(transformer).double()
     latents = inputs["hidden_states"].double()
-    if latents.ndim == 6:  # [B, n, c, t, h, w], target last -> first, items along the frame axis
+    packed = "shape_list" in inputs
+    if packed:
+        image, vis, valid_image, target = _packed(model, inputs)
+    elif latents.ndim == 6:  # [B, n, c, t, h, w], target last -> first, items along the frame axis
         latents = torch.cat([latents[:, -1:], latents[:, :-1]], dim=1) if latents.shape[1] > 1 else latents
         batch, items, channels, frames, height, width = latents.shape
         latents = latents.permute(0, 2, 1, 3, 4, 5).reshape(batch, channels, items * frames, height, width)
         target_frames = frames
     else:
         target_frames = latents.shape[2]
-    pt, ph, pw = model.config.patch_size
-    grid = [latents.shape[2] // pt, latents.shape[3] // ph, latents.shape[4] // pw]
-    target = target_frames // pt * grid[1] * grid[2]
-    image = model.img_in(latents).flatten(2).transpose(1, 2)  # [B, I, d]
+    if not packed:
+        pt, ph, pw = model.config.patch_size
+        grid = [latents.shape[2] // pt, latents.shape[3] // ph, latents.shape[4] // pw]
+        target = target_frames // pt * grid[1] * grid[2]
+        image = model.img_in(latents).flatten(2).transpose(1, 2)  # [B, I, d]
     _, vec, text = model.condition_embedder(inputs["timestep"].double(), inputs["encoder_hidden_states"].double())
     vec = vec.unflatten(1, (6, -1))  # [B, 6, d]
     batch, num_image = image.shape[:2]
     concepts = per_sample(model.condition_embedder.text_embedder(concept_embeds.double()), batch)  # [B, C, d]
     num_text, num_concepts = text.shape[1], concepts.shape[1]
-    mrope = model.config.rope_type == "mrope"
-    vis, txt = model.get_rotary_pos_embed(grid, num_text if mrope else None)  # ([I, D], [I, D]), text or None
+    mrope = model.config.rope_type == "mrope" and not packed
+    if not packed:
+        vis, txt = model.get_rotary_pos_embed(grid, num_text if mrope else None)  # ([I, D], [I, D]), text or None
     layout = Layout.image_first(num_text, num_image, num_concepts)
-    allowed = layout.mask(mode)  # [S, S]
+    joint = None
+    if packed:  # the model's key mask: padding patches and masked text tokens are never attended to
+        text_mask = inputs.get("encoder_hidden_states_mask")
+        valid_text = torch.ones(batch, num_text, dtype=torch.bool) if text_mask is None else text_mask.bool()
+        joint = key_mask(torch.cat([valid_image, valid_text], dim=1))  # [B, J, J]
+    allowed = layout.mask(mode, joint)  # [S, S] or [B, S, S]
     if not concepts_see_references:
-        allowed[layout.concepts, target:num_image] = False
+        allowed[..., layout.concepts, target:num_image] = False
     scored = Layout(layout.text, slice(0, target), layout.concepts)
 
     def rotate(x: torch.Tensor) -> torch.Tensor:  # [B, S, H, D]

@@ -3,17 +3,21 @@ modulation tables) with the naive float64 reference, in the text-to-image layout
 image in the visual sequence: maps of the target only, concepts never see the reference), with both RoPE types, and a
 tiny offline JoyImageEditPipeline on its text-to-image path (the editing path needs a Qwen3-VL processor, not built
 here). Known gap: the pipeline runs CFG as two plain calls, so the unconditional call is recorded too (strict
-xfail)."""
+xfail). JoyImage Edit Plus: the battery at transformer level on packed inputs (target, a reference of another size,
+padding patches, masked text)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from diffusers.models.transformers.transformer_joyimage import JoyImageAttnProcessor
+from diffusers.models.transformers.transformer_joyimage_edit_plus import JoyImageEditPlusAttnProcessor
 
 from conceptattention import ConceptAttention, get_adapter
 from conceptattention.testing_zoo import (
     JOYIMAGE_TEXT_DIM,
+    tiny_joyimage_edit_plus_inputs,
+    tiny_joyimage_edit_plus_transformer,
     tiny_joyimage_inputs,
     tiny_joyimage_pipeline,
     tiny_joyimage_transformer,
@@ -21,6 +25,7 @@ from conceptattention.testing_zoo import (
 
 from .battery import (
     assert_concepts_permute,
+    assert_padding_mask_kept,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
     layer_logits,
@@ -85,6 +90,40 @@ class TestJoyImageBattery(ZooBattery):
     def test_subclassed_processor_refused(self):
         model = self.make_transformer()
         assert_subclassed_processor_refused(model, model.double_blocks[1].attn, JoyImageAttnProcessor, JOYIMAGE_TEXT_DIM)
+
+
+class TestJoyImageEditPlusBattery(ZooBattery):
+    """The shared battery on a tiny JoyImage Edit Plus: per sample a 4×6 target, a 2×4 reference and 3 padding
+    patches in one packed sequence, 2 of 7 text tokens masked (maps of the target)."""
+
+    concept_dim = JOYIMAGE_TEXT_DIM
+    expected_grid = (1, 4, 6)
+    tiny_transformer = tiny_joyimage_edit_plus_transformer
+    tiny_inputs = tiny_joyimage_edit_plus_inputs
+    naive_reference = naive_joyimage_scores
+
+    def test_registry_and_stock_processor_kept(self, transformer):
+        assert get_adapter(transformer).name == "joyimage_edit_plus"
+        with ConceptAttention(transformer, concept_embeds=self.embeds()):
+            self.run(transformer, self.make_inputs())
+            assert type(transformer.double_blocks[0].attn.processor.original) is JoyImageEditPlusAttnProcessor
+
+    def test_masks_kept_and_concepts_see_the_target_only(self, transformer):
+        """The text and padding masks still reach diffusers' processor (bit-identical with maps on), and concepts
+        attend to the target only: a reference whose concepts also see the reference image is far off."""
+        inputs = tiny_joyimage_edit_plus_inputs()
+        unmasked = {**inputs, "encoder_hidden_states_mask": None}
+        assert_padding_mask_kept(transformer, inputs, unmasked, JOYIMAGE_TEXT_DIM)
+        embeds = seeded_embeds(3, JOYIMAGE_TEXT_DIM, seed=8)
+        ours = layer_logits(transformer, inputs, embeds, [2])
+        right = naive_joyimage_scores(transformer, inputs, embeds, [2])[0, 0].float()
+        wrong = naive_joyimage_scores(transformer, inputs, embeds, [2], concepts_see_references=True)[0, 0].float()
+        assert_right_not_wrong(ours, right, wrong)
+
+    def test_subclassed_processor_refused(self):
+        model = self.make_transformer()
+        attn = model.double_blocks[1].attn
+        assert_subclassed_processor_refused(model, attn, JoyImageEditPlusAttnProcessor, JOYIMAGE_TEXT_DIM)
 
 
 transformer, pipe = module_fixtures(TestJoyImageBattery)

@@ -18,6 +18,7 @@ ZOO = {
     "hidream_image": "HiDreamImageTransformer2DModel",
     "hunyuan_image": "HunyuanImageTransformer2DModel",
     "joyimage": "JoyImageEditTransformer3DModel",
+    "joyimage_edit_plus": "JoyImageEditPlusTransformer3DModel",
     "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
     "cogview4": "CogView4Transformer2DModel",
     "mochi": "MochiTransformer3DModel",

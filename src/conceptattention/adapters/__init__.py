@@ -53,6 +53,7 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "BriaFiboTransformer2DModel": ("conceptattention.adapters.bria_fibo", "BriaFiboAdapter"),
     "HiDreamImageTransformer2DModel": ("conceptattention.adapters.hidream_image", "HiDreamImageAdapter"),
     "JoyImageEditTransformer3DModel": ("conceptattention.adapters.joyimage", "JoyImageAdapter"),
+    "JoyImageEditPlusTransformer3DModel": ("conceptattention.adapters.joyimage", "JoyImageEditPlusAdapter"),
     # single-stream extension (beyond the paper; docs/models.md)
     "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
     "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
@@ -64,6 +65,7 @@ MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the process
 MIN_DIFFUSERS["Krea2Transformer2DModel"] = (0, 39)  # first released in diffusers 0.39
 MIN_DIFFUSERS["OvisImageTransformer2DModel"] = (0, 39)  # 0.38: encode_prompt has another signature
 MIN_DIFFUSERS["JoyImageEditTransformer3DModel"] = (0, 39)  # first released in diffusers 0.39
+MIN_DIFFUSERS["JoyImageEditPlusTransformer3DModel"] = (0, 40)  # first released in diffusers 0.40
 
 #: Kinds of diffusers transformers that ConceptAttention refuses, with what the refusal says about them.
 TWO_STREAM = "two-stream (adapter planned)"
@@ -72,12 +74,6 @@ CROSS_ATTENTION = "cross-attention only (out of scope)"
 
 # transformer class name -> (kind, evidence from the diffusers 0.42.1 source); docs/models.md has the full survey
 _REFUSED: dict[str, tuple[str, str]] = {
-    "JoyImageEditPlusTransformer3DModel": (
-        TWO_STREAM,
-        "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp), like JoyImage Edit "
-        "(supported), but packs target and reference images of different sizes into one padded sequence per sample "
-        "(shape_list, image padding mask): maps would need the per-sample unpacking",
-    ),
     "Lumina2Transformer2DModel": (
         SINGLE_STREAM,
         "after separate context/noise refiners, Lumina2TransformerBlock runs [text, image] with one set of weights",

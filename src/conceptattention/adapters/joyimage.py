@@ -1,4 +1,5 @@
-"""JoyImage Edit adapter (``JoyImageEditTransformer3DModel``, ``JoyImageEditPipeline``) — docs/models.md.
+"""JoyImage Edit and Edit Plus adapters (``JoyImageEdit[Plus]Transformer3DModel``, ``JoyImageEdit[Plus]Pipeline``) —
+docs/models.md.
 
 JoyImage Edit's ``JoyImageTransformerBlock`` is a two-stream block: a joint attention over ``[image, text]`` with the
 text stream's own fused projection ``txt_attn_qkv``, QK RMS-norms ``txt_attn_{q,k}_norm`` and output projection
@@ -18,8 +19,10 @@ text stream's own fused projection ``txt_attn_qkv``, QK RMS-norms ``txt_attn_{q,
 Capture: diffusers' ``JoyImageAttnProcessor`` runs untouched on a view of the attention module whose image-side
 ``img_attn_q_norm``, ``img_attn_k_norm`` (before RoPE, re-applied to the image rows), ``img_attn_qkv`` (values) leave
 their outputs and ``img_attn_proj`` its input (the image attention output before the projection) in a sink.
-``JoyImageEditPlusTransformer3DModel`` (packed multi-image sequences with per-sample padding and ``shape_list``) is
-not covered.
+**JoyImage Edit Plus** (``JoyImageEditPlusTransformer3DModel``) has the same block under new names but packs each
+sample's target, references and padding patches into one sequence (``shape_list``, a key mask over padding patches
+and masked text, per-sample RoPE tables): the target comes first in every sample, so the same concept branch applies,
+with the batched image RoPE and no text RoPE (:class:`JoyImageEditPlusAdapter`).
 """
 
 from __future__ import annotations
@@ -29,11 +32,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from diffusers.models.transformers.transformer_joyimage import JoyImageAttnProcessor, _apply_rotary_emb
+from diffusers.models.transformers.transformer_joyimage_edit_plus import (
+    JoyImageEditPlusAttnProcessor,
+    _apply_rotary_emb_batched,
+)
 from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .hidream_image import ProjectionTapView
 from .processor import ConceptProcessorMixin, check_captured
 
@@ -109,7 +116,7 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = attn.txt_attn_q_norm(query.unflatten(-1, (attn.heads, -1)))  # [B, C, H, D]
         concept_key = attn.txt_attn_k_norm(key.unflatten(-1, (attn.heads, -1)))  # [B, C, H, D]
         concept_value = value.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        vis_freqs, txt_freqs = rotary if rotary is not None else (None, None)
+        txt_freqs = self._text_rope(rotary)
         if txt_freqs is not None:  # "mrope": every concept at the first text position
             count = concept_query.shape[1]
             first = (txt_freqs[0][:1].repeat(count, 1), txt_freqs[1][:1].repeat(count, 1))  # [C, D] each
@@ -118,9 +125,7 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
         target = session.call.inputs["target_tokens"]  # the generated image's rows lead the visual sequence
         image_query = sink["img_attn_q_norm"][:, :target]  # [B, I, H, D]
         image_key = sink["img_attn_k_norm"][:, :target]  # [B, I, H, D]
-        if vis_freqs is not None:
-            image_rope = (vis_freqs[0][:target], vis_freqs[1][:target])  # [I, D] each
-            image_query, image_key = _apply_rotary_emb(image_query, image_key, image_rope)
+        image_query, image_key = self._image_rope(image_query, image_key, rotary, target)
         image_value = sink["img_attn_qkv"].chunk(3, dim=-1)[2][:, :target].unflatten(-1, (attn.heads, -1))
         image_output = sink["img_attn_proj"][:, :target]  # [B, I, H·D], before img_attn_proj
         concept_output = self._attend_and_record(
@@ -131,6 +136,67 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
         concepts = concepts + attn.txt_attn_proj(concept_output) * gate1.unsqueeze(1)
         normed = block.txt_norm2(concepts) * (1 + scale2.unsqueeze(1)) + shift2.unsqueeze(1)
         call.concept_hidden_states = concepts + block.txt_mlp(normed) * gate2.unsqueeze(1)
+
+
+    @staticmethod
+    def _text_rope(rotary: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The text rows' RoPE table ``(cos, sin)`` ``[T, D]`` ("mrope"), or None (no text RoPE)."""
+        return None if rotary is None else rotary[1]
+
+    @staticmethod
+    def _image_rope(query: torch.Tensor, key: torch.Tensor, rotary: Any, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target rows' queries and keys ``[B, I, H, D]`` rotated as the processor rotates them."""
+        if rotary is None or rotary[0] is None:
+            return query, key
+        vis_cos, vis_sin = rotary[0]  # [S_img, D] each
+        return _apply_rotary_emb(query, key, (vis_cos[:target], vis_sin[:target]))
+
+
+class JoyImageEditPlusConceptAttnProcessor(JoyImageConceptAttnProcessor):
+    """JoyImage Edit Plus block processor: ``JoyImageEditPlusAttnProcessor`` untouched (with the image/text padding
+    mask), concept branch beside it; per-sample batched image RoPE, no text RoPE.
+
+    Example:
+        >>> from conceptattention import ConceptAttention
+        >>> from conceptattention.testing_zoo import tiny_joyimage_edit_plus_inputs, tiny_joyimage_edit_plus_transformer
+        >>> model = tiny_joyimage_edit_plus_transformer()
+        >>> with ConceptAttention(model, concept_embeds=torch.randn(2, 16)) as ca:
+        ...     _ = model(**tiny_joyimage_edit_plus_inputs())
+        >>> ca.maps.maps.shape
+        torch.Size([2, 1, 4, 6])
+    """
+
+    #: the diffusers code it runs through the view (capture points), the block code whose text update it mirrors and
+    #: the model code that packs the target first, fingerprinted on diffusers 0.42.1 and re-checked on 0.40.0 and
+    #: 0.41.0 (normalised AST, sha256; tests/adapters/test_zoo_drift.py)
+    STOCK_SOURCES = (
+        ("diffusers.models.transformers.transformer_joyimage_edit_plus.JoyImageEditPlusAttnProcessor.__call__", "60c6573637aa090fa747325c9c179a6c3c31401f9ab4291b8d986377e8913c29"),
+        ("diffusers.models.transformers.transformer_joyimage_edit_plus._apply_rotary_emb_batched", "4c5a5fa93f6d8842ad401a96088cfaa689d78952049eaea99869b55c25f1474c"),
+        ("diffusers.models.transformers.transformer_joyimage_edit_plus.JoyImageEditPlusTransformerBlock.forward", "128703294af09c37f05a4706371f9d1496076615d76cb3394d601724ea847dd3"),
+        ("diffusers.models.transformers.transformer_joyimage_edit_plus.JoyImageEditPlusTransformer3DModel.forward", "e21f5403270b760e8e4441e33e1951ff7c7b76cfc4debb278e915bad46b2e98b"),
+    )
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> Any:
+        # ``attention_mask`` is named: JoyImageEditPlusAttention passes it only to processors that declare it
+        return super().__call__(attn, hidden_states, encoder_hidden_states, image_rotary_emb, attention_mask=attention_mask)
+
+    @staticmethod
+    def _text_rope(rotary: Any) -> None:
+        return None
+
+    @staticmethod
+    def _image_rope(query: torch.Tensor, key: torch.Tensor, rotary: Any, target: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if rotary is None:
+            return query, key
+        cos, sin = rotary  # [B, S_img, D] each (per-sample tables)
+        return _apply_rotary_emb_batched(query, key, (cos[:, :target], sin[:, :target]))
 
 
 class JoyImageAdapter(ConceptAdapter):
@@ -214,4 +280,42 @@ class JoyImageAdapter(ConceptAdapter):
         return torch.stack(rows)  # [C, text_dim]
 
 
-__all__ = ["JoyImageAdapter", "JoyImageConceptAttnProcessor"]
+class JoyImageEditPlusAdapter(JoyImageAdapter):
+    """Adapter for JoyImage Edit Plus (``JoyImageEditPlusTransformer3DModel``, ``JoyImageEditPlusPipeline``): every
+    sample packs its target first, then its references, padded to one length (``shape_list``); maps of the target.
+
+    Example:
+        >>> from conceptattention.adapters import get_adapter
+        >>> from conceptattention.testing_zoo import tiny_joyimage_edit_plus_transformer
+        >>> get_adapter(tiny_joyimage_edit_plus_transformer()).name
+        'joyimage_edit_plus'
+    """
+
+    name = "joyimage_edit_plus"
+    processor_class = JoyImageEditPlusConceptAttnProcessor
+    stock_processor_class = JoyImageEditPlusAttnProcessor
+    transformer_classes = ("JoyImageEditPlusTransformer3DModel",)
+    pipeline_classes = ("JoyImageEditPlusPipeline",)
+    tested = (
+        "adapter battery + naive reference at transformer level (packed target + reference of another size, "
+        "padding); no tiny pipeline (its Qwen3-VL processor is not built offline here); no explain path"
+    )
+
+    def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = ("hidden_states", "timestep", "encoder_hidden_states", "encoder_hidden_states_mask", "shape_list")
+        bound = bind_call(type(transformer).__name__, names, args, kwargs, required=("hidden_states", "shape_list"))
+        targets = {tuple(int(size) for size in shapes[0]) for shapes in bound["shape_list"]}  # (t, h, w) per sample
+        if len(targets) != 1:
+            raise UnsupportedSetupError(
+                f"ConceptAttention needs one target size per JoyImage Edit Plus call; got {sorted(targets)}."
+            )
+        grid = targets.pop()
+        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2]}
+
+
+__all__ = [
+    "JoyImageAdapter",
+    "JoyImageConceptAttnProcessor",
+    "JoyImageEditPlusAdapter",
+    "JoyImageEditPlusConceptAttnProcessor",
+]
