@@ -214,7 +214,7 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
         ).flatten(2, 3).to(image_output.dtype)  # [B, 3C, H·D]
 
         def per_concept(tensor: torch.Tensor) -> torch.Tensor:  # [B, 3C, ...] -> [B, C, ...]: mean of its 3 tokens
-            return tensor.unflatten(1, (3, -1)).mean(1)
+            return tensor.unflatten(1, (3, -1)).mean(1)  # [B, 3C, ...] -> [B, 3, C, ...] -> [B, C, ...]
 
         self._record_scores(
             concept_output=per_concept(concept_output),

@@ -126,7 +126,7 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
         image_query = sink["img_attn_q_norm"][:, :target]  # [B, I, H, D]
         image_key = sink["img_attn_k_norm"][:, :target]  # [B, I, H, D]
         image_query, image_key = self._image_rope(image_query, image_key, rotary, target)
-        image_value = sink["img_attn_qkv"].chunk(3, dim=-1)[2][:, :target].unflatten(-1, (attn.heads, -1))
+        image_value = sink["img_attn_qkv"].chunk(3, dim=-1)[2][:, :target].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
         image_output = sink["img_attn_proj"][:, :target]  # [B, I, H·D], before img_attn_proj
         concept_output = self._attend_and_record(
             concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
@@ -296,6 +296,7 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
     stock_processor_class = JoyImageEditPlusAttnProcessor
     transformer_classes = ("JoyImageEditPlusTransformer3DModel",)
     pipeline_classes = ("JoyImageEditPlusPipeline",)
+    official_default_layers = "last 4 blocks (JoyImage Edit Plus: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference at transformer level (packed target + reference of another size, "
         "padding); no tiny pipeline (its Qwen3-VL processor is not built offline here); no explain path"
