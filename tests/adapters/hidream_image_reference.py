@@ -6,7 +6,9 @@ the text). The text is rebuilt per block as the model's ``forward`` does: ``[T5,
 the residual stream, the projected Llama layer ``llama_layers[k]`` is appended before block ``k`` and dropped after
 it; each concept is three tokens treated the same way (its T5 and last-layer tokens residual, its layer-``k`` token
 fresh per block), and its score is the mean of its three tokens' scores. Text and concept ids are zero (RoPE rows of
-a zero id), image ids are the patch grid. No code is shared with the library's processors.
+a zero id), image ids are the patch grid. A non-square image is padded to ``max_resolution`` as the model pads it:
+the padding rows' keys are zero (every query, concepts included, still gives them logit 0) and the scores cover the
+real patches only. No code is shared with the library's processors.
 """
 
 from __future__ import annotations
@@ -66,7 +68,8 @@ def naive_hidream_scores(
     """
     model = copy.deepcopy(transformer).double()
     config = model.config
-    hidden, _, _, img_ids = model.patchify(inputs["hidden_states"].double())  # [B, I, p²c], ids [B, I, 3]
+    hidden, masks, sizes, img_ids = model.patchify(inputs["hidden_states"].double())  # [B, I, p²c], ids [B, I, 3]
+    real = int(sizes[0, 0] * sizes[0, 1])  # the h·w patches before any padding
     hidden = model.x_embedder(hidden)  # [B, I, d]
     batch, num_image = hidden.shape[:2]
     timestep_embedding = model.t_embedder(inputs["timesteps"].double(), torch.float64)  # [B, d]
@@ -104,13 +107,16 @@ def naive_hidream_scores(
             _stream_qkv(attn, pre(concepts_k, block.norm1_t, mod_c), text=True),
         ]
         query, key, value = (torch.cat(parts, dim=1) for parts in zip(*streams))  # [B, S, H, D]
+        if masks is not None:  # zero keys on the padding rows, before RoPE (as the processor)
+            key = torch.cat([key[:, :num_image] * masks[:, :, None, None], key[:, num_image:]], dim=1)
         layout = Layout.image_first(text_k.shape[1], num_image, concepts_k.shape[1])
         ids = torch.cat([img_ids.double(), torch.zeros(batch, layout.total - num_image, 3, dtype=torch.float64)], dim=1)
         table = _rope_table(ids, config.axes_dims_rope)  # text and concept ids 0: identity rotations
         query, key = _rotate(query, table), _rotate(key, table)
         output = concept_attention(query, key, value, layout.mask(mode), layout, mode)  # [B, S, H·D]
         if index in layers:
-            per_token = concept_scores(space, query, key, value, output, layout)  # [B, 3C, I]
+            scored = Layout(layout.text, slice(0, real), layout.concepts)
+            per_token = concept_scores(space, query, key, value, output, scored)  # [B, 3C, I]
             scores.append(per_token.unflatten(1, (3, num_concepts)).mean(1))  # [B, C, I]
         o_img, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
         gates = lambda mod: (mod[2], mod[3], mod[4], mod[5])  # noqa: E731 - gate, shift2, scale2, gate2

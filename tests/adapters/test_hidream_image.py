@@ -2,7 +2,7 @@
 MLP, 1 single-stream block, one tapped Llama layer per block) and a tiny offline HiDreamImagePipeline (four text
 encoders, batched CFG), the naive float64 reference for both conditionings, the per-block Llama-layer rebuild of the
 concepts checked against a wrong variant, concept encoding against the pipeline's own encoders, non-square images
-refused."""
+padded as the model pads them."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers.models.transformers.transformer_hidream_image import HiDreamAttnProcessor
 
-from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapter
+from conceptattention import ConceptAttention, get_adapter
 from conceptattention.testing_zoo import (
     HIDREAM_LLAMA_DIM,
     HIDREAM_LLAMA_LAYERS,
@@ -92,13 +92,25 @@ class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
             with ConceptAttention(transformer, concept_embeds=torch.randn(2, HIDREAM_T5_DIM)):
                 transformer(**tiny_hidream_image_inputs())
 
-    def test_non_square_image_refused_without_partial_output(self, transformer):
-        inputs = tiny_hidream_image_inputs()
-        inputs["hidden_states"] = torch.randn(1, 4, 8, 12)
-        with ConceptAttention(transformer, concept_embeds=self.embeds()) as ca:
-            with pytest.raises(UnsupportedSetupError, match="square images only"):
-                transformer(**inputs)
-        assert ca.session.num_recorded_calls == 0
+    def test_non_square_image_padded_as_the_model_pads_it(self, transformer):
+        """An 8×12 latent (4×6 patches) is padded to max_resolution (64 rows) with zero keys: output bit-identical,
+        maps on the 4×6 real patches, agreeing with the reference that pads the same way."""
+        inputs = {**tiny_hidream_image_inputs(), "hidden_states": torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(3))}
+        reference_output = self.run(transformer, inputs)
+        embeds = seeded_embeds(3, CONCEPT_DIM, seed=2)
+        with ConceptAttention(transformer, concept_embeds=embeds) as ca:
+            assert torch.equal(self.run(transformer, inputs), reference_output)
+        assert ca.maps.maps.shape == (3, 1, 4, 6)
+        for space in ("output", "value"):
+            ours = layer_logits(transformer, inputs, embeds, [1], space=space)
+            expected = naive_hidream_scores(transformer, inputs, embeds, [1], space=space)[0, 0].float()
+            torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+        # the same call already patchified (hidden_states_masks, img_ids, img_sizes given): the same maps
+        hidden, masks, sizes, ids = transformer.patchify(inputs["hidden_states"])  # [1, 64, 16], [1, 64], [1, 2]
+        packed = {**inputs, "hidden_states": hidden, "hidden_states_masks": masks, "img_sizes": sizes, "img_ids": ids}
+        with ConceptAttention(transformer, concept_embeds=embeds) as again:
+            self.run(transformer, packed)
+        torch.testing.assert_close(again.maps.maps, ca.maps.maps)
 
     def test_fused_qkv_projections(self):
         """diffusers cannot fuse HiDreamAttention's projections (its ``fuse_projections`` fails on the module), and
@@ -121,9 +133,12 @@ def test_cfg_maps_come_from_the_conditional_half(pipe):
     assert_cfg_conditional_half(pipe, lambda pipe: generate(pipe, **CFG_KW), rtol=0, atol=0)
 
 
-def test_non_square_request_refused(pipe):
-    with ConceptAttention(pipe, ["house", "sea"]), pytest.raises(UnsupportedSetupError, match="square images only"):
-        generate(pipe, height=16, width=32)
+def test_non_square_request_bit_identical(pipe):
+    """The pipeline rescales a 16×32 request to 10×22 pixels: a 5×11 patch grid padded to max_resolution."""
+    reference = generate(pipe, height=16, width=32)
+    with ConceptAttention(pipe, ["house", "sea"]) as ca:
+        assert torch.equal(generate(pipe, height=16, width=32), reference)
+    assert ca.maps.maps.shape == (2, 1, 5, 11)
 
 
 def test_concept_encoding_matches_the_pipelines_encoders(pipe):

@@ -24,10 +24,12 @@ stream is rebuilt the same way:
 * **Positions**: text ids are all zero (RoPE is the identity for text and concepts); the image keys (and queries, for
   the cross-attention space) are rotated with the image rows of the call's RoPE table.
 
+* **Non-square images**: the model pads the patch sequence to ``max_resolution`` and multiplies the padding rows'
+  keys by zero (they still take part in the softmax, with logit 0, for image and text queries alike); the concepts see
+  the image keys exactly as the text does (padding included), and the maps cover the real ``h × w`` patches only.
+
 Capture: diffusers' ``HiDreamAttnProcessor`` runs untouched on a view of ``attn1`` whose image-side modules
 (``q_rms_norm``, ``k_rms_norm``, ``to_v``, ``to_out``) leave their outputs (``to_out``: its input) in a sink.
-Refused: non-square images (the model pads them to ``max_resolution`` with a key mask; maps would need the padded
-layout).
 """
 
 from __future__ import annotations
@@ -144,7 +146,7 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
             ProjectionTapView(attn, sink, HIDREAM_TAPS, ("to_out",)), hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs
         )
         check_captured(sink, (("q_rms_norm",), ("k_rms_norm",), ("to_v",), ("to_out",)), self.original, "hidream_image")
-        self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
+        self._concept_branch(attn, sink, hidden_states, hidden_states_masks, image_rotary_emb)
         return outputs
 
     def _conditioning(self) -> torch.Tensor:
@@ -182,7 +184,12 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
         return initial.unsqueeze(0).expand(like.shape[0], -1, -1)  # [2C, d] -> [B, 2C, d]
 
     def _concept_branch(
-        self, attn: nn.Module, sink: dict[str, torch.Tensor], hidden_states: torch.Tensor, rotary: torch.Tensor
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        hidden_states: torch.Tensor,
+        masks: torch.Tensor | None,
+        rotary: torch.Tensor,
     ) -> None:
         session = self.session
         call, wrapper = session.call, self._block()
@@ -202,10 +209,13 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
         concept_key = attn.k_rms_norm_t(attn.to_k_t(normed)).to(dtype).unflatten(-1, (heads, -1))  # [B, 3C, H, D]
         concept_value = attn.to_v_t(normed).unflatten(-1, (heads, -1))  # [B, 3C, H, D]
         image_query = sink["q_rms_norm"].to(dtype).unflatten(-1, (heads, -1))  # [B, I, H, D]
-        image_key = sink["k_rms_norm"].to(dtype).unflatten(-1, (heads, -1))  # [B, I, H, D]
-        image_value = sink["to_v"].unflatten(-1, (heads, -1))  # [B, I, H, D]
+        image_key = sink["k_rms_norm"].to(dtype).unflatten(-1, (heads, -1))  # [B, I_pad, H, D]
+        if masks is not None:  # padding rows of a non-square image: zero keys, as the processor makes them
+            image_key = image_key * masks.view(masks.shape[0], -1, 1, 1)  # [B, I_pad] -> [B, I_pad, 1, 1]
+        image_value = sink["to_v"].unflatten(-1, (heads, -1))  # [B, I_pad, H, D]
         image_query, image_key = _rotate(image_query, image_key, rotary[:, : image_key.shape[1]])
-        image_output = sink["to_out"]  # [B, I, H·D], before to_out
+        real = session.call.inputs["image_tokens"]  # the h·w patches before the padding
+        image_output = sink["to_out"][:, :real]  # [B, I, H·D], before to_out
 
         # concept tokens carry text id 0: their rotation is the identity
         concept_output = concept_attention(
@@ -219,9 +229,9 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
         self._record_scores(
             concept_output=per_concept(concept_output),
             image_output=image_output,
-            image_query=image_query,
+            image_query=image_query[:, :real],
             concept_key=per_concept(concept_key),
-            image_value=image_value,
+            image_value=image_value[:, :real],
             concept_value=per_concept(concept_value),
         )
         concepts = gate_msa * attn.to_out_t(concept_output) + concepts
@@ -266,7 +276,7 @@ class HiDreamImageAdapter(ConceptAdapter):
     tested = (
         "adapter battery + naive reference (three tokens per concept, per-block Llama layer); tiny offline "
         "pipeline with batched CFG (four text encoders); concept encoding checked against the pipeline's own "
-        "encoders; square images only; no explain path yet"
+        "encoders; square and padded non-square images; no explain path yet"
     )
 
     def attention_module(self, block: nn.Module) -> nn.Module:
@@ -285,16 +295,23 @@ class HiDreamImageAdapter(ConceptAdapter):
         )
         bound = bind_call(type(transformer).__name__, names, args, kwargs, required=("hidden_states", "timesteps", "pooled_embeds"))
         latents = bound["hidden_states"]
-        if bound.get("hidden_states_masks") is not None or latents.ndim != 4 or latents.shape[-1] != latents.shape[-2]:
-            raise UnsupportedSetupError(
-                "ConceptAttention supports HiDream-I1 on square images only: the model pads other shapes to "
-                f"max_resolution with a key mask (got latents of shape {tuple(latents.shape)}). Use height == width."
-            )
-        patch = transformer.config.patch_size
+        if latents.ndim == 4:  # [B, c, H, W]: the model patchifies (and pads when H != W)
+            patch = transformer.config.patch_size
+            grid = (latents.shape[-2] // patch, latents.shape[-1] // patch)
+        else:  # already patchified and padded: [B, max_seq, p²c] with img_sizes [B, 2]
+            img_sizes = bound.get("img_sizes")
+            sizes = {tuple(int(size) for size in row) for row in ([] if img_sizes is None else img_sizes)}
+            if len(sizes) != 1:
+                raise UnsupportedSetupError(
+                    "ConceptAttention needs one image size per HiDream-I1 call (img_sizes); got "
+                    f"{sorted(sizes) or 'none'}."
+                )
+            grid = sizes.pop()
         return {
             "timesteps": bound["timesteps"],
             "pooled_embeds": bound["pooled_embeds"],
-            "grid": (latents.shape[-2] // patch, latents.shape[-1] // patch),
+            "grid": grid,
+            "image_tokens": grid[0] * grid[1],
             "identical_halves": batch_halves_identical(latents),
         }
 
