@@ -818,32 +818,11 @@ def tiny_krea2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         (1, 2)
     """
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, Krea2Pipeline
-    from transformers import Qwen3VLConfig, Qwen3VLModel
+    from transformers import Qwen3VLModel
 
     tokenizer = tiny_byte_level_tokenizer()
     vocab = len(tokenizer)
-    config = Qwen3VLConfig(
-        text_config={
-            "hidden_size": KREA2_TEXT_DIM,
-            "intermediate_size": 16,
-            "num_hidden_layers": KREA2_TEXT_LAYERS,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
-            "vocab_size": vocab,
-            "pad_token_id": 0,
-            "max_position_embeddings": 2048,
-        },
-        vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-            "deepstack_visual_indexes": [],
-        },
-        image_token_id=vocab + 1,
-        video_token_id=vocab + 2,
-        vision_start_token_id=vocab + 3,
-        vision_end_token_id=vocab + 4,
-    )
+    config = tiny_qwen3vl_config(vocab, KREA2_TEXT_DIM, KREA2_TEXT_LAYERS)
     text_encoder = seeded_eval(seed + 1, Qwen3VLModel, config)
     vae = seeded_eval(
         seed + 2,
@@ -1151,32 +1130,11 @@ def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         'JoyImageEditPipeline'
     """
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, JoyImageEditPipeline
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+    from transformers import Qwen3VLForConditionalGeneration
 
     tokenizer = tiny_byte_level_tokenizer()
     vocab = len(tokenizer)
-    config = Qwen3VLConfig(
-        text_config={
-            "hidden_size": JOYIMAGE_TEXT_DIM,
-            "intermediate_size": 16,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
-            "vocab_size": vocab,
-            "pad_token_id": 0,
-            "max_position_embeddings": 2048,
-        },
-        vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-            "deepstack_visual_indexes": [],
-        },
-        image_token_id=vocab + 1,
-        video_token_id=vocab + 2,
-        vision_start_token_id=vocab + 3,
-        vision_end_token_id=vocab + 4,
-    )
+    config = tiny_qwen3vl_config(vocab, JOYIMAGE_TEXT_DIM, 2)
     vae = seeded_eval(
         seed + 2,
         AutoencoderKLWan,
@@ -1242,3 +1200,37 @@ def tiny_joyimage_edit_plus_inputs(
         "shape_list": [list(shapes) for _ in range(batch_size)],
         "return_dict": False,
     }
+
+
+def tiny_qwen3vl_config(vocab_size: int, hidden_size: int, num_layers: int) -> Any:
+    """A tiny ``Qwen3VLConfig`` (2 heads × 8, one-layer vision tower of width 16, special image/video ids after the
+    vocabulary), shared by the tiny Krea 2 and JoyImage Edit text encoders.
+
+    Example:
+        >>> tiny_qwen3vl_config(300, 16, 2).text_config.num_hidden_layers
+        2
+    """
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config={
+            "hidden_size": hidden_size,
+            "intermediate_size": 16,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
+            "vocab_size": vocab_size,
+            "pad_token_id": 0,
+            "max_position_embeddings": 2048,
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+            "deepstack_visual_indexes": [],
+        },
+        image_token_id=vocab_size + 1,
+        video_token_id=vocab_size + 2,
+        vision_start_token_id=vocab_size + 3,
+        vision_end_token_id=vocab_size + 4,
+    )

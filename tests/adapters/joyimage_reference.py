@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from .krea2_reference import _rope as interleaved_rope
 from .reference_common import (
     Layout,
     blocks_until,
@@ -30,10 +31,10 @@ from .reference_common import (
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """``x [B, S, H, D]`` rotated by interleaved pairs with ``cos, sin`` ``[S, D]`` or per sample ``[B, S, D]``."""
-    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
-    rotated_half = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
-    cos, sin = (t.double() if t.ndim == 3 else t.double()[None] for t in (cos, sin))  # [B or 1, S, D]
-    return x * cos[:, :, None] + rotated_half * sin[:, :, None]
+    if cos.ndim == 2:
+        return interleaved_rope(x, cos.double(), sin.double())
+    rows = [interleaved_rope(x[i : i + 1], cos[i].double(), sin[i].double()) for i in range(x.shape[0])]
+    return torch.cat(rows, dim=0)  # B x [1, S, H, D] -> [B, S, H, D]
 
 
 def _packed(model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor, int]:
