@@ -12,9 +12,13 @@ from conceptattention.adapters.processor import stock_source_drift
 
 ZOO = {
     "bria": "BriaTransformer2DModel",
+    "bria_fibo": "BriaFiboTransformer2DModel",
     "longcat_image": "LongCatImageTransformer2DModel",
     "ovis_image": "OvisImageTransformer2DModel",
+    "hidream_image": "HiDreamImageTransformer2DModel",
     "hunyuan_image": "HunyuanImageTransformer2DModel",
+    "joyimage": "JoyImageEditTransformer3DModel",
+    "joyimage_edit_plus": "JoyImageEditPlusTransformer3DModel",
     "hunyuan_video15": "HunyuanVideo15Transformer3DModel",
     "cogview4": "CogView4Transformer2DModel",
     "mochi": "MochiTransformer3DModel",

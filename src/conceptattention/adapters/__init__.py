@@ -52,6 +52,10 @@ _BUILTIN_ADAPTERS: dict[str, tuple[str, str]] = {
     "HunyuanVideo15Transformer3DModel": ("conceptattention.adapters.hunyuan_video15", "HunyuanVideo15Adapter"),
     "CogView4Transformer2DModel": ("conceptattention.adapters.cogview4", "CogView4Adapter"),
     "MochiTransformer3DModel": ("conceptattention.adapters.mochi", "MochiAdapter"),
+    "BriaFiboTransformer2DModel": ("conceptattention.adapters.bria_fibo", "BriaFiboAdapter"),
+    "HiDreamImageTransformer2DModel": ("conceptattention.adapters.hidream_image", "HiDreamImageAdapter"),
+    "JoyImageEditTransformer3DModel": ("conceptattention.adapters.joyimage", "JoyImageAdapter"),
+    "JoyImageEditPlusTransformer3DModel": ("conceptattention.adapters.joyimage", "JoyImageEditPlusAdapter"),
     # single-stream extension (beyond the paper; docs/models.md)
     "ZImageTransformer2DModel": ("conceptattention.adapters.z_image", "ZImageAdapter"),
     "Krea2Transformer2DModel": ("conceptattention.adapters.krea2", "Krea2Adapter"),
@@ -62,6 +66,8 @@ MIN_DIFFUSERS: dict[str, tuple[int, int]] = dict.fromkeys(_BUILTIN_ADAPTERS, (0,
 MIN_DIFFUSERS["QwenImageTransformer2DModel"] = (0, 39)  # 0.38 hands the processor a prebuilt mask: no maps
 MIN_DIFFUSERS["Krea2Transformer2DModel"] = (0, 39)  # first released in diffusers 0.39
 MIN_DIFFUSERS["OvisImageTransformer2DModel"] = (0, 39)  # 0.38: encode_prompt has another signature
+MIN_DIFFUSERS["JoyImageEditTransformer3DModel"] = (0, 39)  # first released in diffusers 0.39
+MIN_DIFFUSERS["JoyImageEditPlusTransformer3DModel"] = (0, 40)  # first released in diffusers 0.40
 
 #: Kinds of diffusers transformers that ConceptAttention refuses, with what the refusal says about them.
 TWO_STREAM = "two-stream (adapter planned)"
@@ -70,25 +76,6 @@ CROSS_ATTENTION = "cross-attention only (out of scope)"
 
 # transformer class name -> (kind, evidence from the diffusers 0.42.1 source); docs/models.md has the full survey
 _REFUSED: dict[str, tuple[str, str]] = {
-    "HiDreamImageTransformer2DModel": (
-        TWO_STREAM,
-        "HiDreamAttention has text weights (to_{q,k,v}_t, to_out_t), but every block rebuilds the text stream from a "
-        "Llama-3.1 layer of its own, so concepts would need per-layer Llama features",
-    ),
-    "BriaFiboTransformer2DModel": (
-        TWO_STREAM,
-        "FLUX.1-style double blocks, but every block replaces half of the text channels with a projection of a "
-        "different text-encoder layer, so concepts would need per-layer encoder features",
-    ),
-    "JoyImageEditTransformer3DModel": (
-        TWO_STREAM,
-        "JoyImageAttention has separate text weights (txt_attn_qkv, txt_attn_proj, txt_mod, txt_mlp); an "
-        "image-editing model (reference image in the sequence)",
-    ),
-    "JoyImageEditPlusTransformer3DModel": (
-        TWO_STREAM,
-        "JoyImageEditPlusAttention has separate text weights (txt_attn_qkv, txt_mod, txt_mlp); an image-editing model",
-    ),
     "Lumina2Transformer2DModel": (
         SINGLE_STREAM,
         "after separate context/noise refiners, Lumina2TransformerBlock runs [text, image] with one set of weights",

@@ -33,6 +33,13 @@ from __future__ import annotations
 
 from .auraflow import tiny_auraflow_inputs, tiny_auraflow_pipeline, tiny_auraflow_transformer
 from .bria import tiny_bria_inputs, tiny_bria_pipeline, tiny_bria_transformer
+from .bria_fibo import (
+    BRIA_FIBO_JOINT_DIM,
+    BRIA_FIBO_TEXT_DIM,
+    tiny_bria_fibo_inputs,
+    tiny_bria_fibo_pipeline,
+    tiny_bria_fibo_transformer,
+)
 from .chroma import tiny_chroma_inputs, tiny_chroma_pipeline, tiny_chroma_transformer
 from .cogvideox import (
     CogVideoXVersion,
@@ -61,6 +68,15 @@ from .flux2 import (
     tiny_flux2_transformer,
 )
 from .flux_like import FLUX_CLONE_AXES, flux_clone_inputs
+from .hidream_image import (
+    HIDREAM_LLAMA_DIM,
+    HIDREAM_LLAMA_LAYERS,
+    HIDREAM_POOLED_DIM,
+    HIDREAM_T5_DIM,
+    tiny_hidream_image_inputs,
+    tiny_hidream_image_pipeline,
+    tiny_hidream_image_transformer,
+)
 from .hunyuan_image import tiny_hunyuan_image_inputs, tiny_hunyuan_image_pipeline, tiny_hunyuan_image_transformer
 from .hunyuan_video import (
     LLAMA_SPECIAL_TOKENS,
@@ -72,6 +88,14 @@ from .hunyuan_video15 import (
     tiny_hunyuan_video15_inputs,
     tiny_hunyuan_video15_pipeline,
     tiny_hunyuan_video15_transformer,
+)
+from .joyimage import (
+    JOYIMAGE_TEXT_DIM,
+    tiny_joyimage_edit_plus_inputs,
+    tiny_joyimage_edit_plus_transformer,
+    tiny_joyimage_inputs,
+    tiny_joyimage_pipeline,
+    tiny_joyimage_transformer,
 )
 from .krea2 import KREA2_TEXT_DIM, KREA2_TEXT_LAYERS, tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 from .longcat_image import tiny_longcat_image_inputs, tiny_longcat_image_pipeline, tiny_longcat_image_transformer
@@ -88,6 +112,7 @@ from .text_encoders import (
     tiny_clip_text_model,
     tiny_clip_tokenizer,
     tiny_qwen3_text_encoder,
+    tiny_qwen3vl_config,
     tiny_qwen25vl_encoder,
     tiny_t5,
     tiny_t5_encoder,
@@ -98,6 +123,25 @@ from .z_image import Z_IMAGE_CAP_DIM, tiny_z_image_inputs, tiny_z_image_pipeline
 
 
 __all__ = [
+    "BRIA_FIBO_JOINT_DIM",
+    "BRIA_FIBO_TEXT_DIM",
+    "HIDREAM_LLAMA_DIM",
+    "HIDREAM_LLAMA_LAYERS",
+    "HIDREAM_POOLED_DIM",
+    "HIDREAM_T5_DIM",
+    "JOYIMAGE_TEXT_DIM",
+    "tiny_bria_fibo_inputs",
+    "tiny_bria_fibo_pipeline",
+    "tiny_bria_fibo_transformer",
+    "tiny_hidream_image_inputs",
+    "tiny_hidream_image_pipeline",
+    "tiny_hidream_image_transformer",
+    "tiny_joyimage_edit_plus_inputs",
+    "tiny_joyimage_edit_plus_transformer",
+    "tiny_joyimage_inputs",
+    "tiny_joyimage_pipeline",
+    "tiny_joyimage_transformer",
+    "tiny_qwen3vl_config",
     "CogVideoXVersion",
     "FLUX2_TEXT_HIDDEN",
     "FLUX_CLONE_AXES",

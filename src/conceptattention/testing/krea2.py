@@ -13,7 +13,7 @@ import torch
 
 from .common import quiet_pipeline, seeded_eval
 from .qwenimage import tiny_qwenimage_vae
-from .text_encoders import tiny_byte_level_tokenizer
+from .text_encoders import tiny_byte_level_tokenizer, tiny_qwen3vl_config
 
 
 #: Tapped text layers and their width in the tiny Krea 2 (concept embeddings are ``[C, 2·16]``).
@@ -98,32 +98,11 @@ def tiny_krea2_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         (1, 2)
     """
     from diffusers import FlowMatchEulerDiscreteScheduler, Krea2Pipeline
-    from transformers import Qwen3VLConfig, Qwen3VLModel
+    from transformers import Qwen3VLModel
 
     tokenizer = tiny_byte_level_tokenizer()
     vocab = len(tokenizer)
-    config = Qwen3VLConfig(
-        text_config={
-            "hidden_size": KREA2_TEXT_DIM,
-            "intermediate_size": 16,
-            "num_hidden_layers": KREA2_TEXT_LAYERS,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "head_dim": 8,
-            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
-            "vocab_size": vocab,
-            "pad_token_id": 0,
-            "max_position_embeddings": 2048,
-        },
-        vision_config={
-            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
-            "deepstack_visual_indexes": [],
-        },
-        image_token_id=vocab + 1,
-        video_token_id=vocab + 2,
-        vision_start_token_id=vocab + 3,
-        vision_end_token_id=vocab + 4,
-    )
+    config = tiny_qwen3vl_config(vocab, KREA2_TEXT_DIM, KREA2_TEXT_LAYERS)
     text_encoder = seeded_eval(seed + 1, Qwen3VLModel, config)
     vae = tiny_qwenimage_vae(seed + 2)
     transformer = tiny_krea2_transformer(num_layers=num_layers, in_channels=16, seed=seed + 3)

@@ -258,3 +258,37 @@ def tiny_qwen25vl_encoder(vocab_size: int, seed: int = 0) -> Any:
         video_token_id=vocab_size + 5,
     )
     return seeded_eval(seed, Qwen2_5_VLForConditionalGeneration, config)
+
+
+def tiny_qwen3vl_config(vocab_size: int, hidden_size: int, num_layers: int) -> Any:
+    """A tiny ``Qwen3VLConfig`` (2 heads × 8, one-layer vision tower of width 16, special image/video ids after the
+    vocabulary), shared by the tiny Krea 2 and JoyImage Edit text encoders.
+
+    Example:
+        >>> tiny_qwen3vl_config(300, 16, 2).text_config.num_hidden_layers
+        2
+    """
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        text_config={
+            "hidden_size": hidden_size,
+            "intermediate_size": 16,
+            "num_hidden_layers": num_layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "mrope_interleaved": True},
+            "vocab_size": vocab_size,
+            "pad_token_id": 0,
+            "max_position_embeddings": 2048,
+        },
+        vision_config={
+            "depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16,
+            "deepstack_visual_indexes": [],
+        },
+        image_token_id=vocab_size + 1,
+        video_token_id=vocab_size + 2,
+        vision_start_token_id=vocab_size + 3,
+        vision_end_token_id=vocab_size + 4,
+    )

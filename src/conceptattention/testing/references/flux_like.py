@@ -1,13 +1,15 @@
 """A deliberately naive float64 reference of ConceptAttention on the FLUX.1 clones without pooled text (Bria,
-LongCat-Image, Ovis-Image), for tests.
+Bria-Fibo, LongCat-Image, Ovis-Image), for tests.
 
 It re-runs the double-stream blocks by hand with ONE full attention over ``[text, image, concepts]`` and an explicit
 boolean mask (text and image never see concepts; concepts see image and/or concepts according to the mode, never the
 text). ``temb`` is rebuilt from the timestep as each model's ``forward`` builds it, written out per class; concepts are
 modulated by it. RoPE rotates the text and image rows with the ids of the call; concepts sit at id ``(0, 0, 0)``
 (no rotation) unless ``concept_position`` names a text row whose rotation they take (a deliberately wrong variant).
-Layer indices past the double blocks continue into the single blocks (``flux_single_reference``). No code is shared
-with the library's processors.
+Layer indices past the double blocks continue into the single blocks (``references.flux_single``). Bria-Fibo
+rebuilds the second half of the text channels before each double block from a text-encoder layer of its own; the
+reference does the same to the concepts with their per-layer features (``concept_embeds`` is then
+``[C, D_joint + N·D_enc]``). No code is shared with the library's processors.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .flux_single import naive_single_blocks, silu_rows
 def _temb(model: Any, timestep: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
     """``temb [B, d]`` as the class's ``forward`` computes it (float64)."""
     name = type(model).__name__
-    if name == "BriaTransformer2DModel":  # raw timestep; optional guidance embedding added
+    if name in ("BriaTransformer2DModel", "BriaFiboTransformer2DModel"):  # raw timestep; optional guidance embedding added
         temb = model.time_embed(timestep, dtype=torch.float64)
         if guidance is not None and model.config.guidance_embeds:
             temb = temb + model.guidance_embed(guidance, dtype=torch.float64)
@@ -51,6 +53,24 @@ def _text_input(model: Any, embeds: torch.Tensor, skip_norm: bool = False) -> to
     if hasattr(model, "context_embedder_norm") and not skip_norm:
         embeds = model.context_embedder_norm(embeds)
     return model.context_embedder(embeds)
+
+
+def _fibo_split(model: Any, concept_embeds: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Bria-Fibo concepts ``[C, D_joint + N·D_enc]``: their ``encoder_hidden_states`` features and per-block layer
+    features (other models: the embeddings and None)."""
+    if not hasattr(model, "caption_projection"):
+        return concept_embeds, None
+    joint, per_layer = model.config.joint_attention_dim, model.config.text_encoder_dim
+    layers = concept_embeds[:, joint:].unflatten(-1, (-1, per_layer))  # [C, N, D_enc]
+    return concept_embeds[:, :joint], list(layers.unbind(1))
+
+
+def _rebuild_half(stream: torch.Tensor, projection: Any, features: torch.Tensor) -> torch.Tensor:
+    """Bria-Fibo's per-block text input: the stream's first half of channels, then ``projection(features)``."""
+    projected = projection(features.double())  # [B or C, T, d/2] / [C, d/2]
+    if projected.ndim == 2:
+        projected = per_sample(projected, stream.shape[0])  # [B, C, d/2]
+    return torch.cat([stream[..., : stream.shape[-1] // 2], projected], dim=-1)
 
 
 def naive_flux_like_scores(
@@ -74,7 +94,8 @@ def naive_flux_like_scores(
     guidance = inputs.get("guidance")
     temb = _temb(model, inputs["timestep"].double(), None if guidance is None else guidance.double())  # [B, d]
     text = _text_input(model, inputs["encoder_hidden_states"].double())  # [B, T, d]
-    concepts = per_sample(_text_input(model, concept_embeds.double(), skip_text_norm), batch)  # [B, C, d]
+    concept_embeds, concept_layers = _fibo_split(model, concept_embeds.double())
+    concepts = per_sample(_text_input(model, concept_embeds, skip_text_norm), batch)  # [B, C, d]
     num_text, num_concepts = text.shape[1], concepts.shape[1]
     layout = Layout.text_first(num_text, num_image, num_concepts)
     allowed = layout.mask(mode)  # [S, S]
@@ -90,6 +111,9 @@ def naive_flux_like_scores(
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
         attn = block.attn
+        if concept_layers is not None:  # Bria-Fibo: second half of text and concepts from layer `index`
+            text = _rebuild_half(text, model.caption_projection[index], inputs["text_encoder_layers"][index])
+            concepts = _rebuild_half(concepts, model.caption_projection[index], concept_layers[index])
         n_img, *img_mod = block.norm1(hidden, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
         n_txt, *txt_mod = block.norm1_context(text, emb=temb)
         n_con, *con_mod = block.norm1_context(concepts, emb=temb)
