@@ -17,7 +17,6 @@ from conceptattention.testing import (
     tiny_bria_fibo_pipeline,
     tiny_bria_fibo_transformer,
 )
-
 from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_right_not_wrong,

@@ -19,7 +19,6 @@ from conceptattention.testing import (
     tiny_hidream_image_pipeline,
     tiny_hidream_image_transformer,
 )
-
 from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_concepts_permute,

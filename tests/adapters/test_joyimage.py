@@ -22,7 +22,6 @@ from conceptattention.testing import (
     tiny_joyimage_pipeline,
     tiny_joyimage_transformer,
 )
-
 from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_padding_mask_kept,

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from .krea2 import _rope as interleaved_rope
 from .common import (
     Layout,
     blocks_until,
@@ -27,6 +26,7 @@ from .common import (
     per_sample,
     residual_update,
 )
+from .krea2 import _rope as interleaved_rope
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
