@@ -383,7 +383,7 @@ def _write_item(
     mask_options: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Write one item folder atomically; returns its manifest record."""
-    from conceptattention.cli.common import slug
+    from conceptattention.cli.run_folder import slug
     from conceptattention.masks import write_masks
 
     folder_name = f"{_ITEMS}/{item.name}"

@@ -99,7 +99,7 @@ def animation_writer(
     *,
     labels: Sequence[str] | None = None,
 ) -> Callable[[Path], dict[str, Any]]:
-    """A writer for :func:`~conceptattention.cli.common.write_run_folder`'s ``extra_files``.
+    """A writer for :func:`~conceptattention.cli.run_folder.write_run_folder`'s ``extra_files``.
 
     The per-step (or per-block) maps are computed now, so that an error comes before anything is written; the
     frame labels (``labels``, default ``"step 3"`` / ``"block 5"``) are added to ``settings["animate"]``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import environment
+from .run_folder import environment
 
 
 HELP = "print versions, devices and supported models (paste it into bug reports)"

@@ -16,12 +16,8 @@ from .common import (
     check_memory_before_loading,
     check_memory_for_model,
     check_model_concepts,
-    check_output_folder,
     check_sizes,
-    combined_writers,
-    finish_map_command,
     finite_float,
-    head_writer,
     load_model_from_args,
     map_command_settings,
     method_options,
@@ -29,6 +25,7 @@ from .common import (
     seed_int,
 )
 from .mask_options import add_mask_options, check_mask_options, mask_settings, mask_writer
+from .run_folder import check_output_folder, combined_writers, finish_map_command, head_writer
 
 
 HELP = "write concept maps for an existing image (VAE-encode, add noise, one early-exit forward pass)"

@@ -83,7 +83,7 @@ def mask_writer(
     if getattr(args, "masks", None) is None:
         return None
     from ..masks import write_masks
-    from .common import slug
+    from .run_folder import slug
 
     if names is None:
         taken: set[str] = set()
