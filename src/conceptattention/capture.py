@@ -17,7 +17,7 @@ from .config import ConceptAttentionConfig, ConfigError, model_defaults
 from .encoding import ConceptError, encode_concepts_isolated, validate_concepts
 from .encoding import prompt_words as split_prompt_words
 from .errors import ConceptAttentionError
-from .maps import ConceptMaps
+from .maps import ConceptMaps, ConceptMapsError
 from .session import ConceptSession
 
 
@@ -311,9 +311,9 @@ class ConceptAttention(ProcessorSwap):
 
     def __enter__(self) -> ConceptAttention:
         if self._active:
-            raise RuntimeError("This ConceptAttention block is already active; it cannot be entered twice.")
+            raise UnsupportedSetupError("This ConceptAttention block is already active; it cannot be entered twice.")
         if getattr(self.transformer, _ACTIVE_ATTRIBUTE, False):
-            raise RuntimeError(
+            raise UnsupportedSetupError(
                 "Another ConceptAttention block is already active on this transformer; nested or concurrent blocks "
                 "would corrupt each other's maps. Exit the other block first."
             )
@@ -456,7 +456,7 @@ class ConceptAttention(ProcessorSwap):
             raise cache_refusal(active_cache(self.transformer) or "enabled")
         for (attention, _), processor in zip(self._saved_processors, self._our_processors):
             if attention.processor is not processor:
-                raise RuntimeError(
+                raise UnsupportedSetupError(
                     f"The attention processor of a joint block was replaced inside the ConceptAttention block (now "
                     f"{type(attention.processor).__name__}), e.g. by set_attn_processor, fuse_qkv_projections or "
                     "load_ip_adapter. Do that before entering the block."
@@ -551,7 +551,7 @@ class ConceptAttention(ProcessorSwap):
         """
         all_maps = self.batch_maps
         if len(all_maps) != 1:
-            raise ValueError(f"The run produced {len(all_maps)} images; use `.batch_maps` to get one map set per image.")
+            raise ConceptMapsError(f"The run produced {len(all_maps)} images; use `.batch_maps` to get one map set per image.")
         return all_maps[0]
 
     @property

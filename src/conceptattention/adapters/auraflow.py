@@ -30,7 +30,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -205,7 +205,7 @@ class AuraFlowAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} patch grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} patch grid.")
         return frames, height, width
 
     def size_multiple(self, pipeline: Any) -> int:

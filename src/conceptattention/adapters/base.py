@@ -39,6 +39,11 @@ class UnsupportedSetupError(ConceptAttentionError, RuntimeError):
     """The model is set up in a way that would give silently wrong maps (caching, checkpointing, parallelism...)."""
 
 
+class AdapterInputError(ConceptAttentionError, ValueError):
+    """A pipeline, call or image an adapter cannot read (no text encoder, tokens that do not fit the latent grid, an
+    unsupported input layout...); the message says which and what to do."""
+
+
 class ConceptAdapter(ABC):
     """Architecture-specific pieces of ConceptAttention. One subclass per family, registered in the registry.
 
@@ -230,10 +235,10 @@ class ConceptAdapter(ABC):
             ValueError: for an unknown ``image_pooled`` or a size that is not a multiple of :meth:`size_multiple`.
         """
         if image_pooled not in ("zero", "caption"):
-            raise ValueError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
+            raise AdapterInputError(f"image_pooled must be 'zero' or 'caption', got {image_pooled!r}.")
         multiple = self.size_multiple(pipeline)
         if height % multiple or width % multiple:
-            raise ValueError(
+            raise AdapterInputError(
                 f"height and width must be multiples of {multiple} for this {self.name} model, got {height}x{width}."
             )
         request = ExplainRequest(
@@ -351,7 +356,7 @@ def bind_call(
     bound.update({name: kwargs[name] for name in (*names, *keyword_only) if name in kwargs})
     missing = [name for name in required if bound.get(name) is None]
     if missing:
-        raise ValueError(f"{model} was called without {', '.join(missing)}; ConceptAttention needs them.")
+        raise AdapterInputError(f"{model} was called without {', '.join(missing)}; ConceptAttention needs them.")
     return bound
 
 
@@ -428,12 +433,12 @@ def captured_block_input(session: ConceptSession, key: str, what: str) -> Any:
         what: Description for the message (``"the temb of an AuraFlow block"``).
 
     Raises:
-        RuntimeError: if no block pre-hook ran before the attention (a block or attention module called directly).
+        UnsupportedSetupError: if no block pre-hook ran before the attention (a block or attention module called directly).
     """
     call = session.call
     captured = None if call is None else call.inputs.get(key)
     if captured is None:
-        raise RuntimeError(
+        raise UnsupportedSetupError(
             f"{what} was not captured (its block pre-hook did not run before the attention). Call the transformer "
             "itself, not a block or attention module directly."
         )

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .base import AdapterInputError
 from .bria import BriaAdapter
 from .flux_like import FluxLikeConceptAttnProcessor
 from .sd3 import guidance_half_slice
@@ -123,7 +124,7 @@ class BriaFiboConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         assert transformer is not None
         joint, per_layer, layers = fibo_concept_widths(transformer)
         if embeds.shape[-1] != joint + layers * per_layer:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Bria-Fibo concept embeddings must be [C, {joint} + {layers}·{per_layer}] = [C, "
                 f"{joint + layers * per_layer}] (encoder_hidden_states features, then one text-encoder layer per "
                 f"double block); got width {embeds.shape[-1]}."
@@ -206,7 +207,7 @@ class BriaFiboAdapter(BriaAdapter):
         the pipeline assigns layers to blocks. ``[C, D_joint + N·D_enc]``."""
         tokenizer, transformer = getattr(pipeline, "tokenizer", None), getattr(pipeline, "transformer", None)
         if tokenizer is None or getattr(pipeline, "text_encoder", None) is None or transformer is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This Bria-Fibo pipeline has no text encoder, tokenizer or transformer to encode concepts; pass "
                 "`concept_embeds=` (a [C, D_joint + num_layers·D_enc] tensor) instead."
             )

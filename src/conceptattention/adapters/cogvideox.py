@@ -38,7 +38,14 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+)
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, image_pixels, seeded_noise
 from .sd3 import batch_halves_identical, guidance_half_slice
@@ -230,7 +237,7 @@ class CogVideoXAdapter(ConceptAdapter):
         bound = bind_call("CogVideoXTransformer3DModel", _CALL_ARGUMENTS, args, kwargs, required)
         hidden_states = bound["hidden_states"]
         if hidden_states.ndim != 5:
-            raise ValueError(
+            raise AdapterInputError(
                 f"CogVideoX expects latents [B, F, C, H, W]; got hidden_states of shape {tuple(hidden_states.shape)}."
             )
         config = transformer.config
@@ -247,7 +254,7 @@ class CogVideoXAdapter(ConceptAdapter):
         patch, patch_t = call_inputs["patch_size"], call_inputs["patch_size_t"]
         frames, height, width = latent_frames // patch_t, latent_height // patch, latent_width // patch
         if frames * height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} grid of a "
                 f"{latent_frames}x{latent_height}x{latent_width} latent video (patch {patch_t}x{patch}x{patch})."
             )
@@ -312,16 +319,16 @@ class CogVideoXAdapter(ConceptAdapter):
 
         frames = [image] if isinstance(image, PILImage.Image) else list(image)
         if not frames or not all(isinstance(frame, PILImage.Image) for frame in frames):
-            raise ValueError("Give a PIL image or a non-empty sequence of PIL images (the video frames).")
+            raise AdapterInputError("Give a PIL image or a non-empty sequence of PIL images (the video frames).")
         transformer, vae, scheduler = pipeline.transformer, pipeline.vae, pipeline.scheduler
         config = transformer.config
         temporal = int(getattr(pipeline, "vae_scale_factor_temporal", 4))
         if (len(frames) - 1) % temporal:
-            raise ValueError(
+            raise AdapterInputError(
                 f"A CogVideoX video needs 1 + {temporal}·k frames (e.g. 1, 9, 49); got {len(frames)}. Trim the video."
             )
         if config.in_channels != vae.config.latent_channels:
-            raise ValueError(
+            raise AdapterInputError(
                 "This transformer takes image-conditioned latents (CogVideoX image-to-video); the real-video path "
                 "supports text-to-video checkpoints only."
             )

@@ -27,7 +27,14 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+)
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -197,7 +204,7 @@ class CogView4Adapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
         return frames, height, width
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -259,7 +266,7 @@ class CogView4Adapter(ConceptAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None or not hasattr(pipeline, "_get_glm_embeds"):
-            raise ValueError(
+            raise AdapterInputError(
                 "This CogView4 pipeline has no GLM text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, text_embed_dim] tensor) instead."
             )
@@ -270,7 +277,7 @@ class CogView4Adapter(ConceptAdapter):
             own = list(tokenizer(concept, add_special_tokens=False).input_ids)
             offsets = [i for i in range(len(ids) - len(own) + 1) if own and ids[i : i + len(own)] == own]
             if not offsets:
-                raise ValueError(f"Concept {concept!r} has no tokens of its own.")
+                raise AdapterInputError(f"Concept {concept!r} has no tokens of its own.")
             with torch.no_grad():
                 states = pipeline._get_glm_embeds(concept, device=device)[0]  # [pad + len(ids), D_text]
             start = states.shape[0] - len(ids) + offsets[0]  # after the pipeline's left padding

@@ -21,7 +21,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention_packed
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import ConceptAdapter, bind_call
+from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
@@ -212,7 +212,7 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         words = self.session.prompt_words
         assert words is not None
         if int(words.token_index.max()) >= num_text:
-            raise RuntimeError(
+            raise UnsupportedSetupError(
                 f"The prompt's words reach token {int(words.token_index.max())} but the transformer got {num_text} text "
                 "tokens: the text the pipeline encoded is not the prompt that was read."
             )
@@ -370,7 +370,7 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
         height = int(torch.unique(img_ids[:, 1]).numel())
         width = int(torch.unique(img_ids[:, 2]).numel())
         if height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} grid given by img_ids "
                 "(reference-image tokens or custom ids are not supported)."
             )

@@ -35,7 +35,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import ConceptError, pool_token_states
-from .base import UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import AdapterInputError, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .flux import FLUX_TAPS, FluxAdapter
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
@@ -264,7 +264,7 @@ class Flux2Adapter(FluxAdapter):
         # data-dependent, so skipped inside a compiled forward (torch.compile(transformer)); token_grid still
         # refuses reference-image tokens there, when the maps are read
         if not torch.compiler.is_compiling() and torch.unique(img_ids[:, 0]).numel() != 1:
-            raise ValueError(
+            raise AdapterInputError(
                 "This Flux.2 call has reference-image tokens (image editing with `image=`); they have no place "
                 "on the output grid and are not supported by ConceptAttention. Generate without reference images."
             )
@@ -276,7 +276,7 @@ class Flux2Adapter(FluxAdapter):
         height = int(torch.unique(img_ids[:, 1]).numel())
         width = int(torch.unique(img_ids[:, 2]).numel())
         if height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} grid given by img_ids."
             )
         return 1, height, width
@@ -299,7 +299,7 @@ class Flux2Adapter(FluxAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This Flux.2 pipeline has no text encoder/tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, joint_attention_dim] tensor) instead."
             )
@@ -326,7 +326,7 @@ class Flux2Adapter(FluxAdapter):
                 return list(ids[0] if isinstance(ids[0], list | torch.Tensor) else ids)
 
         else:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Unknown Flux.2 pipeline {type(pipeline).__name__}: ConceptAttention knows Flux2Pipeline and "
                 "Flux2KleinPipeline. Pass `concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
             )
@@ -352,7 +352,7 @@ class Flux2Adapter(FluxAdapter):
         hidden = torch.cat([output.hidden_states[index] for index in layers], dim=-1)  # [C, L, len(layers)·h]
         expected = getattr(pipeline.transformer.config, "joint_attention_dim", hidden.shape[-1])
         if hidden.shape[-1] != expected:
-            raise ValueError(
+            raise AdapterInputError(
                 f"The text encoder's layers {layers} give {hidden.shape[-1]}-d states but the transformer expects "
                 f"{expected}-d text; the pipeline's text_encoder_out_layers default does not fit this model."
             )

@@ -44,7 +44,14 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+)
 from .bria_fibo import next_block_features, stash_block_features
 from .processor import ConceptProcessorMixin, _Tap, check_captured
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
@@ -169,7 +176,7 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
         t5, llama, layers = hidream_concept_widths(transformer)
         embeds = session.concept_embeds
         if embeds.shape[-1] != t5 + layers * llama:
-            raise ValueError(
+            raise AdapterInputError(
                 f"HiDream-I1 concept embeddings must be [C, {t5} + {layers}·{llama}] = [C, {t5 + layers * llama}] "
                 f"(T5 state, then one state per tapped Llama layer); got width {embeds.shape[-1]}."
             )
@@ -322,7 +329,7 @@ class HiDreamImageAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         height, width = call_inputs["grid"]
         if height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} patch grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} patch grid.")
         return 1, height, width
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -339,7 +346,7 @@ class HiDreamImageAdapter(ConceptAdapter):
         encoders (masked batches), pooled over the concept's own tokens: ``[C, D_t5 + n·D_llama]``."""
         needed = ("tokenizer_3", "text_encoder_3", "tokenizer_4", "text_encoder_4", "transformer")
         if any(getattr(pipeline, name, None) is None for name in needed):
-            raise ValueError(
+            raise AdapterInputError(
                 "This HiDream-I1 pipeline lacks its T5 or Llama encoder (tokenizer_3/text_encoder_3, "
                 "tokenizer_4/text_encoder_4) to encode concepts; pass `concept_embeds=` (a [C, D_t5 + n·D_llama] "
                 "tensor) instead."

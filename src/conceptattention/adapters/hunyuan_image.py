@@ -31,7 +31,15 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import ExplainBatch, ExplainRequest, UnsupportedSetupError, bind_call, flow_noised, image_pixels
+from .base import (
+    AdapterInputError,
+    ExplainBatch,
+    ExplainRequest,
+    UnsupportedSetupError,
+    bind_call,
+    flow_noised,
+    image_pixels,
+)
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 
@@ -134,7 +142,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
         bound = bind_call("HunyuanImageTransformer2DModel", names, args, kwargs, required=("hidden_states", "timestep"))
         latents = bound["hidden_states"]
         if latents.ndim != 4:
-            raise ValueError(f"HunyuanImage maps need 4-D image latents [B, c, H, W], got shape {tuple(latents.shape)}.")
+            raise AdapterInputError(f"HunyuanImage maps need 4-D image latents [B, c, H, W], got shape {tuple(latents.shape)}.")
         patch_height, patch_width = transformer.config.patch_size[-2:]
         grid = (1, latents.shape[2] // patch_height, latents.shape[3] // patch_width)
         return {"timestep": bound["timestep"], "grid": grid}
@@ -142,7 +150,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
         return frames, height, width
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -202,7 +210,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
         tokenizer = getattr(pipeline, "tokenizer", None)
         template = getattr(pipeline, "prompt_template_encode", None)
         if text_encoder is None or tokenizer is None or template is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This HunyuanImage pipeline has no Qwen2.5-VL text encoder, tokenizer or prompt template to encode "
                 "concepts; pass `concept_embeds=` (a [C, text_embed_dim] tensor) instead."
             )

@@ -30,7 +30,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call
+from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch
@@ -218,7 +218,7 @@ class HunyuanVideoAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} latent grid."
             )
         return frames, height, width
@@ -236,7 +236,7 @@ class HunyuanVideoAdapter(ConceptAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This HunyuanVideo pipeline has no Llama text encoder/tokenizer to encode concepts; pass "
                 "`concept_embeds=` (a [C, text_embed_dim] tensor) instead."
             )

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import bind_call
+from .base import AdapterInputError, bind_call
 from .flux2 import templated_concept_batch
 from .hunyuan_image import HunyuanImageAdapter, HunyuanImageConceptAttnProcessor
 
@@ -106,7 +106,7 @@ class HunyuanVideo15Adapter(HunyuanImageAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This HunyuanVideo 1.5 pipeline has no Qwen2.5-VL text encoder or tokenizer to encode concepts; pass "
                 "`concept_embeds=` (a [C, text_embed_dim] tensor) instead."
             )

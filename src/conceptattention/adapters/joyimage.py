@@ -40,7 +40,14 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+)
 from .hidream_image import ProjectionTapView
 from .processor import ConceptProcessorMixin, check_captured
 
@@ -244,7 +251,7 @@ class JoyImageAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         grid = call_inputs["grid"]
         if grid[0] * grid[1] * grid[2] != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} target tokens on the {grid} patch grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} target tokens on the {grid} patch grid.")
         return grid
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -259,7 +266,7 @@ class JoyImageAdapter(ConceptAdapter):
         ``[C, text_dim]``."""
         tokenizer = getattr(pipeline, "tokenizer", None)
         if tokenizer is None or not hasattr(pipeline, "_get_qwen_prompt_embeds"):
-            raise ValueError(
+            raise AdapterInputError(
                 "This JoyImage pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, text_dim] tensor) instead."
             )
@@ -271,7 +278,7 @@ class JoyImageAdapter(ConceptAdapter):
         for concept in concepts:
             own = len(tokenizer(prefix + concept).input_ids) - prefix_tokens
             if own <= 0 or start < 0:
-                raise ValueError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
+                raise AdapterInputError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
             with torch.no_grad():
                 states, _ = pipeline._get_qwen_prompt_embeds([concept], "image", device)  # [1, L, text_dim]
             content = torch.zeros(1, states.shape[1], dtype=torch.bool, device=states.device)  # [1, L]

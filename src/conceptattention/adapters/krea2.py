@@ -38,7 +38,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -231,7 +231,7 @@ class Krea2Adapter(ConceptAdapter):
         image_ids = call_inputs["image_ids"]  # [I, 3]
         frames, height, width = 1, int(image_ids[:, 1].max()) + 1, int(image_ids[:, 2].max()) + 1
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
         return frames, height, width
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -292,7 +292,7 @@ class Krea2Adapter(ConceptAdapter):
         over the concept's own tokens and flattened: ``[C, num_text_layers·text_hidden_dim]``."""
         tokenizer = getattr(pipeline, "tokenizer", None)
         if tokenizer is None or not hasattr(pipeline, "get_text_hidden_states"):
-            raise ValueError(
+            raise AdapterInputError(
                 "This Krea 2 pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, num_text_layers·text_hidden_dim] tensor) instead."
             )
@@ -303,7 +303,7 @@ class Krea2Adapter(ConceptAdapter):
         for concept in concepts:
             own = len(tokenizer(prefix + concept).input_ids) - prefix_tokens
             if own <= 0 or start < 0:
-                raise ValueError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
+                raise AdapterInputError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
             with torch.no_grad():
                 states, _ = pipeline.get_text_hidden_states([concept], device=device)  # [1, L_text, K, D_text]
             content = torch.zeros(1, states.shape[1], dtype=torch.bool, device=states.device)  # [1, L_text]

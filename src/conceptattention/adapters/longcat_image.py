@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_longcat_image import LongCatImage
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .base import AdapterInputError
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
@@ -98,7 +99,7 @@ class LongCatImageAdapter(FluxLikeAdapter):
         prefix = getattr(pipeline, "prompt_template_encode_prefix", None)
         suffix = getattr(pipeline, "prompt_template_encode_suffix", None)
         if text_encoder is None or tokenizer is None or prefix is None or suffix is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This LongCat-Image pipeline has no text encoder, tokenizer or prompt template to encode concepts; "
                 "pass `concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
             )

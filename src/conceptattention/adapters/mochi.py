@@ -30,6 +30,7 @@ from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import (
+    AdapterInputError,
     ConceptAdapter,
     UnsupportedSetupError,
     bind_call,
@@ -278,7 +279,7 @@ class MochiAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} video tokens on the {frames}x{height}x{width} grid.")
         return frames, height, width
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .base import AdapterInputError
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
@@ -101,7 +102,7 @@ class OvisImageAdapter(FluxLikeAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None or not hasattr(pipeline, "_get_messages"):
-            raise ValueError(
+            raise AdapterInputError(
                 "This Ovis-Image pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, joint_attention_dim] tensor) instead."
             )

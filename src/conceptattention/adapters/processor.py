@@ -25,6 +25,7 @@ from ..core import (
     select_heads,
 )
 from ..session import EarlyExit
+from .base import UnsupportedSetupError
 
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def check_captured(
     """
     missing = [" / ".join(group) for group in groups if not any(key in sink for key in group)]
     if missing:
-        raise RuntimeError(
+        raise UnsupportedSetupError(
             f"diffusers' {type(processor).__name__} did not call {', '.join(missing)} of the attention module, where "
             f"ConceptAttention takes the image tensors. The installed diffusers changed this processor: re-check "
             f"conceptattention.adapters.{module}."
@@ -330,7 +331,7 @@ class ConceptProcessorMixin:
             tensors = with_prompt_rows(tensors, prompt_rows)
         if torch.compiler.is_compiling():  # traced: no branch on the layer (one graph for every block)
             if session.config.keep_heads:
-                raise RuntimeError("keep_heads=True is not available while the blocks run compiled.")
+                raise UnsupportedSetupError("keep_heads=True is not available while the blocks run compiled.")
             session.record(self._layer_scores(tensors)[0])
         elif session.is_selected(self.layer):  # eager: unselected layers compute no scores
             scores, head_scores = self._layer_scores(tensors)

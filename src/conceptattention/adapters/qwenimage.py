@@ -31,7 +31,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import AdapterInputError, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
@@ -239,7 +239,7 @@ class QwenImageAdapter(FluxAdapter):
         first = img_shapes[0] if isinstance(img_shapes, list) else img_shapes
         shapes = first if isinstance(first, list) else [first]
         if len(shapes) != 1:
-            raise ValueError(
+            raise AdapterInputError(
                 f"This Qwen-Image call has {len(shapes)} images per sample (an edit or layered pipeline, condition "
                 "images); their tokens have no place on the output grid. Only text-to-image calls are supported."
             )
@@ -248,7 +248,7 @@ class QwenImageAdapter(FluxAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} image tokens on the {frames}x{height}x{width} grid of img_shapes."
             )
         return frames, height, width
@@ -265,7 +265,7 @@ class QwenImageAdapter(FluxAdapter):
         tokenizer = getattr(pipeline, "tokenizer", None)
         template = getattr(pipeline, "prompt_template_encode", None)
         if text_encoder is None or tokenizer is None or template is None:
-            raise ValueError(
+            raise AdapterInputError(
                 "This Qwen-Image pipeline has no text encoder, tokenizer or prompt template to encode concepts; pass "
                 "`concept_embeds=` (a [C, joint_attention_dim] tensor) instead."
             )

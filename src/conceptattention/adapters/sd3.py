@@ -52,7 +52,7 @@ from torch import nn
 from ..config import ConceptPooling, ConfigError
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
-from .base import ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -335,7 +335,7 @@ class SD3Adapter(ConceptAdapter):
         patch = call_inputs["patch_size"]
         height, width = latent_height // patch, latent_width // patch
         if height * width != num_image_tokens:
-            raise ValueError(
+            raise AdapterInputError(
                 f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} grid of a "
                 f"{latent_height}x{latent_width} latent with patch size {patch}."
             )
@@ -375,14 +375,14 @@ class SD3Adapter(ConceptAdapter):
         if stream == "t5":
             tokenizer, text_encoder = getattr(pipeline, "tokenizer_3", None), getattr(pipeline, "text_encoder_3", None)
             if tokenizer is None or text_encoder is None:
-                raise ValueError(
+                raise AdapterInputError(
                     "This SD3 pipeline has no T5 encoder (tokenizer_3/text_encoder_3) to encode concepts with "
                     "concept_text_encoder='t5'; use the default 'clip' or pass `concept_embeds=`."
                 )
             max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
             pooled = encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_t5]
             if pooled.shape[-1] != joint_dim:
-                raise ValueError(
+                raise AdapterInputError(
                     f"The T5 width {pooled.shape[-1]} differs from the transformer's joint_attention_dim {joint_dim}."
                 )
             return pooled
@@ -390,7 +390,7 @@ class SD3Adapter(ConceptAdapter):
         for tokenizer_name, encoder_name in (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2")):
             tokenizer, text_encoder = getattr(pipeline, tokenizer_name, None), getattr(pipeline, encoder_name, None)
             if tokenizer is None or text_encoder is None:
-                raise ValueError(
+                raise AdapterInputError(
                     f"This SD3 pipeline has no {encoder_name} to encode concepts with CLIP; pass `concept_embeds=` "
                     "or use concept_text_encoder='t5'."
                 )

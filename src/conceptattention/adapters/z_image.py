@@ -39,7 +39,14 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .base import ConceptAdapter, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    UnsupportedSetupError,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+)
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -286,7 +293,7 @@ class ZImageAdapter(ConceptAdapter):
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         frames, height, width = call_inputs["grid"]
         if frames * height * width != num_image_tokens:
-            raise ValueError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
+            raise AdapterInputError(f"Cannot arrange {num_image_tokens} image tokens on the {height}x{width} latent grid.")
         return frames, height, width
 
     def size_multiple(self, pipeline: Any) -> int:
@@ -358,7 +365,7 @@ class ZImageAdapter(ConceptAdapter):
         text_encoder = getattr(pipeline, "text_encoder", None)
         tokenizer = getattr(pipeline, "tokenizer", None)
         if text_encoder is None or tokenizer is None or not hasattr(pipeline, "_encode_prompt"):
-            raise ValueError(
+            raise AdapterInputError(
                 "This Z-Image pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, cap_feat_dim] tensor) instead."
             )
@@ -375,7 +382,7 @@ class ZImageAdapter(ConceptAdapter):
             own = list(tokenizer(concept, add_special_tokens=False).input_ids)
             offsets = [i for i in range(len(ids) - len(own) + 1) if own and ids[i : i + len(own)] == own]
             if not offsets:
-                raise ValueError(f"Concept {concept!r} has no tokens of its own in the pipeline's chat template.")
+                raise AdapterInputError(f"Concept {concept!r} has no tokens of its own in the pipeline's chat template.")
             with torch.no_grad():
                 states = pipeline._encode_prompt([concept], device=device)[0]  # [L, D_text], the unpadded tokens
             content = torch.zeros(1, states.shape[0], dtype=torch.bool, device=states.device)  # [1, L]
