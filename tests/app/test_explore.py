@@ -95,7 +95,7 @@ class TestStepsAndBlocks:
     def test_their_means_are_the_result(self, explored):
         _, result = explored
         for over in ("steps", "blocks"):
-            mean = torch.stack([part.maps for part in result.timeline[over]]).mean(0)
+            mean = torch.stack([part.tensor for part in result.timeline[over]]).mean(0)
             assert torch.allclose(mean, result.maps.tensor, atol=1e-6)
 
     def test_views(self, explored):
@@ -133,7 +133,7 @@ class TestStepsAndBlocks:
         result = service.explain(image_path=str(path), concepts="sea, sky", samples=2, noise_level=0.5)
         assert len(result.timeline["steps"]) == 1  # one noise level
         assert len(result.timeline["blocks"]) == 4
-        mean = torch.stack([part.maps for part in result.timeline["blocks"]]).mean(0)
+        mean = torch.stack([part.tensor for part in result.timeline["blocks"]]).mean(0)
         assert torch.allclose(mean, result.maps.tensor, atol=1e-6)
 
     def test_bad_switch(self, service):

@@ -286,7 +286,7 @@ class TestStableDiffusionXL:
         assert np.array_equal(plain, recorded) and recorder.heat_maps.shape == (1, 77, 8, 8)
         maps = daam_explain(pipe, [random_image(20, 30, 0)] * 2, [["dog", "sky"], ["cat"]], captions=["a dog", ""])
         assert [m.concepts for m in maps] == [("dog", "sky"), ("cat",)] and maps[0].grid_size == (6, 10)  # 12 x 20 px
-        assert all(bool(torch.isfinite(m.maps).all()) and float(m.maps.max()) > 0 for m in maps)
+        assert all(bool(torch.isfinite(m.tensor).all()) and float(m.tensor.max()) > 0 for m in maps)
 
 
 class TestPromptAndTokens:

@@ -50,7 +50,7 @@ def compare(case: PipelineCase, pipe: Any, **overrides: Any) -> ConceptAttention
     maps = attention.batch_maps
     assert len(maps) == len(reference)  # one map set per image / video
     for item in maps:
-        assert item.concepts == CONCEPTS and bool(torch.isfinite(item.maps).all())
+        assert item.concepts == CONCEPTS and bool(torch.isfinite(item.tensor).all())
     return attention
 
 

@@ -137,7 +137,7 @@ class ResultExplorer:
             raise AppInputError("The maps of each step and block were not kept for this result.")
         position = whole_number("The step or block", index, 0, len(parts) - 1)
         chosen = parts[position]
-        return chosen, f"{chosen.config.get('label', over)} ({position + 1} of {len(parts)})"
+        return chosen, f"{chosen.settings.get('label', over)} ({position + 1} of {len(parts)})"
 
     def view(self, run_id: Any, over: Any = "mean", index: Any = 0) -> MapView:
         """The heatmaps, overlays and segmentation of :meth:`shown_maps`, at the result's display size.

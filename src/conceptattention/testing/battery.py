@@ -82,7 +82,7 @@ def make_generate(
 
     def generate(pipe: Any, prompt: str = prompt, seed: int = 0, **kwargs: Any) -> torch.Tensor:
         merged = {**defaults, **kwargs}
-        return getattr(pipe(prompt, generator=torch.Generator().manual_seed(seed), **merged), output)
+        return getattr(pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), **merged), output)
 
     return generate
 
@@ -170,8 +170,8 @@ def assert_cfg_conditional_half(pipe: Any, generate_cfg: Callable[[Any], Any], *
     with ConceptAttention(pipe, ["house", "sea"]) as conditional:
         generate_cfg(pipe)
     assert len(both.batch_maps) == 2 and len(conditional.batch_maps) == 1
-    torch.testing.assert_close(conditional.maps.tensor, both.batch_maps[1].maps, **tolerance)
-    assert not torch.allclose(both.batch_maps[0].maps, both.batch_maps[1].maps)
+    torch.testing.assert_close(conditional.maps.tensor, both.batch_maps[1].tensor, **tolerance)
+    assert not torch.allclose(both.batch_maps[0].tensor, both.batch_maps[1].tensor)
 
 
 def t5_content_states(tokenizer: Any, encoder: Any, concepts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,10 +224,10 @@ def check_explain(
     image = random_image()
     concepts = ["house", "sky"]
     two = explain(pipe, image, concepts, height=height, width=width, num_samples=2, caption="a house")
-    assert two.maps.shape == (2, *grid)
-    torch.testing.assert_close(two.maps.sum(0), torch.ones(grid))
+    assert two.tensor.shape == (2, *grid)
+    torch.testing.assert_close(two.tensor.sum(0), torch.ones(grid))
     one = explain(pipe, image, concepts, height=height, width=width, num_samples=1, caption=one_caption)
-    assert not torch.allclose(one.maps, two.maps)
+    assert not torch.allclose(one.tensor, two.tensor)
     if bad_height is not None:
         with pytest.raises(ValueError, match=bad_match):
             explain(pipe, image, concepts, height=bad_height, width=width)
