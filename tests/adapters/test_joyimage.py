@@ -2,8 +2,7 @@
 modulation tables) with the naive float64 reference, in the text-to-image layout and the editing layout (a reference
 image in the visual sequence: maps of the target only, concepts never see the reference), with both RoPE types, and a
 tiny offline JoyImageEditPipeline on its text-to-image path (the editing path needs a Qwen3-VL processor, not built
-here). Known gap: the pipeline runs CFG as two plain calls, so the unconditional call is recorded too (strict
-xfail). JoyImage Edit Plus: the battery at transformer level on packed inputs (target, a reference of another size,
+here), whose CFG runs as two plain calls per step (only the conditional one is recorded). JoyImage Edit Plus: the battery at transformer level on packed inputs (target, a reference of another size,
 padding patches, masked text)."""
 
 from __future__ import annotations
@@ -129,11 +128,6 @@ transformer, pipe = module_fixtures(TestJoyImageBattery)
 generate = make_generate(GEN_KW)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="JoyImageEditPipeline runs CFG as two plain transformer calls (no cache_context('uncond')), so the "
-    "unconditional call is recorded as a step too; the fix belongs in capture.py",
-)
 def test_cfg_records_only_conditional_calls(pipe):
     with ConceptAttention(pipe, ["house", "sea"]) as ca:
         generate(pipe, **CFG_KW)

@@ -11,15 +11,12 @@ zero (RoPE is the identity for text and concepts), T5 text only. What differs, a
 * **Padding mask.** The pipeline passes an ``attention_mask`` that hides the prompt's padding from every query. The
   joint (image/text) attention keeps it unchanged; concepts never attend to text, so their keys need no mask.
 * **True classifier-free guidance.** ``ChromaPipeline`` runs a conditional and an unconditional transformer call per
-  step without a diffusers ``cache_context``. A call that receives the very latent tensor of the previous call with a
-  different prompt tensor is the unconditional twin of that call: it is neither recorded nor counted as a step
-  (``is_auxiliary_call``). Calling a bare transformer twice on the same latent tensor with two different prompt
-  tensors inside one ``with`` block is therefore read as true CFG as well.
+  step without a diffusers ``cache_context``: the second one is recognised as the unconditional twin
+  (:mod:`~conceptattention.adapters.cfg_twins`) and neither recorded nor counted as a step.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +26,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import bind_call, block_input_grabbers, captured_block_input
+from .cfg_twins import SequentialCFGTwins, call_tensors
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 from .flux_single import BlockTembSingleConceptAttnProcessor, FluxSingleConceptAttnProcessor
 from .real_images import ExplainBatch, ExplainRequest
@@ -41,12 +39,6 @@ if TYPE_CHECKING:
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
 BLOCK_TEMB_KEY = "chroma_block_temb"
-#: Key of the captured call inputs flagging the unconditional call of the pipeline's true CFG.
-TRUE_CFG_TWIN_KEY = "chroma_true_cfg_unconditional"
-#: Key of the captured call inputs holding weak references to the call's latent and prompt tensors.
-CALL_TENSORS_KEY = "chroma_call_tensors"
-#: Key of ``session.adapter_state`` holding the previous call's :data:`CALL_TENSORS_KEY` entry (true-CFG detection).
-PREVIOUS_CALL_KEY = "chroma_previous_call"
 
 
 class ChromaConceptAttnProcessor(FluxConceptAttnProcessor):
@@ -100,7 +92,7 @@ class ChromaSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
     )
 
 
-class ChromaAdapter(FluxAdapter):
+class ChromaAdapter(SequentialCFGTwins, FluxAdapter):
     """Adapter for Chroma (``ChromaTransformer2DModel``): FLUX.1 blocks with per-block modulation and T5 only.
 
     Example:
@@ -123,37 +115,8 @@ class ChromaAdapter(FluxAdapter):
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         names = ("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")
         bound = bind_call("ChromaTransformer2DModel", names, args, kwargs, required=("timestep", "img_ids"))
-        latents, prompt = bound.get("hidden_states"), bound.get("encoder_hidden_states")
-        tensors = isinstance(latents, torch.Tensor) and isinstance(prompt, torch.Tensor)
-        return {
-            "timestep": bound["timestep"],
-            "img_ids": bound["img_ids"],
-            # weak references: the call inputs outlive the call (the first recorded one gives the token grid)
-            CALL_TENSORS_KEY: (weakref.ref(latents), weakref.ref(prompt)) if tensors else None,
-        }
-
-    def observe_call(self, session: ConceptSession, call_inputs: dict[str, Any]) -> None:
-        """Flag the call that gets the very latent tensor of the previous call with another prompt tensor.
-
-        ``ChromaPipeline`` runs true classifier-free guidance as two calls per step on the same ``latents`` object
-        (prompt, then negative prompt) without a diffusers ``cache_context``; the second one is unconditional. The
-        previous call is remembered in ``session.adapter_state``, so each ``with`` block starts without one.
-        """
-        current = call_inputs.get(CALL_TENSORS_KEY)
-        previous = session.adapter_state.get(PREVIOUS_CALL_KEY)
-        twin = (
-            current is not None
-            and previous is not None
-            and previous[0]() is current[0]()
-            and previous[1]() is not current[1]()
-        )
-        call_inputs[TRUE_CFG_TWIN_KEY] = twin
-        # after a twin the next call starts a new step: it must bring new latents to be a twin again
-        session.adapter_state[PREVIOUS_CALL_KEY] = None if twin else current
-
-    def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
-        """The unconditional call of ``ChromaPipeline``'s true CFG: neither recorded nor counted as a step."""
-        return bool(call_inputs.get(TRUE_CFG_TWIN_KEY, False))
+        twins = call_tensors(bound.get("hidden_states"), bound.get("encoder_hidden_states"))
+        return {"timestep": bound["timestep"], "img_ids": bound["img_ids"], **twins}
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
         """Block pre-hooks that hand each double block's ``temb`` to its processor (single blocks' too)."""

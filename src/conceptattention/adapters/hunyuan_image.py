@@ -124,7 +124,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     official_default_layers = "last 4 double blocks (HunyuanImage 2.1: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference (guidance-distilled variant too); tiny offline pipeline (glyph prompts; "
-        "guider CFG bit-identical, but its unconditional call is recorded too); concept encoding checked against the "
+        "guider CFG bit-identical, only its conditional call recorded); concept encoding checked against the "
         "pipeline's own prompt encoder; explain path (maps equal to a direct call on the same noised latents)"
     )
 

@@ -78,7 +78,7 @@ class HunyuanVideo15Adapter(HunyuanImageAdapter):
     official_default_layers = "last 4 blocks (HunyuanVideo 1.5: 50-53; no official choice)"
     tested = (
         "adapter battery + naive reference (text-to-video and image-to-video token layouts); tiny offline pipeline "
-        "(guider CFG bit-identical, but its unconditional call is recorded too); concept encoding checked against "
+        "(guider CFG bit-identical, only its conditional call recorded); concept encoding checked against "
         "the pipeline's own prompt encoder; no explain path"
     )
 

@@ -48,6 +48,7 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
+from .cfg_twins import SequentialCFGTwins, call_tensors
 from .hidream_image import ProjectionTapView
 from .processor import ConceptProcessorMixin, check_captured
 
@@ -206,7 +207,7 @@ class JoyImageEditPlusConceptAttnProcessor(JoyImageConceptAttnProcessor):
         return _apply_rotary_emb_batched(query, key, (cos[:, :target], sin[:, :target]))
 
 
-class JoyImageAdapter(ConceptAdapter):
+class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
     """Adapter for JoyImage Edit (``JoyImageEditTransformer3DModel``, ``JoyImageEditPipeline``); maps of the
     generated (target) image only.
 
@@ -229,8 +230,8 @@ class JoyImageAdapter(ConceptAdapter):
     fused_qkv = "always fused (img_attn_qkv / txt_attn_qkv)"
     tested = (
         "adapter battery + naive reference (text-to-image and edit layouts, rope and mrope); tiny offline pipeline "
-        "(text-to-image path) bit-identical with and without CFG, but its unconditional CFG call is recorded too "
-        "(strict xfail); concept encoding checked against the pipeline's prompt encoding; no explain path"
+        "(text-to-image path) bit-identical with and without CFG (its two-call CFG: only the conditional call "
+        "recorded); concept encoding checked against the pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -242,7 +243,8 @@ class JoyImageAdapter(ConceptAdapter):
         frames, height, width = latents.shape[-3:]
         patch = transformer.config.patch_size
         grid = (frames // patch[0], height // patch[1], width // patch[2])
-        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2]}
+        twins = call_tensors(latents, bound.get("encoder_hidden_states"))  # true CFG: two calls per step
+        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2], **twins}
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
         """Block pre-hooks that hand each block's ``temb`` to its processor."""

@@ -39,6 +39,7 @@ from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .cfg_twins import SequentialCFGTwins, call_tensors
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -187,7 +188,7 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         call.concept_hidden_states = concepts + postgate * mlp
 
 
-class Krea2Adapter(ConceptAdapter):
+class Krea2Adapter(SequentialCFGTwins, ConceptAdapter):
     """Adapter for Krea 2 (``Krea2Transformer2DModel``, ``Krea2Pipeline``): the single-stream extension of
     ConceptAttention (beyond the paper; see the module docstring and docs/models.md).
 
@@ -211,8 +212,9 @@ class Krea2Adapter(ConceptAdapter):
     official_default_layers = "last 4 blocks (Krea 2: 24-27; no official choice)"
     tested = (
         "single-stream extension (beyond the paper): adapter battery + naive float64 reference (one masked attention "
-        "over [text, image, concepts]); tiny offline pipeline, bit-identical with and without CFG, but its "
-        "unconditional CFG call is recorded too (strict xfail); concept encoding checked against the pipeline's prompt encoding; explain path"
+        "over [text, image, concepts]); tiny offline pipeline, bit-identical with and without CFG (its two-call CFG: "
+        "only the conditional call recorded); concept encoding checked against the pipeline's prompt encoding; "
+        "explain path"
     )
 
     def install_hooks(self, transformer: nn.Module, session: Any) -> list[Any]:
@@ -225,7 +227,8 @@ class Krea2Adapter(ConceptAdapter):
         num_image = bound["hidden_states"].shape[1]
         # the image ids (0, h, w) on the latent grid, [I, 3]: read (a host sync) only when the maps are built
         image_ids = bound["position_ids"][-num_image:]
-        return {"timestep": bound["timestep"], "image_ids": image_ids, "num_image_tokens": num_image}
+        twins = call_tensors(bound["hidden_states"], bound["encoder_hidden_states"])  # true CFG: two calls per step
+        return {"timestep": bound["timestep"], "image_ids": image_ids, "num_image_tokens": num_image, **twins}
 
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
         image_ids = call_inputs["image_ids"]  # [I, 3]
