@@ -7,7 +7,6 @@ padding patches, masked text)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 from diffusers.models.transformers.transformer_joyimage import JoyImageAttnProcessor
 from diffusers.models.transformers.transformer_joyimage_edit_plus import JoyImageEditPlusAttnProcessor
