@@ -170,7 +170,7 @@ class TestExplain:
         assert maps.tensor.shape == (2, 1, 2, 3)
         torch.testing.assert_close(maps.tensor.sum(0), torch.ones(1, 2, 3))
         maps15 = explain(pipe15, image, ["cat", "sky"], height=16, width=24)  # 1 latent frame padded to 2
-        assert maps15.maps.shape == (2, 1, 2, 3)
+        assert maps15.tensor.shape == (2, 1, 2, 3)
 
     def test_video_frames_and_noise(self, pipe):
         frames = [Image.new("RGB", (24, 16), (10 * i, 50, 200 - 10 * i)) for i in range(9)]

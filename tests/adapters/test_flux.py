@@ -377,7 +377,7 @@ class TestMethod:
         with ConceptAttention(pipe, ["dog", "sky"]) as ca:
             generate(pipe, num_images_per_prompt=2, height=48, width=32)
         assert len(ca.batch_maps) == 2
-        assert ca.batch_maps[0].maps.shape == (2, 1, 24, 16)
+        assert ca.batch_maps[0].tensor.shape == (2, 1, 24, 16)
         with pytest.raises(ValueError, match="batch_maps"):
             _ = ca.maps
 
@@ -407,11 +407,11 @@ class TestExplain:
         one = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=1)
         three = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=3)
         chunked = explain(pipe, image, ["dog", "sky"], height=32, width=32, num_samples=3, samples_per_batch=2)
-        assert not torch.allclose(one.maps, three.maps)
-        torch.testing.assert_close(three.maps, chunked.maps)
+        assert not torch.allclose(one.tensor, three.tensor)
+        torch.testing.assert_close(three.tensor, chunked.tensor)
         # mean over samples of single-sample maps (seeds 0, 1, 2)
-        singles = [explain(pipe, image, ["dog", "sky"], height=32, width=32, seed=s).maps for s in range(3)]
-        torch.testing.assert_close(three.maps, torch.stack(singles).mean(0))
+        singles = [explain(pipe, image, ["dog", "sky"], height=32, width=32, seed=s).tensor for s in range(3)]
+        torch.testing.assert_close(three.tensor, torch.stack(singles).mean(0))
 
     def test_early_exit_skips_single_blocks(self, pipe, image):
         calls = []

@@ -118,7 +118,7 @@ class TestMethod:
         with ConceptAttention(model, concept_embeds=embeds, layers=[-1], softmax=False) as ca:
             model(**inputs)
         assert_close_scaled(batch_logits(ca), naive_sd3_scores(model, inputs, embeds, [2])[0].float())  # [B, C, I]
-        assert ca.batch_maps[0].config["resolved_layers"] == ["transformer_blocks.2"]
+        assert ca.batch_maps[0].settings["resolved_layers"] == ["transformer_blocks.2"]
 
     def test_feed_forward_chunking_is_honoured(self):
         model = tiny_sd3_transformer()
@@ -378,11 +378,11 @@ class TestExplain:
         finally:
             handle.remove()
         assert calls == []  # early exit after the last joint block
-        assert two.maps.shape == (2, 1, 8, 12)
-        torch.testing.assert_close(two.maps.sum(0), torch.ones(1, 8, 12))
-        singles = [explain(pipe, image, ["cat", "sky"], height=32, width=48, seed=seed).maps for seed in (0, 1)]
+        assert two.tensor.shape == (2, 1, 8, 12)
+        torch.testing.assert_close(two.tensor.sum(0), torch.ones(1, 8, 12))
+        singles = [explain(pipe, image, ["cat", "sky"], height=32, width=48, seed=seed).tensor for seed in (0, 1)]
         assert not torch.allclose(singles[0], singles[1])
-        torch.testing.assert_close(two.maps, torch.stack(singles).mean(0))
+        torch.testing.assert_close(two.tensor, torch.stack(singles).mean(0))
 
     def test_default_resolution_and_bad_size(self, pipe, image):
         pipe.default_sample_size = 16  # 16 latent px · VAE 2 → a 32×32 target area

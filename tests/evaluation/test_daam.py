@@ -325,15 +325,15 @@ class TestExplain:
         assert [maps.concepts for maps in batched] == [("dog", "grass"), ("cat", "sky", "grass")]
         assert all(maps.grid_size == (8, 12) and maps.num_frames == 1 for maps in batched)
         assert all(bool((maps.tensor >= 0).all()) and float(maps.tensor.max()) > 0 for maps in batched)
-        assert batched[1].config["prompt"] == "a cat, a cat, a sky, a grass"
+        assert batched[1].settings["prompt"] == "a cat, a cat, a sky, a grass"
         alone = daam_explain(
             pipe, images[1:], concepts[1:], captions=["a cat"], num_samples=2, height=16, width=24, seed=3
         )
-        assert torch.allclose(alone[0].maps, batched[1].maps, atol=1e-6)
+        assert torch.allclose(alone[0].tensor, batched[1].tensor, atol=1e-6)
         other_seed = daam_explain(
             pipe, images[1:], concepts[1:], captions=["a cat"], num_samples=2, height=16, width=24
         )
-        assert not torch.allclose(other_seed[0].maps, batched[1].maps)
+        assert not torch.allclose(other_seed[0].tensor, batched[1].tensor)
 
     def test_default_resolution_keeps_the_aspect_ratio(self, pipe: Any) -> None:
         (maps,) = daam_explain(pipe, [random_image(10, 40, 0)], [["dog", "sky"]])

@@ -289,7 +289,7 @@ def score_scene(
     Maps are resized to the label resolution as the runner does (bilinear, ``align_corners=False``, or nearest).
 
     Args:
-        maps: Float ``[C, h, w]`` maps, concepts in ``concept_set.concepts`` order (e.g. ``ConceptMaps.maps[:, 0]``).
+        maps: Float ``[C, h, w]`` maps, concepts in ``concept_set.concepts`` order (e.g. ``ConceptMaps.tensor[:, 0]``).
         concept_set: The concept set the maps were computed with.
         sample: The :class:`~conceptattention.shapesworld.ShapesWorldSample` (masks via ``concept_mask``).
         upsample: ``"bilinear"`` or ``"nearest"``.
