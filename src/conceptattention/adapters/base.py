@@ -128,6 +128,15 @@ class ConceptAdapter(ABC):
                 remedy=self.stock_processor_remedy,
             )
 
+    def require_qk_norm(self, transformer: nn.Module, message: str) -> None:
+        """Raise :class:`UnsupportedSetupError` with ``message`` unless the attention module
+        (:attr:`attention_attribute`) of every joint block has a QK-norm (``norm_q`` and ``norm_k``), where the concept
+        branch takes the image queries and keys."""
+        for block in self.joint_blocks(transformer):
+            attn = getattr(block, self.attention_attribute)
+            if attn.norm_q is None or attn.norm_k is None:
+                raise UnsupportedSetupError(message)
+
     def check_stock_processors(
         self,
         transformer: nn.Module,

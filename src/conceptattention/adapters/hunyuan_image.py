@@ -35,7 +35,6 @@ from .base import (
     AdapterInputError,
     ExplainBatch,
     ExplainRequest,
-    UnsupportedSetupError,
     bind_call,
     flow_noised,
     image_pixels,
@@ -129,12 +128,11 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     )
 
     def check_model(self, transformer: nn.Module) -> None:
-        attn = transformer.transformer_blocks[0].attn if len(transformer.transformer_blocks) else None
-        if attn is not None and (attn.norm_q is None or attn.norm_k is None):
-            raise UnsupportedSetupError(
-                "This HunyuanImage transformer has no QK-norm (qk_norm=None), where ConceptAttention takes the image "
-                "queries and keys; only the released configuration (qk_norm='rms_norm') is supported."
-            )
+        self.require_qk_norm(
+            transformer,
+            "This HunyuanImage transformer has no QK-norm (qk_norm=None), where ConceptAttention takes the image "
+            "queries and keys; only the released configuration (qk_norm='rms_norm') is supported.",
+        )
         super().check_model(transformer)
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -36,11 +36,10 @@ from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .cfg_twins import SequentialCFGTwins, call_tensors
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .processor import ConceptProcessorMixin
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
 
@@ -90,10 +89,6 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -103,10 +98,8 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     ) -> torch.Tensor:
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, attention_mask, image_rotary_emb)
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
-        output = self.original(AttentionView(attn, sink, taps), hidden_states, attention_mask, image_rotary_emb)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "krea2")
+        taps = self._space_taps("norm_k", "to_v")
+        output, sink = self._run_on_view(attn, taps, "krea2", hidden_states, attention_mask, image_rotary_emb)
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return output
 
@@ -162,25 +155,11 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         image_value = all_heads(heads(sink["to_v"][:, image_rows], attn.num_kv_heads))  # [B, I, H, D]
         image_output = sink["to_out"][:, image_rows]  # [B, I, H·D], gated, before to_out[0]
         image_query = rope(sink["norm_q"][:, image_rows], image_rows) if "norm_q" in sink else None
-        concept_output = concept_attention(
-            concept_query,
-            concept_key,
-            concept_value,
-            image_key,
-            image_value,
-            session.config.concept_attention,
-            self._attend,
-        )
         gate = torch.sigmoid(attn.to_gate(normed))  # [B, C, H·D]
-        concept_output = (concept_output.flatten(2, 3) * gate).to(image_output.dtype)  # [B, C, H·D]
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        concept_output = self._attend_and_record(  # [B, C, H·D], gated, or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query, gate
+        )
+        if concept_output is None:
             return
         # advance the concept residual stream as Krea2TransformerBlock advances every token
         concepts = concepts + pregate * attn.to_out[0](concept_output)

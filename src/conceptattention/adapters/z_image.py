@@ -47,7 +47,7 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .processor import ConceptProcessorMixin
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
 
@@ -122,10 +122,6 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -136,11 +132,9 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
     ) -> torch.Tensor:
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
-        view = AttentionView(attn, sink, taps)
-        output = self.original(view, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "z_image")
+        taps = self._space_taps("norm_k", "to_v")
+        args = (hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
+        output, sink = self._run_on_view(attn, taps, "z_image", *args)
         self._concept_branch(attn, sink, hidden_states, freqs_cis)
         return output
 
