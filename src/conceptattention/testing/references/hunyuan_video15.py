@@ -4,8 +4,8 @@ It rebuilds the text stream as the model does (refined prompt + type 0, ByT5 gly
 2, valid tokens first, padding zeroed) and re-runs the blocks by hand with ONE full attention over
 ``[video, text, concepts]`` and an explicit boolean mask (a video or valid text query sees the video and the valid
 text; a padded text query sees nothing; concepts see the video and/or the concepts). RoPE rotates the video rows
-only. Each concept is refined on its own and gets the type-0 embedding. The blocks run as HunyuanVideo's reference runs them
-(:func:`.hunyuan_video.double_stream_scores`). No code is shared with the library.
+only. Each concept is refined on its own and gets the type-0 embedding. The blocks run as HunyuanVideo's reference
+runs them (:func:`.hunyuan_video.double_stream_scores`). No code is shared with the library.
 """
 
 from __future__ import annotations
