@@ -1,7 +1,7 @@
 """State and helpers shared by every concept-attention processor (FLUX.1, Chroma, Flux.2, Qwen-Image, HunyuanVideo,
 SD3, CogVideoX, AuraFlow, ...): the attention views that capture the stock processor's tensors, the stock-source
-fingerprints, the per-block concept text features of Bria-Fibo and HiDream-I1, and the mixin that records the scores; the
-native-SDPA fast path serves the dispatch-based (diffusers ``AttentionModuleMixin``) ones."""
+fingerprints, the per-block concept text features of Bria-Fibo and HiDream-I1, and the mixin that records the
+scores; the native-SDPA fast path serves the dispatch-based (diffusers ``AttentionModuleMixin``) ones."""
 
 from __future__ import annotations
 
@@ -253,7 +253,8 @@ def stash_block_features(
         features: ``[C, N, D_enc]``, the concepts' features of the layers the ``N`` double blocks take.
         batch: Rows of the call's batch.
     """
-    projected = torch.stack([projections[index](features[:, index]) for index in range(features.shape[1])])  # [N, C, d']
+    projected = torch.stack([projections[index](features[:, index]) for index in range(features.shape[1])])
+    # projected: [N, C, d']
     session.call.inputs[BLOCK_FEATURES_KEY] = projected.unsqueeze(1).expand(-1, batch, -1, -1)  # [N, B, C, d']
     session.call.inputs[BLOCK_COUNTER_KEY] = torch.zeros(1, dtype=torch.long, device=features.device)
 

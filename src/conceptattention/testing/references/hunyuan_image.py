@@ -3,8 +3,9 @@
 It re-runs the double-stream blocks of a ``HunyuanImageTransformer2DModel`` by hand with ONE full attention over
 ``[image, text, concepts]`` and an explicit boolean mask (image and text see the image and the unpadded text; concepts
 see the image and/or the concepts, never the text). RoPE rotates the image rows only. Each concept is run through the
-token refiner on its own, in a Python loop; ``temb`` is rebuilt from the timestep (and guidance). The blocks run as HunyuanVideo's reference runs them
-(:func:`.hunyuan_video.double_stream_scores`). No code is shared with the library's processors.
+token refiner on its own, in a Python loop; ``temb`` is rebuilt from the timestep (and guidance). The blocks run as
+HunyuanVideo's reference runs them (:func:`.hunyuan_video.double_stream_scores`). No code is shared with the library's
+processors.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ def naive_hunyuan_image_scores(
     text = model.context_embedder(inputs["encoder_hidden_states"].double(), timestep, text_mask)  # [B, T, d]
     batch, num_image = image.shape[:2]
     if refine_concepts_together:  # deliberately wrong: all concepts refined as one prompt
-        together = [model.context_embedder(concept_embeds.double()[None], timestep[s : s + 1])[0] for s in range(batch)]
-        concepts = torch.stack(together)  # [B, C, d]
+        embeds = concept_embeds.double()[None]  # [1, C, D_text]: one prompt
+        concepts = torch.stack([model.context_embedder(embeds, timestep[s : s + 1])[0] for s in range(batch)])  # [B, C, d]
     else:
         concepts = refine_each_concept(model, concept_embeds, timestep)  # [B, C, d]
     num_text = text.shape[1]
