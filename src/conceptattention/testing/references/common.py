@@ -191,6 +191,14 @@ def joint_qkv(
     return torch.cat(queries, dim=1), torch.cat(keys, dim=1), torch.cat(values, dim=1)
 
 
+def interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on interleaved pairs (CogVideoX's, Krea 2's and JoyImage's convention): ``x [B, S, H, D]``,
+    ``cos/sin [S, D]`` (each pair's value repeated)."""
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
+    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
+    return x * cos[None, :, None] + rotated * sin[None, :, None]
+
+
 def rotate_rows(x: torch.Tensor, rows: slice, rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``x [B, S, H, D]`` with ``rotate`` (a RoPE) applied to the rows ``x[:, rows]`` only."""
     start = rows.start or 0
