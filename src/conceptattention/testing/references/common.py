@@ -260,3 +260,43 @@ def concept_scores(
     if space == "value":
         return torch.einsum("bihd,bchd->bci", value[:, image], value[:, concepts]) / heads
     raise ValueError(f"unknown space {space!r}")
+
+
+# --- blocks -------------------------------------------------------------------------------------------------------
+
+
+def double_block(
+    block: Any,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tembs: tuple[torch.Tensor, torch.Tensor],
+    layout: Layout,
+    allowed: torch.Tensor,
+    mode: str,
+    rotate: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One FLUX.1-style double-stream block (FLUX.1, its relatives, HunyuanVideo's family) run by hand.
+
+    ``streams = (image [B, I, d], text [B, T, d], concepts [B, C, d])`` go through ``norm1`` / ``norm1_context``
+    (AdaLayerNormZero) modulated by ``tembs = (temb of image and text, temb of the concepts)`` ``[B, d]``; ONE masked
+    attention (``allowed``) over the rows in ``layout``'s order, after ``rotate`` (the RoPE of the rows it rotates,
+    on ``[B, S, H, D]``) of the queries and keys; then the gated residual updates (``to_out[0]`` / ``to_add_out``,
+    ``norm2`` / ``norm2_context``, ``ff`` / ``ff_context``).
+
+    Returns:
+        ``(query, key, value, output)`` of the attention (the :func:`concept_scores` inputs) and the advanced streams.
+    """
+    image, text, concepts = streams
+    temb, temb_concepts = tembs
+    attn = block.attn
+    n_img, *img_mod = block.norm1(image, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
+    n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+    n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
+    rows = [(n_txt, True), (n_img, False)] if layout.text.start == 0 else [(n_img, False), (n_txt, True)]
+    query, key, value = joint_qkv(attn, [*rows, (n_con, True)])  # [B, S, H, D], in the layout's row order
+    query, key = rotate(query), rotate(key)
+    output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+    o_img, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
+    image = residual_update(image, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
+    text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
+    concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+    return (query, key, value, output), (image, text, concepts)

@@ -17,11 +17,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from .common import (
     Layout,
     blocks_until,
-    concept_attention,
     concept_scores,
-    joint_qkv,
+    double_block,
     key_mask,
-    residual_update,
     rotate_rows,
 )
 
@@ -91,26 +89,17 @@ def double_stream_scores(
     HunyuanImage), run by hand on ``streams = (image or video [B, I, d], text [B, T, d], concepts [B, C, d])``:
     ``norm1`` / ``norm1_context`` modulated by ``tembs = (temb of image and text, temb of the concepts)`` ``[B, d]``,
     one masked attention (``allowed``, ``[B, S, S]``) over ``[image, text, concepts]`` with the RoPE table
-    ``rotary = (cos, sin)`` ``[I, D]`` on the image rows only, then the residual updates."""
-    image, text, concepts = streams
-    temb, temb_concepts = tembs
+    ``rotary = (cos, sin)`` ``[I, D]`` on the image rows only, then the residual updates (:func:`.common.double_block`).
+    """
 
     def rope(x: torch.Tensor) -> torch.Tensor:
         return apply_rotary_emb(x, rotary, sequence_dim=1)
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
-        n_img, *img_mod = block.norm1(image, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
-        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
-        n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
-        query, key, value = joint_qkv(attn, [(n_img, False), (n_txt, True), (n_con, True)])  # [B, S, H, D]
-        query, key = rotate_rows(query, layout.image, rope), rotate_rows(key, layout.image, rope)  # image rows only
-        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        attention, streams = double_block(
+            block, streams, tembs, layout, allowed, mode, lambda x: rotate_rows(x, layout.image, rope)
+        )  # RoPE on the image rows only
         if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_img, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
-        image = residual_update(image, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+            scores.append(concept_scores(space, *attention, layout))
     return torch.stack(scores)  # [L, B, C, I]
