@@ -29,8 +29,14 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..core import concept_attention
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    encode_concepts_masked,
+)
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
 
@@ -225,12 +231,9 @@ class AuraFlowAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """UMT5 states of all concepts in one masked batch (as AuraFlow encodes prompts), pooled: ``[C, 2048]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This AuraFlow pipeline has no UMT5 text encoder"
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This AuraFlow pipeline has no UMT5 text encoder", 256
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 

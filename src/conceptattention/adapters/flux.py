@@ -20,8 +20,8 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..core import concept_attention_packed
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
+from ..encoding import pipeline_text_encoder
+from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
@@ -379,12 +379,9 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer_2", "text_encoder_2", "This Flux pipeline has no T5 text encoder"
-        )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
+        description = "This Flux pipeline has no T5 text encoder"
+        names = ("tokenizer_2", "text_encoder_2")
+        return encode_concepts_masked(pipeline, concepts, pooling, device, description, 512, names)  # [C, D_text]
 
     def prompt_word_source(self, pipeline: Any, arguments: dict[str, Any]) -> tuple[Any, str | list[str] | None, int]:
         """For prompt-word maps: the T5 tokenizer, the prompt T5 encodes (``prompt_2``, else ``prompt``; None when

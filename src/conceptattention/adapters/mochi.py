@@ -27,13 +27,13 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import (
     AdapterInputError,
     ConceptAdapter,
     bind_call,
     block_input_grabbers,
     captured_block_input,
+    encode_concepts_masked,
 )
 from .processor import ConceptProcessorMixin
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
@@ -274,12 +274,9 @@ class MochiAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """T5 states of all concepts in one masked batch (as Mochi encodes prompts), pooled: ``[C, 4096]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This Mochi pipeline has no T5 text encoder"
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This Mochi pipeline has no T5 text encoder", 256
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         raise NotImplementedError(
