@@ -28,7 +28,6 @@ from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0, Fused
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from .base import (
     AdapterInputError,
     ConceptAdapter,
@@ -129,7 +128,6 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         if call.concept_hidden_states is None:
             call.concept_hidden_states = self._concept_tokens(image_output, transformer.context_embedder)  # [B, C, d]
         concepts = call.concept_hidden_states  # [B, C, d]
-        config = session.config
 
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=temb)
         batch = normed.shape[0]
@@ -155,19 +153,10 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
             )  # [B, H, C, D]
             return output.transpose(1, 2)  # [B, C, H, D]
 
-        concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, attend
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query, attend=attend
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
-
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        if concept_output is None:
             return
         # Advance the concept stream exactly as AuraFlowJointTransformerBlock advances the text stream (post-norm).
         updated = block.norm2_context(concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output))

@@ -386,6 +386,7 @@ class ConceptProcessorMixin:
         image_output: torch.Tensor,
         image_query: torch.Tensor | None,
         output_gate: torch.Tensor | None = None,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """The concept attention of this block (queries/keys/values ``[B, C, H, D]``, image keys/values
         ``[B, I, H, D]``, the config's concept-attention mode) and its recorded scores.
@@ -395,6 +396,8 @@ class ConceptProcessorMixin:
             image_query: The image queries ``[B, I, H, D]`` (the cross-attention space), else None.
             output_gate: Multiplied into the concept attention output ``[B, C, H·D]`` before the cast (Krea 2's
                 gated attention), else None.
+            attend: The attention of the concept rows on ``[B, S, H, D]`` tensors (default :meth:`_attend`, the
+                model's backend; AuraFlow passes its own scale).
 
         Returns:
             The concept attention output ``[B, C, H·D]`` in ``image_output``'s dtype, to advance the concept stream;
@@ -407,7 +410,7 @@ class ConceptProcessorMixin:
             image_key,
             image_value,
             self.session.config.concept_attention,
-            self._attend,
+            self._attend if attend is None else attend,
         )
         concept_output = concept_output.flatten(2, 3)  # [B, C, H, D] -> [B, C, H·D]
         if output_gate is not None:
