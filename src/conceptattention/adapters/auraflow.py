@@ -18,7 +18,6 @@ What AuraFlow needs:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +36,7 @@ from .base import (
     encode_concepts_masked,
 )
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:
@@ -229,11 +228,7 @@ class AuraFlowAdapter(ConceptAdapter):
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         multiple = self.size_multiple(pipeline)
         side = int(pipeline.transformer.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched AuraFlow call on the noised image (no guidance batch; ``image_pooled`` does not apply)."""

@@ -20,6 +20,7 @@ from ..config import ConceptPooling
 from .base import encode_concepts_masked
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
+from .real_images import area_resolution
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
@@ -97,12 +98,7 @@ class BriaAdapter(FluxLikeAdapter):
         """About ``default_sample_size · vae_scale_factor`` pixels a side (1024² for Bria 3.x), aspect ratio kept."""
         multiple = self.size_multiple(pipeline)
         side = int(getattr(pipeline, "default_sample_size", 64)) * multiple
-        width, height = image_size
-        scale = (side * side / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, side * side, multiple)
 
     def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
         prompt_embeds, _, text_ids = pipeline.encode_prompt(

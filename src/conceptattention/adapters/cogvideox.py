@@ -27,7 +27,6 @@ content tokens (before ``</s>``) are pooled, never one token per concept.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -47,7 +46,7 @@ from .base import (
     captured_block_input,
 )
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, image_pixels, seeded_noise
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, image_pixels, seeded_noise
 from .sd3 import batch_halves_identical, guidance_half_slice
 
 
@@ -292,11 +291,7 @@ class CogVideoXAdapter(ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor_spatial", 8))
         multiple = self.size_multiple(pipeline)
         area = float(config.sample_height * vae_scale * config.sample_width * vae_scale)
-        width, height = image_size
-        scale = math.sqrt(area / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, area, multiple)
 
     def explain_batch(
         self, pipeline: Any, image: Image.Image | Sequence[Image.Image], request: ExplainRequest

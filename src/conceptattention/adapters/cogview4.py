@@ -36,7 +36,7 @@ from .base import (
     captured_block_input,
 )
 from .processor import ConceptProcessorMixin
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -218,12 +218,7 @@ class CogView4Adapter(ConceptAdapter):
         multiple = self.size_multiple(pipeline)
         config = getattr(getattr(pipeline, "transformer", None), "config", {})
         side = int(config.get("sample_size", 128)) * int(getattr(pipeline, "vae_scale_factor", 8))
-        width, height = image_size
-        scale = (side * side / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched CogView4 call on the image: VAE latents (scaled as the pipeline unscales them), noised once per

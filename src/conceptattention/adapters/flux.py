@@ -9,7 +9,6 @@ one (indices past the double blocks): :mod:`conceptattention.adapters.flux_singl
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from ..encoding import pipeline_text_encoder
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, guidance_tensor, image_pixels
 
 
 if TYPE_CHECKING:
@@ -397,11 +396,7 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
         multiple = vae_scale * 2
         side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         from diffusers import FluxPipeline

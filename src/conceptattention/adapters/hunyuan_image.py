@@ -41,6 +41,7 @@ from .base import (
 )
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .real_images import area_resolution
 
 
 class _HeadDimView:
@@ -162,9 +163,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
         aspect ratio kept, rounded to the size multiple."""
         multiple = self.size_multiple(pipeline)
         area = (int(getattr(pipeline, "default_sample_size", 64)) * int(getattr(pipeline, "vae_scale_factor", 32))) ** 2
-        width, height = image_size
-        scale = (area / float(width * height)) ** 0.5
-        return tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in (height, width))
+        return area_resolution(image_size, area, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched HunyuanImage call on the image, noised once per seed (see the module docstring;

@@ -38,7 +38,6 @@ content tokens instead
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -54,7 +53,7 @@ from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:
@@ -419,11 +418,7 @@ class SD3Adapter(ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
         multiple = self.size_multiple(pipeline)
         side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """VAE-encode (shift, scale), noise by flow matching ``x_t = (1 - t)·x_0 + t·ε``, timestep ``t·1000``.

@@ -48,7 +48,7 @@ from .base import (
     captured_block_input,
 )
 from .processor import ConceptProcessorMixin
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``adaln_input``.
@@ -312,12 +312,7 @@ class ZImageAdapter(ConceptAdapter):
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         """About 1024² pixels (Z-Image's default size), aspect ratio kept, rounded to the size multiple."""
         multiple = self.size_multiple(pipeline)
-        width, height = image_size
-        scale = (1024 * 1024 / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, 1024 * 1024, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched Z-Image call on the image: VAE latents (shifted and scaled as the pipeline unscales them),
