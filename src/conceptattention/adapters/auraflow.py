@@ -35,7 +35,7 @@ from .base import (
     captured_block_input,
     encode_concepts_masked,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
@@ -96,16 +96,8 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         sink: dict[str, torch.Tensor] = {}
         outputs = self.original(AttentionView(attn, sink, AURAFLOW_TAPS), hidden_states, encoder_hidden_states, *args, **kwargs)
         check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "auraflow")
-        batch_size = hidden_states.shape[0]
-        if "to_qkv" in sink:  # fused projections
-            qkv = sink["to_qkv"]  # [B, I, 3·H·D]
-            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, I, H·D] each
-        else:
-            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, I, H·D] each
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
-        key = key.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
-        value = value.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
+        query, key, value = captured_qkv(sink, attn.heads, hidden_states.shape[0])  # [B, I, H, D] each
+        head_dim = key.shape[-1]
         query = sink.get("norm_q", query)  # after QK-norm where the processor applied it
         key = sink.get("norm_k", key)
         self._concept_branch(attn, sink["to_out"], query, key, value, head_dim)

@@ -139,6 +139,27 @@ def check_captured(
         )
 
 
+def captured_qkv(
+    sink: dict[str, torch.Tensor], heads: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries, keys and values ``[B, S, H, D]`` that the stock processor projected, before any QK-norm: split
+    from the fused ``to_qkv`` output ``[B, S, 3·H·D]`` when the projections are fused, else the ``to_q`` / ``to_k`` /
+    ``to_v`` outputs ``[B, S, H·D]`` (taps of an :class:`AttentionView`).
+
+    Example:
+        >>> q, k, v = captured_qkv({"to_qkv": torch.zeros(2, 5, 3 * 4 * 8)}, heads=4, batch_size=2)
+        >>> q.shape
+        torch.Size([2, 5, 4, 8])
+    """
+    if "to_qkv" in sink:  # fused projections
+        qkv = sink["to_qkv"]  # [B, S, 3·H·D]
+        query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, S, H·D] each
+    else:
+        query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, S, H·D] each
+    shape = (batch_size, -1, heads, key.shape[-1] // heads)  # [B, S, H·D] -> [B, S, H, D]
+    return query.view(shape), key.view(shape), value.view(shape)
+
+
 #: diffusers release against which every ``STOCK_SOURCES`` fingerprint was taken (and the adapters re-checked).
 STOCK_SOURCES_VERSION = "0.42.1"
 
