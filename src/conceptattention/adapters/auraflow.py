@@ -18,7 +18,6 @@ What AuraFlow needs:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +27,16 @@ from diffusers.models.attention_processor import AuraFlowAttnProcessor2_0, Fused
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .base import (
+    AdapterInputError,
+    ConceptAdapter,
+    bind_call,
+    block_input_grabbers,
+    captured_block_input,
+    encode_concepts_masked,
+)
+from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:
@@ -92,16 +96,8 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         sink: dict[str, torch.Tensor] = {}
         outputs = self.original(AttentionView(attn, sink, AURAFLOW_TAPS), hidden_states, encoder_hidden_states, *args, **kwargs)
         check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "auraflow")
-        batch_size = hidden_states.shape[0]
-        if "to_qkv" in sink:  # fused projections
-            qkv = sink["to_qkv"]  # [B, I, 3·H·D]
-            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, I, H·D] each
-        else:
-            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, I, H·D] each
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
-        key = key.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
-        value = value.view(batch_size, -1, attn.heads, head_dim)  # [B, I, H, D]
+        query, key, value = captured_qkv(sink, attn.heads, hidden_states.shape[0])  # [B, I, H, D] each
+        head_dim = key.shape[-1]
         query = sink.get("norm_q", query)  # after QK-norm where the processor applied it
         key = sink.get("norm_k", key)
         self._concept_branch(attn, sink["to_out"], query, key, value, head_dim)
@@ -123,7 +119,6 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
         if call.concept_hidden_states is None:
             call.concept_hidden_states = self._concept_tokens(image_output, transformer.context_embedder)  # [B, C, d]
         concepts = call.concept_hidden_states  # [B, C, d]
-        config = session.config
 
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=temb)
         batch = normed.shape[0]
@@ -149,19 +144,10 @@ class AuraFlowConceptAttnProcessor(ConceptProcessorMixin):
             )  # [B, H, C, D]
             return output.transpose(1, 2)  # [B, C, H, D]
 
-        concept_output = concept_attention(
-            concept_query, concept_key, concept_value, image_key, image_value, config.concept_attention, attend
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query, attend=attend
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
-
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        if concept_output is None:
             return
         # Advance the concept stream exactly as AuraFlowJointTransformerBlock advances the text stream (post-norm).
         updated = block.norm2_context(concepts + gate_msa.unsqueeze(1) * attn.to_add_out(concept_output))
@@ -225,23 +211,16 @@ class AuraFlowAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """UMT5 states of all concepts in one masked batch (as AuraFlow encodes prompts), pooled: ``[C, 2048]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This AuraFlow pipeline has no UMT5 text encoder"
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This AuraFlow pipeline has no UMT5 text encoder", 256
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         multiple = self.size_multiple(pipeline)
         side = int(pipeline.transformer.config.sample_size) * int(getattr(pipeline, "vae_scale_factor", 8))
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """One batched AuraFlow call on the noised image (no guidance batch; ``image_pooled`` does not apply)."""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
+from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from ..errors import ConceptAttentionError
 from .real_images import (  # noqa: F401 (the explain-path helpers, re-exported for adapters written against base)
     ExplainBatch,
@@ -127,6 +128,15 @@ class ConceptAdapter(ABC):
                 attribute=self.attention_attribute,
                 remedy=self.stock_processor_remedy,
             )
+
+    def require_qk_norm(self, transformer: nn.Module, message: str) -> None:
+        """Raise :class:`UnsupportedSetupError` with ``message`` unless the attention module
+        (:attr:`attention_attribute`) of every joint block has a QK-norm (``norm_q`` and ``norm_k``), where the concept
+        branch takes the image queries and keys."""
+        for block in self.joint_blocks(transformer):
+            attn = getattr(block, self.attention_attribute)
+            if attn.norm_q is None or attn.norm_k is None:
+                raise UnsupportedSetupError(message)
 
     def check_stock_processors(
         self,
@@ -325,6 +335,37 @@ def common_checks(transformer: nn.Module) -> None:
             "Context/tensor parallelism is enabled on the transformer: image tokens are sharded across ranks, but "
             "concept attention needs every image key. Run ConceptAttention without `enable_parallelism`."
         )
+
+
+def encode_concepts_masked(
+    pipeline: Any,
+    concepts: Sequence[str],
+    pooling: ConceptPooling,
+    device: torch.device | None,
+    description: str,
+    max_length: int,
+    names: tuple[str, str] = ("tokenizer", "text_encoder"),
+) -> torch.Tensor:
+    """All concepts in one masked batch through the pipeline's (T5-like) text encoder, as these pipelines encode
+    prompts, each pooled over its own tokens: ``[C, D_text]``.
+
+    Args:
+        pipeline: The diffusers pipeline.
+        concepts: The concept words.
+        pooling: How a concept's token states become one vector.
+        device: Where to run the encoder (default: the pipeline's execution device, else the encoder's).
+        description: The start of the error when the pipeline lacks the encoder (``"This Flux pipeline has no T5
+            text encoder"``).
+        max_length: The pipeline's default prompt length, capped by the tokenizer's ``model_max_length``.
+        names: The pipeline attributes of the tokenizer and the text encoder.
+
+    Raises:
+        ValueError: if the pipeline has no such tokenizer or encoder, pointing to ``concept_embeds=``.
+    """
+    tokenizer, text_encoder = pipeline_text_encoder(pipeline, *names, description)
+    device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
+    max_length = min(max_length, getattr(tokenizer, "model_max_length", max_length) or max_length)
+    return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
 
 def bind_call(

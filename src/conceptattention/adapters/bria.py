@@ -17,9 +17,10 @@ from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 from torch import nn
 
 from ..config import ConceptPooling
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
+from .base import encode_concepts_masked
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
+from .real_images import area_resolution
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
@@ -97,12 +98,7 @@ class BriaAdapter(FluxLikeAdapter):
         """About ``default_sample_size · vae_scale_factor`` pixels a side (1024² for Bria 3.x), aspect ratio kept."""
         multiple = self.size_multiple(pipeline)
         side = int(getattr(pipeline, "default_sample_size", 64)) * multiple
-        width, height = image_size
-        scale = (side * side / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, side * side, multiple)
 
     def encode_caption(self, pipeline: Any, caption: str, num: int, device: torch.device) -> tuple[torch.Tensor, Any]:
         prompt_embeds, _, text_ids = pipeline.encode_prompt(
@@ -114,12 +110,10 @@ class BriaAdapter(FluxLikeAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """T5 states of all concepts in one masked batch, pooled over each concept's own tokens: ``[C, 4096]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This Bria pipeline has no T5 text encoder"
+        # max length 128: BriaPipeline's default
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This Bria pipeline has no T5 text encoder", 128
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(128, getattr(tokenizer, "model_max_length", 128) or 128)  # BriaPipeline's default
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
 
 __all__ = ["BriaAdapter", "BriaConceptAttnProcessor", "BriaSingleConceptAttnProcessor"]

@@ -38,38 +38,8 @@ from ..encoding import pool_token_states
 from .base import AdapterInputError
 from .bria import BriaAdapter
 from .flux_like import FluxLikeConceptAttnProcessor
+from .processor import next_block_features, stash_block_features
 from .sd3 import guidance_half_slice
-
-
-#: Keys of ``session.call.inputs``: the concepts' projected layer features of every double block, and the counter of
-#: the double block running.
-BLOCK_FEATURES_KEY = "concept_block_features"
-BLOCK_COUNTER_KEY = "concept_block_counter"
-
-
-def stash_block_features(session: Any, projections: Sequence[nn.Module], features: torch.Tensor, batch: int) -> None:
-    """Project the concepts' per-block text-encoder features once per call: block ``k``'s are
-    ``projections[k](features[:, k])``; stored stacked ``[N, B, C, d']`` with a block counter (a tensor, so that the
-    per-block code reads no Python layer index and a compiled block class traces one graph for all blocks).
-
-    Args:
-        session: The run state (``session.call.inputs`` receives them).
-        projections: The model's per-block text projections (``caption_projection``).
-        features: ``[C, N, D_enc]``, the concepts' features of the layers the ``N`` double blocks take.
-        batch: Rows of the call's batch.
-    """
-    projected = torch.stack([projections[index](features[:, index]) for index in range(features.shape[1])])  # [N, C, d']
-    session.call.inputs[BLOCK_FEATURES_KEY] = projected.unsqueeze(1).expand(-1, batch, -1, -1)  # [N, B, C, d']
-    session.call.inputs[BLOCK_COUNTER_KEY] = torch.zeros(1, dtype=torch.long, device=features.device)
-
-
-def next_block_features(session: Any) -> torch.Tensor:
-    """The running double block's projected concept features ``[B, C, d']`` (:func:`stash_block_features`); advances
-    the block counter."""
-    counter = session.call.inputs[BLOCK_COUNTER_KEY]  # [1]: this double block's index
-    features = session.call.inputs[BLOCK_FEATURES_KEY].index_select(0, counter)[0]  # [N, B, C, d'] -> [B, C, d']
-    counter.add_(1)
-    return features
 
 
 def fibo_concept_widths(transformer: nn.Module) -> tuple[int, int, int]:
@@ -233,6 +203,4 @@ __all__ = [
     "BriaFiboAdapter",
     "BriaFiboConceptAttnProcessor",
     "fibo_concept_widths",
-    "next_block_features",
-    "stash_block_features",
 ]

@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import bind_call, block_input_grabbers, captured_block_input
+from .base import bind_call, block_input_grabbers, captured_block_input, encode_concepts_masked
 from .cfg_twins import SequentialCFGTwins, call_tensors
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 from .flux_single import BlockTembSingleConceptAttnProcessor, FluxSingleConceptAttnProcessor
@@ -127,12 +126,9 @@ class ChromaAdapter(SequentialCFGTwins, FluxAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """T5 states of all concepts in one masked batch (as Chroma encodes prompts), pooled: ``[C, 4096]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This Chroma pipeline has no T5 text encoder"
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This Chroma pipeline has no T5 text encoder", 512
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     # ----- real images -------------------------------------------------------------------------------------------
 

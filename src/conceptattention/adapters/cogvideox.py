@@ -27,7 +27,6 @@ content tokens (before ``</s>``) are pooled, never one token per concept.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +45,8 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, image_pixels, seeded_noise
+from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, image_pixels, seeded_noise
 from .sd3 import batch_halves_identical, guidance_half_slice
 
 
@@ -129,17 +128,9 @@ class CogVideoXConceptAttnProcessor(ConceptProcessorMixin):
         )
         check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "cogvideox")
         text_seq_length = encoder_hidden_states.size(1)
-        batch_size = hidden_states.shape[0]
         fused = "to_qkv" in sink
-        if fused:
-            qkv = sink["to_qkv"]  # [B, T + V, 3·H·D]
-            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, T + V, H·D] each
-        else:
-            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, T + V, H·D] each
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, T + V, D]
+        query, key, value = (x.transpose(1, 2) for x in captured_qkv(sink, attn.heads, hidden_states.shape[0]))
+        # query, key, value: [B, T + V, H, D] -> [B, H, T + V, D]
         query = sink.get("norm_q", query)  # after QK-norm (and the in-place RoPE of the video rows)
         key = sink.get("norm_k", key)
         video_output = sink["to_out"][:, text_seq_length:]  # [B, V, H·D]
@@ -292,11 +283,7 @@ class CogVideoXAdapter(ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor_spatial", 8))
         multiple = self.size_multiple(pipeline)
         area = float(config.sample_height * vae_scale * config.sample_width * vae_scale)
-        width, height = image_size
-        scale = math.sqrt(area / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, area, multiple)
 
     def explain_batch(
         self, pipeline: Any, image: Image.Image | Sequence[Image.Image], request: ExplainRequest

@@ -35,8 +35,8 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .processor import ConceptProcessorMixin
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -79,10 +79,6 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -98,11 +94,16 @@ class CogView4ConceptAttnProcessor(ConceptProcessorMixin):
                 "CogView4 was called with a list of rotary embeddings (variable-resolution training batches); "
                 "ConceptAttention supports one image size per call."
             )
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
-        view = AttentionView(attn, sink, taps, copies=("norm_q", "norm_k"))  # the processor rotates them in place
-        outputs = self.original(view, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "cogview4")
+        outputs, sink = self._run_on_view(
+            attn,
+            self._space_taps("norm_k", "to_v"),
+            "cogview4",
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            image_rotary_emb,
+            copies=("norm_q", "norm_k"),  # the processor rotates them in place
+        )
         self._concept_branch(attn, sink, encoder_hidden_states.shape[1], hidden_states, image_rotary_emb)
         return outputs
 
@@ -182,12 +183,11 @@ class CogView4Adapter(ConceptAdapter):
     )
 
     def check_model(self, transformer: nn.Module) -> None:
-        for block in self.joint_blocks(transformer):
-            if block.attn1.norm_q is None or block.attn1.norm_k is None:
-                raise UnsupportedSetupError(
-                    "This CogView4 transformer has no QK-norm, where ConceptAttention takes the image keys; only the "
-                    "released configuration (LayerNorm QK-norm) is supported."
-                )
+        self.require_qk_norm(
+            transformer,
+            "This CogView4 transformer has no QK-norm, where ConceptAttention takes the image keys; only the released "
+            "configuration (LayerNorm QK-norm) is supported.",
+        )
         super().check_model(transformer)
 
     def install_hooks(self, transformer: nn.Module, session: Any) -> list[Any]:
@@ -218,12 +218,7 @@ class CogView4Adapter(ConceptAdapter):
         multiple = self.size_multiple(pipeline)
         config = getattr(getattr(pipeline, "transformer", None), "config", {})
         side = int(config.get("sample_size", 128)) * int(getattr(pipeline, "vae_scale_factor", 8))
-        width, height = image_size
-        scale = (side * side / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched CogView4 call on the image: VAE latents (scaled as the pipeline unscales them), noised once per

@@ -9,7 +9,6 @@ one (indices past the double blocks): :mod:`conceptattention.adapters.flux_singl
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +19,11 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..core import concept_attention_packed
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
-from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
+from ..encoding import pipeline_text_encoder
+from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, guidance_tensor, image_pixels
 
 
 if TYPE_CHECKING:
@@ -379,12 +378,9 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer_2", "text_encoder_2", "This Flux pipeline has no T5 text encoder"
-        )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(512, getattr(tokenizer, "model_max_length", 512) or 512)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
+        description = "This Flux pipeline has no T5 text encoder"
+        names = ("tokenizer_2", "text_encoder_2")
+        return encode_concepts_masked(pipeline, concepts, pooling, device, description, 512, names)  # [C, D_text]
 
     def prompt_word_source(self, pipeline: Any, arguments: dict[str, Any]) -> tuple[Any, str | list[str] | None, int]:
         """For prompt-word maps: the T5 tokenizer, the prompt T5 encodes (``prompt_2``, else ``prompt``; None when
@@ -400,11 +396,7 @@ class FluxAdapter(SingleBlockLayers, ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
         multiple = vae_scale * 2
         side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         from diffusers import FluxPipeline

@@ -52,8 +52,7 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .bria_fibo import next_block_features, stash_block_features
-from .processor import ConceptProcessorMixin, _Tap, check_captured
+from .processor import ConceptProcessorMixin, next_block_features, stash_block_features
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
@@ -64,32 +63,6 @@ if TYPE_CHECKING:
 HIDREAM_TEMB_KEY = "hidream_block_temb"
 #: Image-side modules of ``HiDreamAttention`` whose outputs the concept branch takes (``to_out``: its input).
 HIDREAM_TAPS = ("q_rms_norm", "k_rms_norm", "to_v")
-
-
-class ProjectionTapView:
-    """An attention module for diffusers' processor in which the modules named in ``outputs`` leave their output and
-    those named in ``inputs`` their input in ``sink`` (for modules that :class:`~.processor.AttentionView` does not
-    cover: HiDream's ``to_out`` is a plain ``Linear``, JoyImage's output projection is ``img_attn_proj``).
-
-    Example:
-        >>> from conceptattention.testing import tiny_hidream_image_transformer
-        >>> attn = tiny_hidream_image_transformer().double_stream_blocks[0].block.attn1
-        >>> view = ProjectionTapView(attn, {}, outputs=("k_rms_norm",), inputs=("to_out",))
-        >>> view.heads == attn.heads
-        True
-    """
-
-    def __init__(
-        self, attn: nn.Module, sink: dict[str, torch.Tensor], outputs: tuple[str, ...], inputs: tuple[str, ...] = ()
-    ) -> None:
-        self._attn = attn
-        for name in outputs:
-            setattr(self, name, _Tap(getattr(attn, name), sink, name))
-        for name in inputs:
-            setattr(self, name, _Tap(getattr(attn, name), sink, name, keep_input=True))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._attn, name)
 
 
 def hidream_concept_widths(transformer: nn.Module) -> tuple[int, int, int]:
@@ -148,11 +121,10 @@ class HiDreamConceptAttnProcessor(ConceptProcessorMixin):
     ) -> Any:
         if encoder_hidden_states is None or not self.session.needs_concepts():
             return self.original(attn, hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs)
-        sink: dict[str, torch.Tensor] = {}
-        outputs = self.original(
-            ProjectionTapView(attn, sink, HIDREAM_TAPS, ("to_out",)), hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs
+        outputs, sink = self._run_on_projection_view(
+            attn, HIDREAM_TAPS, ("to_out",), "hidream_image",
+            hidden_states, hidden_states_masks, encoder_hidden_states, image_rotary_emb, *args, **kwargs,
         )
-        check_captured(sink, (("q_rms_norm",), ("k_rms_norm",), ("to_v",), ("to_out",)), self.original, "hidream_image")
         self._concept_branch(attn, sink, hidden_states, hidden_states_masks, image_rotary_emb)
         return outputs
 
@@ -365,4 +337,4 @@ class HiDreamImageAdapter(ConceptAdapter):
         return torch.cat([row.to(rows[0].dtype) for row in rows], dim=-1)  # [C, D_t5 + n·D_llama]
 
 
-__all__ = ["HiDreamConceptAttnProcessor", "HiDreamImageAdapter", "ProjectionTapView", "hidream_concept_widths"]
+__all__ = ["HiDreamConceptAttnProcessor", "HiDreamImageAdapter", "hidream_concept_widths"]

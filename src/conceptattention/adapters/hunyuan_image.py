@@ -35,13 +35,13 @@ from .base import (
     AdapterInputError,
     ExplainBatch,
     ExplainRequest,
-    UnsupportedSetupError,
     bind_call,
     flow_noised,
     image_pixels,
 )
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .real_images import area_resolution
 
 
 class _HeadDimView:
@@ -129,12 +129,11 @@ class HunyuanImageAdapter(FluxLikeAdapter):
     )
 
     def check_model(self, transformer: nn.Module) -> None:
-        attn = transformer.transformer_blocks[0].attn if len(transformer.transformer_blocks) else None
-        if attn is not None and (attn.norm_q is None or attn.norm_k is None):
-            raise UnsupportedSetupError(
-                "This HunyuanImage transformer has no QK-norm (qk_norm=None), where ConceptAttention takes the image "
-                "queries and keys; only the released configuration (qk_norm='rms_norm') is supported."
-            )
+        self.require_qk_norm(
+            transformer,
+            "This HunyuanImage transformer has no QK-norm (qk_norm=None), where ConceptAttention takes the image "
+            "queries and keys; only the released configuration (qk_norm='rms_norm') is supported.",
+        )
         super().check_model(transformer)
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -164,9 +163,7 @@ class HunyuanImageAdapter(FluxLikeAdapter):
         aspect ratio kept, rounded to the size multiple."""
         multiple = self.size_multiple(pipeline)
         area = (int(getattr(pipeline, "default_sample_size", 64)) * int(getattr(pipeline, "vae_scale_factor", 32))) ** 2
-        width, height = image_size
-        scale = (area / float(width * height)) ** 0.5
-        return tuple(max(multiple, int(round(side * scale / multiple)) * multiple) for side in (height, width))
+        return area_resolution(image_size, area, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched HunyuanImage call on the image, noised once per seed (see the module docstring;

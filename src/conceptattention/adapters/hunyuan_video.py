@@ -28,7 +28,6 @@ from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideo
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
@@ -141,7 +140,6 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
         if call.concept_hidden_states is None:
             call.concept_hidden_states, call.concept_conditioning = self._initial_concepts(video_output)
         concepts = call.concept_hidden_states  # [B, C, d]
-        config = session.config
 
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=call.concept_conditioning)
         concept_query = attn.add_q_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
@@ -152,19 +150,10 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
         if attn.norm_added_k is not None:
             concept_key = attn.norm_added_k(concept_key)
         # HunyuanVideo rotates only the video: text, and so concepts, carry no position
-        concept_output = concept_attention(
-            concept_query, concept_key, concept_value, video_key, video_value, config.concept_attention, self._attend
+        concept_output = self._attend_and_record(  # [B, C, H·D] (scores [B, C, F·h·w]), or None: nothing later runs
+            concept_query, concept_key, concept_value, video_key, video_value, video_output, video_query
         )
-        concept_output = concept_output.flatten(2, 3).to(video_output.dtype)  # [B, C, H·D]
-
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=video_output,
-            image_query=video_query,
-            concept_key=concept_key,
-            image_value=video_value,
-            concept_value=concept_value,
-        ):  # scores [B, C, F·h·w]
+        if concept_output is None:
             return
         # Advance the concept residual stream exactly as HunyuanVideoTransformerBlock advances the text stream.
         concepts = concepts + attn.to_add_out(concept_output) * gate_msa.unsqueeze(1)

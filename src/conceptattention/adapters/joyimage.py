@@ -49,8 +49,7 @@ from .base import (
     captured_block_input,
 )
 from .cfg_twins import SequentialCFGTwins, call_tensors
-from .hidream_image import ProjectionTapView
-from .processor import ConceptProcessorMixin, check_captured
+from .processor import ConceptProcessorMixin
 
 
 if TYPE_CHECKING:
@@ -102,11 +101,10 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
     ) -> Any:
         if encoder_hidden_states is None or not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs)
-        sink: dict[str, torch.Tensor] = {}
-        view = ProjectionTapView(attn, sink, JOYIMAGE_TAPS, ("img_attn_proj",))
-        outputs = self.original(view, hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs)
-        groups = (("img_attn_q_norm",), ("img_attn_k_norm",), ("img_attn_qkv",), ("img_attn_proj",))
-        check_captured(sink, groups, self.original, "joyimage")
+        outputs, sink = self._run_on_projection_view(
+            attn, JOYIMAGE_TAPS, ("img_attn_proj",), "joyimage",
+            hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs,
+        )
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return outputs
 

@@ -36,12 +36,11 @@ from diffusers.models.transformers.transformer_krea2 import Krea2AttnProcessor
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
 from ..encoding import pool_token_states
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .cfg_twins import SequentialCFGTwins, call_tensors
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .processor import ConceptProcessorMixin
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -90,10 +89,6 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -103,10 +98,8 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
     ) -> torch.Tensor:
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, attention_mask, image_rotary_emb)
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
-        output = self.original(AttentionView(attn, sink, taps), hidden_states, attention_mask, image_rotary_emb)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "krea2")
+        taps = self._space_taps("norm_k", "to_v")
+        output, sink = self._run_on_view(attn, taps, "krea2", hidden_states, attention_mask, image_rotary_emb)
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return output
 
@@ -162,25 +155,11 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         image_value = all_heads(heads(sink["to_v"][:, image_rows], attn.num_kv_heads))  # [B, I, H, D]
         image_output = sink["to_out"][:, image_rows]  # [B, I, H·D], gated, before to_out[0]
         image_query = rope(sink["norm_q"][:, image_rows], image_rows) if "norm_q" in sink else None
-        concept_output = concept_attention(
-            concept_query,
-            concept_key,
-            concept_value,
-            image_key,
-            image_value,
-            session.config.concept_attention,
-            self._attend,
-        )
         gate = torch.sigmoid(attn.to_gate(normed))  # [B, C, H·D]
-        concept_output = (concept_output.flatten(2, 3) * gate).to(image_output.dtype)  # [B, C, H·D]
-        if not self._record_scores(
-            concept_output=concept_output,
-            image_output=image_output,
-            image_query=image_query,
-            concept_key=concept_key,
-            image_value=image_value,
-            concept_value=concept_value,
-        ):
+        concept_output = self._attend_and_record(  # [B, C, H·D], gated, or None: nothing later has to run
+            concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query, gate
+        )
+        if concept_output is None:
             return
         # advance the concept residual stream as Krea2TransformerBlock advances every token
         concepts = concepts + pregate * attn.to_out[0](concept_output)
@@ -245,12 +224,7 @@ class Krea2Adapter(SequentialCFGTwins, ConceptAdapter):
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         """About 1024² pixels, aspect ratio kept, rounded to the size multiple."""
         multiple = self.size_multiple(pipeline)
-        width, height = image_size
-        scale = (1024 * 1024 / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, 1024 * 1024, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched Krea 2 call on the image: VAE latents normalised as the pipeline denormalises them, noised

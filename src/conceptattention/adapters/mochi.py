@@ -27,17 +27,15 @@ from diffusers.models.attention_processor import MochiAttnProcessor2_0
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention
-from ..encoding import encode_masked_concepts, pipeline_text_encoder
 from .base import (
     AdapterInputError,
     ConceptAdapter,
-    UnsupportedSetupError,
     bind_call,
     block_input_grabbers,
     captured_block_input,
+    encode_concepts_masked,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .processor import ConceptProcessorMixin
 from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
@@ -123,10 +121,6 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -137,11 +131,15 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_q", "norm_k", "to_v")
-        view = AttentionView(attn, sink, taps)
-        outputs = self.original(view, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "mochi")
+        outputs, sink = self._run_on_view(
+            attn,
+            ("norm_q", "norm_k", "to_v"),
+            "mochi",
+            hidden_states,
+            encoder_hidden_states,
+            attention_mask,
+            image_rotary_emb,
+        )
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return outputs
 
@@ -190,27 +188,10 @@ class MochiConceptAttnProcessor(ConceptProcessorMixin):
             video_query = mochi_rotary(video_query, *rotary)
         video_value = sink["to_v"].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
         video_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
-        concept_output = concept_attention(
-            concept_query,
-            concept_key,
-            concept_value,
-            video_key,
-            video_value,
-            session.config.concept_attention,
-            self._attend,
+        concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
+            concept_query, concept_key, concept_value, video_key, video_value, video_output, video_query
         )
-        concept_output = concept_output.flatten(2, 3).to(video_output.dtype)  # [B, C, H·D]
-        if (
-            not self._record_scores(
-                concept_output=concept_output,
-                image_output=video_output,
-                image_query=video_query,
-                concept_key=concept_key,
-                image_value=video_value,
-                concept_value=concept_value,
-            )
-            or modulation is None
-        ):
+        if concept_output is None or modulation is None:
             return
         # advance the concept stream as MochiTransformerBlock advances the text stream
         gate_msa, scale_mlp, gate_mlp = modulation
@@ -248,12 +229,11 @@ class MochiAdapter(ConceptAdapter):
     )
 
     def check_model(self, transformer: nn.Module) -> None:
-        for block in self.joint_blocks(transformer):
-            if block.attn1.norm_q is None or block.attn1.norm_k is None:
-                raise UnsupportedSetupError(
-                    "This Mochi transformer has no QK-norm, where ConceptAttention takes the video queries and keys; "
-                    "only the released configuration (qk_norm='rms_norm') is supported."
-                )
+        self.require_qk_norm(
+            transformer,
+            "This Mochi transformer has no QK-norm, where ConceptAttention takes the video queries and keys; only the "
+            "released configuration (qk_norm='rms_norm') is supported.",
+        )
         super().check_model(transformer)
 
     def attention_module(self, block: nn.Module) -> Any:
@@ -294,12 +274,9 @@ class MochiAdapter(ConceptAdapter):
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None
     ) -> torch.Tensor:
         """T5 states of all concepts in one masked batch (as Mochi encodes prompts), pooled: ``[C, 4096]``."""
-        tokenizer, text_encoder = pipeline_text_encoder(
-            pipeline, "tokenizer", "text_encoder", "This Mochi pipeline has no T5 text encoder"
+        return encode_concepts_masked(  # [C, D_text]
+            pipeline, concepts, pooling, device, "This Mochi pipeline has no T5 text encoder", 256
         )
-        device = device or getattr(pipeline, "_execution_device", None) or text_encoder.device
-        max_length = min(256, getattr(tokenizer, "model_max_length", 256) or 256)
-        return encode_masked_concepts(tokenizer, text_encoder, concepts, pooling, device, max_length)  # [C, D_text]
 
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         raise NotImplementedError(

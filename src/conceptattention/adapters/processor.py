@@ -1,6 +1,7 @@
 """State and helpers shared by every concept-attention processor (FLUX.1, Chroma, Flux.2, Qwen-Image, HunyuanVideo,
-SD3, CogVideoX, AuraFlow); the native-SDPA fast path serves the dispatch-based (diffusers ``AttentionModuleMixin``)
-ones."""
+SD3, CogVideoX, AuraFlow, ...): the attention views that capture the stock processor's tensors, the stock-source
+fingerprints, the per-block concept text features of Bria-Fibo and HiDream-I1, and the mixin that records the
+scores; the native-SDPA fast path serves the dispatch-based (diffusers ``AttentionModuleMixin``) ones."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 import inspect
 import textwrap
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -95,6 +96,32 @@ class AttentionView:
         return getattr(self._attn, name)
 
 
+class ProjectionTapView:
+    """An attention module for diffusers' processor in which the modules named in ``outputs`` leave their output and
+    those named in ``inputs`` their input in ``sink`` (for modules that :class:`AttentionView` does not cover:
+    HiDream's ``to_out`` is a plain ``Linear``, JoyImage's output projection is ``img_attn_proj``).
+
+    Example:
+        >>> from conceptattention.testing import tiny_hidream_image_transformer
+        >>> attn = tiny_hidream_image_transformer().double_stream_blocks[0].block.attn1
+        >>> view = ProjectionTapView(attn, {}, outputs=("k_rms_norm",), inputs=("to_out",))
+        >>> view.heads == attn.heads
+        True
+    """
+
+    def __init__(
+        self, attn: nn.Module, sink: dict[str, torch.Tensor], outputs: tuple[str, ...], inputs: tuple[str, ...] = ()
+    ) -> None:
+        self._attn = attn
+        for name in outputs:
+            setattr(self, name, _Tap(getattr(attn, name), sink, name))
+        for name in inputs:
+            setattr(self, name, _Tap(getattr(attn, name), sink, name, keep_input=True))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._attn, name)
+
+
 def check_captured(
     sink: dict[str, torch.Tensor], groups: tuple[tuple[str, ...], ...], processor: Any, module: str
 ) -> None:
@@ -110,6 +137,27 @@ def check_captured(
             f"ConceptAttention takes the image tensors. The installed diffusers changed this processor: re-check "
             f"conceptattention.adapters.{module}."
         )
+
+
+def captured_qkv(
+    sink: dict[str, torch.Tensor], heads: int, batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries, keys and values ``[B, S, H, D]`` that the stock processor projected, before any QK-norm: split
+    from the fused ``to_qkv`` output ``[B, S, 3·H·D]`` when the projections are fused, else the ``to_q`` / ``to_k`` /
+    ``to_v`` outputs ``[B, S, H·D]`` (taps of an :class:`AttentionView`).
+
+    Example:
+        >>> q, k, v = captured_qkv({"to_qkv": torch.zeros(2, 5, 3 * 4 * 8)}, heads=4, batch_size=2)
+        >>> q.shape
+        torch.Size([2, 5, 4, 8])
+    """
+    if "to_qkv" in sink:  # fused projections
+        qkv = sink["to_qkv"]  # [B, S, 3·H·D]
+        query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, S, H·D] each
+    else:
+        query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, S, H·D] each
+    shape = (batch_size, -1, heads, key.shape[-1] // heads)  # [B, S, H·D] -> [B, S, H, D]
+    return query.view(shape), key.view(shape), value.view(shape)
 
 
 #: diffusers release against which every ``STOCK_SOURCES`` fingerprint was taken (and the adapters re-checked).
@@ -207,6 +255,40 @@ def with_prompt_rows(
     return merged
 
 
+#: Keys of ``session.call.inputs``: the concepts' projected layer features of every double block, and the counter of
+#: the double block running.
+BLOCK_FEATURES_KEY = "concept_block_features"
+BLOCK_COUNTER_KEY = "concept_block_counter"
+
+
+def stash_block_features(
+    session: ConceptSession, projections: Sequence[nn.Module], features: torch.Tensor, batch: int
+) -> None:
+    """Project the concepts' per-block text-encoder features once per call: block ``k``'s are
+    ``projections[k](features[:, k])``; stored stacked ``[N, B, C, d']`` with a block counter (a tensor, so that the
+    per-block code reads no Python layer index and a compiled block class traces one graph for all blocks).
+
+    Args:
+        session: The run state (``session.call.inputs`` receives them).
+        projections: The model's per-block text projections (``caption_projection``).
+        features: ``[C, N, D_enc]``, the concepts' features of the layers the ``N`` double blocks take.
+        batch: Rows of the call's batch.
+    """
+    projected = torch.stack([projections[index](features[:, index]) for index in range(features.shape[1])])
+    # projected: [N, C, d']
+    session.call.inputs[BLOCK_FEATURES_KEY] = projected.unsqueeze(1).expand(-1, batch, -1, -1)  # [N, B, C, d']
+    session.call.inputs[BLOCK_COUNTER_KEY] = torch.zeros(1, dtype=torch.long, device=features.device)
+
+
+def next_block_features(session: ConceptSession) -> torch.Tensor:
+    """The running double block's projected concept features ``[B, C, d']`` (:func:`stash_block_features`); advances
+    the block counter."""
+    counter = session.call.inputs[BLOCK_COUNTER_KEY]  # [1]: this double block's index
+    features = session.call.inputs[BLOCK_FEATURES_KEY].index_select(0, counter)[0]  # [N, B, C, d'] -> [B, C, d']
+    counter.add_(1)
+    return features
+
+
 class ConceptProcessorMixin:
     """Put first in the bases of a concept processor: ``class X(ConceptProcessorMixin, StockProcessor)``.
 
@@ -260,6 +342,53 @@ class ConceptProcessorMixin:
     def _parallel_config(self, value: Any) -> None:
         self.original._parallel_config = value
 
+    def _space_taps(self, *taps: str, query: str = "norm_q") -> tuple[str, ...]:
+        """``taps``, with the image-query tap ``query`` appended for the cross-attention space (the only score space
+        that reads the image queries)."""
+        return (*taps, query) if self.session.config.space == "cross_attention" else taps
+
+    def _run_on_view(
+        self,
+        attn: nn.Module,
+        taps: tuple[str, ...],
+        module: str,
+        /,
+        *args: Any,
+        copies: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """Run the wrapped stock processor on an :class:`AttentionView` of ``attn`` keeping ``taps`` (``copies``
+        cloned) and the ``to_out[0]`` input; ``args``/``kwargs`` are the processor's own after the attention module.
+
+        Returns:
+            The processor's outputs, untouched, and the sink of captured tensors.
+
+        Raises:
+            UnsupportedSetupError: when the processor did not pass through every tap and ``to_out`` (names the
+                adapter module ``conceptattention.adapters.<module>`` to re-check).
+        """
+        sink: dict[str, torch.Tensor] = {}
+        outputs = self.original(AttentionView(attn, sink, taps, copies=copies), *args, **kwargs)
+        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, module)
+        return outputs, sink
+
+    def _run_on_projection_view(
+        self,
+        attn: nn.Module,
+        outputs: tuple[str, ...],
+        inputs: tuple[str, ...],
+        module: str,
+        /,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """:meth:`_run_on_view` with a :class:`ProjectionTapView` (modules named in ``outputs`` keep their output,
+        those in ``inputs`` their input); every one of them must have been called."""
+        sink: dict[str, torch.Tensor] = {}
+        result = self.original(ProjectionTapView(attn, sink, outputs, inputs), *args, **kwargs)
+        check_captured(sink, tuple((name,) for name in (*outputs, *inputs)), self.original, module)
+        return result, sink
+
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """Attention of the C concept rows on (B, S, H, D) tensors: the model's backend, or plain SDPA when that is
         PyTorch's native one (skips diffusers' dispatch bookkeeping, whose host-side cost matters for these tiny
@@ -277,6 +406,8 @@ class ConceptProcessorMixin:
         image_value: torch.Tensor,
         image_output: torch.Tensor,
         image_query: torch.Tensor | None,
+        output_gate: torch.Tensor | None = None,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor | None:
         """The concept attention of this block (queries/keys/values ``[B, C, H, D]``, image keys/values
         ``[B, I, H, D]``, the config's concept-attention mode) and its recorded scores.
@@ -284,6 +415,10 @@ class ConceptProcessorMixin:
         Args:
             image_output: The image attention output before the output projection, ``[B, I, H·D]``.
             image_query: The image queries ``[B, I, H, D]`` (the cross-attention space), else None.
+            output_gate: Multiplied into the concept attention output ``[B, C, H·D]`` before the cast (Krea 2's
+                gated attention), else None.
+            attend: The attention of the concept rows on ``[B, S, H, D]`` tensors (default :meth:`_attend`, the
+                model's backend; AuraFlow passes its own scale).
 
         Returns:
             The concept attention output ``[B, C, H·D]`` in ``image_output``'s dtype, to advance the concept stream;
@@ -296,9 +431,12 @@ class ConceptProcessorMixin:
             image_key,
             image_value,
             self.session.config.concept_attention,
-            self._attend,
+            self._attend if attend is None else attend,
         )
-        concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
+        concept_output = concept_output.flatten(2, 3)  # [B, C, H, D] -> [B, C, H·D]
+        if output_gate is not None:
+            concept_output = concept_output * output_gate
+        concept_output = concept_output.to(image_output.dtype)
         recorded = self._record_scores(
             concept_output=concept_output,
             image_output=image_output,

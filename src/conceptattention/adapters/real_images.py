@@ -7,6 +7,7 @@ from an :class:`ExplainRequest` with these; :mod:`conceptattention.adapters.base
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,23 @@ class ExplainRequest:
     image_pooled: str = "zero"
 
 
+def area_resolution(image_size: tuple[int, int], area: float, multiple: int) -> tuple[int, int]:
+    """``(height, width)`` in pixels of about ``area`` pixels with the aspect ratio of ``image_size`` (PIL's
+    ``(width, height)``), each side rounded to ``multiple`` (at least one multiple): the model input size of the
+    real-image path.
+
+    Example:
+        >>> area_resolution((512, 256), 1024 * 1024, 16)
+        (720, 1456)
+    """
+    width, height = image_size
+    scale = math.sqrt(area / float(width * height))
+    return (
+        max(multiple, int(round(height * scale / multiple)) * multiple),
+        max(multiple, int(round(width * scale / multiple)) * multiple),
+    )
+
+
 def image_pixels(pipeline: Any, image: Image.Image, height: int, width: int) -> torch.Tensor:
     """An image as the VAE takes it: RGB, resized bicubically to ``width × height``, ``[1, 3, H, W]`` in [-1, 1] on
     the pipeline's execution device, in the VAE's dtype."""
@@ -90,4 +108,12 @@ def guidance_tensor(transformer: nn.Module, request: ExplainRequest, num: int, d
     return torch.full((num,), request.guidance_scale, device=device, dtype=torch.float32)
 
 
-__all__ = ["ExplainBatch", "ExplainRequest", "flow_noised", "guidance_tensor", "image_pixels", "seeded_noise"]
+__all__ = [
+    "ExplainBatch",
+    "ExplainRequest",
+    "area_resolution",
+    "flow_noised",
+    "guidance_tensor",
+    "image_pixels",
+    "seeded_noise",
+]

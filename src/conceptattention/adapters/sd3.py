@@ -38,7 +38,6 @@ content tokens instead
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,8 +52,8 @@ from ..config import ConceptPooling, ConfigError
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 if TYPE_CHECKING:
@@ -152,16 +151,9 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
             AttentionView(attn, sink, SD3_TAPS), hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
         )
         check_captured(sink, (("to_k", "to_qkv"), ("to_out",)), self.original, "sd3")
-        batch_size = hidden_states.shape[0]
-        if "to_qkv" in sink:  # fused projections (the fused processor applies no QK-norm)
-            qkv = sink["to_qkv"]  # [B, I, 3·H·D]
-            query, key, value = torch.split(qkv, qkv.shape[-1] // 3, dim=-1)  # [B, I, H·D] each
-        else:
-            query, key, value = sink["to_q"], sink["to_k"], sink["to_v"]  # [B, I, H·D] each
-        head_dim = key.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
-        key = key.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
-        value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)  # [B, H, I, D]
+        # the fused processor applies no QK-norm
+        query, key, value = (x.transpose(1, 2) for x in captured_qkv(sink, attn.heads, hidden_states.shape[0]))
+        # query, key, value: [B, I, H, D] -> [B, H, I, D]
         query = sink.get("norm_q", query)  # after QK-norm where the processor applied it
         key = sink.get("norm_k", key)
         fused = "to_qkv" in sink
@@ -419,11 +411,7 @@ class SD3Adapter(ConceptAdapter):
         vae_scale = int(getattr(pipeline, "vae_scale_factor", 8))
         multiple = self.size_multiple(pipeline)
         side = int(getattr(pipeline, "default_sample_size", 128)) * vae_scale
-        width, height = image_size
-        scale = math.sqrt(side * side / float(width * height))
-        height = max(multiple, int(round(height * scale / multiple)) * multiple)
-        width = max(multiple, int(round(width * scale / multiple)) * multiple)
-        return height, width
+        return area_resolution(image_size, side * side, multiple)
 
     def explain_batch(self, pipeline: Any, image: Image.Image, request: ExplainRequest) -> ExplainBatch:
         """VAE-encode (shift, scale), noise by flow matching ``x_t = (1 - t)·x_0 + t·ε``, timestep ``t·1000``.

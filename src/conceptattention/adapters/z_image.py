@@ -47,8 +47,8 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .processor import AttentionView, ConceptProcessorMixin, check_captured
-from .real_images import ExplainBatch, ExplainRequest, flow_noised, image_pixels
+from .processor import ConceptProcessorMixin
+from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``adaln_input``.
@@ -122,10 +122,6 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
     )
     COPIES_STOCK = False
 
-    def __init__(self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any) -> None:
-        super().__init__(session, layer, block, transformer, original)
-        self.original = original
-
     def __call__(
         self,
         attn: nn.Module,
@@ -136,11 +132,9 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
     ) -> torch.Tensor:
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        sink: dict[str, torch.Tensor] = {}
-        taps = ("norm_k", "to_v", "norm_q") if self.session.config.space == "cross_attention" else ("norm_k", "to_v")
-        view = AttentionView(attn, sink, taps)
-        output = self.original(view, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        check_captured(sink, tuple((name,) for name in (*taps, "to_out")), self.original, "z_image")
+        taps = self._space_taps("norm_k", "to_v")
+        args = (hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
+        output, sink = self._run_on_view(attn, taps, "z_image", *args)
         self._concept_branch(attn, sink, hidden_states, freqs_cis)
         return output
 
@@ -318,12 +312,7 @@ class ZImageAdapter(ConceptAdapter):
     def explain_resolution(self, pipeline: Any, image_size: tuple[int, int]) -> tuple[int, int]:
         """About 1024² pixels (Z-Image's default size), aspect ratio kept, rounded to the size multiple."""
         multiple = self.size_multiple(pipeline)
-        width, height = image_size
-        scale = (1024 * 1024 / float(width * height)) ** 0.5
-        return (
-            max(multiple, int(round(height * scale / multiple)) * multiple),
-            max(multiple, int(round(width * scale / multiple)) * multiple),
-        )
+        return area_resolution(image_size, 1024 * 1024, multiple)
 
     def explain_batch(self, pipeline: Any, image: Any, request: ExplainRequest) -> ExplainBatch:
         """One batched Z-Image call on the image: VAE latents (shifted and scaled as the pipeline unscales them),

@@ -19,12 +19,10 @@ from .common import (
     Layout,
     ada_norm_zero,
     blocks_until,
-    concept_attention,
     concept_scores,
-    joint_qkv,
+    joint_attention_update,
     layer_norm,
     per_sample,
-    residual_update,
     rotate_rows,
 )
 from .flux_single import naive_single_blocks
@@ -71,7 +69,6 @@ def naive_chroma_scores(
     num_blocks = len(model.transformer_blocks)
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
         text_rows = block_rows(index, 6 * num_blocks)
         if concept_modulation_block is None:
             concept_rows = text_rows
@@ -80,16 +77,19 @@ def naive_chroma_scores(
         n_img, img_mod = ada_norm_zero(hidden, layer_norm, *block_rows(index, 0))
         n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_rows)
         n_con, con_mod = ada_norm_zero(concepts, layer_norm, *concept_rows)
-        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
-        # concepts keep position 0 (identity), as Chroma's text
-        query, key = rotate_rows(query, slice(0, layout.joint), rope), rotate_rows(key, slice(0, layout.joint), rope)
-        output = concept_attention(query, key, value, allowed, layout, mode)  # fully masked padding rows give 0
+        attention, (hidden, text, concepts) = joint_attention_update(  # fully masked padding rows give 0
+            block.attn,
+            (hidden, text, concepts),
+            (n_img, n_txt, n_con),
+            (img_mod, txt_mod, con_mod),
+            ((layer_norm, block.ff), (layer_norm, block.ff_context)),
+            layout,
+            allowed,
+            mode,
+            lambda x: rotate_rows(x, slice(0, layout.joint), rope),  # concepts keep position 0 (identity), as text
+        )
         if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
-        hidden = residual_update(hidden, attn.to_out[0](o_img), layer_norm, block.ff, *img_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), layer_norm, block.ff_context, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), layer_norm, block.ff_context, *con_mod)
+            scores.append(concept_scores(space, *attention, layout))
 
     def single_rows(k: int, stream: str) -> tuple[torch.Tensor, ...]:
         """Single block k's shift, scale, gate ``[B, d]`` (tokens and concepts alike)."""

@@ -20,19 +20,13 @@ from .common import (
     blocks_until,
     concept_attention,
     concept_scores,
+    interleaved_rope,
     modulate,
     per_sample,
     rotate_rows,
     silu_modulation,
     stream_qkv,
 )
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding on interleaved pairs (CogVideoX's convention): ``[B, S, H, D]`` with ``cos/sin [S, D]``."""
-    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
-    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
-    return x * cos[None, :, None] + rotated * sin[None, :, None]
 
 
 def _expert_norm(norm: Any, temb: torch.Tensor, x: torch.Tensor, stream: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,7 +63,7 @@ def naive_cogvideox_scores(
     cos, sin = (rotary[0].double(), rotary[1].double()) if rotary is not None else (None, None)
 
     def rope(x: torch.Tensor) -> torch.Tensor:
-        return _rotate(x, cos, sin)
+        return interleaved_rope(x, cos, sin)
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):

@@ -191,6 +191,14 @@ def joint_qkv(
     return torch.cat(queries, dim=1), torch.cat(keys, dim=1), torch.cat(values, dim=1)
 
 
+def interleaved_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on interleaved pairs (CogVideoX's, Krea 2's and JoyImage's convention): ``x [B, S, H, D]``,
+    ``cos/sin [S, D]`` (each pair's value repeated)."""
+    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
+    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
+    return x * cos[None, :, None] + rotated * sin[None, :, None]
+
+
 def rotate_rows(x: torch.Tensor, rows: slice, rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """``x [B, S, H, D]`` with ``rotate`` (a RoPE) applied to the rows ``x[:, rows]`` only."""
     start = rows.start or 0
@@ -252,3 +260,70 @@ def concept_scores(
     if space == "value":
         return torch.einsum("bihd,bchd->bci", value[:, image], value[:, concepts]) / heads
     raise ValueError(f"unknown space {space!r}")
+
+
+# --- blocks -------------------------------------------------------------------------------------------------------
+
+
+def joint_attention_update(
+    attn: Any,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    normed: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    modulations: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]],
+    mlps: tuple[tuple[Callable, Callable], tuple[Callable, Callable]],
+    layout: Layout,
+    allowed: torch.Tensor,
+    mode: str,
+    rotate: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The attention and residual half of a double-stream block whose streams are already normalised and modulated.
+
+    ``streams = (image [B, I, d], text [B, T, d], concepts [B, C, d])`` and their ``normed`` inputs go through ONE
+    masked attention (``allowed``) over the rows in ``layout``'s order (image projections for the image, the added
+    ones for text and concepts), after ``rotate`` (the RoPE of the rows it rotates, on ``[B, S, H, D]``) of the
+    queries and keys; then the gated residual updates (:func:`residual_update`) with ``modulations`` (each stream's
+    ``gate, shift2, scale2, gate2``) and ``mlps = ((norm, ff) of the image, (norm, ff) of text and concepts)``.
+
+    Returns:
+        ``(query, key, value, output)`` of the attention (the :func:`concept_scores` inputs) and the advanced streams.
+    """
+    image, text, concepts = streams
+    n_img, n_txt, n_con = normed
+    img_mod, txt_mod, con_mod = modulations
+    (norm_img, ff_img), (norm_ctx, ff_ctx) = mlps
+    rows = [(n_txt, True), (n_img, False)] if layout.text.start == 0 else [(n_img, False), (n_txt, True)]
+    query, key, value = joint_qkv(attn, [*rows, (n_con, True)])  # [B, S, H, D], in the layout's row order
+    query, key = rotate(query), rotate(key)
+    output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+    o_img, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
+    image = residual_update(image, attn.to_out[0](o_img), norm_img, ff_img, *img_mod)
+    text = residual_update(text, attn.to_add_out(o_txt), norm_ctx, ff_ctx, *txt_mod)
+    concepts = residual_update(concepts, attn.to_add_out(o_con), norm_ctx, ff_ctx, *con_mod)
+    return (query, key, value, output), (image, text, concepts)
+
+
+def double_block(
+    block: Any,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tembs: tuple[torch.Tensor, torch.Tensor],
+    layout: Layout,
+    allowed: torch.Tensor,
+    mode: str,
+    rotate: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """One FLUX.1-style double-stream block (FLUX.1, its relatives, HunyuanVideo's family) run by hand: the
+    ``streams`` (image, text, concepts) through ``norm1`` / ``norm1_context`` (AdaLayerNormZero) modulated by
+    ``tembs = (temb of image and text, temb of the concepts)`` ``[B, d]``, then :func:`joint_attention_update` with
+    ``norm2`` / ``norm2_context`` and ``ff`` / ``ff_context``.
+
+    Returns:
+        ``(query, key, value, output)`` of the attention (the :func:`concept_scores` inputs) and the advanced streams.
+    """
+    image, text, concepts = streams
+    temb, temb_concepts = tembs
+    n_img, *img_mod = block.norm1(image, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
+    n_txt, *txt_mod = block.norm1_context(text, emb=temb)
+    n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
+    mlps = ((block.norm2, block.ff), (block.norm2_context, block.ff_context))
+    normed, modulations = (n_img, n_txt, n_con), (img_mod, txt_mod, con_mod)
+    return joint_attention_update(block.attn, streams, normed, modulations, mlps, layout, allowed, mode, rotate)

@@ -23,11 +23,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from .common import (
     Layout,
     blocks_until,
-    concept_attention,
     concept_scores,
-    joint_qkv,
+    double_block,
     per_sample,
-    residual_update,
     rotate_rows,
 )
 from .flux_single import naive_single_blocks, silu_rows
@@ -110,22 +108,15 @@ def naive_flux_like_scores(
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
         if concept_layers is not None:  # Bria-Fibo: second half of text and concepts from layer `index`
             text = _rebuild_half(text, model.caption_projection[index], inputs["text_encoder_layers"][index])
             concepts = _rebuild_half(concepts, model.caption_projection[index], concept_layers[index])
-        n_img, *img_mod = block.norm1(hidden, emb=temb)  # img_mod: gate, shift2, scale2, gate2, each [B, d]
-        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
-        n_con, *con_mod = block.norm1_context(concepts, emb=temb)
-        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
-        query, key = rotate_rows(query, rotated, rope), rotate_rows(key, rotated, rope)
-        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        attention, (hidden, text, concepts) = double_block(
+            block, (hidden, text, concepts), (temb, temb), layout, allowed, mode,
+            lambda x: rotate_rows(x, rotated, rope),
+        )
         if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
-        hidden = residual_update(hidden, attn.to_out[0](o_img), block.norm2, block.ff, *img_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
+            scores.append(concept_scores(space, *attention, layout))
     singles, first = model.single_transformer_blocks, len(model.transformer_blocks)  # indices past the doubles
 
     def modulation(k: int, stream: str) -> tuple[torch.Tensor, ...]:

@@ -17,11 +17,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 from .common import (
     Layout,
     blocks_until,
-    concept_attention,
     concept_scores,
-    joint_qkv,
+    double_block,
     key_mask,
-    residual_update,
     rotate_rows,
 )
 
@@ -49,14 +47,7 @@ def naive_hunyuan_video_scores(
     text_mask = inputs["encoder_attention_mask"]  # [B, T]
     text = model.context_embedder(inputs["encoder_hidden_states"].double(), timestep, text_mask)  # [B, T, d]
     batch, num_video = video.shape[:2]
-    rows = []
-    for sample in range(batch):
-        refined = [
-            model.context_embedder(concept_embeds[index].double()[None, None], timestep[sample : sample + 1])[0, 0]
-            for index in range(concept_embeds.shape[0])
-        ]
-        rows.append(torch.stack(refined))  # [C, d]
-    concepts = torch.stack(rows)  # [B, C, d]
+    concepts = refine_each_concept(model, concept_embeds, timestep)  # [B, C, d]
     num_text = text.shape[1]
     layout = Layout.image_first(num_text, num_video, concepts.shape[1])  # [video, text, concepts]
 
@@ -64,22 +55,51 @@ def naive_hunyuan_video_scores(
     valid_keys = torch.cat([torch.ones(batch, num_video, dtype=torch.bool), valid_text], dim=1)  # [B, I + T]
     allowed = layout.mask(mode, joint=key_mask(valid_keys))  # [B, S, S]: everyone sees the video, the unpadded text
 
+    scores = double_stream_scores(
+        model, layout, allowed, (video, text, concepts), (temb, temb_concepts), (cos, sin), layers, space, mode
+    )
+    return scores  # [L, B, C, F·h·w]
+
+
+def refine_each_concept(model: Any, concept_embeds: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+    """Each concept ``[D_text]`` through the model's token refiner (``context_embedder``) on its own, as a one-token
+    prompt, at each sample's timestep: ``[B, C, d]`` (HunyuanVideo, HunyuanVideo 1.5, HunyuanImage)."""
+    rows = []
+    for sample in range(timestep.shape[0]):
+        refined = [
+            model.context_embedder(concept_embeds[index].double()[None, None], timestep[sample : sample + 1])[0, 0]
+            for index in range(concept_embeds.shape[0])
+        ]
+        rows.append(torch.stack(refined))  # [C, d]
+    return torch.stack(rows)  # [B, C, d]
+
+
+def double_stream_scores(
+    model: Any,
+    layout: Layout,
+    allowed: torch.Tensor,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    tembs: tuple[torch.Tensor, torch.Tensor],
+    rotary: tuple[torch.Tensor, torch.Tensor],
+    layers: list[int],
+    space: str,
+    mode: str,
+) -> torch.Tensor:
+    """Per-layer scores ``[L, B, C, I]`` of HunyuanVideo-style double-stream blocks (HunyuanVideo, HunyuanVideo 1.5,
+    HunyuanImage), run by hand on ``streams = (image or video [B, I, d], text [B, T, d], concepts [B, C, d])``:
+    ``norm1`` / ``norm1_context`` modulated by ``tembs = (temb of image and text, temb of the concepts)`` ``[B, d]``,
+    one masked attention (``allowed``, ``[B, S, S]``) over ``[image, text, concepts]`` with the RoPE table
+    ``rotary = (cos, sin)`` ``[I, D]`` on the image rows only, then the residual updates (:func:`.common.double_block`).
+    """
+
     def rope(x: torch.Tensor) -> torch.Tensor:
-        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
+        return apply_rotary_emb(x, rotary, sequence_dim=1)
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
-        n_vid, *vid_mod = block.norm1(video, emb=temb)  # vid_mod: gate, shift2, scale2, gate2, each [B, d]
-        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
-        n_con, *con_mod = block.norm1_context(concepts, emb=temb_concepts)
-        query, key, value = joint_qkv(attn, [(n_vid, False), (n_txt, True), (n_con, True)])  # [B, S, H, D]
-        query, key = rotate_rows(query, layout.image, rope), rotate_rows(key, layout.image, rope)  # video rows only
-        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        attention, streams = double_block(
+            block, streams, tembs, layout, allowed, mode, lambda x: rotate_rows(x, layout.image, rope)
+        )  # RoPE on the image rows only
         if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_vid, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
-        video = residual_update(video, attn.to_out[0](o_vid), block.norm2, block.ff, *vid_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
-    return torch.stack(scores)  # [L, B, C, F·h·w]
+            scores.append(concept_scores(space, *attention, layout))
+    return torch.stack(scores)  # [L, B, C, I]

@@ -4,7 +4,8 @@ It rebuilds the text stream as the model does (refined prompt + type 0, ByT5 gly
 2, valid tokens first, padding zeroed) and re-runs the blocks by hand with ONE full attention over
 ``[video, text, concepts]`` and an explicit boolean mask (a video or valid text query sees the video and the valid
 text; a padded text query sees nothing; concepts see the video and/or the concepts). RoPE rotates the video rows
-only. Each concept is refined on its own and gets the type-0 embedding. No code is shared with the library.
+only. Each concept is refined on its own and gets the type-0 embedding. The blocks run as HunyuanVideo's reference
+runs them (:func:`.hunyuan_video.double_stream_scores`). No code is shared with the library.
 """
 
 from __future__ import annotations
@@ -13,17 +14,9 @@ import copy
 from typing import Any
 
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
 
-from .common import (
-    Layout,
-    blocks_until,
-    concept_attention,
-    concept_scores,
-    joint_qkv,
-    residual_update,
-    rotate_rows,
-)
+from .common import Layout
+from .hunyuan_video import double_stream_scores, refine_each_concept
 
 
 def _text_stream(model: Any, inputs: dict[str, Any], timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,36 +64,13 @@ def naive_hunyuan_video15_scores(
     video = model.x_embedder(latents)  # [B, I, d]
     text, valid_text = _text_stream(model, inputs, timestep)  # [B, T, d], [B, T]
     batch, num_video = video.shape[:2]
-    rows = []
-    for sample in range(batch):
-        refined = [
-            model.context_embedder(concept_embeds[index].double()[None, None], timestep[sample : sample + 1])[0, 0]
-            for index in range(concept_embeds.shape[0])
-        ]
-        rows.append(torch.stack(refined))  # [C, d]
-    concepts = torch.stack(rows)  # [B, C, d]
+    concepts = refine_each_concept(model, concept_embeds, timestep)  # [B, C, d]
     if concept_type is not None:
         concepts = concepts + model.cond_type_embed.weight[concept_type]
     layout = Layout.image_first(text.shape[1], num_video, concepts.shape[1])  # [video, text, concepts]
     valid = torch.cat([torch.ones(batch, num_video, dtype=torch.bool), valid_text], dim=1)  # [B, I + T]
     allowed = layout.mask(mode, joint=valid[:, :, None] & valid[:, None, :])  # [B, S, S]
 
-    def rope(x: torch.Tensor) -> torch.Tensor:
-        return apply_rotary_emb(x, (cos, sin), sequence_dim=1)
-
-    scores = []
-    for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
-        n_vid, *vid_mod = block.norm1(video, emb=temb)  # vid_mod: gate, shift2, scale2, gate2, each [B, d]
-        n_txt, *txt_mod = block.norm1_context(text, emb=temb)
-        n_con, *con_mod = block.norm1_context(concepts, emb=temb)
-        query, key, value = joint_qkv(attn, [(n_vid, False), (n_txt, True), (n_con, True)])  # [B, S, H, D]
-        query, key = rotate_rows(query, layout.image, rope), rotate_rows(key, layout.image, rope)  # video rows only
-        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
-        if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_vid, o_txt, o_con = output[:, layout.image], output[:, layout.text], output[:, layout.concepts]
-        video = residual_update(video, attn.to_out[0](o_vid), block.norm2, block.ff, *vid_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), block.norm2_context, block.ff_context, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), block.norm2_context, block.ff_context, *con_mod)
-    return torch.stack(scores)  # [L, B, C, F·h·w]
+    return double_stream_scores(
+        model, layout, allowed, (video, text, concepts), (temb, temb), (cos, sin), layers, space, mode
+    )  # [L, B, C, F·h·w]

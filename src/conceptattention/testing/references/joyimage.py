@@ -22,11 +22,11 @@ from .common import (
     blocks_until,
     concept_attention,
     concept_scores,
+    interleaved_rope,
     key_mask,
     per_sample,
     residual_update,
 )
-from .krea2 import _rope as interleaved_rope
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -22,17 +22,11 @@ from .common import (
     blocks_until,
     concept_attention,
     concept_scores,
+    interleaved_rope,
     key_mask,
     per_sample,
     split_heads,
 )
-
-
-def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Interleaved-pair rotary embedding: ``x [B, S, H, D]``, ``cos/sin [S, D]`` (each pair's value repeated)."""
-    real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)  # [B, S, H, D/2] each
-    rotated = torch.stack([-imag, real], dim=-1).flatten(-2)  # [B, S, H, D]
-    return x * cos[None, :, None] + rotated * sin[None, :, None]
 
 
 def _rms(norm: Any, x: torch.Tensor) -> torch.Tensor:
@@ -84,8 +78,9 @@ def naive_krea2_scores(
         ).unbind(-2)  # [B, 1, d] each
         sequence = torch.cat([text, image, concepts], dim=1)  # [B, S, d]
         normed = (1 + prescale) * _rms(block.norm1, sequence) + preshift
-        query = _rope(_rms(attn.norm_q, split_heads(attn.to_q(normed), attn.num_heads)), cos, sin)  # [B, S, H, D]
-        key = _rope(_rms(attn.norm_k, split_heads(attn.to_k(normed), attn.num_kv_heads)), cos, sin)
+        query = _rms(attn.norm_q, split_heads(attn.to_q(normed), attn.num_heads))  # [B, S, H, D]
+        query = interleaved_rope(query, cos, sin)
+        key = interleaved_rope(_rms(attn.norm_k, split_heads(attn.to_k(normed), attn.num_kv_heads)), cos, sin)
         key = key.repeat_interleave(groups, 2)  # [B, S, H_kv, D] -> [B, S, H, D]
         value = split_heads(attn.to_v(normed), attn.num_kv_heads).repeat_interleave(groups, 2)  # [B, S, H, D]
         output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]

@@ -18,13 +18,11 @@ from .common import (
     Layout,
     ada_norm_zero,
     blocks_until,
-    concept_attention,
     concept_scores,
-    joint_qkv,
+    joint_attention_update,
     key_mask,
     layer_norm,
     per_sample,
-    residual_update,
 )
 
 
@@ -76,19 +74,22 @@ def naive_qwenimage_scores(
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        attn = block.attn
         image_mod = [*block.img_mod(temb).chunk(6, dim=-1)]  # shift, scale, gate, shift2, scale2, gate2: [B, d]
         text_mod = [*block.txt_mod(temb).chunk(6, dim=-1)]
         n_img, img_mod = ada_norm_zero(hidden, layer_norm, *image_mod)
         n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_mod)
         n_con, con_mod = ada_norm_zero(concepts, layer_norm, *text_mod)
-        query, key, value = joint_qkv(attn, [(n_txt, True), (n_img, False), (n_con, True)])  # [B, S, H, D]
-        query, key = _rotate(query, freqs), _rotate(key, freqs)
-        output = concept_attention(query, key, value, allowed, layout, mode)  # [B, S, H·D]
+        attention, (hidden, text, concepts) = joint_attention_update(
+            block.attn,
+            (hidden, text, concepts),
+            (n_img, n_txt, n_con),
+            (img_mod, txt_mod, con_mod),
+            ((layer_norm, block.img_mlp), (layer_norm, block.txt_mlp)),
+            layout,
+            allowed,
+            mode,
+            lambda x: _rotate(x, freqs),
+        )
         if index in layers:
-            scores.append(concept_scores(space, query, key, value, output, layout))
-        o_txt, o_img, o_con = output[:, layout.text], output[:, layout.image], output[:, layout.concepts]
-        hidden = residual_update(hidden, attn.to_out[0](o_img), layer_norm, block.img_mlp, *img_mod)
-        text = residual_update(text, attn.to_add_out(o_txt), layer_norm, block.txt_mlp, *txt_mod)
-        concepts = residual_update(concepts, attn.to_add_out(o_con), layer_norm, block.txt_mlp, *con_mod)
+            scores.append(concept_scores(space, *attention, layout))
     return torch.stack(scores)  # [L, B, C, I]
