@@ -51,6 +51,7 @@ from .base import (
 from .cfg_twins import SequentialCFGTwins, call_tensors
 from .hidream_image import ProjectionTapView
 from .processor import ConceptProcessorMixin, check_captured
+from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ if TYPE_CHECKING:
 JOYIMAGE_TEMB_KEY = "joyimage_block_temb"
 #: Image-side modules of ``JoyImageAttention`` whose outputs the concept branch takes (``img_attn_proj``: its input).
 JOYIMAGE_TAPS = ("img_attn_q_norm", "img_attn_k_norm", "img_attn_qkv")
+#: How ``JoyImageEditPlusPipeline`` wraps a prompt before its ``"multiple_images"`` template.
+USER_TURN = "<|im_start|>user\n{}<|im_end|>\n"
 
 
 class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
@@ -267,26 +270,38 @@ class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
         template, Qwen3-VL's last decoder layer before the final norm), pooled over the concept's own tokens:
         ``[C, text_dim]``."""
         tokenizer = getattr(pipeline, "tokenizer", None)
-        if tokenizer is None or not hasattr(pipeline, "_get_qwen_prompt_embeds"):
+        if tokenizer is None or not hasattr(pipeline, self.prompt_encoder):
             raise AdapterInputError(
                 "This JoyImage pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, text_dim] tensor) instead."
             )
-        template = pipeline.prompt_template_encode["image"]
-        prefix = template[: template.index("{}")]
+        prefix = self._concept_prefix(pipeline)
         prefix_tokens = len(tokenizer(prefix).input_ids)
-        start = prefix_tokens - pipeline.prompt_template_encode_start_idx["image"]  # the concept's first row
+        start = prefix_tokens - pipeline.prompt_template_encode_start_idx[self.prompt_template]  # the concept's first row
         rows = []
         for concept in concepts:
             own = len(tokenizer(prefix + concept).input_ids) - prefix_tokens
             if own <= 0 or start < 0:
                 raise AdapterInputError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
             with torch.no_grad():
-                states, _ = pipeline._get_qwen_prompt_embeds([concept], "image", device)  # [1, L, text_dim]
+                states = self._encode_text(pipeline, concept, device)  # [1, L, text_dim]
             content = torch.zeros(1, states.shape[1], dtype=torch.bool, device=states.device)  # [1, L]
             content[0, start : start + own] = True
             rows.append(pool_token_states(states, content, pooling)[0])
         return torch.stack(rows)  # [C, text_dim]
+
+    #: The pipeline's text-only prompt encoder and the key of its template (JoyImage Edit: ``"image"``).
+    prompt_encoder = "_get_qwen_prompt_embeds"
+    prompt_template = "image"
+
+    def _concept_prefix(self, pipeline: Any) -> str:
+        """The text the pipeline puts before a prompt (its template up to the prompt)."""
+        template = pipeline.prompt_template_encode[self.prompt_template]
+        return template[: template.index("{}")]
+
+    def _encode_text(self, pipeline: Any, text: str, device: torch.device | None) -> torch.Tensor:
+        """The pipeline's text-only encoding of one prompt: ``[1, L, text_dim]``."""
+        return pipeline._get_qwen_prompt_embeds([text], self.prompt_template, device)[0]
 
 
 class JoyImageEditPlusAdapter(JoyImageAdapter):
@@ -320,7 +335,22 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
                 f"ConceptAttention needs one target size per JoyImage Edit Plus call; got {sorted(targets)}."
             )
         grid = targets.pop()
-        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2]}
+        halves = batch_halves_identical(bound["hidden_states"])  # batched CFG feeds cat([latents] * 2)
+        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2], "identical_halves": halves}
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """The conditional half of ``JoyImageEditPlusPipeline``'s batched ``[uncond, cond]`` guidance call."""
+        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+
+    # concepts go through the pipeline's only prompt encoder, text-only, in its user turn
+    prompt_encoder = "encode_prompt_multiple_images"
+    prompt_template = "multiple_images"
+
+    def _concept_prefix(self, pipeline: Any) -> str:
+        return super()._concept_prefix(pipeline) + USER_TURN[: USER_TURN.index("{}")]
+
+    def _encode_text(self, pipeline: Any, text: str, device: torch.device | None) -> torch.Tensor:
+        return pipeline.encode_prompt_multiple_images([USER_TURN.format(text)], device, images=None)[0]
 
 
 __all__ = [

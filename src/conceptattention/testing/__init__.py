@@ -92,6 +92,7 @@ from .hunyuan_video15 import (
 from .joyimage import (
     JOYIMAGE_TEXT_DIM,
     tiny_joyimage_edit_plus_inputs,
+    tiny_joyimage_edit_plus_pipeline,
     tiny_joyimage_edit_plus_transformer,
     tiny_joyimage_inputs,
     tiny_joyimage_pipeline,
@@ -137,6 +138,7 @@ __all__ = [
     "tiny_hidream_image_pipeline",
     "tiny_hidream_image_transformer",
     "tiny_joyimage_edit_plus_inputs",
+    "tiny_joyimage_edit_plus_pipeline",
     "tiny_joyimage_edit_plus_transformer",
     "tiny_joyimage_inputs",
     "tiny_joyimage_pipeline",
