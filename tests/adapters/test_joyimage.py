@@ -1,9 +1,10 @@
 """JoyImage Edit adapter: the zoo battery on a tiny JoyImage Edit transformer (3 double-stream blocks, randomised
 modulation tables) with the naive float64 reference, in the text-to-image layout and the editing layout (a reference
 image in the visual sequence: maps of the target only, concepts never see the reference), with both RoPE types, and a
-tiny offline JoyImageEditPipeline on its text-to-image path (the editing path needs a Qwen3-VL processor, not built
-here), whose CFG runs as two plain calls per step (only the conditional one is recorded). JoyImage Edit Plus: the battery at transformer level on packed inputs (target, a reference of another size,
-padding patches, masked text)."""
+tiny offline JoyImageEditPipeline on its text-to-image and editing paths (a tiny in-memory Qwen3-VL processor), whose
+CFG runs as two plain calls per step (only the conditional one is recorded). JoyImage Edit Plus: the battery at
+transformer level on packed inputs (target, a reference of another size, padding patches, masked text) and a tiny
+offline JoyImageEditPlusPipeline (batched CFG: maps of the conditional half)."""
 
 from __future__ import annotations
 
@@ -96,13 +97,18 @@ class TestJoyImageBattery(ZooBattery):
 
 class TestJoyImageEditPlusBattery(ZooBattery):
     """The shared battery on a tiny JoyImage Edit Plus: per sample a 4×6 target, a 2×4 reference and 3 padding
-    patches in one packed sequence, 2 of 7 text tokens masked (maps of the target)."""
+    patches in one packed sequence, 2 of 7 text tokens masked (maps of the target); and a tiny
+    ``JoyImageEditPlusPipeline`` without reference images (a 64×96 target: 4×6 tokens; batched CFG)."""
 
     concept_dim = JOYIMAGE_TEXT_DIM
     expected_grid = (1, 4, 6)
     tiny_transformer = tiny_joyimage_edit_plus_transformer
     tiny_inputs = tiny_joyimage_edit_plus_inputs
     naive_reference = naive_joyimage_scores
+    tiny_pipeline = tiny_joyimage_edit_plus_pipeline
+    pipeline_kwargs = {**GEN_KW, "height": 64, "width": 96}
+    pipeline_cfg_kwargs = CFG_KW
+    expected_pipeline_grid = (1, 4, 6)
 
     def test_registry_and_stock_processor_kept(self, transformer):
         assert get_adapter(transformer).name == "joyimage_edit_plus"

@@ -233,8 +233,9 @@ class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
     fused_qkv = "always fused (img_attn_qkv / txt_attn_qkv)"
     tested = (
         "adapter battery + naive reference (text-to-image and edit layouts, rope and mrope); tiny offline pipeline "
-        "(text-to-image path) bit-identical with and without CFG (its two-call CFG: only the conditional call "
-        "recorded); concept encoding checked against the pipeline's prompt encoding; no explain path"
+        "(text-to-image and editing paths, tiny Qwen3-VL processor) bit-identical with and without CFG, maps of the "
+        "target only (its two-call CFG: only the conditional call recorded); concept encoding checked against the "
+        "pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -306,7 +307,8 @@ class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
 
 class JoyImageEditPlusAdapter(JoyImageAdapter):
     """Adapter for JoyImage Edit Plus (``JoyImageEditPlusTransformer3DModel``, ``JoyImageEditPlusPipeline``): every
-    sample packs its target first, then its references, padded to one length (``shape_list``); maps of the target.
+    sample packs its target first, then its references, padded to one length (``shape_list``); maps of the target,
+    of the conditional half of the pipeline's batched ``[negative, prompt]`` guidance.
 
     Example:
         >>> from conceptattention.adapters import get_adapter
@@ -323,7 +325,9 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
     official_default_layers = "last 4 blocks (JoyImage Edit Plus: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference at transformer level (packed target + reference of another size, "
-        "padding); no tiny pipeline (its Qwen3-VL processor is not built offline here); no explain path"
+        "padding); tiny offline pipeline (editing and text-only paths, tiny Qwen3-VL processor) bit-identical with and without CFG, "
+        "maps of the target only (batched CFG: the conditional half); concept encoding checked against the "
+        "pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
