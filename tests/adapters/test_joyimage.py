@@ -16,6 +16,7 @@ from diffusers.models.transformers.transformer_joyimage import JoyImageAttnProce
 from diffusers.models.transformers.transformer_joyimage_edit_plus import JoyImageEditPlusAttnProcessor
 
 from conceptattention import ConceptAttention, get_adapter
+from conceptattention.adapters.base import AdapterInputError
 from conceptattention.testing import (
     JOYIMAGE_TEXT_DIM,
     tiny_joyimage_edit_plus_inputs,
@@ -295,3 +296,15 @@ def test_edit_plus_concept_encoding_matches_the_pipelines_prompt_states():
             states, _ = pipe.encode_prompt_multiple_images([f"<|im_start|>user\n{concept}<|im_end|>\n"])  # [1, L, 16]
         count = len(pipe.tokenizer(concept).input_ids)  # byte-level: the concept's own tokens
         torch.testing.assert_close(encoded[index], states[0, start : start + count].mean(0))
+
+
+def test_edit_plus_concepts_without_a_processor_refused_clearly():
+    """An Edit Plus pipeline without its Qwen3-VL processor cannot encode concept names: a clear error, nothing
+    installed."""
+    pipe = tiny_joyimage_edit_plus_pipeline()
+    pipe.processor = None
+    stock = [block.attn.processor for block in pipe.transformer.double_blocks]
+    with pytest.raises(AdapterInputError, match="no Qwen3-VL processor"), ConceptAttention(pipe, EDIT_CONCEPTS):
+        pass
+    blocks = pipe.transformer.double_blocks
+    assert all(block.attn.processor is processor for block, processor in zip(blocks, stock, strict=True))

@@ -325,9 +325,9 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
     official_default_layers = "last 4 blocks (JoyImage Edit Plus: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference at transformer level (packed target + reference of another size, "
-        "padding); tiny offline pipeline (editing and text-only paths, tiny Qwen3-VL processor) bit-identical with and without CFG, "
-        "maps of the target only (batched CFG: the conditional half); concept encoding checked against the "
-        "pipeline's prompt encoding; no explain path"
+        "padding); tiny offline pipeline (editing and text-only paths, tiny Qwen3-VL processor) bit-identical with "
+        "and without CFG, maps of the target only (batched CFG: the conditional half); concept encoding checked "
+        "against the pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -354,6 +354,12 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
         return super()._concept_prefix(pipeline) + USER_TURN[: USER_TURN.index("{}")]
 
     def _encode_text(self, pipeline: Any, text: str, device: torch.device | None) -> torch.Tensor:
+        """``encode_prompt_multiple_images`` of the text alone in a user turn: ``[1, L, text_dim]``."""
+        if getattr(pipeline, "processor", None) is None:
+            raise AdapterInputError(
+                "This JoyImage Edit Plus pipeline has no Qwen3-VL processor to encode concepts with; pass "
+                "`concept_embeds=` (a [C, text_dim] tensor) instead."
+            )
         return pipeline.encode_prompt_multiple_images([USER_TURN.format(text)], device, images=None)[0]
 
 
