@@ -50,6 +50,7 @@ from .base import (
 )
 from .cfg_twins import SequentialCFGTwins, call_tensors
 from .processor import ConceptProcessorMixin
+from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 JOYIMAGE_TEMB_KEY = "joyimage_block_temb"
 #: Image-side modules of ``JoyImageAttention`` whose outputs the concept branch takes (``img_attn_proj``: its input).
 JOYIMAGE_TAPS = ("img_attn_q_norm", "img_attn_k_norm", "img_attn_qkv")
+#: How ``JoyImageEditPlusPipeline`` wraps a prompt before its ``"multiple_images"`` template.
+USER_TURN = "<|im_start|>user\n{}<|im_end|>\n"
 
 
 class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
@@ -228,8 +231,9 @@ class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
     fused_qkv = "always fused (img_attn_qkv / txt_attn_qkv)"
     tested = (
         "adapter battery + naive reference (text-to-image and edit layouts, rope and mrope); tiny offline pipeline "
-        "(text-to-image path) bit-identical with and without CFG (its two-call CFG: only the conditional call "
-        "recorded); concept encoding checked against the pipeline's prompt encoding; no explain path"
+        "(text-to-image and editing paths, tiny Qwen3-VL processor) bit-identical with and without CFG, maps of the "
+        "target only (its two-call CFG: only the conditional call recorded); concept encoding checked against the "
+        "pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -265,31 +269,44 @@ class JoyImageAdapter(SequentialCFGTwins, ConceptAdapter):
         template, Qwen3-VL's last decoder layer before the final norm), pooled over the concept's own tokens:
         ``[C, text_dim]``."""
         tokenizer = getattr(pipeline, "tokenizer", None)
-        if tokenizer is None or not hasattr(pipeline, "_get_qwen_prompt_embeds"):
+        if tokenizer is None or not hasattr(pipeline, self.prompt_encoder):
             raise AdapterInputError(
                 "This JoyImage pipeline has no text encoder or tokenizer to encode concepts; pass `concept_embeds=` "
                 "(a [C, text_dim] tensor) instead."
             )
-        template = pipeline.prompt_template_encode["image"]
-        prefix = template[: template.index("{}")]
+        prefix = self._concept_prefix(pipeline)
         prefix_tokens = len(tokenizer(prefix).input_ids)
-        start = prefix_tokens - pipeline.prompt_template_encode_start_idx["image"]  # the concept's first row
+        start = prefix_tokens - pipeline.prompt_template_encode_start_idx[self.prompt_template]  # the concept's first row
         rows = []
         for concept in concepts:
             own = len(tokenizer(prefix + concept).input_ids) - prefix_tokens
             if own <= 0 or start < 0:
                 raise AdapterInputError(f"Concept {concept!r} has no tokens of its own after the pipeline's template prefix.")
             with torch.no_grad():
-                states, _ = pipeline._get_qwen_prompt_embeds([concept], "image", device)  # [1, L, text_dim]
+                states = self._encode_text(pipeline, concept, device)  # [1, L, text_dim]
             content = torch.zeros(1, states.shape[1], dtype=torch.bool, device=states.device)  # [1, L]
             content[0, start : start + own] = True
             rows.append(pool_token_states(states, content, pooling)[0])
         return torch.stack(rows)  # [C, text_dim]
 
+    #: The pipeline's text-only prompt encoder and the key of its template (JoyImage Edit: ``"image"``).
+    prompt_encoder = "_get_qwen_prompt_embeds"
+    prompt_template = "image"
+
+    def _concept_prefix(self, pipeline: Any) -> str:
+        """The text the pipeline puts before a prompt (its template up to the prompt)."""
+        template = pipeline.prompt_template_encode[self.prompt_template]
+        return template[: template.index("{}")]
+
+    def _encode_text(self, pipeline: Any, text: str, device: torch.device | None) -> torch.Tensor:
+        """The pipeline's text-only encoding of one prompt: ``[1, L, text_dim]``."""
+        return pipeline._get_qwen_prompt_embeds([text], self.prompt_template, device)[0]
+
 
 class JoyImageEditPlusAdapter(JoyImageAdapter):
     """Adapter for JoyImage Edit Plus (``JoyImageEditPlusTransformer3DModel``, ``JoyImageEditPlusPipeline``): every
-    sample packs its target first, then its references, padded to one length (``shape_list``); maps of the target.
+    sample packs its target first, then its references, padded to one length (``shape_list``); maps of the target,
+    of the conditional half of the pipeline's batched ``[negative, prompt]`` guidance.
 
     Example:
         >>> from conceptattention.adapters import get_adapter
@@ -306,7 +323,9 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
     official_default_layers = "last 4 blocks (JoyImage Edit Plus: 16-19; no official choice)"
     tested = (
         "adapter battery + naive reference at transformer level (packed target + reference of another size, "
-        "padding); no tiny pipeline (its Qwen3-VL processor is not built offline here); no explain path"
+        "padding); tiny offline pipeline (editing and text-only paths, tiny Qwen3-VL processor) bit-identical with "
+        "and without CFG, maps of the target only (batched CFG: the conditional half); concept encoding checked "
+        "against the pipeline's prompt encoding; no explain path"
     )
 
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -318,7 +337,28 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
                 f"ConceptAttention needs one target size per JoyImage Edit Plus call; got {sorted(targets)}."
             )
         grid = targets.pop()
-        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2]}
+        halves = batch_halves_identical(bound["hidden_states"])  # batched CFG feeds cat([latents] * 2)
+        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2], "identical_halves": halves}
+
+    def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
+        """The conditional half of ``JoyImageEditPlusPipeline``'s batched ``[uncond, cond]`` guidance call."""
+        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+
+    # concepts go through the pipeline's only prompt encoder, text-only, in its user turn
+    prompt_encoder = "encode_prompt_multiple_images"
+    prompt_template = "multiple_images"
+
+    def _concept_prefix(self, pipeline: Any) -> str:
+        return super()._concept_prefix(pipeline) + USER_TURN[: USER_TURN.index("{}")]
+
+    def _encode_text(self, pipeline: Any, text: str, device: torch.device | None) -> torch.Tensor:
+        """``encode_prompt_multiple_images`` of the text alone in a user turn: ``[1, L, text_dim]``."""
+        if getattr(pipeline, "processor", None) is None:
+            raise AdapterInputError(
+                "This JoyImage Edit Plus pipeline has no Qwen3-VL processor to encode concepts with; pass "
+                "`concept_embeds=` (a [C, text_dim] tensor) instead."
+            )
+        return pipeline.encode_prompt_multiple_images([USER_TURN.format(text)], device, images=None)[0]
 
 
 __all__ = [

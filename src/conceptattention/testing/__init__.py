@@ -92,10 +92,13 @@ from .hunyuan_video15 import (
 from .joyimage import (
     JOYIMAGE_TEXT_DIM,
     tiny_joyimage_edit_plus_inputs,
+    tiny_joyimage_edit_plus_pipeline,
     tiny_joyimage_edit_plus_transformer,
+    tiny_joyimage_edit_text_encoder,
     tiny_joyimage_inputs,
     tiny_joyimage_pipeline,
     tiny_joyimage_transformer,
+    tiny_qwen3vl_processor,
 )
 from .krea2 import KREA2_TEXT_DIM, KREA2_TEXT_LAYERS, tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 from .longcat_image import tiny_longcat_image_inputs, tiny_longcat_image_pipeline, tiny_longcat_image_transformer
@@ -137,10 +140,13 @@ __all__ = [
     "tiny_hidream_image_pipeline",
     "tiny_hidream_image_transformer",
     "tiny_joyimage_edit_plus_inputs",
+    "tiny_joyimage_edit_plus_pipeline",
     "tiny_joyimage_edit_plus_transformer",
+    "tiny_joyimage_edit_text_encoder",
     "tiny_joyimage_inputs",
     "tiny_joyimage_pipeline",
     "tiny_joyimage_transformer",
+    "tiny_qwen3vl_processor",
     "tiny_qwen3vl_config",
     "CogVideoXVersion",
     "FLUX2_TEXT_HIDDEN",

@@ -1,5 +1,5 @@
-"""Tiny random-weight JoyImage Edit and Edit Plus transformers, inputs and pipeline for
-:mod:`conceptattention.adapters.joyimage`.
+"""Tiny random-weight JoyImage Edit and Edit Plus transformers, inputs and pipelines (with a tiny in-memory Qwen3-VL
+processor for their editing paths) for :mod:`conceptattention.adapters.joyimage`.
 
 Example:
     >>> type(tiny_joyimage_transformer()).__name__
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .common import quiet_pipeline, seeded_eval
-from .text_encoders import tiny_byte_level_tokenizer, tiny_qwen3vl_config
+from .text_encoders import QWEN_CHAT_TEMPLATE, tiny_byte_level_tokenizer, tiny_qwen3vl_config
 
 
 #: Width of the tiny JoyImage Edit's text features (``text_dim``).
@@ -73,24 +73,32 @@ def tiny_joyimage_inputs(
     }
 
 
-def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
-    """A random-weight ``JoyImageEditPipeline`` for its text-to-image path (no reference image, so no Qwen3-VL
-    processor): tiny two-layer ``Qwen3VLForConditionalGeneration`` (width 16) with a byte-level chat tokenizer, tiny
-    Wan VAE (4 latent channels, ``vae_scale_factor_spatial`` 8), the tiny transformer.
+def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0, with_processor: bool = False) -> Any:
+    """A random-weight ``JoyImageEditPipeline``: tiny two-layer ``Qwen3VLForConditionalGeneration`` (width 16) with a
+    byte-level chat tokenizer, tiny Wan VAE (4 latent channels, ``vae_scale_factor_spatial`` 8), the tiny transformer.
+    Without ``with_processor`` it has no Qwen3-VL processor and runs the text-to-image path only; with it, the
+    tokenizer, encoder and processor are :func:`tiny_joyimage_edit_text_encoder`'s, and the editing path (prompt and
+    reference ``image=``) runs as well.
 
     The pipeline snaps every request to its 1024-pixel buckets: a square request gives a 128×128 latent and 64×64
-    image tokens (use ``output_type="latent"``: decoding 1024² pixels is slow on a CPU).
+    image tokens (use ``output_type="latent"``: decoding 1024² pixels is slow on a CPU); a reference image is
+    snapped the same way (64×64 reference tokens after the target's, 4 image tokens in the prompt).
 
     Example:
         >>> type(tiny_joyimage_pipeline()).__name__
         'JoyImageEditPipeline'
+        >>> type(tiny_joyimage_pipeline(with_processor=True).processor).__mro__[1].__name__
+        'Qwen3VLProcessor'
     """
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, JoyImageEditPipeline
     from transformers import Qwen3VLForConditionalGeneration
 
-    tokenizer = tiny_byte_level_tokenizer()
-    vocab = len(tokenizer)
-    config = tiny_qwen3vl_config(vocab, JOYIMAGE_TEXT_DIM, 2)
+    if with_processor:
+        tokenizer, text_encoder, processor = tiny_joyimage_edit_text_encoder(seed + 1)
+    else:
+        tokenizer, processor = tiny_byte_level_tokenizer(), None
+        config = tiny_qwen3vl_config(len(tokenizer), JOYIMAGE_TEXT_DIM, 2)
+        text_encoder = seeded_eval(seed + 1, Qwen3VLForConditionalGeneration, config)
     vae = seeded_eval(
         seed + 2,
         AutoencoderKLWan,
@@ -106,10 +114,10 @@ def tiny_joyimage_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
         JoyImageEditPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(),
             vae=vae,
-            text_encoder=seeded_eval(seed + 1, Qwen3VLForConditionalGeneration, config),
+            text_encoder=text_encoder,
             tokenizer=tokenizer,
             transformer=tiny_joyimage_transformer(num_layers=num_layers, seed=seed + 3),
-            processor=None,
+            processor=processor,
         )
     )
 
@@ -153,3 +161,96 @@ def tiny_joyimage_edit_plus_inputs(
         "shape_list": [list(shapes) for _ in range(batch_size)],
         "return_dict": False,
     }
+
+
+#: Qwen3-VL's vision special tokens, in the order the tiny vision tokenizer gives them ids (after the chat tokens).
+QWEN3VL_VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def tiny_qwen3vl_processor(tokenizer: Any, patch_size: int = 16, merge_size: int = 2, max_pixels: int = 64 * 64) -> Any:
+    """A ``Qwen3VLProcessor`` built in memory: the PIL-backend ``Qwen2VLImageProcessor`` (Qwen3-VL's patch 16,
+    temporal patch 2, 2×2 merge) that shrinks every image to at most ``max_pixels`` (a 1024² image: 64×64 pixels,
+    4×4 patches, 4 image tokens), the given tokenizer (which must know :data:`QWEN3VL_VISION_TOKENS`), a
+    ``Qwen3VLVideoProcessor`` (never called: the JoyImage pipelines pass images only) and the tiny chat template.
+
+    transformers 5.25 cannot construct a ``Qwen3VLProcessor`` without torchvision: ``ProcessorMixin`` type-checks the
+    video processor against ``transformers.VideoProcessorMixin``, which the package exports only when torchvision is
+    installed (the fallback lookup then fails on a placeholder mapping). The processor built here is therefore a
+    subclass whose only change is that check: it checks the video processor against
+    ``transformers.video_processing_utils.VideoProcessorMixin`` itself, every other argument as the stock class does.
+
+    Example:
+        >>> from PIL import Image
+        >>> tokenizer = tiny_byte_level_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", *QWEN3VL_VISION_TOKENS))
+        >>> processor = tiny_qwen3vl_processor(tokenizer)
+        >>> inputs = processor(text=["<|vision_start|><|image_pad|><|vision_end|>a"], images=Image.new("RGB", (96, 96)),
+        ...                    return_tensors="pt")
+        >>> inputs["input_ids"].tolist(), inputs["image_grid_thw"].tolist()
+        ([[5, 3, 3, 3, 3, 6, 71]], [[1, 4, 4]])
+    """
+    from transformers import Qwen3VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.video_processing_utils import VideoProcessorMixin
+
+    class TinyQwen3VLProcessor(Qwen3VLProcessor):
+        """``Qwen3VLProcessor`` whose video-processor type check works without torchvision."""
+
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name != "video_processor":
+                return super().check_argument_for_proper_class(argument_name, argument)
+            if not isinstance(argument, VideoProcessorMixin):
+                raise TypeError(f"Received a {type(argument).__name__} for argument video_processor.")
+            return VideoProcessorMixin
+
+    sizes = {"patch_size": patch_size, "merge_size": merge_size, "temporal_patch_size": 2}
+    size = {"shortest_edge": (patch_size * merge_size) ** 2, "longest_edge": max_pixels}
+    return TinyQwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessorPil(**sizes, size=size),
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**sizes, size=size),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def tiny_joyimage_edit_text_encoder(seed: int = 0) -> tuple[Any, Any, Any]:
+    """The tokenizer, text encoder and processor of the tiny JoyImage editing pipelines: the byte-level chat
+    tokenizer with Qwen3-VL's vision tokens (ids 3-6), a tiny two-layer ``Qwen3VLForConditionalGeneration`` (width 16,
+    one-layer vision tower of patch 16) whose image/video/vision ids are those tokens', and
+    :func:`tiny_qwen3vl_processor` on that tokenizer.
+
+    Example:
+        >>> tokenizer, encoder, processor = tiny_joyimage_edit_text_encoder()
+        >>> encoder.config.image_token_id == tokenizer.convert_tokens_to_ids("<|image_pad|>") == 3
+        True
+    """
+    from transformers import Qwen3VLForConditionalGeneration
+
+    tokenizer = tiny_byte_level_tokenizer(("<|endoftext|>", "<|im_start|>", "<|im_end|>", *QWEN3VL_VISION_TOKENS))
+    config = tiny_qwen3vl_config(len(tokenizer), JOYIMAGE_TEXT_DIM, 2)
+    image, video, start, end = tokenizer.convert_tokens_to_ids(list(QWEN3VL_VISION_TOKENS))
+    config.image_token_id, config.video_token_id, config.vision_start_token_id, config.vision_end_token_id = (
+        image, video, start, end
+    )
+    encoder = seeded_eval(seed, Qwen3VLForConditionalGeneration, config)
+    vision = config.vision_config
+    processor = tiny_qwen3vl_processor(tokenizer, vision.patch_size, vision.spatial_merge_size)
+    return tokenizer, encoder, processor
+
+
+def tiny_joyimage_edit_plus_pipeline(num_layers: int = 3, seed: int = 0) -> Any:
+    """A random-weight ``JoyImageEditPlusPipeline``: the components of ``tiny_joyimage_pipeline(with_processor=True)``
+    (tiny Qwen3-VL encoder and processor, tiny Wan VAE) with a tiny ``JoyImageEditPlusTransformer3DModel``.
+
+    Reference images are snapped to the pipeline's 1024-pixel buckets (a square one: 64×64 reference tokens, 4 image
+    tokens in the prompt); the target takes ``height``/``width`` as given (32×48 pixels: 2×3 target tokens).
+
+    Example:
+        >>> type(tiny_joyimage_edit_plus_pipeline()).__name__
+        'JoyImageEditPlusPipeline'
+    """
+    from diffusers import JoyImageEditPlusPipeline
+
+    components = tiny_joyimage_pipeline(num_layers=num_layers, seed=seed, with_processor=True).components
+    transformer = tiny_joyimage_edit_plus_transformer(num_layers=num_layers, seed=seed + 3)
+    return quiet_pipeline(JoyImageEditPlusPipeline(**{**components, "transformer": transformer}))
