@@ -20,8 +20,8 @@ from ..config import ConceptPooling
 from .base import encode_concepts_masked
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
+from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
 from .real_images import area_resolution
-from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
@@ -86,7 +86,7 @@ class BriaAdapter(FluxLikeAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``BriaPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
 
     timestep_scale = 1000.0  # BriaPipeline passes the scheduler's timesteps (0-1000); the model does not rescale
 

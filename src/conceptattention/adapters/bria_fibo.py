@@ -38,8 +38,8 @@ from ..encoding import pool_token_states
 from .base import AdapterInputError
 from .bria import BriaAdapter
 from .flux_like import FluxLikeConceptAttnProcessor
+from .guidance import guidance_half_slice
 from .processor import next_block_features, stash_block_features
-from .sd3 import guidance_half_slice
 
 
 def fibo_concept_widths(transformer: nn.Module) -> tuple[int, int, int]:

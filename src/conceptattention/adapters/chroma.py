@@ -12,7 +12,7 @@ zero (RoPE is the identity for text and concepts), T5 text only. What differs, a
   joint (image/text) attention keeps it unchanged; concepts never attend to text, so their keys need no mask.
 * **True classifier-free guidance.** ``ChromaPipeline`` runs a conditional and an unconditional transformer call per
   step without a diffusers ``cache_context``: the second one is recognised as the unconditional twin
-  (:mod:`~conceptattention.adapters.cfg_twins`) and neither recorded nor counted as a step.
+  (:mod:`~conceptattention.adapters.guidance`) and neither recorded nor counted as a step.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from torch import nn
 
 from ..config import ConceptPooling
 from .base import bind_call, block_input_grabbers, captured_block_input, encode_concepts_masked
-from .cfg_twins import SequentialCFGTwins, call_tensors
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 from .flux_single import BlockTembSingleConceptAttnProcessor, FluxSingleConceptAttnProcessor
+from .guidance import SequentialCFGTwins, call_tensors
 from .real_images import ExplainBatch, ExplainRequest
 
 

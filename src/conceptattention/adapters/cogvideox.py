@@ -45,9 +45,9 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
+from .guidance import batch_halves_identical, guidance_half_slice
 from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, image_pixels, seeded_noise
-from .sd3 import batch_halves_identical, guidance_half_slice
 
 
 if TYPE_CHECKING:

@@ -52,8 +52,8 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
+from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
 from .processor import ConceptProcessorMixin, next_block_features, stash_block_features
-from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ class HiDreamImageAdapter(ConceptAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``HiDreamImagePipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None

@@ -48,9 +48,14 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .cfg_twins import SequentialCFGTwins, call_tensors
+from .guidance import (
+    SequentialCFGTwins,
+    batch_halves_identical,
+    call_tensors,
+    guidance_half_slice,
+    pipeline_guidance_on,
+)
 from .processor import ConceptProcessorMixin
-from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 if TYPE_CHECKING:
@@ -342,7 +347,7 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``JoyImageEditPlusPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
 
     # concepts go through the pipeline's only prompt encoder, text-only, in its user turn
     prompt_encoder = "encode_prompt_multiple_images"

@@ -38,7 +38,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
-from .cfg_twins import SequentialCFGTwins, call_tensors
+from .guidance import SequentialCFGTwins, call_tensors
 from .processor import ConceptProcessorMixin
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 

@@ -35,8 +35,8 @@ from .base import (
     captured_block_input,
     encode_concepts_masked,
 )
+from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
 from .processor import ConceptProcessorMixin
-from .sd3 import _guidance_on, batch_halves_identical, guidance_half_slice
 
 
 #: Key of ``session.call.inputs`` under which the block pre-hook stores the running block's ``temb``.
@@ -264,7 +264,7 @@ class MochiAdapter(ConceptAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``MochiPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
 
     def size_multiple(self, pipeline: Any) -> int:
         patch = int(getattr(getattr(pipeline, "transformer", None), "config", {}).get("patch_size", 2))

@@ -52,6 +52,7 @@ from ..config import ConceptPooling, ConfigError
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
+from .guidance import batch_halves_identical, guidance_half_slice, is_skip_layer_call, pipeline_guidance_on
 from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
@@ -83,12 +84,6 @@ def _check_text_encoder(name: Any) -> ConceptTextEncoder:
     if name not in ("clip", "t5"):
         raise ConfigError(f"concept_text_encoder must be 'clip' or 't5' for SD3, got {name!r}.")
     return name
-
-
-def _is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
-    """Whether a transformer call is skip-layer guidance's extra call (some blocks are skipped)."""
-    skip_layers = call_inputs.get("skip_layers")
-    return skip_layers is not None and len(skip_layers) > 0
 
 
 #: Modules of SD3's ``Attention`` whose outputs the concept branch takes (``to_out[0]``'s input is taken too).
@@ -143,7 +138,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
             encoder_hidden_states is None
             or call is None
             or not session.needs_concepts()
-            or _is_skip_layer_call(call.inputs)
+            or is_skip_layer_call(call.inputs)
         ):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
         sink: dict[str, torch.Tensor] = {}
@@ -305,7 +300,7 @@ class SD3Adapter(ConceptAdapter):
 
     def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
         """Skip-layer guidance's extra call (some blocks skipped): neither recorded nor counted as a step."""
-        return _is_skip_layer_call(call_inputs)
+        return is_skip_layer_call(call_inputs)
 
     # ----- per call -------------------------------------------------------------------------------------------
 
@@ -344,7 +339,7 @@ class SD3Adapter(ConceptAdapter):
         test keeps direct transformer calls (the real-image path, whose rows are different noise samples) whole
         even when the pipeline still carries the guidance scale of an earlier generation.
         """
-        return guidance_half_slice(batch_size, call_inputs, _guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
 
     # ----- text ---------------------------------------------------------------------------------------------------
 
@@ -452,58 +447,3 @@ class SD3Adapter(ConceptAdapter):
         return ExplainBatch(transformer_kwargs=kwargs, latent_shape=tuple(latents.shape))
 
 
-def _guidance_on(pipeline: Any | None, attribute: str) -> bool:
-    """Read a pipeline's guidance switch without failing on pipelines that were never called."""
-    if pipeline is None:
-        return False
-    try:
-        return bool(getattr(pipeline, attribute))
-    except (AttributeError, TypeError):
-        return False
-
-
-def batch_halves_identical(latents: torch.Tensor) -> bool:
-    """Whether a latent batch is two identical halves, as pipelines feed it under batched guidance.
-
-    Args:
-        latents: ``[B, ...]``, the transformer's ``hidden_states``.
-
-    Returns:
-        True when ``B`` is even and ``latents[:B//2]`` equals ``latents[B//2:]`` exactly.
-
-    Example:
-        >>> batch_halves_identical(torch.cat([torch.ones(1, 4, 2, 2)] * 2))
-        True
-    """
-    batch = latents.shape[0]
-    if batch % 2:
-        return False
-    return bool(torch.equal(latents[: batch // 2], latents[batch // 2 :]))
-
-
-def guidance_half_slice(batch_size: int, call_inputs: dict[str, Any], guidance_on: bool) -> slice:
-    """Rows to report for a call of a pipeline that batches classifier-free guidance as ``[uncond, cond]``.
-
-    A call is taken as a guidance batch when guidance is on and the two halves of its latent batch are identical
-    (SD3 and CogVideoX pipelines feed ``cat([latents] * 2)``; ``call_inputs["identical_halves"]``, see
-    :func:`batch_halves_identical`). The second test keeps direct transformer calls whole (e.g. the real-image path,
-    whose rows are different noise samples) even while the pipeline still carries the guidance scale of an earlier
-    generation.
-
-    Args:
-        batch_size: Rows of the call's batch.
-        call_inputs: The captured call inputs (``skip_layers`` calls are never halved).
-        guidance_on: The pipeline's guidance switch.
-
-    Returns:
-        ``slice(batch_size // 2, None)`` for a guidance batch, else ``slice(None)``.
-
-    Example:
-        >>> guidance_half_slice(2, {"identical_halves": True}, guidance_on=True)
-        slice(1, None, None)
-        >>> guidance_half_slice(2, {"identical_halves": False}, guidance_on=True)
-        slice(None, None, None)
-    """
-    if not guidance_on or batch_size % 2 or _is_skip_layer_call(call_inputs):
-        return slice(None)
-    return slice(batch_size // 2, None) if call_inputs.get("identical_halves", False) else slice(None)

@@ -1,4 +1,9 @@
-"""True classifier-free guidance run as two plain transformer calls per step (no diffusers ``cache_context``).
+"""How pipelines run classifier-free guidance, as the adapters must know it to report the conditional maps only.
+
+**Batched** (``[uncond, cond]`` halves of one call: SD3, CogVideoX, Mochi, Bria, HiDream, JoyImage Edit Plus...):
+:func:`guidance_half_slice` keeps the second half when guidance is on and the two latent halves are identical.
+
+**Two calls per step** (no diffusers ``cache_context``):
 
 ``ChromaPipeline``, ``Krea2Pipeline`` and ``JoyImageEditPipeline`` call the transformer twice per denoising step on
 the very same latent tensor object: first with the prompt, then with the negative prompt. No ``cache_context`` names
@@ -79,3 +84,66 @@ class SequentialCFGTwins:
     def is_auxiliary_call(self, call_inputs: dict[str, Any]) -> bool:
         """The unconditional call of the pipeline's true CFG: neither recorded nor counted as a step."""
         return bool(call_inputs.get(TWIN_KEY, False))
+
+
+def pipeline_guidance_on(pipeline: Any | None, attribute: str) -> bool:
+    """Read a pipeline's guidance switch without failing on pipelines that were never called."""
+    if pipeline is None:
+        return False
+    try:
+        return bool(getattr(pipeline, attribute))
+    except (AttributeError, TypeError):
+        return False
+
+
+def batch_halves_identical(latents: torch.Tensor) -> bool:
+    """Whether a latent batch is two identical halves, as pipelines feed it under batched guidance.
+
+    Args:
+        latents: ``[B, ...]``, the transformer's ``hidden_states``.
+
+    Returns:
+        True when ``B`` is even and ``latents[:B//2]`` equals ``latents[B//2:]`` exactly.
+
+    Example:
+        >>> batch_halves_identical(torch.cat([torch.ones(1, 4, 2, 2)] * 2))
+        True
+    """
+    batch = latents.shape[0]
+    if batch % 2:
+        return False
+    return bool(torch.equal(latents[: batch // 2], latents[batch // 2 :]))
+
+
+def guidance_half_slice(batch_size: int, call_inputs: dict[str, Any], guidance_on: bool) -> slice:
+    """Rows to report for a call of a pipeline that batches classifier-free guidance as ``[uncond, cond]``.
+
+    A call is taken as a guidance batch when guidance is on and the two halves of its latent batch are identical
+    (SD3 and CogVideoX pipelines feed ``cat([latents] * 2)``; ``call_inputs["identical_halves"]``, see
+    :func:`batch_halves_identical`). The second test keeps direct transformer calls whole (e.g. the real-image path,
+    whose rows are different noise samples) even while the pipeline still carries the guidance scale of an earlier
+    generation.
+
+    Args:
+        batch_size: Rows of the call's batch.
+        call_inputs: The captured call inputs (``skip_layers`` calls are never halved).
+        guidance_on: The pipeline's guidance switch.
+
+    Returns:
+        ``slice(batch_size // 2, None)`` for a guidance batch, else ``slice(None)``.
+
+    Example:
+        >>> guidance_half_slice(2, {"identical_halves": True}, guidance_on=True)
+        slice(1, None, None)
+        >>> guidance_half_slice(2, {"identical_halves": False}, guidance_on=True)
+        slice(None, None, None)
+    """
+    if not guidance_on or batch_size % 2 or is_skip_layer_call(call_inputs):
+        return slice(None)
+    return slice(batch_size // 2, None) if call_inputs.get("identical_halves", False) else slice(None)
+
+
+def is_skip_layer_call(call_inputs: dict[str, Any]) -> bool:
+    """Whether a transformer call is skip-layer guidance's extra call (some blocks are skipped)."""
+    skip_layers = call_inputs.get("skip_layers")
+    return skip_layers is not None and len(skip_layers) > 0
