@@ -51,11 +51,6 @@ def listing(out: Path) -> dict[str, bytes | ConceptMaps]:
     }
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     """One uninterrupted one-process run."""
