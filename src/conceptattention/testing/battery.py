@@ -306,6 +306,10 @@ class AdapterBattery:
         with torch.no_grad():
             return self.output_of(transformer(**inputs))
 
+    def processors(self, transformer: Any) -> dict[str, Any]:
+        """Every attention processor by module path (diffusers' ``attn_processors``)."""
+        return dict(transformer.attn_processors)
+
     def num_blocks(self, transformer: Any) -> int:
         return len(get_adapter(transformer).joint_blocks(transformer))
 
@@ -361,10 +365,11 @@ class AdapterBattery:
             torch.testing.assert_close(maps.tensor.sum(0), torch.ones(self.expected_grid))
 
     def test_restored_after_normal_exit_and_exception(self, transformer):
-        before = dict(transformer.attn_processors)
+        before = self.processors(transformer)
         with ConceptAttention(transformer, concept_embeds=self.embeds()):
             self.run(transformer, self.make_inputs())
-        assert all(transformer.attn_processors[name] is before[name] for name in before)
+        after = self.processors(transformer)
+        assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
         blocks = get_adapter(transformer).joint_blocks(transformer)
 
         def explode(*args: Any, **kwargs: Any) -> None:
@@ -377,8 +382,9 @@ class AdapterBattery:
                     self.run(transformer, self.make_inputs())
         finally:
             handle.remove()
-        after = dict(transformer.attn_processors)
+        after = self.processors(transformer)
         assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+        assert not any(handle for block in blocks for handle in block._forward_pre_hooks.values())
         assert not getattr(transformer, "_conceptattention_active", False)
 
     def test_deterministic(self, transformer):
@@ -463,16 +469,25 @@ class AdapterBattery:
         try:
             compiled = torch.compile(model, backend="aot_eager")
             plain = self.run(compiled, inputs)
+            graphs_off, breaks_off = counters["stats"]["unique_graphs"], set(counters["graph_break"])
+            graphs_on = []
             for _ in range(2):
                 with ConceptAttention(compiled, concept_embeds=self.embeds()) as ca:
                     output = self.run(compiled, inputs)
                 assert torch.equal(plain, output)
                 torch.testing.assert_close(ca.maps.tensor, eager.maps.tensor)
-            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graph again
-            assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
-            assert not counters["graph_break"], dict(counters["graph_break"])
+                graphs_on.append(counters["stats"]["unique_graphs"])
+            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graphs again
+            self.check_compiled_graphs(counters, graphs_off, breaks_off, graphs_on)
         finally:
             torch._dynamo.reset()
+
+    def check_compiled_graphs(self, counters: Any, graphs_off: int, breaks_off: set, graphs_on: list[int]) -> None:
+        """Dynamo's ``counters`` after the whole-model compile test: one maps-off and one maps-on graph, no graph
+        break. ``graphs_off``/``breaks_off``: the graphs and break reasons of the maps-off call, ``graphs_on``: the
+        graph count after each of the two maps-on ``with`` blocks."""
+        assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
+        assert not counters["graph_break"], dict(counters["graph_break"])
 
     def test_regional_compile_one_graph_per_block_class(self):
         """``compile_repeated_blocks()``: no per-block recompilation (the layer index is never traced), so a
