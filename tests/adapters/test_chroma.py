@@ -9,9 +9,8 @@ from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_pipeline, t
 from conceptattention.testing.battery import (
     AdapterBattery,
     assert_padding_mask_kept,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     check_explain,
-    layer_logits,
     make_generate,
     module_fixtures,
     seeded_embeds,
@@ -50,10 +49,9 @@ def test_concepts_use_their_own_blocks_modulation(transformer):
     """Block i's concepts are modulated by block i's text rows; using block 0's rows everywhere would differ."""
     inputs = tiny_chroma_inputs(batch_size=1)
     embeds = seeded_embeds(3, 32, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_chroma_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    wrong = naive_chroma_scores(transformer, inputs, embeds, [2], concept_modulation_block=0)[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    assert_reference_not_variant(
+        transformer, inputs, embeds, [2], naive_chroma_scores, wrong=dict(concept_modulation_block=0)
+    )
 
 
 def test_padding_mask_changes_image_not_concept_keys(transformer):

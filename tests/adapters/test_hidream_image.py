@@ -22,6 +22,7 @@ from conceptattention.testing import (
 from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_concepts_permute,
+    assert_reference_not_variant,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
     layer_logits,
@@ -68,10 +69,10 @@ class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
         differs from the default null-pooled modulation."""
         inputs = tiny_hidream_image_inputs()
         embeds = seeded_embeds(3, CONCEPT_DIM, seed=4)
-        ours = layer_logits(transformer, inputs, embeds, [1], concept_conditioning="prompt")
-        right = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="prompt")[0, 0].float()
-        wrong = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="null_pooled")[0, 0].float()
-        assert_right_not_wrong(ours, right, wrong)
+        assert_reference_not_variant(
+            transformer, inputs, embeds, [1], naive_hidream_scores,
+            wrong=dict(conditioning="null_pooled"), right=dict(conditioning="prompt"), concept_conditioning="prompt",
+        )
 
     def test_concepts_rebuilt_from_their_own_llama_layer_per_block(self, transformer):
         """Before block k the concepts' fresh tokens come from their Llama layer k: a reference fed the Llama layers

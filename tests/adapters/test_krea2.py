@@ -14,7 +14,7 @@ from conceptattention.adapters.krea2 import Krea2Adapter
 from conceptattention.testing import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 from conceptattention.testing.battery import (
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
     layer_logits,
@@ -101,10 +101,7 @@ def test_blind_to_the_prompt_and_gated_outputs(transformer, wrong):
     ``to_out``); either wrong variant of the reference gives different maps."""
     inputs = tiny_krea2_inputs()
     embeds = seeded_embeds(3, 32, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_krea2_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    other = naive_krea2_scores(transformer, inputs, embeds, [2], variant=wrong)[0, 0].float()
-    assert_right_not_wrong(ours, right, other)
+    assert_reference_not_variant(transformer, inputs, embeds, [2], naive_krea2_scores, wrong=dict(variant=wrong))
 
 
 def test_concepts_permute(transformer):

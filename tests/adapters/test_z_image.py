@@ -14,7 +14,7 @@ from conceptattention.adapters.z_image import ZImageAdapter
 from conceptattention.testing import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
 from conceptattention.testing.battery import (
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
     layer_logits,
@@ -68,10 +68,7 @@ def test_concepts_refined_as_captions_and_blind_to_the_prompt(transformer, wrong
     with concepts attending to the caption, gives different maps."""
     inputs = tiny_z_image_inputs()
     embeds = seeded_embeds(3, 16, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_z_image_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    other = naive_z_image_scores(transformer, inputs, embeds, [2], variant=wrong)[0, 0].float()
-    assert_right_not_wrong(ours, right, other)
+    assert_reference_not_variant(transformer, inputs, embeds, [2], naive_z_image_scores, wrong=dict(variant=wrong))
 
 
 def test_concepts_permute(transformer):

@@ -134,6 +134,27 @@ def assert_right_not_wrong(ours: torch.Tensor, right: torch.Tensor, wrong: torch
     assert (ours - wrong).abs().max() > 100 * (ours - right).abs().max()
 
 
+def assert_reference_not_variant(
+    transformer: Any,
+    inputs: dict[str, Any],
+    embeds: torch.Tensor,
+    layers: list[int],
+    reference: Callable[..., torch.Tensor],
+    *,
+    wrong: dict[str, Any],
+    right: dict[str, Any] | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """The raw scores of one call at ``layers`` (``options``: further :class:`ConceptAttention` options) match the
+    naive ``reference`` called with the ``right`` keywords, and not its deliberately wrong variant called with the
+    ``wrong`` keywords (:func:`assert_right_not_wrong`). Returns our scores [C, I]."""
+    ours = layer_logits(transformer, inputs, embeds, layers, **options)  # [C, I]
+    expected = reference(transformer, inputs, embeds, layers, **(right or {}))[0, 0].float()  # [C, I]
+    variant = reference(transformer, inputs, embeds, layers, **wrong)[0, 0].float()  # [C, I]
+    assert_right_not_wrong(ours, expected, variant)
+    return ours
+
+
 def assert_concepts_permute(
     transformer: Any, inputs: dict[str, Any], embeds: torch.Tensor, layers: list[int], ours: torch.Tensor, order: list[int]
 ) -> None:
