@@ -10,11 +10,11 @@ from conceptattention.testing.battery import (
     AdapterBattery,
     assert_padding_mask_kept,
     assert_reference_not_variant,
+    assert_t5_concept_means,
     check_explain,
     make_generate,
     module_fixtures,
     seeded_embeds,
-    t5_content_states,
 )
 from conceptattention.testing.references.chroma import naive_chroma_scores
 
@@ -90,10 +90,8 @@ def test_concept_encoding_uses_masked_t5_and_pools(pipe):
     from conceptattention.adapters.chroma import ChromaAdapter
 
     concepts = ["red car", "sky"]
-    hidden, content = t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts)  # [C, L, D], [C, L]
     encoded = ChromaAdapter().encode_concepts(pipe, concepts, "mean")
-    for index in range(2):
-        torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+    assert_t5_concept_means(encoded, pipe.tokenizer, pipe.text_encoder, concepts)
 
 
 def test_explain_shape_and_sums(pipe):

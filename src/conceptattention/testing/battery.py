@@ -205,6 +205,14 @@ def t5_content_states(tokenizer: Any, encoder: Any, concepts: list[str]) -> tupl
     return hidden, content
 
 
+def assert_t5_concept_means(encoded: torch.Tensor, tokenizer: Any, encoder: Any, concepts: list[str]) -> None:
+    """Each concept's embedding ``encoded[c]`` ([C, D]) is the mean of the T5-style ``encoder``'s states of its content
+    tokens (:func:`t5_content_states`): masked padding and the end token left out, multi-word concepts not truncated."""
+    hidden, content = t5_content_states(tokenizer, encoder, concepts)  # [C, L, D], [C, L]
+    for index in range(len(concepts)):
+        torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+
+
 def assert_t5_poolings(encoded: dict[str, torch.Tensor], hidden: torch.Tensor, content: torch.Tensor) -> None:
     """``encoded[pooling]`` ("mean", "first", "last") pools each concept's content tokens, and a multi-word concept
     is not truncated to its first token."""
