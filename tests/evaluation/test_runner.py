@@ -34,7 +34,6 @@ from conceptattention.evaluation.datasets import DatasetFormatError, DatasetNotF
 from conceptattention.evaluation.report import format_metric
 from conceptattention.evaluation.tasks import EvaluationItem
 from conceptattention.outputs import OutputExistsError
-from conceptattention.testing import tiny_flux_pipeline
 
 
 LABEL_SIZE = 48
@@ -50,12 +49,6 @@ def single_class_labels(count: int) -> dict[str, np.ndarray]:
         label[3 + index, 6:26] = 255  # a void boundary row
         labels[f"2007_{index:06d}"] = label
     return labels
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    torch.set_num_threads(1)
-    return tiny_flux_pipeline(num_layers=4)
 
 
 @pytest.fixture
