@@ -10,13 +10,19 @@ import torch
 from conceptattention.testing import tiny_flux_pipeline
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 3-block FluxPipeline saved with ``save_pretrained`` (safetensors), loaded back offline by the CLI."""
+def save_tiny_flux(tmp_path_factory: pytest.TempPathFactory, num_layers: int) -> Path:
+    """A tiny FluxPipeline of ``num_layers`` blocks saved with ``save_pretrained`` (safetensors) to a new folder, for
+    the CLI to load back offline; torch runs on one thread from here on."""
     torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("models") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=3).save_pretrained(folder)
+    tiny_flux_pipeline(num_layers=num_layers).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 3-block FluxPipeline saved to a folder (:func:`save_tiny_flux`)."""
+    return save_tiny_flux(tmp_path_factory, num_layers=3)
 
 
 @pytest.fixture(autouse=True)

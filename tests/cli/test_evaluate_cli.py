@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from conceptattention.cli import main as cli_main
-from conceptattention.testing import tiny_flux_pipeline
 from tests.evaluation.conftest import write_fake_voc
+
+from .conftest import save_tiny_flux
 
 
 def test_subcommands_registered() -> None:
@@ -25,10 +25,7 @@ def test_subcommands_registered() -> None:
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("model") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=4).save_pretrained(folder)
-    return folder
+    return save_tiny_flux(tmp_path_factory, num_layers=4)
 
 
 @pytest.fixture
