@@ -269,6 +269,35 @@ def check_explain(
     assert calls == []  # early exit after the last selected block
 
 
+def explain_transformer_calls(pipe: Any, *, height: int, width: int, **options: Any) -> list[dict[str, Any]]:
+    """The keyword arguments (tensors cloned) of every transformer call of one ``explain`` of a blank
+    ``width``×``height`` image with the concepts "house" and "sky" (``options``: further ``explain`` keywords)."""
+    from PIL import Image
+
+    calls: list[dict[str, Any]] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        calls.append({name: value.clone() if torch.is_tensor(value) else value for name, value in kwargs.items()})
+
+    handle = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        explain(pipe, Image.new("RGB", (width, height)), ["house", "sky"], height=height, width=width, **options)
+    finally:
+        handle.remove()
+    return calls
+
+
+def assert_bit_identical_in_every_space(
+    transformer: Any, inputs: dict[str, Any], dim: int, output: Callable[[Any], torch.Tensor] = lambda result: result[0]
+) -> None:
+    """With concept attention on in each space, the transformer's ``output`` of ``inputs`` stays bit-identical."""
+    with torch.no_grad():
+        reference = output(transformer(**inputs))
+        for space in ("output", "cross_attention", "value"):
+            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, dim), space=space):
+                assert torch.equal(output(transformer(**inputs)), reference), space
+
+
 def per_space_and_mode(test: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a battery test that takes ``space`` and ``mode``: the battery runs it once per checked pair."""
     test.per_space_and_mode = True  # type: ignore[attr-defined]
