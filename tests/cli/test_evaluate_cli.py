@@ -44,6 +44,11 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, captured.out, captured.err
 
 
+def evaluate_voc(voc_root: Path, out: Path, *extra: str) -> list[str]:
+    """``evaluate`` arguments for the fake VOC folder, writing to ``out``, with ``extra`` options."""
+    return ["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out), *extra]
+
+
 def common(voc_root: Path, model_folder: Path, out: Path) -> list[str]:
     return [
         "--dataset",
@@ -78,20 +83,7 @@ class TestErrors:
         assert code == 2 and "needs --data" in err and not (tmp_path / "run").exists()
 
     def test_unknown_method(self, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        code, _, err = run_cli(
-            [
-                "evaluate",
-                "--dataset",
-                "voc",
-                "--data",
-                str(voc_root),
-                "--method",
-                "gradcam",
-                "--out",
-                str(tmp_path / "r"),
-            ],
-            capsys,
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, tmp_path / "r", "--method", "gradcam"), capsys)
         assert code == 2 and "Unknown method 'gradcam'" in err and "no-softmax" in err
         assert not (tmp_path / "r").exists()
 
@@ -99,12 +91,10 @@ class TestErrors:
         out = tmp_path / "run"
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
-        code, _, err = run_cli(["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out)], capsys)
+        code, _, err = run_cli(evaluate_voc(voc_root, out), capsys)
         assert code == 2 and "already exists" in err and "--resume" in err and "--overwrite" in err
         assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
-        code, _, err = run_cli(
-            ["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out), "--resume"], capsys
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, out, "--resume"), capsys)
         assert code == 2 and "not an evaluation folder" in err
 
     def test_resume_and_overwrite_exclude_each_other(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,20 +103,7 @@ class TestErrors:
         assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
     def test_bad_override(self, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        code, _, err = run_cli(
-            [
-                "evaluate",
-                "--dataset",
-                "voc",
-                "--data",
-                str(voc_root),
-                "--noise-level",
-                "2",
-                "--out",
-                str(tmp_path / "r"),
-            ],
-            capsys,
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, tmp_path / "r", "--noise-level", "2"), capsys)
         assert code == 2 and "noise_level must be in (0, 1]" in err and not (tmp_path / "r").exists()
 
 
