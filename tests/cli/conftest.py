@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,17 @@ def save_tiny_flux(tmp_path_factory: pytest.TempPathFactory, num_layers: int) ->
     folder = tmp_path_factory.mktemp("models") / "tiny-flux"
     tiny_flux_pipeline(num_layers=num_layers).save_pretrained(folder)
     return folder
+
+
+def two_process_launch(module: str) -> list[str]:
+    """The ``accelerate launch`` command line that runs ``python -m <module>`` as two CPU processes on this machine,
+    on a free local port (the module's own arguments go after it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [*launcher, "--main_process_port", str(port), "-m", module]
 
 
 @pytest.fixture(scope="module")

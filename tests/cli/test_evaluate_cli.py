@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 from conceptattention.cli import main as cli_main
 from tests.evaluation.conftest import write_fake_voc
 
-from .conftest import save_tiny_flux
+from .conftest import save_tiny_flux, two_process_launch
 
 
 def test_subcommands_registered() -> None:
@@ -149,12 +147,7 @@ class TestEvaluate:
         """
         code, _, err = run_cli(["evaluate", *common(voc_root, model_folder, tmp_path / "single")], capsys)
         assert code == 0, err
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        launcher += ["--main_process_port", str(port), "-m", "conceptattention.cli.evaluate"]
+        launcher = two_process_launch("conceptattention.cli.evaluate")
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
         environment["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes even on a GPU machine
         completed = subprocess.run(
