@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 import torch
 
 from conceptattention.testing import tiny_flux_pipeline
+
+from ..conftest import free_port
 
 
 def save_tiny_flux(tmp_path_factory: pytest.TempPathFactory, num_layers: int) -> Path:
@@ -24,9 +25,7 @@ def save_tiny_flux(tmp_path_factory: pytest.TempPathFactory, num_layers: int) ->
 def two_process_launch(module: str) -> list[str]:
     """The ``accelerate launch`` command line that runs ``python -m <module>`` as two CPU processes on this machine,
     on a free local port (the module's own arguments go after it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     return [*launcher, "--main_process_port", str(port), "-m", module]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,8 @@ from conceptattention.evaluation.datasets import DatasetFormatError, DatasetNotF
 from conceptattention.evaluation.report import format_metric
 from conceptattention.evaluation.tasks import EvaluationItem
 from conceptattention.outputs import OutputExistsError
+
+from ..conftest import free_port
 
 
 LABEL_SIZE = 48
@@ -219,12 +220,6 @@ class TestResume:
             evaluate(pipe, voc, METHOD, tmp_path / "run", resume=True, progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _distributed_worker(rank: int, port: int, pipe: Any, voc_root: Path, out: Path) -> None:
     """One of two forked CPU processes: the environment ``accelerate launch --cpu`` would set, then the runner."""
     os.environ.update(
@@ -256,7 +251,7 @@ class TestMultiProcess:
         )
         torch.multiprocessing.start_processes(
             _distributed_worker,
-            args=(_free_port(), pipe, voc_root, tmp_path / "multi"),
+            args=(free_port(), pipe, voc_root, tmp_path / "multi"),
             nprocs=2,
             start_method="fork",
         )
