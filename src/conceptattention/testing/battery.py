@@ -53,7 +53,8 @@ Subclass contract (class attributes / methods):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -298,6 +299,18 @@ def assert_bit_identical_in_every_space(
                 assert torch.equal(output(transformer(**inputs)), reference), space
 
 
+@contextmanager
+def fresh_dynamo() -> Iterator[Any]:
+    """Dynamo reset before and after the block, its ``counters`` (graphs, graph breaks) cleared and yielded."""
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    try:
+        yield counters
+    finally:
+        torch._dynamo.reset()
+
+
 def per_space_and_mode(test: Callable[..., Any]) -> Callable[..., Any]:
     """Mark a battery test that takes ``space`` and ``mode``: the battery runs it once per checked pair."""
     test.per_space_and_mode = True  # type: ignore[attr-defined]
@@ -521,10 +534,7 @@ class AdapterBattery:
         model = self.make_transformer()  # a fresh one: compiling changes the module
         with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
             self.run(model, inputs)
-        torch._dynamo.reset()
-        counters = torch._dynamo.utils.counters
-        counters.clear()
-        try:
+        with fresh_dynamo() as counters:
             compiled = torch.compile(model, backend="aot_eager")
             plain = self.run(compiled, inputs)
             graphs_off, breaks_off = counters["stats"]["unique_graphs"], set(counters["graph_break"])
@@ -537,8 +547,6 @@ class AdapterBattery:
                 graphs_on.append(counters["stats"]["unique_graphs"])
             assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graphs again
             self.check_compiled_graphs(counters, graphs_off, breaks_off, graphs_on)
-        finally:
-            torch._dynamo.reset()
 
     def check_compiled_graphs(self, counters: Any, graphs_off: int, breaks_off: set, graphs_on: list[int]) -> None:
         """Dynamo's ``counters`` after the whole-model compile test: one maps-off and one maps-on graph, no graph
@@ -556,10 +564,7 @@ class AdapterBattery:
         inputs = self.make_inputs()
         with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
             self.run(model, inputs)
-        torch._dynamo.reset()
-        counters = torch._dynamo.utils.counters
-        counters.clear()
-        try:
+        with fresh_dynamo() as counters:
             model.compile_repeated_blocks(backend="aot_eager")
             plain = self.run(model, inputs)
             graphs_off = counters["stats"]["unique_graphs"]
@@ -577,8 +582,6 @@ class AdapterBattery:
             torch.testing.assert_close(again.maps.tensor, eager.maps.tensor)
             assert counters["stats"]["unique_graphs"] == graphs_first_call, dict(counters["stats"])
             assert not counters["graph_break"], dict(counters["graph_break"])
-        finally:
-            torch._dynamo.reset()
 
     def test_pipeline_bit_identical_and_maps(self, pipeline):
         reference = self.generate(pipeline)
