@@ -9,13 +9,12 @@ from conceptattention.testing import tiny_chroma_inputs, tiny_chroma_pipeline, t
 from conceptattention.testing.battery import (
     AdapterBattery,
     assert_padding_mask_kept,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
+    assert_t5_concept_means,
     check_explain,
-    layer_logits,
     make_generate,
     module_fixtures,
     seeded_embeds,
-    t5_content_states,
 )
 from conceptattention.testing.references.chroma import naive_chroma_scores
 
@@ -50,10 +49,9 @@ def test_concepts_use_their_own_blocks_modulation(transformer):
     """Block i's concepts are modulated by block i's text rows; using block 0's rows everywhere would differ."""
     inputs = tiny_chroma_inputs(batch_size=1)
     embeds = seeded_embeds(3, 32, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_chroma_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    wrong = naive_chroma_scores(transformer, inputs, embeds, [2], concept_modulation_block=0)[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    assert_reference_not_variant(
+        transformer, inputs, embeds, [2], naive_chroma_scores, wrong=dict(concept_modulation_block=0)
+    )
 
 
 def test_padding_mask_changes_image_not_concept_keys(transformer):
@@ -92,10 +90,8 @@ def test_concept_encoding_uses_masked_t5_and_pools(pipe):
     from conceptattention.adapters.chroma import ChromaAdapter
 
     concepts = ["red car", "sky"]
-    hidden, content = t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts)  # [C, L, D], [C, L]
     encoded = ChromaAdapter().encode_concepts(pipe, concepts, "mean")
-    for index in range(2):
-        torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+    assert_t5_concept_means(encoded, pipe.tokenizer, pipe.text_encoder, concepts)
 
 
 def test_explain_shape_and_sums(pipe):

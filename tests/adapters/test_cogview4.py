@@ -12,10 +12,9 @@ from conceptattention.adapters.cogview4 import CogView4Adapter
 from conceptattention.testing import tiny_cogview4_inputs, tiny_cogview4_pipeline, tiny_cogview4_transformer
 from conceptattention.testing.battery import (
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
-    layer_logits,
     make_generate,
     module_fixtures,
     seeded_embeds,
@@ -57,10 +56,9 @@ def test_concepts_take_the_text_modulation_and_permute(transformer):
     """Concepts are modulated by the text half of the adaptive LayerNorm (the image half would differ)."""
     inputs = tiny_cogview4_inputs()
     embeds = seeded_embeds(3, 16, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_cogview4_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    wrong = naive_cogview4_scores(transformer, inputs, embeds, [2], concept_stream="image")[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    ours = assert_reference_not_variant(
+        transformer, inputs, embeds, [2], naive_cogview4_scores, wrong=dict(concept_stream="image")
+    )
     assert_concepts_permute(transformer, inputs, embeds, [2], ours, [1, 2, 0])
 
 

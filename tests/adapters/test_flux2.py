@@ -25,9 +25,8 @@ from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_mean_of_concept_span,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     check_explain,
-    layer_logits,
     module_fixtures,
     seeded_embeds,
 )
@@ -64,10 +63,8 @@ def test_registry_and_default_layers(transformer):
 def test_concepts_sit_after_the_prompt_and_share_one_position(transformer):
     inputs = tiny_flux2_inputs(text_tokens=6)
     embeds = seeded_embeds(3, 24, seed=3)
-    ours = layer_logits(transformer, inputs, embeds, [1])  # [C, I]
-    right = naive_flux2_scores(transformer, inputs, embeds, [1])[0, 0].float()  # concepts at l = 6
-    colliding = naive_flux2_scores(transformer, inputs, embeds, [1], concept_l=0)[0, 0].float()
-    assert_right_not_wrong(ours, right, colliding)
+    # the right reference puts the concepts at l = 6, the wrong one at a colliding l = 0
+    ours = assert_reference_not_variant(transformer, inputs, embeds, [1], naive_flux2_scores, wrong=dict(concept_l=0))
     assert_concepts_permute(transformer, inputs, embeds, [1], ours, order=[2, 0, 1])
 
 

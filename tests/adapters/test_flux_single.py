@@ -30,9 +30,8 @@ from conceptattention.testing import (
 )
 from conceptattention.testing.battery import (
     AdapterBattery,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     check_explain,
-    layer_logits,
     seeded_embeds,
 )
 from conceptattention.testing.flux_like_battery import FluxLikeBattery
@@ -186,10 +185,10 @@ def test_concept_conditioning_reaches_the_single_blocks(transformer):
     null-pooled one."""
     inputs = tiny_flux_inputs()
     embeds = seeded_embeds(3, 32, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [3], concept_conditioning="prompt")  # [C, I]
-    right = naive_flux_scores(transformer, inputs, embeds, [3], conditioning="prompt")[0, 0].float()
-    wrong = naive_flux_scores(transformer, inputs, embeds, [3], conditioning="null_pooled")[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    assert_reference_not_variant(
+        transformer, inputs, embeds, [3], naive_flux_scores,
+        wrong=dict(conditioning="null_pooled"), right=dict(conditioning="prompt"), concept_conditioning="prompt",
+    )
 
 
 def test_foreign_single_block_processor_refused_only_when_selected():

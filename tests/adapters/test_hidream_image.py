@@ -22,13 +22,14 @@ from conceptattention.testing import (
 from conceptattention.testing.battery import (
     assert_cfg_conditional_half,
     assert_concepts_permute,
+    assert_reference_not_variant,
     assert_right_not_wrong,
     assert_subclassed_processor_refused,
+    assert_t5_concept_means,
     layer_logits,
     make_generate,
     module_fixtures,
     seeded_embeds,
-    t5_content_states,
 )
 from conceptattention.testing.references.hidream_image import naive_hidream_scores
 from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
@@ -68,10 +69,10 @@ class TestHiDreamImageBattery(StockGraphBreaksCompile, ZooBattery):
         differs from the default null-pooled modulation."""
         inputs = tiny_hidream_image_inputs()
         embeds = seeded_embeds(3, CONCEPT_DIM, seed=4)
-        ours = layer_logits(transformer, inputs, embeds, [1], concept_conditioning="prompt")
-        right = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="prompt")[0, 0].float()
-        wrong = naive_hidream_scores(transformer, inputs, embeds, [1], conditioning="null_pooled")[0, 0].float()
-        assert_right_not_wrong(ours, right, wrong)
+        assert_reference_not_variant(
+            transformer, inputs, embeds, [1], naive_hidream_scores,
+            wrong=dict(conditioning="null_pooled"), right=dict(conditioning="prompt"), concept_conditioning="prompt",
+        )
 
     def test_concepts_rebuilt_from_their_own_llama_layer_per_block(self, transformer):
         """Before block k the concepts' fresh tokens come from their Llama layer k: a reference fed the Llama layers
@@ -146,9 +147,8 @@ def test_concept_encoding_matches_the_pipelines_encoders(pipe):
     concepts = ["red car", "sky"]
     encoded = get_adapter(pipe).encode_concepts(pipe, concepts, "mean")
     assert encoded.shape == (2, CONCEPT_DIM)
-    t5_hidden, t5_content = t5_content_states(pipe.tokenizer_3, pipe.text_encoder_3, concepts)
+    assert_t5_concept_means(encoded[:, :HIDREAM_T5_DIM], pipe.tokenizer_3, pipe.text_encoder_3, concepts)
     for index, concept in enumerate(concepts):
-        torch.testing.assert_close(encoded[index, :HIDREAM_T5_DIM], t5_hidden[index, t5_content[index]].mean(0))
         with torch.no_grad():
             llama = pipe._get_llama3_prompt_embeds([concept], max_sequence_length=32)  # [L, 1, 32, D_llama]
         count = len(pipe.tokenizer_4(concept).input_ids)  # the byte-level tokenizer adds no special token

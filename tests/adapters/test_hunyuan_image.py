@@ -23,7 +23,7 @@ from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_padding_mask_kept,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
     layer_logits,
@@ -94,10 +94,9 @@ def test_concepts_refined_one_by_one_and_permutable(transformer):
     """Each concept is refined as its own one-token prompt (refining them together would mix them)."""
     inputs = tiny_hunyuan_image_inputs()
     embeds = seeded_embeds(3, 16, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_hunyuan_image_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    wrong = naive_hunyuan_image_scores(transformer, inputs, embeds, [2], refine_concepts_together=True)[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    ours = assert_reference_not_variant(
+        transformer, inputs, embeds, [2], naive_hunyuan_image_scores, wrong=dict(refine_concepts_together=True)
+    )
     assert_concepts_permute(transformer, inputs, embeds, [2], ours, [1, 2, 0])
 
 

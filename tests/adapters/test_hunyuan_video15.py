@@ -21,9 +21,8 @@ from conceptattention.testing import (
 from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
-    layer_logits,
     module_fixtures,
     seeded_embeds,
 )
@@ -82,10 +81,9 @@ def test_concepts_take_the_prompt_text_type(transformer):
     """Concepts carry the MLLM-text type embedding (type 0), as prompt tokens; the glyph type would differ."""
     inputs = tiny_hunyuan_video15_inputs()
     embeds = seeded_embeds(3, 16, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, F·h·w]
-    right = naive_hunyuan_video15_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    wrong = naive_hunyuan_video15_scores(transformer, inputs, embeds, [2], concept_type=1)[0, 0].float()
-    assert_right_not_wrong(ours, right, wrong)
+    ours = assert_reference_not_variant(
+        transformer, inputs, embeds, [2], naive_hunyuan_video15_scores, wrong=dict(concept_type=1)
+    )
     assert_concepts_permute(transformer, inputs, embeds, [2], ours, [2, 0, 1])
 
 

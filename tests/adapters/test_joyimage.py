@@ -29,7 +29,7 @@ from conceptattention.testing import (
 from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_padding_mask_kept,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     layer_logits,
     make_generate,
@@ -75,10 +75,9 @@ class TestJoyImageBattery(ZooBattery):
         with ConceptAttention(transformer, concept_embeds=embeds) as ca:
             assert torch.equal(self.run(transformer, inputs), reference_output)
         assert ca.maps.tensor.shape == (3, 1, 4, 6)
-        ours = layer_logits(transformer, inputs, embeds, [2])
-        right = naive_joyimage_scores(transformer, inputs, embeds, [2])[0, 0].float()
-        wrong = naive_joyimage_scores(transformer, inputs, embeds, [2], concepts_see_references=True)[0, 0].float()
-        assert_right_not_wrong(ours, right, wrong)
+        ours = assert_reference_not_variant(
+            transformer, inputs, embeds, [2], naive_joyimage_scores, wrong=dict(concepts_see_references=True)
+        )
         assert_concepts_permute(transformer, inputs, embeds, [2], ours, [1, 2, 0])
 
     def test_mrope_concepts_at_the_first_text_position(self):
@@ -124,10 +123,9 @@ class TestJoyImageEditPlusBattery(ZooBattery):
         unmasked = {**inputs, "encoder_hidden_states_mask": None}
         assert_padding_mask_kept(transformer, inputs, unmasked, JOYIMAGE_TEXT_DIM)
         embeds = seeded_embeds(3, JOYIMAGE_TEXT_DIM, seed=8)
-        ours = layer_logits(transformer, inputs, embeds, [2])
-        right = naive_joyimage_scores(transformer, inputs, embeds, [2])[0, 0].float()
-        wrong = naive_joyimage_scores(transformer, inputs, embeds, [2], concepts_see_references=True)[0, 0].float()
-        assert_right_not_wrong(ours, right, wrong)
+        assert_reference_not_variant(
+            transformer, inputs, embeds, [2], naive_joyimage_scores, wrong=dict(concepts_see_references=True)
+        )
 
     def test_subclassed_processor_refused(self):
         model = self.make_transformer()

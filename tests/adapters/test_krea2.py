@@ -13,10 +13,12 @@ from conceptattention import ConceptAttention, get_adapter
 from conceptattention.adapters.krea2 import Krea2Adapter
 from conceptattention.testing import tiny_krea2_inputs, tiny_krea2_pipeline, tiny_krea2_transformer
 from conceptattention.testing.battery import (
+    assert_bit_identical_in_every_space,
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
+    explain_transformer_calls,
     layer_logits,
     make_generate,
     module_fixtures,
@@ -101,10 +103,7 @@ def test_blind_to_the_prompt_and_gated_outputs(transformer, wrong):
     ``to_out``); either wrong variant of the reference gives different maps."""
     inputs = tiny_krea2_inputs()
     embeds = seeded_embeds(3, 32, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_krea2_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    other = naive_krea2_scores(transformer, inputs, embeds, [2], variant=wrong)[0, 0].float()
-    assert_right_not_wrong(ours, right, other)
+    assert_reference_not_variant(transformer, inputs, embeds, [2], naive_krea2_scores, wrong=dict(variant=wrong))
 
 
 def test_concepts_permute(transformer):
@@ -128,28 +127,11 @@ def test_explain_shape_sums_and_early_exit(pipe):
 def test_explain_noises_as_the_pipeline_schedules(pipe):
     """The explain call's timestep is the noise level ``t`` (the pipeline passes ``sigma = timestep / 1000``) and its
     image tokens are the pipeline's packing of the latent grid."""
-    from PIL import Image
-
-    from conceptattention import explain
-
-    seen = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append((kwargs["timestep"].clone(), kwargs["hidden_states"].shape)),
-        with_kwargs=True,
-    )
-    try:
-        explain(pipe, Image.new("RGB", (48, 32)), ["house", "sky"], height=32, width=48, num_samples=2, noise_level=0.25)
-    finally:
-        handle.remove()
-    assert len(seen) == 1 and torch.allclose(seen[0][0], torch.full((2,), 0.25))
-    assert seen[0][1] == (2, 24, 16)
+    calls = explain_transformer_calls(pipe, height=32, width=48, num_samples=2, noise_level=0.25)
+    assert len(calls) == 1 and torch.allclose(calls[0]["timestep"], torch.full((2,), 0.25))
+    assert calls[0]["hidden_states"].shape == (2, 24, 16)
 
 
 def test_padded_batch_bit_identical(transformer):
     """A batch whose second sample has padded text tokens (``encoder_attention_mask``) stays bit-identical."""
-    inputs = tiny_krea2_inputs(batch_size=2)
-    with torch.no_grad():
-        reference = transformer(**inputs)[0]
-        for space in ("output", "cross_attention", "value"):
-            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, 32), space=space):
-                assert torch.equal(transformer(**inputs)[0], reference), space
+    assert_bit_identical_in_every_space(transformer, tiny_krea2_inputs(batch_size=2), 32)

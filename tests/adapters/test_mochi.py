@@ -15,11 +15,11 @@ from conceptattention.testing.battery import (
     assert_close_scaled,
     assert_concepts_permute,
     assert_padding_mask_kept,
+    assert_t5_concept_means,
     layer_logits,
     make_generate,
     module_fixtures,
     seeded_embeds,
-    t5_content_states,
 )
 from conceptattention.testing.references.mochi import naive_mochi_scores
 from conceptattention.testing.zoo_battery import StockGraphBreaksCompile, ZooBattery
@@ -107,10 +107,8 @@ def test_cfg_maps_come_from_the_conditional_half(pipe):
 
 def test_concept_encoding_uses_masked_t5_and_pools(pipe):
     concepts = ["red car", "sky"]
-    hidden, content = t5_content_states(pipe.tokenizer, pipe.text_encoder, concepts)  # [C, L, D], [C, L]
     encoded = MochiAdapter().encode_concepts(pipe, concepts, "mean")
-    for index in range(2):
-        torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+    assert_t5_concept_means(encoded, pipe.tokenizer, pipe.text_encoder, concepts)
 
 
 def test_explain_is_refused_clearly(pipe):

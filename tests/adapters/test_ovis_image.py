@@ -11,8 +11,7 @@ from conceptattention import ConceptAttention
 from conceptattention.adapters.ovis_image import OvisImageAdapter
 from conceptattention.testing import tiny_ovis_image_inputs, tiny_ovis_image_pipeline, tiny_ovis_image_transformer
 from conceptattention.testing.battery import (
-    assert_right_not_wrong,
-    layer_logits,
+    assert_reference_not_variant,
     make_generate,
     module_fixtures,
     seeded_embeds,
@@ -42,10 +41,9 @@ class TestOvisImageBattery(FluxLikeBattery):
         """Concepts go through ``context_embedder_norm`` then ``context_embedder``, as prompts do."""
         inputs = tiny_ovis_image_inputs()
         embeds = seeded_embeds(3, 32, seed=7) * 5  # far from unit RMS, so the norm matters
-        ours = layer_logits(transformer, inputs, embeds, [1])
-        right = naive_flux_like_scores(transformer, inputs, embeds, [1])[0, 0].float()
-        wrong = naive_flux_like_scores(transformer, inputs, embeds, [1], skip_text_norm=True)[0, 0].float()
-        assert_right_not_wrong(ours, right, wrong)
+        assert_reference_not_variant(
+            transformer, inputs, embeds, [1], naive_flux_like_scores, wrong=dict(skip_text_norm=True)
+        )
 
 
 transformer, pipe = module_fixtures(TestOvisImageBattery)

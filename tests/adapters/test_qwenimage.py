@@ -18,10 +18,9 @@ from conceptattention.testing.battery import (
     assert_concepts_permute,
     assert_mean_of_concept_span,
     assert_padding_mask_kept,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     batch_logits,
     check_explain,
-    layer_logits,
     module_fixtures,
     seeded_embeds,
 )
@@ -55,10 +54,9 @@ def test_registry(transformer):
 def test_concepts_sit_after_the_prompt_and_share_one_position(transformer):
     inputs = tiny_qwenimage_inputs(text_tokens=7, padded_text=0)
     embeds = seeded_embeds(3, 16, seed=3)
-    ours = layer_logits(transformer, inputs, embeds, [1])  # [C, I]
-    right = naive_qwenimage_scores(transformer, inputs, embeds, [1])[0, 0].float()
-    colliding = naive_qwenimage_scores(transformer, inputs, embeds, [1], concept_position=0)[0, 0].float()
-    assert_right_not_wrong(ours, right, colliding)
+    ours = assert_reference_not_variant(
+        transformer, inputs, embeds, [1], naive_qwenimage_scores, wrong=dict(concept_position=0)
+    )
     assert_concepts_permute(transformer, inputs, embeds, [1], ours, order=[1, 2, 0])
 
 

@@ -5,9 +5,7 @@ The README's generated list of refused classes stays in sync with the registry."
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,8 +14,7 @@ import torch
 from conceptattention import ConceptAttention
 from conceptattention.adapters import UnsupportedModelError, get_adapter, refused_models
 
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..script_modules import ROOT, load_script
 
 
 def _tiny(name: str, **config: Any) -> Callable[[], Any]:
@@ -115,10 +112,7 @@ def test_refused_classes_exist_in_diffusers_and_are_not_supported():
 
 
 def test_readme_refused_list_is_generated_from_the_registry():
-    spec = importlib.util.spec_from_file_location("supported_models_table", ROOT / "scripts" / "supported_models_table.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
+    module = load_script("supported_models_table")
     readme = (ROOT / "README.md").read_text()
     start = readme.index("<!-- refused-models:start")
     start = readme.index("\n", start) + 1

@@ -21,11 +21,11 @@ from conceptattention.testing.battery import (
     AdapterBattery,
     assert_cfg_conditional_half,
     assert_close_scaled,
+    assert_t5_concept_means,
     batch_logits,
     make_generate,
     random_image,
     seeded_embeds,
-    t5_content_states,
 )
 from conceptattention.testing.references.sd3 import naive_sd3_scores
 
@@ -261,9 +261,7 @@ class TestConceptEncoding:
     def test_t5_stream(self, pipe):
         concepts = ["red car", "sky"]
         encoded = SD3Adapter().encode_concepts(pipe, concepts, "mean", text_encoder="t5")
-        hidden, content = t5_content_states(pipe.tokenizer_3, pipe.text_encoder_3, concepts)
-        for index in range(2):
-            torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
+        assert_t5_concept_means(encoded, pipe.tokenizer_3, pipe.text_encoder_3, concepts)
 
     def test_pipeline_without_t5(self):
         pipe = tiny_sd3_pipeline(num_layers=2, with_t5=False)

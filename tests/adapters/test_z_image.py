@@ -13,10 +13,12 @@ from conceptattention import ConceptAttention, UnsupportedSetupError, get_adapte
 from conceptattention.adapters.z_image import ZImageAdapter
 from conceptattention.testing import tiny_z_image_inputs, tiny_z_image_pipeline, tiny_z_image_transformer
 from conceptattention.testing.battery import (
+    assert_bit_identical_in_every_space,
     assert_concepts_permute,
-    assert_right_not_wrong,
+    assert_reference_not_variant,
     assert_subclassed_processor_refused,
     check_explain,
+    explain_transformer_calls,
     layer_logits,
     make_generate,
     module_fixtures,
@@ -68,10 +70,7 @@ def test_concepts_refined_as_captions_and_blind_to_the_prompt(transformer, wrong
     with concepts attending to the caption, gives different maps."""
     inputs = tiny_z_image_inputs()
     embeds = seeded_embeds(3, 16, seed=5)
-    ours = layer_logits(transformer, inputs, embeds, [2])  # [C, I]
-    right = naive_z_image_scores(transformer, inputs, embeds, [2])[0, 0].float()
-    other = naive_z_image_scores(transformer, inputs, embeds, [2], variant=wrong)[0, 0].float()
-    assert_right_not_wrong(ours, right, other)
+    assert_reference_not_variant(transformer, inputs, embeds, [2], naive_z_image_scores, wrong=dict(variant=wrong))
 
 
 def test_concepts_permute(transformer):
@@ -155,19 +154,8 @@ def test_explain_shape_sums_and_early_exit(pipe):
 
 def test_explain_noises_as_the_pipeline_schedules(pipe):
     """The model time of the explain call is ``1 - t`` (Z-Image's pipeline passes ``(1000 - timestep) / 1000``)."""
-    from PIL import Image
-
-    from conceptattention import explain
-
-    seen = []
-    handle = pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.append(kwargs["t"].clone()), with_kwargs=True
-    )
-    try:
-        explain(pipe, Image.new("RGB", (24, 16)), ["house", "sky"], height=16, width=24, num_samples=2, noise_level=0.25)
-    finally:
-        handle.remove()
-    assert len(seen) == 1 and torch.allclose(seen[0], torch.full((2,), 0.75))
+    calls = explain_transformer_calls(pipe, height=16, width=24, num_samples=2, noise_level=0.25)
+    assert len(calls) == 1 and torch.allclose(calls[0]["t"], torch.full((2,), 0.75))
 
 
 def test_explain_resolution_keeps_the_aspect_ratio(pipe):
@@ -179,8 +167,5 @@ def test_padded_batch_bit_identical(transformer):
     """A batch whose captions pad to different lengths (32 and 64 tokens: the model masks the shorter sample's batch
     padding) stays bit-identical, in every space."""
     inputs = tiny_z_image_inputs(batch_size=2)
-    with torch.no_grad():
-        reference = torch.stack(transformer(**inputs)[0])
-        for space in ("output", "cross_attention", "value"):
-            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, 16), space=space):
-                assert torch.equal(torch.stack(transformer(**inputs)[0]), reference), space
+    # the transformer returns a list of [c, 1, h, w] latents
+    assert_bit_identical_in_every_space(transformer, inputs, 16, output=lambda result: torch.stack(result[0]))

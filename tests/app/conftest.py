@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -40,13 +39,6 @@ def require(available: bool, what: str, how: str) -> None:
 def require_module(name: str, how: str) -> None:
     """:func:`require` for an importable module."""
     require(importlib.util.find_spec(name) is not None, f"the Python package {name!r}", how)
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -28,7 +28,8 @@ from conceptattention.app.ui import legend_html, outcome_to_outputs
 from conceptattention.cli import app as app_command
 from conceptattention.cli import main as cli_main
 
-from .conftest import free_port, require_module
+from ..conftest import free_port
+from .conftest import require_module
 
 
 TOY_PROMPT = "a red boat on the sea under a yellow sun"

@@ -24,7 +24,8 @@ from PIL import Image
 
 from conceptattention import ConceptMaps
 
-from .conftest import free_port, require, require_module
+from ..conftest import free_port
+from .conftest import require, require_module
 
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -12,20 +12,6 @@ from PIL import Image
 
 from conceptattention import ConceptMaps
 from conceptattention.cli.main import main
-from conceptattention.testing import tiny_flux_pipeline
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """A tiny FluxPipeline saved with save_pretrained (safetensors), loaded back offline by the CLI."""
-    folder = tmp_path_factory.mktemp("models") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=3).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

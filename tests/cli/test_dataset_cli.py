@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from PIL import Image
 from conceptattention import ConceptMaps
 from conceptattention.cli.main import main
 from conceptattention.dataset import item_seed, items_from_prompts, items_from_template
+
+from .conftest import two_process_launch
 
 
 ARGS = [
@@ -49,11 +50,6 @@ def listing(out: Path) -> dict[str, bytes | ConceptMaps]:
         for path in sorted(out.rglob("*"))
         if path.is_file() and path.parent.name != "parts" and path.name != "summary.json"
     }
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")
@@ -190,12 +186,7 @@ class TestRun:
         assert json.loads((out / "summary.json").read_text())["done_before"] == done_before
 
     def test_two_processes_give_the_same_files(self, reference: Path, tmp_path: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        launcher += ["--main_process_port", str(port), "-m", "conceptattention.cli.dataset"]
+        launcher = two_process_launch("conceptattention.cli.dataset")
         out = tmp_path / "multi"
         completed = subprocess.run(
             [*launcher, *command(out)[1:]], capture_output=True, text=True, timeout=300, env=environment(tmp_path)

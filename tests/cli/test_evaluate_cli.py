@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from conceptattention.cli import main as cli_main
-from conceptattention.testing import tiny_flux_pipeline
 from tests.evaluation.conftest import write_fake_voc
+
+from .conftest import save_tiny_flux, two_process_launch
 
 
 def test_subcommands_registered() -> None:
@@ -25,10 +23,7 @@ def test_subcommands_registered() -> None:
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("model") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=4).save_pretrained(folder)
-    return folder
+    return save_tiny_flux(tmp_path_factory, num_layers=4)
 
 
 @pytest.fixture
@@ -45,6 +40,11 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     code = cli_main.main(args)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def evaluate_voc(voc_root: Path, out: Path, *extra: str) -> list[str]:
+    """``evaluate`` arguments for the fake VOC folder, writing to ``out``, with ``extra`` options."""
+    return ["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out), *extra]
 
 
 def common(voc_root: Path, model_folder: Path, out: Path) -> list[str]:
@@ -81,20 +81,7 @@ class TestErrors:
         assert code == 2 and "needs --data" in err and not (tmp_path / "run").exists()
 
     def test_unknown_method(self, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        code, _, err = run_cli(
-            [
-                "evaluate",
-                "--dataset",
-                "voc",
-                "--data",
-                str(voc_root),
-                "--method",
-                "gradcam",
-                "--out",
-                str(tmp_path / "r"),
-            ],
-            capsys,
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, tmp_path / "r", "--method", "gradcam"), capsys)
         assert code == 2 and "Unknown method 'gradcam'" in err and "no-softmax" in err
         assert not (tmp_path / "r").exists()
 
@@ -102,12 +89,10 @@ class TestErrors:
         out = tmp_path / "run"
         out.mkdir()
         (out / "notes.txt").write_text("keep me")
-        code, _, err = run_cli(["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out)], capsys)
+        code, _, err = run_cli(evaluate_voc(voc_root, out), capsys)
         assert code == 2 and "already exists" in err and "--resume" in err and "--overwrite" in err
         assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]
-        code, _, err = run_cli(
-            ["evaluate", "--dataset", "voc", "--data", str(voc_root), "--out", str(out), "--resume"], capsys
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, out, "--resume"), capsys)
         assert code == 2 and "not an evaluation folder" in err
 
     def test_resume_and_overwrite_exclude_each_other(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,20 +101,7 @@ class TestErrors:
         assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
     def test_bad_override(self, voc_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        code, _, err = run_cli(
-            [
-                "evaluate",
-                "--dataset",
-                "voc",
-                "--data",
-                str(voc_root),
-                "--noise-level",
-                "2",
-                "--out",
-                str(tmp_path / "r"),
-            ],
-            capsys,
-        )
+        code, _, err = run_cli(evaluate_voc(voc_root, tmp_path / "r", "--noise-level", "2"), capsys)
         assert code == 2 and "noise_level must be in (0, 1]" in err and not (tmp_path / "r").exists()
 
 
@@ -175,12 +147,7 @@ class TestEvaluate:
         """
         code, _, err = run_cli(["evaluate", *common(voc_root, model_folder, tmp_path / "single")], capsys)
         assert code == 0, err
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
-        launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        launcher += ["--main_process_port", str(port), "-m", "conceptattention.cli.evaluate"]
+        launcher = two_process_launch("conceptattention.cli.evaluate")
         environment = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
         environment["CUDA_VISIBLE_DEVICES"] = ""  # CPU processes even on a GPU machine
         completed = subprocess.run(

@@ -8,26 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conceptattention import ConceptMaps
 from conceptattention.cli.main import main
 from conceptattention.masks import read_legend
-from conceptattention.testing import tiny_flux_pipeline
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    folder = tmp_path_factory.mktemp("models") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=3).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 def generate(model_dir: Path, out: Path, *extra: str) -> list[str]:

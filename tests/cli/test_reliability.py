@@ -20,7 +20,8 @@ from PIL import Image
 from conceptattention.cli import generate as generate_module
 from conceptattention.cli.main import main
 from conceptattention.outputs import MARKER_NAME
-from conceptattention.testing import tiny_flux_pipeline
+
+from .conftest import save_tiny_flux
 
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -28,14 +29,7 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("models") / "tiny-flux"
-    tiny_flux_pipeline(num_layers=2).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return save_tiny_flux(tmp_path_factory, num_layers=2)
 
 
 @pytest.fixture(scope="module")

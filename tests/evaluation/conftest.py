@@ -1,15 +1,20 @@
-"""Builders of tiny synthetic benchmark files in the real on-disk formats (nothing is downloaded)."""
+"""Builders of tiny synthetic benchmark files in the real on-disk formats (nothing is downloaded), and the tiny
+FLUX pipeline the evaluation runs use."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+from conceptattention.testing import tiny_flux_pipeline
 
 
 @dataclass
@@ -145,3 +150,10 @@ def lost_pixel() -> Callable[[tuple[int, int], int], tuple[int, int]]:
 def palette_png_writer() -> Callable[[Path, np.ndarray], None]:
     """The :func:`write_palette_png` helper."""
     return write_palette_png
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Any:
+    """A tiny 4-block FLUX pipeline, one per test module (run on one thread)."""
+    torch.set_num_threads(1)
+    return tiny_flux_pipeline(num_layers=4)

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from conceptattention.evaluation import (
@@ -23,17 +22,10 @@ from conceptattention.evaluation import (
 )
 from conceptattention.evaluation.report import format_metric
 from conceptattention.outputs import OutputExistsError
-from conceptattention.testing import tiny_flux_pipeline
 
 
 BASE = get_method("conceptattention", resolution=32, num_samples=2)
 ORIGINAL_COMPUTE_MAPS = Method.compute_maps
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    torch.set_num_threads(1)
-    return tiny_flux_pipeline(num_layers=4)
 
 
 @pytest.fixture

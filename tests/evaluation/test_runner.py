@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +33,8 @@ from conceptattention.evaluation.datasets import DatasetFormatError, DatasetNotF
 from conceptattention.evaluation.report import format_metric
 from conceptattention.evaluation.tasks import EvaluationItem
 from conceptattention.outputs import OutputExistsError
-from conceptattention.testing import tiny_flux_pipeline
+
+from ..conftest import free_port
 
 
 LABEL_SIZE = 48
@@ -50,12 +50,6 @@ def single_class_labels(count: int) -> dict[str, np.ndarray]:
         label[3 + index, 6:26] = 255  # a void boundary row
         labels[f"2007_{index:06d}"] = label
     return labels
-
-
-@pytest.fixture(scope="module")
-def pipe() -> Any:
-    torch.set_num_threads(1)
-    return tiny_flux_pipeline(num_layers=4)
 
 
 @pytest.fixture
@@ -226,12 +220,6 @@ class TestResume:
             evaluate(pipe, voc, METHOD, tmp_path / "run", resume=True, progress=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _distributed_worker(rank: int, port: int, pipe: Any, voc_root: Path, out: Path) -> None:
     """One of two forked CPU processes: the environment ``accelerate launch --cpu`` would set, then the runner."""
     os.environ.update(
@@ -263,7 +251,7 @@ class TestMultiProcess:
         )
         torch.multiprocessing.start_processes(
             _distributed_worker,
-            args=(_free_port(), pipe, voc_root, tmp_path / "multi"),
+            args=(free_port(), pipe, voc_root, tmp_path / "multi"),
             nprocs=2,
             start_method="fork",
         )

@@ -106,6 +106,20 @@ def _auraflow_embeds(pipe: Any, prompt: str) -> dict[str, Any]:
     return {"prompt_embeds": prompt_embeds, "prompt_attention_mask": mask}
 
 
+def _cogvideox_case(name: str, build: Callable[[], Any]) -> PipelineCase:
+    """A CogVideoX case (1.0 and 1.5 run the same calls)."""
+    return PipelineCase(
+        name,
+        build,
+        dict(height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
+        _cogvideox_embeds,
+        dict(negative_prompt="blurry", guidance_scale=6.0),
+        per_prompt="num_videos_per_prompt",
+        output="frames",
+        lora_targets=("to_q", "to_k", "to_v"),
+    )
+
+
 CASES: dict[str, PipelineCase] = {
     case.name: case
     for case in (
@@ -136,26 +150,8 @@ CASES: dict[str, PipelineCase] = {
                 skip_layer_guidance_stop=1.0,
             ),
         ),
-        PipelineCase(
-            "cogvideox",
-            tiny_cogvideox_pipeline,
-            dict(height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
-            _cogvideox_embeds,
-            dict(negative_prompt="blurry", guidance_scale=6.0),
-            per_prompt="num_videos_per_prompt",
-            output="frames",
-            lora_targets=("to_q", "to_k", "to_v"),
-        ),
-        PipelineCase(
-            "cogvideox15",  # CogVideoX 1.5: temporal patches, RoPE
-            functools.partial(tiny_cogvideox_pipeline, version="1.5"),
-            dict(height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=1.0, max_sequence_length=16),
-            _cogvideox_embeds,
-            dict(negative_prompt="blurry", guidance_scale=6.0),
-            per_prompt="num_videos_per_prompt",
-            output="frames",
-            lora_targets=("to_q", "to_k", "to_v"),
-        ),
+        _cogvideox_case("cogvideox", tiny_cogvideox_pipeline),
+        _cogvideox_case("cogvideox15", functools.partial(tiny_cogvideox_pipeline, version="1.5")),  # temporal patches, RoPE
         PipelineCase(
             "chroma",
             tiny_chroma_pipeline,

@@ -3,14 +3,8 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run 10-20x faster on one thread when the machine's two cores are shared (measured: a tiny Chroma
-    forward 0.5 s with 2 threads under load, 0.03 s with 1)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_thread(single_thread: None) -> None:
+    """Every module here runs on one thread (``single_thread``, tests/conftest.py)."""

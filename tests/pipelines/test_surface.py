@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conceptattention import ConceptAttention
+from conceptattention.testing.battery import fresh_dynamo
 
 from .cases import CASES, CONCEPTS, PROMPT, PipelineCase, assert_identical, generate, snapshot
 
@@ -216,11 +217,8 @@ def test_compiled_transformer(case: PipelineCase, default_maps: torch.Tensor) ->
     """``pipe.transformer = torch.compile(pipe.transformer)`` (aot_eager on the CPU): with maps on the compiled
     pipeline's output equals its output without, and the maps equal the eager pipeline's."""
     pipe = case.build()
-    torch._dynamo.reset()
-    try:
+    with fresh_dynamo():
         pipe.transformer = torch.compile(pipe.transformer, backend="aot_eager")
         attention = compare(case, pipe)
         assert attention.transformer is pipe.transformer._orig_mod
         torch.testing.assert_close(attention.maps.tensor, default_maps, rtol=1e-4, atol=1e-5)
-    finally:
-        torch._dynamo.reset()

@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from conceptattention.shapesworld import ShapesWorldDataset
 
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "readme_gallery.py"
+from ..script_modules import ROOT, load_script
 
 
 @pytest.fixture(scope="module")
 def gallery():
-    spec = importlib.util.spec_from_file_location("readme_gallery", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("readme_gallery")
 
 
 def test_prompts_are_the_test_captions_of_the_fixed_seed(gallery):
@@ -38,9 +29,9 @@ def test_prompts_are_the_test_captions_of_the_fixed_seed(gallery):
 
 
 def test_readme_shows_the_script_and_its_seed(gallery, capsys):
-    readme = (SCRIPT.parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     assert "scripts/readme_gallery.py" in readme and str(gallery.GALLERY_SEED) in readme
     assert "docs/img/gallery.png" in readme
     assert gallery.main(["--print-prompts"]) == 0
     assert gallery.gallery_prompts()[0]["prompt"] in capsys.readouterr().out
-    assert (SCRIPT.parents[1] / "docs" / "img" / "gallery.png").stat().st_size < 200_000
+    assert (ROOT / "docs" / "img" / "gallery.png").stat().st_size < 200_000

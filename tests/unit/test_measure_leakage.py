@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
 from conceptattention import ConceptMaps
 
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..script_modules import load_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    spec = importlib.util.spec_from_file_location("measure_leakage", ROOT / "scripts" / "measure_leakage.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script("measure_leakage")
 
 
 def scene(logits: torch.Tensor, present: tuple[bool, ...], targets: dict[str, torch.Tensor]) -> dict:

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..script_modules import ROOT, load_script
 
 
 def load_table_script():
-    spec = importlib.util.spec_from_file_location("supported_models_table", ROOT / "scripts" / "supported_models_table.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+    return load_script("supported_models_table")
 
 
 def test_readme_table_is_generated_from_the_registry():

@@ -20,12 +20,8 @@ from conceptattention.video import (
 
 
 @pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread; on a shared 2-core machine more threads only contend."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def one_thread(single_thread: None) -> None:
+    """This module runs on one thread (``single_thread``, tests/conftest.py)."""
 
 
 def striped_maps() -> ConceptMaps:

@@ -74,6 +74,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def _whole_number(text: str) -> int:
+    """``text`` as an int, or argparse's error naming it (the parse of the bounded integer types below)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
 def positive_int(text: str) -> int:
     """Argparse type: a whole number of at least 1 (``0`` and ``-5`` are refused, not replaced by a default).
 
@@ -81,10 +89,7 @@ def positive_int(text: str) -> int:
         >>> positive_int("32")
         32
     """
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole_number(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
     return value
@@ -92,10 +97,7 @@ def positive_int(text: str) -> int:
 
 def nonnegative_int(text: str) -> int:
     """Argparse type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole_number(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {text!r}")
     return value

@@ -110,14 +110,24 @@ def _check_binary_target(target: torch.Tensor | np.ndarray) -> torch.Tensor:
     return target
 
 
+def _label_shaped(
+    value: torch.Tensor | np.ndarray, name: str, target_shape: tuple[int, ...], fix: str
+) -> torch.Tensor:
+    """``value`` as a tensor (:func:`as_tensor`) of the label's shape ``target_shape``, or a MetricInputError naming
+    ``name``, both shapes and how to ``fix`` it."""
+    tensor = as_tensor(value, name)
+    if tuple(tensor.shape) != target_shape:
+        raise MetricInputError(
+            f"`{name}` has shape {tuple(tensor.shape)} but `target` has shape {target_shape}; {fix}"
+        )
+    return tensor
+
+
 def _check_scores(scores: torch.Tensor | np.ndarray, target_shape: tuple[int, ...]) -> torch.Tensor:
     """Returns the saliency map as a float64 tensor of the label's shape, or raises."""
-    scores = as_tensor(scores, "scores")
-    if tuple(scores.shape) != target_shape:
-        raise MetricInputError(
-            f"`scores` has shape {tuple(scores.shape)} but `target` has shape {target_shape}; upsample the saliency "
-            "map to the label resolution before scoring it."
-        )
+    scores = _label_shaped(
+        scores, "scores", target_shape, "upsample the saliency map to the label resolution before scoring it."
+    )
     if scores.is_complex():
         raise MetricInputError(f"`scores` must be real-valued, got dtype {scores.dtype}.")
     scores = scores.to(torch.float64)
@@ -381,12 +391,9 @@ def per_image_counts(
 
 def _check_prediction_mask(prediction: torch.Tensor | np.ndarray, target_shape: tuple[int, ...]) -> torch.Tensor:
     """Returns a precomputed foreground mask as bool, or raises."""
-    prediction = as_tensor(prediction, "prediction")
-    if tuple(prediction.shape) != target_shape:
-        raise MetricInputError(
-            f"`prediction` has shape {tuple(prediction.shape)} but `target` has shape {target_shape}; resize the "
-            "mask (nearest) to the label resolution first."
-        )
+    prediction = _label_shaped(
+        prediction, "prediction", target_shape, "resize the mask (nearest) to the label resolution first."
+    )
     if prediction.dtype != torch.bool:
         if prediction.is_floating_point() or not bool(((prediction == 0) | (prediction == 1)).all()):
             raise MetricInputError(

@@ -53,7 +53,8 @@ Subclass contract (class attributes / methods):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -134,6 +135,27 @@ def assert_right_not_wrong(ours: torch.Tensor, right: torch.Tensor, wrong: torch
     assert (ours - wrong).abs().max() > 100 * (ours - right).abs().max()
 
 
+def assert_reference_not_variant(
+    transformer: Any,
+    inputs: dict[str, Any],
+    embeds: torch.Tensor,
+    layers: list[int],
+    reference: Callable[..., torch.Tensor],
+    *,
+    wrong: dict[str, Any],
+    right: dict[str, Any] | None = None,
+    **options: Any,
+) -> torch.Tensor:
+    """The raw scores of one call at ``layers`` (``options``: further :class:`ConceptAttention` options) match the
+    naive ``reference`` called with the ``right`` keywords, and not its deliberately wrong variant called with the
+    ``wrong`` keywords (:func:`assert_right_not_wrong`). Returns our scores [C, I]."""
+    ours = layer_logits(transformer, inputs, embeds, layers, **options)  # [C, I]
+    expected = reference(transformer, inputs, embeds, layers, **(right or {}))[0, 0].float()  # [C, I]
+    variant = reference(transformer, inputs, embeds, layers, **wrong)[0, 0].float()  # [C, I]
+    assert_right_not_wrong(ours, expected, variant)
+    return ours
+
+
 def assert_concepts_permute(
     transformer: Any, inputs: dict[str, Any], embeds: torch.Tensor, layers: list[int], ours: torch.Tensor, order: list[int]
 ) -> None:
@@ -182,6 +204,14 @@ def t5_content_states(tokenizer: Any, encoder: Any, concepts: list[str]) -> tupl
         hidden = encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)[0]
     content = tokens.attention_mask.bool() & (tokens.input_ids != tokenizer.eos_token_id)
     return hidden, content
+
+
+def assert_t5_concept_means(encoded: torch.Tensor, tokenizer: Any, encoder: Any, concepts: list[str]) -> None:
+    """Each concept's embedding ``encoded[c]`` ([C, D]) is the mean of the T5-style ``encoder``'s states of its content
+    tokens (:func:`t5_content_states`): masked padding and the end token left out, multi-word concepts not truncated."""
+    hidden, content = t5_content_states(tokenizer, encoder, concepts)  # [C, L, D], [C, L]
+    for index in range(len(concepts)):
+        torch.testing.assert_close(encoded[index], hidden[index, content[index]].mean(0))
 
 
 def assert_t5_poolings(encoded: dict[str, torch.Tensor], hidden: torch.Tensor, content: torch.Tensor) -> None:
@@ -238,6 +268,47 @@ def check_explain(
     finally:
         handle.remove()
     assert calls == []  # early exit after the last selected block
+
+
+def explain_transformer_calls(pipe: Any, *, height: int, width: int, **options: Any) -> list[dict[str, Any]]:
+    """The keyword arguments (tensors cloned) of every transformer call of one ``explain`` of a blank
+    ``width``×``height`` image with the concepts "house" and "sky" (``options``: further ``explain`` keywords)."""
+    from PIL import Image
+
+    calls: list[dict[str, Any]] = []
+
+    def record(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        calls.append({name: value.clone() if torch.is_tensor(value) else value for name, value in kwargs.items()})
+
+    handle = pipe.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        explain(pipe, Image.new("RGB", (width, height)), ["house", "sky"], height=height, width=width, **options)
+    finally:
+        handle.remove()
+    return calls
+
+
+def assert_bit_identical_in_every_space(
+    transformer: Any, inputs: dict[str, Any], dim: int, output: Callable[[Any], torch.Tensor] = lambda result: result[0]
+) -> None:
+    """With concept attention on in each space, the transformer's ``output`` of ``inputs`` stays bit-identical."""
+    with torch.no_grad():
+        reference = output(transformer(**inputs))
+        for space in ("output", "cross_attention", "value"):
+            with ConceptAttention(transformer, concept_embeds=seeded_embeds(3, dim), space=space):
+                assert torch.equal(output(transformer(**inputs)), reference), space
+
+
+@contextmanager
+def fresh_dynamo() -> Iterator[Any]:
+    """Dynamo reset before and after the block, its ``counters`` (graphs, graph breaks) cleared and yielded."""
+    torch._dynamo.reset()
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    try:
+        yield counters
+    finally:
+        torch._dynamo.reset()
 
 
 def per_space_and_mode(test: Callable[..., Any]) -> Callable[..., Any]:
@@ -306,6 +377,10 @@ class AdapterBattery:
         with torch.no_grad():
             return self.output_of(transformer(**inputs))
 
+    def processors(self, transformer: Any) -> dict[str, Any]:
+        """Every attention processor by module path (diffusers' ``attn_processors``)."""
+        return dict(transformer.attn_processors)
+
     def num_blocks(self, transformer: Any) -> int:
         return len(get_adapter(transformer).joint_blocks(transformer))
 
@@ -361,10 +436,11 @@ class AdapterBattery:
             torch.testing.assert_close(maps.tensor.sum(0), torch.ones(self.expected_grid))
 
     def test_restored_after_normal_exit_and_exception(self, transformer):
-        before = dict(transformer.attn_processors)
+        before = self.processors(transformer)
         with ConceptAttention(transformer, concept_embeds=self.embeds()):
             self.run(transformer, self.make_inputs())
-        assert all(transformer.attn_processors[name] is before[name] for name in before)
+        after = self.processors(transformer)
+        assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
         blocks = get_adapter(transformer).joint_blocks(transformer)
 
         def explode(*args: Any, **kwargs: Any) -> None:
@@ -377,8 +453,9 @@ class AdapterBattery:
                     self.run(transformer, self.make_inputs())
         finally:
             handle.remove()
-        after = dict(transformer.attn_processors)
+        after = self.processors(transformer)
         assert after.keys() == before.keys() and all(after[name] is before[name] for name in before)
+        assert not any(handle for block in blocks for handle in block._forward_pre_hooks.values())
         assert not getattr(transformer, "_conceptattention_active", False)
 
     def test_deterministic(self, transformer):
@@ -457,22 +534,26 @@ class AdapterBattery:
         model = self.make_transformer()  # a fresh one: compiling changes the module
         with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
             self.run(model, inputs)
-        torch._dynamo.reset()
-        counters = torch._dynamo.utils.counters
-        counters.clear()
-        try:
+        with fresh_dynamo() as counters:
             compiled = torch.compile(model, backend="aot_eager")
             plain = self.run(compiled, inputs)
+            graphs_off, breaks_off = counters["stats"]["unique_graphs"], set(counters["graph_break"])
+            graphs_on = []
             for _ in range(2):
                 with ConceptAttention(compiled, concept_embeds=self.embeds()) as ca:
                     output = self.run(compiled, inputs)
                 assert torch.equal(plain, output)
                 torch.testing.assert_close(ca.maps.tensor, eager.maps.tensor)
-            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graph again
-            assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
-            assert not counters["graph_break"], dict(counters["graph_break"])
-        finally:
-            torch._dynamo.reset()
+                graphs_on.append(counters["stats"]["unique_graphs"])
+            assert torch.equal(self.run(compiled, inputs), plain)  # restored: the maps-off graphs again
+            self.check_compiled_graphs(counters, graphs_off, breaks_off, graphs_on)
+
+    def check_compiled_graphs(self, counters: Any, graphs_off: int, breaks_off: set, graphs_on: list[int]) -> None:
+        """Dynamo's ``counters`` after the whole-model compile test: one maps-off and one maps-on graph, no graph
+        break. ``graphs_off``/``breaks_off``: the graphs and break reasons of the maps-off call, ``graphs_on``: the
+        graph count after each of the two maps-on ``with`` blocks."""
+        assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # maps off, maps on
+        assert not counters["graph_break"], dict(counters["graph_break"])
 
     def test_regional_compile_one_graph_per_block_class(self):
         """``compile_repeated_blocks()``: no per-block recompilation (the layer index is never traced), so a
@@ -483,10 +564,7 @@ class AdapterBattery:
         inputs = self.make_inputs()
         with ConceptAttention(model, concept_embeds=self.embeds()) as eager:
             self.run(model, inputs)
-        torch._dynamo.reset()
-        counters = torch._dynamo.utils.counters
-        counters.clear()
-        try:
+        with fresh_dynamo() as counters:
             model.compile_repeated_blocks(backend="aot_eager")
             plain = self.run(model, inputs)
             graphs_off = counters["stats"]["unique_graphs"]
@@ -504,8 +582,6 @@ class AdapterBattery:
             torch.testing.assert_close(again.maps.tensor, eager.maps.tensor)
             assert counters["stats"]["unique_graphs"] == graphs_first_call, dict(counters["stats"])
             assert not counters["graph_break"], dict(counters["graph_break"])
-        finally:
-            torch._dynamo.reset()
 
     def test_pipeline_bit_identical_and_maps(self, pipeline):
         reference = self.generate(pipeline)
