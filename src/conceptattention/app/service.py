@@ -1,5 +1,8 @@
 """What the web app does, without any Gradio: validate the inputs, run the model once, draw and package the maps.
 
+(About 600 lines on purpose: the request flow of one service; inputs, results and run folders live in
+:mod:`~conceptattention.app.inputs`, :mod:`~conceptattention.app.results` and :mod:`~conceptattention.app.run_files`.)
+
 :class:`MapService` wraps one loaded pipeline. Its :meth:`~MapService.generate` and :meth:`~MapService.explain`
 take the raw values of the page's controls, check every one of them (raising :class:`AppInputError` with a sentence
 that says what to change), run ConceptAttention under a lock (so two requests never share the pipeline's hooks), and

@@ -1,5 +1,8 @@
 """Thin loaders for the zero-shot segmentation benchmarks of the ConceptAttention paper.
 
+(About 600 lines on purpose: the two loaders share the file checks and the sample type; splitting them would
+separate one format's reader from the validation it relies on.)
+
 Both loaders read user-supplied files and download nothing:
 
 * :class:`ImageNetSegmentation` reads ``gtsegs_ijcv.mat`` (Guillaumin et al., IJCV 2014; 4,276 images), a MATLAB

@@ -1,5 +1,8 @@
 """Zero-shot segmentation metrics: the Chefer et al. (2021) standard, plus labelled paper-compatibility columns.
 
+(About 600 lines on purpose: one job, the binary per-image metrics and their aggregation; the multi-class metrics
+live in :mod:`~conceptattention.evaluation.multiclass_metrics`, and ~20 lines here are their deprecated aliases.)
+
 Definitions (as in Chefer et al. 2021, ``hila-chefer/Transformer-Explainability``,
 ``baselines/ViT/imagenet_seg_eval.py``):
 

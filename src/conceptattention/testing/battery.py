@@ -1,5 +1,8 @@
 """The shared adapter test battery: every architecture adapter's test class inherits these checks.
 
+(About 600 lines on purpose: one class of checks every family runs; the zoo and FLUX-clone variants live in
+:mod:`~conceptattention.testing.zoo_battery` and :mod:`~conceptattention.testing.flux_like_battery`.)
+
 A subclass supplies a tiny random model (and optionally a tiny pipeline) and its inputs; the battery checks
 bit-identical outputs, restoration after normal exit and exceptions, map shapes/finiteness/softmax sums,
 determinism, layer and step selection, CFG handling, and agreement with a naive reference when one is given.
