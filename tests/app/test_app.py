@@ -123,6 +123,29 @@ def test_generate_returns_maps_images_and_files(service):
     assert settings["pipeline_kwargs"]["num_inference_steps"] == 4
 
 
+TOY_WORDS = ("a", "red", "boat", "on", "the", "sea", "under", "a#2", "yellow", "sun")
+
+
+def test_generate_maps_the_prompt_words(service):
+    """The prompt-word switch: words only (empty concept box), or after the concepts; the image is unchanged."""
+    assert service.offers_prompt_words  # the shipped model is a FLUX.1 architecture
+    plain = service.generate(**generate_request())
+    words = service.generate(**generate_request(concepts="", prompt_words=True))
+    both = service.generate(**generate_request(prompt_words=True))
+    assert words.maps.concepts == TOY_WORDS
+    # a word equal to a concept is labelled word#2, as a repeated word is
+    renamed = {"boat": "boat#2", "sea": "sea#2", "sun": "sun#2"}
+    assert both.maps.concepts == ("boat", "sun", "sea", "sky", *(renamed.get(word, word) for word in TOY_WORDS))
+    assert [concept for _, concept in both.heatmaps] == list(both.maps.concepts)
+    for result in (words, both):
+        assert np.array_equal(np.asarray(result.image), np.asarray(plain.image))
+        torch.testing.assert_close(result.maps.tensor.sum(0), torch.ones_like(result.maps.tensor[0]))
+    with pytest.raises(AppInputError, match="on or off"):
+        service.generate(**generate_request(prompt_words="yes"))
+    with pytest.raises(AppInputError, match="at least one concept"):
+        service.generate(**generate_request(concepts=""))  # without the switch a concept is still needed
+
+
 def test_generate_is_seeded(service):
     first = service.generate(**generate_request(seed=3))
     again = service.generate(**generate_request(seed=3))
@@ -419,6 +442,21 @@ def test_uploads_over_the_size_limit_are_refused(running_app):
     assert raised.value.code == 413
 
 
+def test_prompt_word_switch_reaches_the_service(running_app):
+    """The page's generate inputs in order: the switch sits after the frame count (gradio_client, positional)."""
+    require_module("gradio_client", "install the app extra: pip install -e '.[app]'")
+    from gradio_client import Client
+
+    demo, _ = running_app
+    method = [[2, 3, 4, 5], "output", True, False]
+    output = Client(demo.local_url, verbose=False).predict(
+        TOY_PROMPT, "", 0, 4, 32, 32, 0.0, None, True, *method, api_name="/generate"
+    )
+    status, heatmaps = output[0], output[4]
+    assert status.startswith("**Done**"), status
+    assert [item["caption"] for item in heatmaps] == list(TOY_WORDS)
+
+
 def test_concurrent_users_are_served_one_after_the_other(running_app, toy_photo, monkeypatch):
     """Two generate requests and an explain request at once: never two runs at a time, each result its own."""
     require_module("gradio_client", "install the app extra: pip install -e '.[app]'")
@@ -450,7 +488,7 @@ def test_concurrent_users_are_served_one_after_the_other(running_app, toy_photo,
 
     def call_generate(concepts: str) -> tuple:
         client = Client(demo.local_url, verbose=False)
-        return client.predict(TOY_PROMPT, concepts, 0, 4, 32, 32, 0.0, None, *method, api_name="/generate")
+        return client.predict(TOY_PROMPT, concepts, 0, 4, 32, 32, 0.0, None, False, *method, api_name="/generate")
 
     def call_explain() -> tuple:
         client = Client(demo.local_url, verbose=False)

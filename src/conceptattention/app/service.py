@@ -43,6 +43,7 @@ from .. import (
     explain,
     get_adapter,
 )
+from ..capture import prompt_word_source
 from ..config import SPACES
 from ..errors import ConceptAttentionError
 from ..models import LoadedModel, UnknownWordsError, check_vocabulary
@@ -245,6 +246,11 @@ class MapService(ResultExplorer):
         return int(self.defaults.get("height") or native), int(self.defaults.get("width") or native)
 
     @property
+    def offers_prompt_words(self) -> bool:
+        """Whether this model's adapter can map the prompt's own words (the page then shows the switch)."""
+        return prompt_word_source(self.adapter) is not None
+
+    @property
     def is_video(self) -> bool:
         """Whether the model makes videos (the page then shows a frame count, and the first frame)."""
         return self.adapter.modality == "video"
@@ -372,6 +378,7 @@ class MapService(ResultExplorer):
         space: Any = "output",
         softmax: Any = True,
         timeline: Any = True,
+        prompt_words: Any = False,
     ) -> MapResult:
         """Generate an image from a prompt and map the concepts in it.
 
@@ -390,6 +397,8 @@ class MapService(ResultExplorer):
             softmax: Softmax over concepts.
             timeline: Also keep the maps of each step and block (:attr:`MapResult.timeline`), within
                 ``limits.max_timeline_bytes``.
+            prompt_words: Also map every word of the prompt (after the concepts; the concept box may then be
+                empty), on models that offer it (:attr:`offers_prompt_words`).
 
         Returns:
             :class:`MapResult`.
@@ -400,7 +409,12 @@ class MapService(ResultExplorer):
         """
         started = time.perf_counter()
         prompt_text = self._text("The prompt", prompt, required=True)
-        concept_list = parse_concepts(concepts, self.limits)
+        if not isinstance(prompt_words, bool):
+            raise AppInputError(f"Mapping the prompt's words must be on or off, got {prompt_words!r}.")
+        if prompt_words and not self.offers_prompt_words:
+            raise AppInputError(f"This model ({self.loaded.description}) offers no prompt-word maps (FLUX.1 only).")
+        blank = concepts is None or (isinstance(concepts, str) and not concepts.strip())
+        concept_list = () if prompt_words and blank else parse_concepts(concepts, self.limits)
         notes = self._check_vocabulary(concept_list, prompt_text)
         default_height, default_width = self.default_side
         seed_value = whole_number("Seed", seed, 0, 2**32 - 1)
@@ -428,14 +442,16 @@ class MapService(ResultExplorer):
             kwargs.update(self._call_kwargs({"num_frames": frame_count, "output_type": "pil"}))
             notes.append("Video model: the first frame and its maps are shown; use the CLI for the whole video.")
         tokens = self._image_tokens(image_height, image_width, kwargs.get("num_frames") or 1)
-        keep = self._keep_timeline(timeline, steps=step_count, options=options, concepts=concept_list, tokens=tokens)
+        mapped = [*concept_list, *(prompt_text.split() if prompt_words else [])]  # words: about one per space
+        keep = self._keep_timeline(timeline, steps=step_count, options=options, concepts=mapped, tokens=tokens)
         if isinstance(keep, str):
             notes.append(keep)
         options["keep_per_step"] = keep is True
         with self._lock, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             generator = torch.Generator(self.generator_device).manual_seed(seed_value)
-            with ConceptAttention(self.pipeline, concept_list, **options) as attention:
+            concept_arg = list(concept_list) or None
+            with ConceptAttention(self.pipeline, concept_arg, prompt_words=prompt_words, **options) as attention:
                 output = self.pipeline(prompt_text, generator=generator, **kwargs)
             maps = attention.maps
             per_step = _timeline_of(attention) if keep is True else {}

@@ -41,6 +41,7 @@ ELEMENT_IDS = {
     "height": "height",
     "width": "width",
     "generate_button": "generate-button",
+    "prompt_words": "prompt-words",
     "upload": "upload",
     "explain_concepts": "explain-concepts",
     "explain_button": "explain-button",
@@ -204,6 +205,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         image_width: Any,
         guidance_scale: Any,
         frame_count: Any,
+        prompt_words: Any,
         layers: Any,
         space: Any,
         softmax: Any,
@@ -223,6 +225,7 @@ def build_app(service: MapService) -> gradio.Blocks:
                 space=space,
                 softmax=softmax,
                 timeline=keep_timeline,
+                prompt_words=prompt_words,
             )
         )
 
@@ -342,6 +345,12 @@ def build_app(service: MapService) -> gradio.Blocks:
                     frames = gr.Number(
                         label="Frames", value=service.defaults.get("num_frames"), precision=0, visible=service.is_video
                     )
+                prompt_words = gr.Checkbox(
+                    value=False,
+                    label="Also map every word of the prompt (the concept box may then be empty)",
+                    visible=service.offers_prompt_words,
+                    elem_id=ids["prompt_words"],
+                )
                 generate_button = gr.Button("Generate", variant="primary", elem_id=ids["generate_button"])
             with gr.Tab("Explain an image", id="explain") as explain_tab:
                 upload = gr.File(
@@ -434,6 +443,7 @@ def build_app(service: MapService) -> gradio.Blocks:
         outputs += [run_id, shown_maps, timeline_index, shown_caption, ranking]
         method_inputs = [layers, space, softmax, keep_timeline]
         generate_inputs = [prompt, generate_concepts, seed, steps, image_height, image_width, guidance_scale, frames]
+        generate_inputs.append(prompt_words)  # on_generate's parameters, in order
         explain_inputs = [upload, explain_concepts, caption, noise_level, samples, explain_seed]
         for triggers, handler, inputs, api_name in (
             (
