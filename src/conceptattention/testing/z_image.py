@@ -30,7 +30,7 @@ def tiny_z_image_transformer(num_layers: int = 3, num_refiner_layers: int = 1, s
     """
     from diffusers import ZImageTransformer2DModel
 
-    return seeded_eval(
+    model = seeded_eval(
         seed,
         ZImageTransformer2DModel,
         in_channels=4,
@@ -43,6 +43,14 @@ def tiny_z_image_transformer(num_layers: int = 3, num_refiner_layers: int = 1, s
         axes_dims=[4, 6, 6],
         axes_lens=[256, 32, 32],
     )
+    # diffusers < 0.39 creates the pad tokens with torch.empty (uninitialised memory: NaN now and then); later
+    # releases zero them. Zero them here too, so the tiny model is the same, and finite, on every supported release.
+    with torch.no_grad():
+        for name in ("x_pad_token", "cap_pad_token", "siglip_pad_token"):
+            token = getattr(model, name, None)
+            if token is not None:
+                token.zero_()
+    return model
 
 
 def tiny_z_image_inputs(
