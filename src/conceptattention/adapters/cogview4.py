@@ -174,7 +174,6 @@ class CogView4Adapter(ConceptAdapter):
     transformer_classes = ("CogView4Transformer2DModel",)
     pipeline_classes = ("CogView4Pipeline",)
     modality = "image"
-    ip_adapter = "not offered by diffusers"
     fused_qkv = "accepted per module (the stock processor ignores fusion)"
     official_default_layers = "last 4 blocks (CogView4-6B: 24-27; no official choice)"
     tested = (

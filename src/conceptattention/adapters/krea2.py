@@ -186,7 +186,6 @@ class Krea2Adapter(SequentialCFGTwins, ConceptAdapter):
     transformer_classes = ("Krea2Transformer2DModel",)
     pipeline_classes = ("Krea2Pipeline",)
     modality = "image"
-    ip_adapter = "not offered by diffusers"
     fused_qkv = "accepted (the stock processor ignores fusion)"
     official_default_layers = "last 4 blocks (Krea 2: 24-27; no official choice)"
     tested = (

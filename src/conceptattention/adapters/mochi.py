@@ -220,7 +220,6 @@ class MochiAdapter(ConceptAdapter):
     transformer_classes = ("MochiTransformer3DModel",)
     pipeline_classes = ("MochiPipeline",)
     modality = "video"
-    ip_adapter = "not offered by diffusers"
     fused_qkv = "not offered by diffusers"
     official_default_layers = "last 4 blocks (Mochi 1: 44-47; no official choice)"
     tested = (

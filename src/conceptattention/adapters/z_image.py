@@ -225,7 +225,6 @@ class ZImageAdapter(ConceptAdapter):
     transformer_classes = ("ZImageTransformer2DModel",)
     pipeline_classes = ("ZImagePipeline",)
     modality = "image"
-    ip_adapter = "not offered by diffusers"
     fused_qkv = "accepted per module (the stock processor ignores fusion)"
     official_default_layers = "last 4 main blocks (Z-Image-Turbo: 26-29; no official choice)"
     tested = (
