@@ -180,7 +180,8 @@ class CallSiteBytes(TorchDispatchMode):
     """Kernels and bytes (inputs + outputs) of the concept branch's ops inside one joint block, by call site.
 
     An op belongs to the concept branch when its innermost ``conceptattention`` frame is not the call of the stock
-    diffusers processor (``self.original(...)``) nor a tap's call of a module of the attention (``_Tap``).
+    diffusers processor (``self.original(...)``), a tap's call of a module of the attention (``_Tap``) nor the
+    attention-input wrapper's call of the backend (``attention_inputs._KeepInputs``).
     """
 
     def __init__(self) -> None:
@@ -193,7 +194,8 @@ class CallSiteBytes(TorchDispatchMode):
         if self.on and op_kind(func) not in ("view", "alloc"):
             frames = [frame for frame in traceback.extract_stack() if "/conceptattention/" in frame.filename]
             line = (frames[-1].line or "") if frames else "self.original("
-            if "self.original(" not in line and "self.module(" not in line:  # not the stock processor or a tap
+            stock = ("self.original(", "self.module(", "self.backend_fn(")  # the stock processor, a tap, the dispatch wrapper
+            if not any(call in line for call in stock):
                 frame = frames[-1]
                 site = f"{frame.filename.rsplit('/', 1)[-1]}:{frame.lineno} {(frame.line or '').strip()[:70]}"
                 leaves = tree_leaves((args, kwargs, out))

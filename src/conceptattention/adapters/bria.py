@@ -17,6 +17,7 @@ from diffusers.models.transformers.transformer_bria import BriaAttnProcessor
 from torch import nn
 
 from ..config import ConceptPooling
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import encode_concepts_masked
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
@@ -44,6 +45,7 @@ class BriaConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         ("diffusers.models.transformers.transformer_bria._get_qkv_projections", "98dcc791bcd048d0d21a3763106ae944d3936a7a359bf67b40809c2950b0a2ea"),
         ("diffusers.models.transformers.transformer_bria._get_projections", "c6cd1d81c986bffc1bb37f3b5468adec9f8fc602ec3e0fe767e92466527a8443"),
         ("diffusers.models.transformers.transformer_bria._get_fused_projections", "1eeef8e735334a6d6a2886780e3930bf2d3c3b0f82c1055e8a64d6e98cd687b8"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 

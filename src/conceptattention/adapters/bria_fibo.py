@@ -35,6 +35,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import AdapterInputError
 from .bria import BriaAdapter
 from .flux_like import FluxLikeConceptAttnProcessor
@@ -77,6 +78,7 @@ class BriaFiboConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         ("diffusers.models.transformers.transformer_bria_fibo._get_qkv_projections", "eeec28d110a177a2f265b0d7103c7fad975eb8738698659af37eb5a13f4942a1"),
         ("diffusers.models.transformers.transformer_bria_fibo._get_projections", "dddb6423e45c5c9b8dd12e0c367e97517fa45a98ab5af5180756d929eb96c8cb"),
         ("diffusers.models.transformers.transformer_bria_fibo._get_fused_projections", "9a4384bfe728cd2b670243fe465a7e5a7bddd638fc34cf10b34d96109af4d59e"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
         (
             "diffusers.models.transformers.transformer_bria_fibo.BriaFiboTransformer2DModel.forward",
             (  # diffusers 0.42.1 (= 0.39.0, 0.40.0, 0.41.0); 0.38.0 differs in `if guidance:` only

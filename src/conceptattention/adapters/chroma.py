@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..config import ConceptPooling
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import bind_call, block_input_grabbers, captured_block_input, encode_concepts_masked
 from .flux import FluxAdapter, FluxConceptAttnProcessor, packed_noisy_latents
 from .flux_single import BlockTembSingleConceptAttnProcessor, FluxSingleConceptAttnProcessor
@@ -86,6 +87,7 @@ class ChromaSingleConceptAttnProcessor(BlockTembSingleConceptAttnProcessor):
 
     STOCK_SOURCES = (
         *FluxSingleConceptAttnProcessor.STOCK_SOURCES[:4],  # FluxAttnProcessor and its projections
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
         ("diffusers.models.transformers.transformer_chroma.ChromaSingleTransformerBlock.forward", "6dac5adae225acbbe7872f78ec540f18187723b1afa6adefc483efdb371ea075"),
         ("diffusers.models.transformers.transformer_chroma.ChromaAdaLayerNormZeroSinglePruned.forward", "65167e08410974a9457940b6e9a38f44a136a5edc3ae8cd1ed11547a434a5acc"),
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention_packed
 from ..encoding import pipeline_text_encoder
+from .attention_inputs import ATTENTION_KEY, DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
@@ -79,7 +81,15 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_flux._get_qkv_projections", "988dc64295fd8e55a2106625126f691c4bbbd05c6f1bc4ae18661a97d30c8730"),
         ("diffusers.models.transformers.transformer_flux._get_projections", "445b79ab35e5c95ee707ec24da8cf1c3c7cfd090f225ae086a3f6b04d96480c5"),
         ("diffusers.models.transformers.transformer_flux._get_fused_projections", "7b6e97d1e24fd16b40b4f8b40e14a9ebee0aff11620d8d0b67a8ea5f1e45fbc0"),
+        # where the joint query/key/value are kept (attention_inputs.py): the dispatcher's backend lookup
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),
     )
+
+    #: Whether the stock processor dispatches one joint attention on ``[text, image]`` rows after RoPE (FLUX.1 and
+    #: the clones whose processor is a copy of it): the concept branch then takes the image keys there
+    #: (:mod:`~conceptattention.adapters.attention_inputs`) instead of re-applying RoPE. Subclasses whose stock
+    #: processor orders the rows otherwise (HunyuanImage: ``[image, text]``) set it False.
+    JOINT_TEXT_FIRST = True
 
     def __init__(
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
@@ -109,14 +119,16 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
         sink: dict[str, torch.Tensor] = {}
         words = session.prompt_words is not None
-        outputs = self.original(
-            AttentionView(attn, sink, FLUX_TAPS + FLUX_PROMPT_TAPS if words else FLUX_TAPS, inputs=("to_add_out",) if words else ()),
-            hidden_states,
-            encoder_hidden_states,
-            attention_mask,
-            image_rotary_emb,
-            **extra,
-        )
+        keep = keep_attention_inputs(self.original, sink) if self.JOINT_TEXT_FIRST else nullcontext()
+        with keep:  # the joint query/key/value after RoPE, when available
+            outputs = self.original(
+                AttentionView(attn, sink, FLUX_TAPS + FLUX_PROMPT_TAPS if words else FLUX_TAPS, inputs=("to_add_out",) if words else ()),
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask,
+                image_rotary_emb,
+                **extra,
+            )
         check_captured(sink, (("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux")
         if words:
             check_captured(sink, (("norm_added_k",), ("add_v_proj", "to_added_qkv"), ("to_add_out",)), self.original, "flux")
@@ -186,7 +198,15 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> dict[str, torch.Tensor | None]:
         """The image keys as the joint attention used them (RoPE, image rows of the tables, on the QK-normed keys),
-        values ``[B, I, H, D]``, queries (RoPE'd for the cross-attention space) and output ``[B, I, H·D]``."""
+        values ``[B, I, H, D]``, queries (RoPE'd for the cross-attention space) and output ``[B, I, H·D]``.
+
+        Eagerly these are the image rows of the joint tensors the attention dispatcher received (views, nothing is
+        recomputed); while compiling, RoPE is re-applied to the tapped QK-normed keys (the compiler fuses it)."""
+        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
+        kept = image_rows(sink, num_text)
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each, after RoPE
+            return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
         image_key = sink["norm_k"]  # [B, I, H, D]
         image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
         image_value = image_value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
@@ -196,7 +216,6 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
             if self.session.config.space == "cross_attention" and image_query is not None:
                 image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
-        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
         return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
 
     def _prompt_rows(
@@ -217,7 +236,9 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             )
         index = words.token_index.to(sink["to_add_out"].device)  # [T']
         text_key = sink["norm_added_k"]  # [B, T, H, D]
-        if image_rotary_emb is not None:
+        if ATTENTION_KEY in sink:  # the text rows of the joint keys, after RoPE
+            text_key = sink[ATTENTION_KEY][:, :num_text]  # [B, T, H, D]
+        elif image_rotary_emb is not None:
             text_key = apply_rotary_emb(text_key, (image_rotary_emb[0][:num_text], image_rotary_emb[1][:num_text]), sequence_dim=1)
         text_value = sink["to_added_qkv"].chunk(3, dim=-1)[2] if "to_added_qkv" in sink else sink["add_v_proj"]  # [B, T, H·D]
         return {

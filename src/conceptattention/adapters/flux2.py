@@ -35,6 +35,7 @@ from torch import nn
 from ..config import ConceptPooling
 from ..core import concept_attention
 from ..encoding import ConceptError, pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .flux import FLUX_TAPS, FluxAdapter
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
@@ -91,6 +92,7 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_flux2._get_qkv_projections", "81ae9e9cfb7889acdc7ebcba3bc22071ed075caa0a59fd5a55d694542b5f597d"),
         ("diffusers.models.transformers.transformer_flux2._get_projections", "f0c880815d9045e44f3f9c8a160e92a080137a6da0394af7a9591963fb0e7108"),
         ("diffusers.models.transformers.transformer_flux2._get_fused_projections", "1fa01c8e207c8282f7a6f6c7d139fd56656e7ad380f212a44bac117de91a4270"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
 
     def __call__(
@@ -109,17 +111,23 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         sink: dict[str, torch.Tensor] = {}
-        outputs = self.original(
-            AttentionView(attn, sink, FLUX_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-        )
+        with keep_attention_inputs(self.original, sink):  # the joint query/key/value after RoPE, when available
+            outputs = self.original(
+                AttentionView(attn, sink, FLUX_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         check_captured(sink, (("norm_q",), ("norm_k",), ("to_v", "to_qkv"), ("to_out",)), self.original, "flux2")
-        # the image rows as the joint attention used them: QK-normed, then RoPE with the image rows of the tables
+        num_text = encoder_hidden_states.shape[1]
+        kept = image_rows(sink, num_text)  # eagerly: views of the joint [text, image] rows, after QK-norm and RoPE
+        if kept is not None:
+            query, key, value = kept  # [B, I, H, D] each
+            self._concept_branch(attn, sink["to_out"], query, key, value, 0)
+            return outputs
+        # compiling: the image rows as the joint attention used them, RoPE re-applied (the compiler fuses it)
         query, key = sink["norm_q"], sink["norm_k"]  # [B, I, H, D]
         value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, I, H·D]
         value = value.unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
         needs_query = self.session.config.space == "cross_attention"  # image queries are read only there
         if image_rotary_emb is not None:
-            num_text = encoder_hidden_states.shape[1]
             image_rope = (image_rotary_emb[0][num_text:], image_rotary_emb[1][num_text:])  # [I, D] each
             key = apply_rotary_emb(key, image_rope, sequence_dim=1)
             if needs_query:

@@ -32,6 +32,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from torch import nn
 
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import UnsupportedSetupError, block_input_grabbers, captured_block_input
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
 
@@ -91,6 +92,7 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_flux._get_projections", "445b79ab35e5c95ee707ec24da8cf1c3c7cfd090f225ae086a3f6b04d96480c5"),
         ("diffusers.models.transformers.transformer_flux._get_fused_projections", "7b6e97d1e24fd16b40b4f8b40e14a9ebee0aff11620d8d0b67a8ea5f1e45fbc0"),
         ("diffusers.models.transformers.transformer_flux.FluxSingleTransformerBlock.forward", "4f82694633d1e0aba8dab83a948aeede2a6cfe89d15414aff488ee03e03a10fa"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
         ADA_NORM_SINGLE_SOURCE,
     )
     COPIES_STOCK = False
@@ -102,9 +104,10 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         if encoder_hidden_states is not None or not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         sink: dict[str, torch.Tensor] = {}
-        output = self.original(
-            AttentionView(attn, sink, SINGLE_TAPS), hidden_states, None, attention_mask, image_rotary_emb
-        )  # [B, T + I, H·D]
+        with keep_attention_inputs(self.original, sink):  # the joint query/key/value after RoPE, when available
+            output = self.original(
+                AttentionView(attn, sink, SINGLE_TAPS), hidden_states, None, attention_mask, image_rotary_emb
+            )  # [B, T + I, H·D]
         check_captured(sink, (("norm_k",), ("to_v", "to_qkv")), self.original, "flux_single")
         self._concept_branch(attn, sink, output, image_rotary_emb)
         return output
@@ -140,15 +143,12 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
 
         num_image = int(call.inputs["img_ids"].shape[-2])  # the image rows are the last I of [text, image]
-        image_key = sink["norm_k"][:, -num_image:]  # [B, I, H, D]
-        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, T + I, H·D]
-        image_value = image_value[:, -num_image:].unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
-        image_query = sink["norm_q"][:, -num_image:] if session.config.space == "cross_attention" else None
-        if image_rotary_emb is not None:
-            image_rope = (image_rotary_emb[0][-num_image:], image_rotary_emb[1][-num_image:])  # [I, D] each
-            image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
-            if image_query is not None:
-                image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
+        kept = image_rows(sink, -num_image)  # eagerly: views of the joint rows the attention used (after RoPE)
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each
+            image_query = image_query if session.config.space == "cross_attention" else None
+        else:  # compiling: RoPE re-applied to the tapped QK-normed rows (the compiler fuses it)
+            image_query, image_key, image_value = self._rotated_image_rows(attn, sink, num_image, image_rotary_emb)
         image_output = output[:, -num_image:]  # [B, I, H·D], before the concatenation with the MLP branch
         concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
             concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
@@ -161,6 +161,22 @@ class FluxSingleConceptAttnProcessor(ConceptProcessorMixin):
         if concepts.dtype == torch.float16:
             concepts = concepts.clip(-65504, 65504)
         call.concept_hidden_states = concepts
+
+    def _rotated_image_rows(
+        self, attn: nn.Module, sink: dict[str, torch.Tensor], num_image: int, image_rotary_emb: Rotary
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """The image queries (cross-attention space, else None), keys and values ``[B, I, H, D]`` from the taps,
+        with RoPE re-applied as the joint attention applied it."""
+        image_key = sink["norm_k"][:, -num_image:]  # [B, I, H, D]
+        image_value = sink["to_qkv"].chunk(3, dim=-1)[2] if "to_qkv" in sink else sink["to_v"]  # [B, T + I, H·D]
+        image_value = image_value[:, -num_image:].unflatten(-1, (-1, attn.head_dim))  # [B, I, H, D]
+        image_query = sink["norm_q"][:, -num_image:] if self.session.config.space == "cross_attention" else None
+        if image_rotary_emb is not None:
+            image_rope = (image_rotary_emb[0][-num_image:], image_rotary_emb[1][-num_image:])  # [I, D] each
+            image_key = apply_rotary_emb(image_key, image_rope, sequence_dim=1)
+            if image_query is not None:
+                image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
+        return image_query, image_key, image_value
 
 
 class BlockTembSingleConceptAttnProcessor(FluxSingleConceptAttnProcessor):

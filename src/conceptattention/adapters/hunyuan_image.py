@@ -77,6 +77,7 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         ),
     )
     COPIES_STOCK = False
+    JOINT_TEXT_FIRST = False  # the joint rows are [image, text]: the image keys get RoPE re-applied from the taps
 
     def _concept_branch(
         self,

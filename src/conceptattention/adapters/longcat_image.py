@@ -19,6 +19,7 @@ from diffusers.models.transformers.transformer_longcat_image import LongCatImage
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import AdapterInputError
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
@@ -45,6 +46,7 @@ class LongCatImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         ("diffusers.models.transformers.transformer_longcat_image._get_qkv_projections", "67179d8e37c1e01e003765e47440a26a227ce2d8621b72933549b5f4f3ba8527"),
         ("diffusers.models.transformers.transformer_longcat_image._get_projections", "d3b99271904ec8bdfba846b13e872078bcfce74f086eb16c8c16a9d90e3371ef"),
         ("diffusers.models.transformers.transformer_longcat_image._get_fused_projections", "bb8820d2fa049674afd4c25677d4d2a65fe020dfc9b73790750009b5f1b9c935"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 

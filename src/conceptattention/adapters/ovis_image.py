@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import AdapterInputError
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
@@ -48,6 +49,7 @@ class OvisImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         ("diffusers.models.transformers.transformer_ovis_image._get_qkv_projections", "f7cea86683246d27e1032d5d1d3bc9ffb9ca5850d9aa4a3fb4303196e851bf94"),
         ("diffusers.models.transformers.transformer_ovis_image._get_projections", "ead5dd4420830fdd7f7258c2e4064884e4fb69fc6b99367c762d777f585f6aa2"),
         ("diffusers.models.transformers.transformer_ovis_image._get_fused_projections", "9baed3cdacecf2156615ffb5381d805cc12ee9c9b50ae250c5dfd4bf4ebdc357"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 

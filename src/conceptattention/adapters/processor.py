@@ -321,6 +321,9 @@ class ConceptProcessorMixin:
         # fixed at install: whether the explain path stops after this block. A plain bool, so a compiled block class
         # guards on its value (two graphs at most) instead of on the layer index (one graph per block)
         self.exits_after = session.stop_after_last_layer and layer >= session.last_layer
+        # fixed at install too: whether a later block reads the concept stream (no block after the last selected
+        # one runs the branch, so its update there would be computed for nothing)
+        self.advances_stream = layer < session.last_layer
         self._block = weakref.ref(block)
         self._transformer = weakref.ref(transformer)
 
@@ -422,7 +425,7 @@ class ConceptProcessorMixin:
 
         Returns:
             The concept attention output ``[B, C, H·D]`` in ``image_output``'s dtype, to advance the concept stream;
-            None when no later block needs it (the explain path's last block).
+            None when no later block needs it (the last selected block).
         """
         concept_output = concept_attention(
             concept_query,
@@ -448,8 +451,8 @@ class ConceptProcessorMixin:
         return concept_output if recorded else None
 
     def _record_scores(self, prompt_rows: dict[str, torch.Tensor] | None = None, **tensors: torch.Tensor | None) -> bool:
-        """Record this block's saliency scores; whether the concept stream must still advance (always, except on
-        the explain path's last needed block).
+        """Record this block's saliency scores; whether the concept stream must still advance (in every block but
+        the last selected one: no later block reads it).
 
         ``tensors`` are the :func:`~conceptattention.core.saliency_scores` inputs (``concept_output``,
         ``image_output``, ``image_query``, ``concept_key``, ``image_value``, ``concept_value``). Every concept block
@@ -479,7 +482,8 @@ class ConceptProcessorMixin:
         if self.exits_after:  # explain path only
             session.end_call()
             raise EarlyExit()
-        return True
+        # while compiling, every block advances (not read: a compiled block class keeps its two graphs)
+        return torch.compiler.is_compiling() or self.advances_stream
 
     def _layer_scores(self, tensors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This layer's scores ``[B, C, I]`` (from the config's heads) and, with ``keep_heads``, the per-head scores

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, UnsupportedSetupError, bind_call, block_input_grabbers, captured_block_input
 from .flux import FluxAdapter
 from .flux2 import templated_concept_batch
@@ -58,8 +59,9 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
     concept branch beside it.
 
     The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
-    module, which hands the concept branch the image queries/keys after QK-norm (the image RoPE is re-applied), the
-    image values and the image attention output before ``to_out[0]``. No diffusers code is copied: the output is
+    module, which hands the concept branch the image attention output before ``to_out[0]``; the image queries, keys
+    and values are the image rows of the joint tensors the attention dispatcher received (after QK-norm and RoPE;
+    :mod:`~conceptattention.adapters.attention_inputs`; while compiling, RoPE is re-applied to the tapped rows). No diffusers code is copied: the output is
     bit-identical by construction.
 
     Args:
@@ -91,6 +93,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
             "11d62123ee759ed7e5bf442fe2c7535a827a916eb1c49a60ca7fedf56d15ae99",
             ),
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
 
     def __call__(
@@ -113,25 +116,29 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
             )  # the stock processor also raises the stock errors
 
         sink: dict[str, torch.Tensor] = {}
-        outputs = self.original(
-            AttentionView(attn, sink, QWEN_TAPS),
-            hidden_states,
-            encoder_hidden_states,
-            encoder_hidden_states_mask,
-            attention_mask,
-            image_rotary_emb,
-        )
+        with keep_attention_inputs(self.original, sink):  # the joint query/key/value after RoPE, when available
+            outputs = self.original(
+                AttentionView(attn, sink, QWEN_TAPS),
+                hidden_states,
+                encoder_hidden_states,
+                encoder_hidden_states_mask,
+                attention_mask,
+                image_rotary_emb,
+            )
         check_captured(sink, (("to_q",), ("to_k",), ("to_v",), ("to_out",)), self.original, "qwenimage")
         head_dim = attn.inner_dim // attn.heads
-        # the image rows as the joint attention used them: QK-norm (where present), then the image RoPE
-        img_query = sink.get("norm_q", sink["to_q"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
-        img_key = sink.get("norm_k", sink["to_k"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
-        img_value = sink["to_v"].unflatten(-1, (-1, head_dim))  # [B, I, H, D]
-        if image_rotary_emb is not None:
-            img_freqs = image_rotary_emb[0]
-            img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
-            if self.session.config.space == "cross_attention":  # image queries are read only there
-                img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
+        kept = image_rows(sink, encoder_hidden_states.shape[1])  # eagerly: views of the joint [text, image] rows
+        if kept is not None:
+            img_query, img_key, img_value = kept  # [B, I, H, D] each, after QK-norm and RoPE
+        else:  # compiling: RoPE re-applied to the tapped QK-normed rows (the compiler fuses it)
+            img_query = sink.get("norm_q", sink["to_q"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
+            img_key = sink.get("norm_k", sink["to_k"].unflatten(-1, (-1, head_dim)))  # [B, I, H, D]
+            img_value = sink["to_v"].unflatten(-1, (-1, head_dim))  # [B, I, H, D]
+            if image_rotary_emb is not None:
+                img_freqs = image_rotary_emb[0]
+                img_key = apply_rotary_emb_qwen(img_key, img_freqs, use_real=False)
+                if self.session.config.space == "cross_attention":  # image queries are read only there
+                    img_query = apply_rotary_emb_qwen(img_query, img_freqs, use_real=False)
         self._concept_branch(
             attn, sink["to_out"], img_query, img_key, img_value, head_dim, encoder_hidden_states.shape[1]
         )
