@@ -135,17 +135,21 @@ def keep_attention_inputs(processor: Any, sink: dict[str, torch.Tensor]) -> Iter
                     _AttentionBackendRegistry._backends[name] = original
 
 
-def image_rows(sink: dict[str, torch.Tensor], start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """The image rows ``[B, I, H, D]`` (views) of the kept joint query, key and value of a ``[text, image]`` joint
-    attention, from sequence row ``start`` (the number of text rows, or ``-I``) on, or None when
-    :func:`keep_attention_inputs` kept nothing.
+def image_rows(
+    sink: dict[str, torch.Tensor], start: int | None, stop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The image rows ``[B, I, H, D]`` (views) of the kept joint query, key and value: sequence rows ``start:stop``
+    (``[text, image]`` joint attentions: ``start`` = the number of text rows, or ``-I``; ``[image, text]`` ones:
+    ``None, I``), or None when :func:`keep_attention_inputs` kept nothing.
 
     Example:
         >>> joint = torch.randn(1, 7, 2, 4)
         >>> rows = image_rows({ATTENTION_QUERY: joint, ATTENTION_KEY: joint, ATTENTION_VALUE: joint}, start=3)
         >>> rows[1].shape
         torch.Size([1, 4, 2, 4])
+        >>> image_rows({ATTENTION_QUERY: joint, ATTENTION_KEY: joint, ATTENTION_VALUE: joint}, None, 4)[0].shape
+        torch.Size([1, 4, 2, 4])
     """
     if ATTENTION_KEY not in sink:
         return None
-    return tuple(sink[name][:, start:] for name in (ATTENTION_QUERY, ATTENTION_KEY, ATTENTION_VALUE))  # type: ignore[return-value]
+    return tuple(sink[name][:, start:stop] for name in (ATTENTION_QUERY, ATTENTION_KEY, ATTENTION_VALUE))  # type: ignore[return-value]
