@@ -25,6 +25,7 @@ from .attention_inputs import ATTENTION_KEY, DISPATCH_FINGERPRINTS, DISPATCH_SOU
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
 from .flux_single import FluxSingleConceptAttnProcessor, SingleBlockLayers
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, guidance_tensor, image_pixels
 
 
@@ -83,6 +84,9 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         ("diffusers.models.transformers.transformer_flux._get_fused_projections", "7b6e97d1e24fd16b40b4f8b40e14a9ebee0aff11620d8d0b67a8ea5f1e45fbc0"),
         # where the joint query/key/value are kept (attention_inputs.py): the dispatcher's backend lookup
         (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),
+        # the concept QK-norm mirrors diffusers' RMSNorm where a subclass's model uses it (HunyuanImage); FLUX.1's
+        # torch.nn.RMSNorm modules run as they are (qk_norm.py)
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),
     )
 
     #: Whether the stock processor dispatches one joint attention on ``[text, image]`` rows after RoPE (FLUX.1 and
@@ -162,8 +166,12 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         concepts = call.concept_hidden_states  # [B, C, d]
         normed, gate_msa, shift_mlp, scale_mlp, gate_mlp = block.norm1_context(concepts, emb=self._concept_conditioning())
         concept_query, concept_key, concept_value = self._concept_projections(attn, normed)
-        concept_query = attn.norm_added_q(concept_query.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
-        concept_key = attn.norm_added_k(concept_key.unflatten(-1, (-1, attn.head_dim)))  # [B, C, H, D]
+        concept_query, concept_key = paired_rms_norm(  # QK-norm of both in one pass, [B, C, H, D] each
+            attn.norm_added_q,
+            attn.norm_added_k,
+            concept_query.unflatten(-1, (-1, attn.head_dim)),  # [B, C, H·D] -> [B, C, H, D]
+            concept_key.unflatten(-1, (-1, attn.head_dim)),  # [B, C, H·D] -> [B, C, H, D]
+        )
         concept_value = concept_value.unflatten(-1, (-1, attn.head_dim))  # [B, C, H, D]
         num_concepts = concept_key.shape[1]
         image_key, image_value, image_output = image["image_key"], image["image_value"], image["image_output"]

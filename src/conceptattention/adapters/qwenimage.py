@@ -36,6 +36,7 @@ from .base import AdapterInputError, UnsupportedSetupError, bind_call, block_inp
 from .flux import FluxAdapter
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch, ExplainRequest, flow_noised, guidance_tensor, image_pixels
 
 
@@ -94,6 +95,7 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
             ),
         ),
         (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),  # the concept QK-norm mirrors it (qk_norm.py)
     )
 
     def __call__(
@@ -188,10 +190,8 @@ class QwenImageConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = attn.add_q_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
         concept_key = attn.add_k_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
         concept_value = attn.add_v_proj(modulated).unflatten(-1, (-1, head_dim))  # [B, C, H, D]
-        if attn.norm_added_q is not None:
-            concept_query = attn.norm_added_q(concept_query)
-        if attn.norm_added_k is not None:
-            concept_key = attn.norm_added_k(concept_key)
+        # QK-norm of both in one pass where both are RMSNorm (qk_norm.py), [B, C, H, D] each
+        concept_query, concept_key = paired_rms_norm(attn.norm_added_q, attn.norm_added_k, concept_query, concept_key)
         rope = self._concept_rope(image_output.device, num_text, concept_query.shape[1])
         concept_query = apply_rotary_emb_qwen(concept_query, rope, use_real=False)
         concept_key = apply_rotary_emb_qwen(concept_key, rope, use_real=False)

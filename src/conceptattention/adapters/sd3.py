@@ -54,6 +54,7 @@ from ..encoding import encode_masked_concepts, pool_token_states, tokenize_conce
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .guidance import batch_halves_identical, guidance_half_slice, is_skip_layer_call, pipeline_guidance_on
 from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
@@ -121,6 +122,7 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
     STOCK_SOURCES = (
         ("diffusers.models.attention_processor.JointAttnProcessor2_0.__call__", "ed23f45c129bf15987951f21976c9300ce330fb82418240f3e7643fa69558eb4"),
         ("diffusers.models.attention_processor.FusedJointAttnProcessor2_0.__call__", "9698a9bae7e74a59054fc1acd7c1bc74b8d0c2d2c444f129b1aac1b25094bdc3"),
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),  # the concept QK-norm mirrors it (qk_norm.py)
     )
 
     def __call__(
@@ -204,10 +206,8 @@ class SD3ConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = concept_query.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
         concept_key = concept_key.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
         concept_value = concept_value.unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        if attn.norm_added_q is not None and not fused:
-            concept_query = attn.norm_added_q(concept_query)
-        if attn.norm_added_k is not None and not fused:
-            concept_key = attn.norm_added_k(concept_key)
+        if not fused:  # QK-norm of both in one pass where both are RMSNorm (qk_norm.py), [B, C, H, D] each
+            concept_query, concept_key = paired_rms_norm(attn.norm_added_q, attn.norm_added_k, concept_query, concept_key)
         # SD3 has no RoPE; the image keys/values are those of the joint attention (after QK-norm).
         image_key = key[:, :, :num_image].transpose(1, 2)  # [B, I, H, D]
         image_value = value[:, :, :num_image].transpose(1, 2)  # [B, I, H, D]
