@@ -17,7 +17,7 @@ Nothing here knows about diffusers. Shapes use ``B`` batch, ``C`` concepts, ``I`
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -346,16 +346,31 @@ class ScoreAccumulator:
 
     def add(self, scores: torch.Tensor, step: int, layer: int) -> None:
         """Fold one layer's scores ``[B, C, I]`` into the running sums."""
+        self.add_layers(scores.unsqueeze(0), step, (layer,))  # [B, C, I] -> [1, B, C, I]
+
+    def add_layers(self, scores: torch.Tensor, step: int, layers: Sequence[int]) -> None:
+        """Fold the scores of several layers of one step, ``[L, B, C, I]``, into the running sums at once (one
+        softmax and one sum for all of them: a few kernels per transformer call instead of a few per layer).
+
+        Example:
+            >>> acc = ScoreAccumulator()
+            >>> acc.add_layers(torch.zeros(2, 1, 2, 3), step=0, layers=(3, 4))
+            >>> acc.count, acc.result()[0][0, :, 0].tolist()
+            (2, [0.5, 0.5])
+        """
         scores = scores.float()
         if self.keep_per_step:
-            self.per_step[(step, layer)] = scores.detach().cpu()
+            for layer, layer_scores in zip(layers, scores, strict=True):
+                self.per_step[(step, layer)] = layer_scores.detach().cpu()
         per_layer_softmax = self.softmax and self.order == "per_layer"
-        probabilities = torch.softmax(scores / self.temperature, dim=1) if per_layer_softmax else None  # [B, C, I]
-        weight = 1
+        probabilities = torch.softmax(self._tempered(scores), dim=2) if per_layer_softmax else None  # [L, B, C, I]
+        summed_axes = (0, 1) if self.reduce_batch else (0,)  # the layers (and, with reduce_batch, the rows)
+        weight = scores.shape[0] * (scores.shape[1] if self.reduce_batch else 1)
+        scores = scores.sum(summed_axes, keepdim=self.reduce_batch)  # [B, C, I], or [1, C, I]
+        if probabilities is not None:
+            probabilities = probabilities.sum(summed_axes, keepdim=self.reduce_batch)  # like scores
         if self.reduce_batch:
-            weight = scores.shape[0]
-            scores = scores.sum(0, keepdim=True)  # [1, C, I]
-            probabilities = probabilities.sum(0, keepdim=True) if probabilities is not None else None  # [1, C, I]
+            scores, probabilities = scores[0], probabilities[0] if probabilities is not None else None  # [1, C, I]
         if self.logit_sum is not None and self.logit_sum.shape != scores.shape:
             raise ValueError(
                 f"Scores of shape {tuple(scores.shape)} cannot be averaged with earlier scores of shape "
@@ -363,13 +378,19 @@ class ScoreAccumulator:
                 "Use a new ConceptAttention block (or call .reset()) for each generation."
             )
         if self.logit_sum is None:
-            self.logit_sum = torch.zeros_like(scores)
-        self.logit_sum.add_(scores)
+            self.logit_sum = scores
+        else:
+            self.logit_sum.add_(scores)
         if probabilities is not None:
             if self.probability_sum is None:
-                self.probability_sum = torch.zeros_like(scores)
-            self.probability_sum.add_(probabilities)
+                self.probability_sum = probabilities
+            else:
+                self.probability_sum.add_(probabilities)
         self.count += weight
+
+    def _tempered(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores / temperature`` (no division, so no kernel, at temperature 1)."""
+        return scores if self.temperature == 1.0 else scores / self.temperature
 
     def result(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The aggregated maps and mean logits, both ``[B, C, I]`` float32.
@@ -385,4 +406,4 @@ class ScoreAccumulator:
         if self.order == "per_layer":
             assert self.probability_sum is not None
             return self.probability_sum / self.count, logits
-        return torch.softmax(logits / self.temperature, dim=1), logits
+        return torch.softmax(self._tempered(logits), dim=1), logits

@@ -211,9 +211,11 @@ class ConceptSession:
             return
         if self.grid_inputs is None:
             self.grid_inputs = call.inputs
-        for slot, layer in enumerate(self.selected_layers):
-            self.accumulator.add(call.scores[slot][self.batch_slice], step=call.step, layer=layer)
-            if self.head_accumulator is not None:
+        layers = self.selected_layers
+        rows = call.scores[: len(layers), self.batch_slice]  # [L_sel + 1, B, C, I] -> [L_sel, B', C, I]
+        self.accumulator.add_layers(rows, step=call.step, layers=layers)  # all selected layers at once
+        if self.head_accumulator is not None:
+            for layer in layers:
                 self.head_accumulator.add(call.head_scores[layer][self.batch_slice], step=call.step, layer=layer)
 
     def reset(self) -> None:

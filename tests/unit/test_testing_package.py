@@ -15,7 +15,7 @@ import conceptattention.testing
 
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-SHARED_ADAPTER_MODULES = {"base", "processor", "real_images", "guidance", "flux_single"}  # shared by families: no builder
+SHARED_ADAPTER_MODULES = {"base", "processor", "real_images", "guidance", "flux_single", "attention_inputs", "qk_norm"}  # shared by families: no builder
 
 
 def run_without_pytest(code: str) -> subprocess.CompletedProcess:
