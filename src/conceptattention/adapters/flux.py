@@ -19,7 +19,7 @@ from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, Fl
 from torch import nn
 
 from ..config import ConceptPooling
-from ..core import concept_attention_packed
+from ..core import concept_attention, concept_attention_packed
 from ..encoding import pipeline_text_encoder
 from .attention_inputs import ATTENTION_KEY, DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call, encode_concepts_masked
@@ -178,11 +178,15 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         image_query = image["image_query"]
 
         # ---- concept attention (FLUX.1 concept ids are zero: RoPE is the identity), scores, residual stream ----
-        key = torch.cat([image_key, concept_key], dim=1)  # [B, I + C, H, D]
-        value = torch.cat([image_value, concept_value], dim=1)  # [B, I + C, H, D]
-        concept_output = concept_attention_packed(
-            concept_query, key, value, num_concepts, session.config.concept_attention, self._attend
-        )
+        mode = session.config.concept_attention
+        if mode == "both":  # keys [image; concepts], as the official code orders them
+            key = torch.cat([image_key, concept_key], dim=1)  # [B, I + C, H, D]
+            value = torch.cat([image_value, concept_value], dim=1)  # [B, I + C, H, D]
+            concept_output = concept_attention_packed(concept_query, key, value, num_concepts, mode, self._attend)
+        else:  # the other modes read one side only: no concatenation
+            concept_output = concept_attention(
+                concept_query, concept_key, concept_value, image_key, image_value, mode, self._attend
+            )
         concept_output = concept_output.flatten(2, 3).to(image_output.dtype)  # [B, C, H·D]
         self._record_and_advance(
             attn,
