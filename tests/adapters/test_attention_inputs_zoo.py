@@ -130,3 +130,21 @@ def test_the_eager_branch_rotates_no_image_row(family, monkeypatch):
     _run(case, model, "cross_attention", monkeypatch, keep=False)
     assert num_image not in eager, f"the eager branch rotated {num_image} image rows ({eager})"
     assert num_image in lengths  # the fallback re-applies RoPE to them
+
+
+def test_launch_count_zoo_counts_fewer_kernels_with_the_kept_inputs():
+    """benchmarks/launch_count_zoo.py: the kept inputs spare the branch its RoPE kernels (JoyImage Edit rotates the
+    target's queries and keys together on the fallback, in every space)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    try:
+        launch_count_zoo = importlib.import_module("launch_count_zoo")
+    finally:
+        sys.path.pop(0)
+    row = launch_count_zoo.measure("joyimage", concepts=2, dtype=torch.float32)
+    assert row["joint_blocks"] == 3 and row["plain_kernels_per_block"] > 0
+    for block in ("selected", "unselected"):
+        assert 0 < row[f"kept_{block}"][0] < row[f"fallback_{block}"][0]
