@@ -5,8 +5,10 @@ text-stream weights (``add_{q,k,v}_proj``, ``norm_added_{q,k}``, ``to_add_out``,
 RoPE on the image rows only, then single-stream blocks (never touched). Design (capture, no copied diffusers code):
 
 * diffusers' ``HunyuanImageAttnProcessor`` runs untouched on an :class:`~conceptattention.adapters.flux.AttentionView`,
-  which hands the concept branch the image keys after QK-norm (RoPE is re-applied to them), the image values and the
-  image attention output before ``to_out[0]``; the image is bit-identical by construction.
+  which hands the concept branch the image attention output before ``to_out[0]``; the image queries, keys and values
+  are the image rows (the first ``I`` of the ``[image, text]`` joint rows) of the tensors the processor handed to the
+  attention dispatcher, after QK-norm and RoPE (:mod:`~conceptattention.adapters.attention_inputs`; while compiling,
+  RoPE is re-applied to the tapped QK-normed rows). The image is bit-identical by construction.
 * **Concept tokens** go through the token refiner (``context_embedder(x, timestep, mask)``) each as its own one-token
   prompt, so a concept does not depend on the others. The ByT5 glyph stream (``context_embedder_2``) is for quoted
   text to render and takes no part.
@@ -31,6 +33,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows
 from .base import (
     AdapterInputError,
     ExplainBatch,
@@ -75,9 +78,11 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
             "diffusers.models.transformers.transformer_hunyuanimage.HunyuanImageAttnProcessor.__call__",
             "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9",
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
-    JOINT_TEXT_FIRST = False  # the joint rows are [image, text]: the image keys get RoPE re-applied from the taps
+    # JOINT_TEXT_FIRST stays True (inherited): the FLUX.1 processor keeps the joint attention inputs; the joint rows
+    # here are [image, text], which _image_tensors below slices accordingly
 
     def _concept_branch(
         self,
@@ -89,6 +94,23 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
     ) -> None:
         # the rotary tables cover the image rows only (no text rows to skip)
         super()._concept_branch(_HeadDimView(attn), sink, 0, hidden_states, image_rotary_emb)
+
+    def _image_tensors(
+        self,
+        attn: nn.Module,
+        sink: dict[str, torch.Tensor],
+        num_text: int,
+        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[str, torch.Tensor | None]:
+        """The image queries, keys and values ``[B, I, H, D]`` as the joint attention used them and the image output
+        ``[B, I, H·D]``: eagerly the first ``I`` rows (views) of the ``[image, text]`` joint tensors the attention
+        dispatcher received; while compiling (nothing kept), RoPE re-applied to the tapped QK-normed rows."""
+        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
+        kept = image_rows(sink, None, image_output.shape[1])
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each, after QK-norm and RoPE
+            return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
+        return super()._image_tensors(attn, sink, num_text, image_rotary_emb)  # nothing kept: RoPE on the taps
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after the token refiner ``[B, C, d]`` (one one-token prompt per concept) and the block's

@@ -4,7 +4,8 @@ What HunyuanVideo needs:
 
 * **Token order and RoPE.** The joint attention concatenates ``[video, text]``; 3-D RoPE rotates the video only, so
   text and concepts carry no positions. Concept keys/values are ``[concepts; video]``, the video keys taken after
-  QK-norm and RoPE from the stock computation.
+  QK-norm and RoPE from the stock computation (the video rows of the joint tensors the processor hands to the
+  attention dispatcher; :mod:`~conceptattention.adapters.attention_inputs`).
 * **Text input.** Prompts enter through a token refiner (``context_embedder(x, timestep, mask)``: a timestep- and
   mean-text-conditioned self-attention stack) before the double blocks. Concepts go through it too, each as its own
   one-token "prompt" (so a concept does not depend on the other concepts, as with separately encoded concepts).
@@ -29,6 +30,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
@@ -49,8 +51,10 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
     concept branch beside it.
 
     The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
-    module, which hands the concept branch the video queries/keys after QK-norm (RoPE is re-applied), the video
-    values and the video attention output before ``to_out[0]``. No diffusers code is copied: the output is
+    module, which hands the concept branch the video attention output before ``to_out[0]``; the video queries, keys
+    and values are the video rows (the first ``V`` of the ``[video, text]`` joint rows) of the tensors the processor
+    handed to the attention dispatcher, after QK-norm and RoPE (:mod:`~conceptattention.adapters.attention_inputs`;
+    while compiling, RoPE is re-applied to the tapped QK-normed rows). No diffusers code is copied: the output is
     bit-identical by construction.
 
     Args:
@@ -74,6 +78,7 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
     #: tests/adapters/test_stock_drift.py
     STOCK_SOURCES = (
         ("diffusers.models.transformers.transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0.__call__", "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
 
     def __call__(
@@ -88,18 +93,22 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
 
         sink: dict[str, torch.Tensor] = {}
-        outputs = self.original(
-            AttentionView(attn, sink, HUNYUAN_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
-        )
+        with keep_attention_inputs(self.original, sink):  # the joint query/key/value after RoPE, when available
+            outputs = self.original(
+                AttentionView(attn, sink, HUNYUAN_TAPS), hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb
+            )
         check_captured(sink, (("to_q",), ("to_k",), ("to_v",), ("to_out",)), self.original, "hunyuan_video")
-        # the video rows as the joint attention used them: QK-norm (where present), then RoPE
-        query = sink.get("norm_q", sink["to_q"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
-        key = sink.get("norm_k", sink["to_k"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
-        value = sink["to_v"].unflatten(2, (attn.heads, -1))  # [B, V, H, D]
-        if image_rotary_emb is not None:
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-            if self.session.config.space == "cross_attention":  # video queries are read only there
-                query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        kept = image_rows(sink, None, hidden_states.shape[1])  # eagerly: views of the joint [video, text] rows
+        if kept is not None:
+            query, key, value = kept  # [B, V, H, D] each, after QK-norm and RoPE
+        else:  # compiling: the video rows as the joint attention used them, QK-norm (where present), then RoPE
+            query = sink.get("norm_q", sink["to_q"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
+            key = sink.get("norm_k", sink["to_k"].unflatten(2, (attn.heads, -1)))  # [B, V, H, D]
+            value = sink["to_v"].unflatten(2, (attn.heads, -1))  # [B, V, H, D]
+            if image_rotary_emb is not None:
+                key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+                if self.session.config.space == "cross_attention":  # video queries are read only there
+                    query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
         self._concept_branch(attn, sink["to_out"], query, key, value)
         return outputs
 

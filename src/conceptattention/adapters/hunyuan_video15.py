@@ -22,6 +22,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import AdapterInputError, bind_call
 from .flux2 import templated_concept_batch
 from .hunyuan_image import HunyuanImageAdapter, HunyuanImageConceptAttnProcessor
@@ -47,6 +48,7 @@ class HunyuanVideo15ConceptAttnProcessor(HunyuanImageConceptAttnProcessor):
             "diffusers.models.transformers.transformer_hunyuan_video15.HunyuanVideo15AttnProcessor2_0.__call__",
             "491f27a195cc7ae43e4c1691965711f2609c6e58b8febef5bf087e988485c4fe",
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 

@@ -17,8 +17,11 @@ text stream's own fused projection ``txt_attn_qkv``, QK RMS-norms ``txt_attn_{q,
   (and each other) only, and the maps cover the target tokens only.
 
 Capture: diffusers' ``JoyImageAttnProcessor`` runs untouched on a view of the attention module whose image-side
-``img_attn_q_norm``, ``img_attn_k_norm`` (before RoPE, re-applied to the image rows), ``img_attn_qkv`` (values) leave
-their outputs and ``img_attn_proj`` its input (the image attention output before the projection) in a sink.
+``img_attn_q_norm``, ``img_attn_k_norm`` (before RoPE), ``img_attn_qkv`` (values) leave their outputs and
+``img_attn_proj`` its input (the image attention output before the projection) in a sink. Eagerly the target's
+queries, keys and values are the target rows (the first of the ``[image, text]`` joint rows) of the tensors the
+processor hands to the attention dispatcher, after QK-norm and RoPE (:mod:`~conceptattention.adapters.attention_inputs`);
+while compiling, RoPE is re-applied to the tapped rows.
 **JoyImage Edit Plus** (``JoyImageEditPlusTransformer3DModel``) has the same block under new names but packs each
 sample's target, references and padding patches into one sequence (``shape_list``, a key mask over padding patches
 and masked text, per-sample RoPE tables): the target comes first in every sample, so the same concept branch applies,
@@ -40,6 +43,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import (
     AdapterInputError,
     ConceptAdapter,
@@ -96,6 +100,7 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
                 "8ab2288d02b05e4f4edf020dca365a47f6818279b62f854427f298d26dcc3116",
             ),
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 
@@ -109,10 +114,13 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
     ) -> Any:
         if encoder_hidden_states is None or not self.session.needs_concepts():
             return self.original(attn, hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs)
-        outputs, sink = self._run_on_projection_view(
-            attn, JOYIMAGE_TAPS, ("img_attn_proj",), "joyimage",
-            hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs,
-        )
+        kept: dict[str, torch.Tensor] = {}
+        with keep_attention_inputs(self.original, kept):  # the joint query/key/value after RoPE, when available
+            outputs, sink = self._run_on_projection_view(
+                attn, JOYIMAGE_TAPS, ("img_attn_proj",), "joyimage",
+                hidden_states, encoder_hidden_states, image_rotary_emb, **kwargs,
+            )
+        sink.update(kept)
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return outputs
 
@@ -137,10 +145,14 @@ class JoyImageConceptAttnProcessor(ConceptProcessorMixin):
             concept_query, concept_key = _apply_rotary_emb(concept_query, concept_key, first)  # [B, C, H, D] each
 
         target = session.call.inputs["target_tokens"]  # the generated image's rows lead the visual sequence
-        image_query = sink["img_attn_q_norm"][:, :target]  # [B, I, H, D]
-        image_key = sink["img_attn_k_norm"][:, :target]  # [B, I, H, D]
-        image_query, image_key = self._image_rope(image_query, image_key, rotary, target)
-        image_value = sink["img_attn_qkv"].chunk(3, dim=-1)[2][:, :target].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
+        kept = image_rows(sink, None, target)  # eagerly: views of the joint [image, text] rows
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each, after QK-norm and RoPE
+        else:  # compiling: RoPE re-applied to the tapped QK-normed rows (the compiler fuses it)
+            image_query = sink["img_attn_q_norm"][:, :target]  # [B, I, H, D]
+            image_key = sink["img_attn_k_norm"][:, :target]  # [B, I, H, D]
+            image_query, image_key = self._image_rope(image_query, image_key, rotary, target)
+            image_value = sink["img_attn_qkv"].chunk(3, dim=-1)[2][:, :target].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
         image_output = sink["img_attn_proj"][:, :target]  # [B, I, H·D], before img_attn_proj
         concept_output = self._attend_and_record(
             concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
@@ -188,6 +200,7 @@ class JoyImageEditPlusConceptAttnProcessor(JoyImageConceptAttnProcessor):
         ("diffusers.models.transformers.transformer_joyimage_edit_plus._apply_rotary_emb_batched", "4c5a5fa93f6d8842ad401a96088cfaa689d78952049eaea99869b55c25f1474c"),
         ("diffusers.models.transformers.transformer_joyimage_edit_plus.JoyImageEditPlusTransformerBlock.forward", "128703294af09c37f05a4706371f9d1496076615d76cb3394d601724ea847dd3"),
         ("diffusers.models.transformers.transformer_joyimage_edit_plus.JoyImageEditPlusTransformer3DModel.forward", "e21f5403270b760e8e4441e33e1951ff7c7b76cfc4debb278e915bad46b2e98b"),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
 
     def __call__(

@@ -18,8 +18,11 @@ sit at RoPE position ``(0, 0, 0)``. The extension, as for Z-Image:
   (concept · image); cross-attention and value spaces per query head (key/value heads repeated as the processor does).
 
 Capture (no copied diffusers code): ``Krea2AttnProcessor`` runs untouched on a
-:class:`~conceptattention.adapters.processor.AttentionView` whose taps keep the QK-normed keys (and queries) before RoPE, the
-values and the gated output before ``to_out[0]``; the block's ``temb`` comes from a block pre-hook. Known gap:
+:class:`~conceptattention.adapters.processor.AttentionView` whose taps keep the gated output before ``to_out[0]`` (and
+the QK-normed keys and queries before RoPE and the values); the image queries, keys and values are the image rows of
+the tensors the processor hands to the attention dispatcher (after QK-norm, RoPE and the key/value head repeat;
+:mod:`~conceptattention.adapters.attention_inputs`; while compiling, RoPE and the head repeat are re-applied to the
+taps). The block's ``temb`` comes from a block pre-hook. Known gap:
 ``Krea2Pipeline`` runs classifier-free guidance as two plain calls (no ``cache_context``), so with guidance on the
 unconditional call is recorded as a step too. The real-image path noises the packed VAE latents (rectified flow) and
 runs one batched call.
@@ -37,6 +40,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
 from .guidance import SequentialCFGTwins, call_tensors
 from .processor import ConceptProcessorMixin
@@ -53,7 +57,9 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
 
     The view keeps the ``norm_k`` (and, for the cross-attention space, ``norm_q``) outputs ``[B, T + I, H_kv, D]``
     (before RoPE), the ``to_v`` output ``[B, T + I, H_kv·D]`` and the ``to_out[0]`` input (the gated attention output
-    ``[B, T + I, H·D]``).
+    ``[B, T + I, H·D]``). Eagerly the image queries, keys and values are the image rows of the joint tensors the
+    processor handed to the attention dispatcher (``[B, T + I, H, D]``: RoPE applied, key/value heads repeated), so
+    only the compiled path re-applies RoPE and the head repeat to the taps.
 
     Args:
         session: The shared run state.
@@ -86,6 +92,7 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
             "diffusers.models.transformers.transformer_krea2.Krea2TransformerBlock.forward",
             "d5dc094cc574731c7959d9df0aecbe642e5b05be16bea4589c83379d8f9358b5",
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 
@@ -99,7 +106,10 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         if not self.session.needs_concepts():
             return self.original(attn, hidden_states, attention_mask, image_rotary_emb)
         taps = self._space_taps("norm_k", "to_v")
-        output, sink = self._run_on_view(attn, taps, "krea2", hidden_states, attention_mask, image_rotary_emb)
+        kept: dict[str, torch.Tensor] = {}
+        with keep_attention_inputs(self.original, kept):  # the joint query/key/value after RoPE, when available
+            output, sink = self._run_on_view(attn, taps, "krea2", hidden_states, attention_mask, image_rotary_emb)
+        sink.update(kept)
         self._concept_branch(attn, sink, hidden_states, image_rotary_emb)
         return output
 
@@ -150,11 +160,15 @@ class Krea2ConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = rope(attn.norm_q(heads(attn.to_q(normed), attn.num_heads)), text_row)  # [B, C, H, D]
         concept_key = all_heads(rope(attn.norm_k(heads(attn.to_k(normed), attn.num_kv_heads)), text_row))
         concept_value = all_heads(heads(attn.to_v(normed), attn.num_kv_heads))  # [B, C, H, D]
-        image_rows = slice(num_text, None)
-        image_key = all_heads(rope(sink["norm_k"][:, image_rows], image_rows))  # [B, I, H, D]
-        image_value = all_heads(heads(sink["to_v"][:, image_rows], attn.num_kv_heads))  # [B, I, H, D]
-        image_output = sink["to_out"][:, image_rows]  # [B, I, H·D], gated, before to_out[0]
-        image_query = rope(sink["norm_q"][:, image_rows], image_rows) if "norm_q" in sink else None
+        image_output = sink["to_out"][:, num_text:]  # [B, I, H·D], gated, before to_out[0]
+        kept = image_rows(sink, num_text)  # eagerly: views of the joint [text, image] rows
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each: RoPE applied, key/value heads repeated
+        else:  # compiling: RoPE and the head repeat re-applied to the tapped rows (the compiler fuses them)
+            rows = slice(num_text, None)
+            image_key = all_heads(rope(sink["norm_k"][:, rows], rows))  # [B, I, H, D]
+            image_value = all_heads(heads(sink["to_v"][:, rows], attn.num_kv_heads))  # [B, I, H, D]
+            image_query = rope(sink["norm_q"][:, rows], rows) if "norm_q" in sink else None
         gate = torch.sigmoid(attn.to_gate(normed))  # [B, C, H·D]
         concept_output = self._attend_and_record(  # [B, C, H·D], gated, or None: nothing later has to run
             concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query, gate

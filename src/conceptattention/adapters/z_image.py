@@ -21,8 +21,10 @@ with the caption tokens' treatment:
 
 Capture (no copied diffusers code): diffusers' ``ZSingleStreamAttnProcessor`` runs untouched on a
 :class:`~conceptattention.adapters.processor.AttentionView` of the attention module whose taps keep the QK-normed keys (and,
-for the cross-attention space, queries) before RoPE, the values and the attention output before ``to_out[0]``; the
-concept branch re-applies the image RoPE to the image rows exactly as the processor does. The block's ``adaln_input``
+for the cross-attention space, queries) before RoPE, the values and the attention output before ``to_out[0]``; eagerly
+the concept branch takes the real image rows of the tensors the processor hands to the attention dispatcher (after
+QK-norm and RoPE; :mod:`~conceptattention.adapters.attention_inputs`), while compiling it re-applies the image RoPE to
+the tapped rows exactly as the processor does. The block's ``adaln_input``
 is taken by a block pre-hook. The real-image path noises the VAE latents (rectified flow) and runs one batched call.
 Omni mode (nested ``x`` lists, SigLIP features, per-token noisy/clean modulation) is
 refused. Classifier-free guidance is one batched call ``[cond, uncond]``; the conditional half is reported.
@@ -39,6 +41,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows, keep_attention_inputs
 from .base import (
     AdapterInputError,
     ConceptAdapter,
@@ -119,6 +122,7 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
                 "2e27b8a2440df8575bd160f7f5756751ccb381c6ed90a2650e89d43616cf1a48",
             ),
         ),
+        (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
     )
     COPIES_STOCK = False
 
@@ -134,7 +138,10 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
         taps = self._space_taps("norm_k", "to_v")
         args = (hidden_states, encoder_hidden_states, attention_mask, freqs_cis)
-        output, sink = self._run_on_view(attn, taps, "z_image", *args)
+        kept: dict[str, torch.Tensor] = {}
+        with keep_attention_inputs(self.original, kept):  # the joint query/key/value after RoPE, when available
+            output, sink = self._run_on_view(attn, taps, "z_image", *args)
+        sink.update(kept)
         self._concept_branch(attn, sink, hidden_states, freqs_cis)
         return output
 
@@ -181,16 +188,21 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = rotate(attn.norm_q(attn.to_q(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
         concept_key = rotate(attn.norm_k(attn.to_k(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
         concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
-        # the real image rows (the unified sequence starts with them), rotated as the processor rotated them
-        image_freqs = None if freqs_cis is None else freqs_cis[:, :num_image]  # [B, I, D/2]
-        image_key = sink["norm_k"][:, :num_image]  # [B, I, H, D]
-        image_key = image_key if image_freqs is None else rotate(image_key, image_freqs)
-        image_value = sink["to_v"][:, :num_image].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
+        # the real image rows (the unified sequence starts with them; its image padding is left out), rotated as the
+        # processor rotated them
         image_output = sink["to_out"][:, :num_image]  # [B, I, H·D], before to_out[0]
-        image_query = None
-        if "norm_q" in sink:
-            image_query = sink["norm_q"][:, :num_image]  # [B, I, H, D]
-            image_query = image_query if image_freqs is None else rotate(image_query, image_freqs)
+        kept = image_rows(sink, None, num_image)  # eagerly: views of the joint [image, caption, padding] rows
+        if kept is not None:
+            image_query, image_key, image_value = kept  # [B, I, H, D] each, after QK-norm and RoPE
+        else:  # compiling: RoPE re-applied to the tapped rows (the compiler fuses it)
+            image_freqs = None if freqs_cis is None else freqs_cis[:, :num_image]  # [B, I, D/2]
+            image_key = sink["norm_k"][:, :num_image]  # [B, I, H, D]
+            image_key = image_key if image_freqs is None else rotate(image_key, image_freqs)
+            image_value = sink["to_v"][:, :num_image].unflatten(-1, (attn.heads, -1))  # [B, I, H, D]
+            image_query = None
+            if "norm_q" in sink:
+                image_query = sink["norm_q"][:, :num_image]  # [B, I, H, D]
+                image_query = image_query if image_freqs is None else rotate(image_query, image_freqs)
         concept_output = self._attend_and_record(  # [B, C, H·D], or None: nothing later has to run
             concept_query, concept_key, concept_value, image_key, image_value, image_output, image_query
         )
