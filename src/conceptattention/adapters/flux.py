@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -89,12 +88,6 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),
     )
 
-    #: Whether the stock processor dispatches one joint attention on ``[text, image]`` rows after RoPE (FLUX.1 and
-    #: the clones whose processor is a copy of it): the concept branch then takes the image keys there
-    #: (:mod:`~conceptattention.adapters.attention_inputs`) instead of re-applying RoPE. Subclasses whose stock
-    #: processor orders the rows otherwise (HunyuanImage: ``[image, text]``) set it False.
-    JOINT_TEXT_FIRST = True
-
     def __init__(
         self, session: Any, layer: int, block: nn.Module, transformer: nn.Module, original: Any
     ) -> None:
@@ -123,8 +116,9 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **extra)
         sink: dict[str, torch.Tensor] = {}
         words = session.prompt_words is not None
-        keep = keep_attention_inputs(self.original, sink) if self.JOINT_TEXT_FIRST else nullcontext()
-        with keep:  # the joint query/key/value after RoPE, when available
+        # the joint query/key/value after QK-norm and RoPE, as the stock processor dispatches them (eagerly; the image
+        # rows are [text, image][T:] here, subclasses with another layout override _image_tensors)
+        with keep_attention_inputs(self.original, sink):
             outputs = self.original(
                 AttentionView(attn, sink, FLUX_TAPS + FLUX_PROMPT_TAPS if words else FLUX_TAPS, inputs=("to_add_out",) if words else ()),
                 hidden_states,

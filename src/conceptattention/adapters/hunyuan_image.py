@@ -44,6 +44,7 @@ from .base import (
 )
 from .flux2 import templated_concept_batch
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE
 from .real_images import area_resolution
 
 
@@ -79,10 +80,11 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
             "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9",
         ),
         (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),  # the concept QK-norm mirrors it (qk_norm.py, inherited branch)
     )
     COPIES_STOCK = False
-    # JOINT_TEXT_FIRST stays True (inherited): the FLUX.1 processor keeps the joint attention inputs; the joint rows
-    # here are [image, text], which _image_tensors below slices accordingly
+    # the FLUX.1 processor keeps the joint attention inputs (inherited); the joint rows here are [image, text], which
+    # _image_tensors below slices accordingly
 
     def _concept_branch(
         self,
