@@ -475,9 +475,10 @@ class ConceptAttention(ProcessorSwap):
         # the batch size: of the latents tensor, or as the adapter read it (Z-Image takes a list of latents)
         batch = hidden_states.shape[0] if isinstance(hidden_states, torch.Tensor) else inputs.get("batch_size")
         if call.recording and batch is not None:
-            self.session.batch_slice = self.adapter.cfg_batch_slice(int(batch), inputs, self.pipeline)
             if self.config.batch_half == "all" or self._reduce_batch:  # explain batches noise samples, never CFG
-                self.session.batch_slice = slice(None)
+                self.session.batch_slice = slice(None)  # decided first: the adapter may read the latents to decide
+            else:
+                self.session.batch_slice = self.adapter.cfg_batch_slice(int(batch), inputs, self.pipeline)
 
     def _end_call(self) -> None:
         if self.session is not None:

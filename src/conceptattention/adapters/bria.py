@@ -21,7 +21,7 @@ from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import encode_concepts_masked
 from .flux_like import FluxLikeAdapter, FluxLikeConceptAttnProcessor
 from .flux_single import ADA_NORM_SINGLE_SOURCE, BlockTembSingleConceptAttnProcessor
-from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
+from .guidance import call_latents, guidance_half_slice, pipeline_guidance_on
 from .real_images import area_resolution
 
 
@@ -83,12 +83,14 @@ class BriaAdapter(FluxLikeAdapter):
     def capture_call(self, transformer: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         inputs = super().capture_call(transformer, args, kwargs)
         latents = args[0] if args else kwargs.get("hidden_states")
-        inputs["identical_halves"] = isinstance(latents, torch.Tensor) and batch_halves_identical(latents)
+        inputs.update(call_latents(latents))
         return inputs
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``BriaPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(
+            batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"), pipeline
+        )
 
     timestep_scale = 1000.0  # BriaPipeline passes the scheduler's timesteps (0-1000); the model does not rescale
 

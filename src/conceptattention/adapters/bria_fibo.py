@@ -161,7 +161,7 @@ class BriaFiboAdapter(BriaAdapter):
             guidance_on = pipeline is not None and float(pipeline.guidance_scale) > 1
         except (AttributeError, TypeError):
             guidance_on = False
-        return guidance_half_slice(batch_size, call_inputs, guidance_on)
+        return guidance_half_slice(batch_size, call_inputs, guidance_on, pipeline)
 
     def size_multiple(self, pipeline: Any) -> int:
         """``BriaFiboPipeline`` packs no patches by default: one token per ``vae_scale_factor`` (16) pixels."""

@@ -45,7 +45,7 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .guidance import batch_halves_identical, guidance_half_slice
+from .guidance import call_latents, guidance_half_slice
 from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, image_pixels, seeded_noise
 
@@ -233,7 +233,7 @@ class CogVideoXAdapter(ConceptAdapter):
             )
         config = transformer.config
         return {
-            "identical_halves": batch_halves_identical(hidden_states),
+            **call_latents(hidden_states),
             "timestep": bound["timestep"],
             "latent_shape": tuple(hidden_states.shape),
             "patch_size": int(config.patch_size),
@@ -261,7 +261,7 @@ class CogVideoXAdapter(ConceptAdapter):
         """
         scale = getattr(pipeline, "_guidance_scale", None) if pipeline is not None else None
         guidance_on = isinstance(scale, int | float) and scale > 1
-        return guidance_half_slice(batch_size, call_inputs, guidance_on)
+        return guidance_half_slice(batch_size, call_inputs, guidance_on, pipeline)
 
     # ----- text ---------------------------------------------------------------------------------------------------
 

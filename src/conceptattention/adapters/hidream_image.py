@@ -52,7 +52,7 @@ from .base import (
     block_input_grabbers,
     captured_block_input,
 )
-from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
+from .guidance import call_latents, guidance_half_slice, pipeline_guidance_on
 from .processor import ConceptProcessorMixin, next_block_features, stash_block_features
 
 
@@ -291,7 +291,7 @@ class HiDreamImageAdapter(ConceptAdapter):
             "pooled_embeds": bound["pooled_embeds"],
             "grid": grid,
             "image_tokens": grid[0] * grid[1],
-            "identical_halves": batch_halves_identical(latents),
+            **call_latents(latents),
         }
 
     def install_hooks(self, transformer: nn.Module, session: ConceptSession) -> list[Any]:
@@ -309,7 +309,9 @@ class HiDreamImageAdapter(ConceptAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``HiDreamImagePipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(
+            batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"), pipeline
+        )
 
     def encode_concepts(
         self, pipeline: Any, concepts: Sequence[str], pooling: ConceptPooling, device: torch.device | None = None

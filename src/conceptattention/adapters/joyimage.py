@@ -54,7 +54,7 @@ from .base import (
 )
 from .guidance import (
     SequentialCFGTwins,
-    batch_halves_identical,
+    call_latents,
     call_tensors,
     guidance_half_slice,
     pipeline_guidance_on,
@@ -355,12 +355,14 @@ class JoyImageEditPlusAdapter(JoyImageAdapter):
                 f"ConceptAttention needs one target size per JoyImage Edit Plus call; got {sorted(targets)}."
             )
         grid = targets.pop()
-        halves = batch_halves_identical(bound["hidden_states"])  # batched CFG feeds cat([latents] * 2)
-        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2], "identical_halves": halves}
+        latents = call_latents(bound["hidden_states"])  # batched CFG feeds cat([latents] * 2)
+        return {"grid": grid, "target_tokens": grid[0] * grid[1] * grid[2], **latents}
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``JoyImageEditPlusPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(
+            batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"), pipeline
+        )
 
     # concepts go through the pipeline's only prompt encoder, text-only, in its user turn
     prompt_encoder = "encode_prompt_multiple_images"

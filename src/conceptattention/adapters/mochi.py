@@ -35,7 +35,7 @@ from .base import (
     captured_block_input,
     encode_concepts_masked,
 )
-from .guidance import batch_halves_identical, guidance_half_slice, pipeline_guidance_on
+from .guidance import call_latents, guidance_half_slice, pipeline_guidance_on
 from .processor import ConceptProcessorMixin
 
 
@@ -252,7 +252,7 @@ class MochiAdapter(ConceptAdapter):
         return {
             "timestep": bound["timestep"],
             "grid": (frames, height // patch, width // patch),
-            "identical_halves": batch_halves_identical(latents),
+            **call_latents(latents),
         }
 
     def token_grid(self, call_inputs: dict[str, Any], num_image_tokens: int) -> tuple[int, int, int]:
@@ -263,7 +263,9 @@ class MochiAdapter(ConceptAdapter):
 
     def cfg_batch_slice(self, batch_size: int, call_inputs: dict[str, Any], pipeline: Any | None) -> slice:
         """The conditional half of ``MochiPipeline``'s batched ``[uncond, cond]`` guidance call."""
-        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(
+            batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"), pipeline
+        )
 
     def size_multiple(self, pipeline: Any) -> int:
         patch = int(getattr(getattr(pipeline, "transformer", None), "config", {}).get("patch_size", 2))

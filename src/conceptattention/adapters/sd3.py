@@ -52,7 +52,7 @@ from ..config import ConceptPooling, ConfigError
 from ..core import concept_attention
 from ..encoding import encode_masked_concepts, pool_token_states, tokenize_concepts
 from .base import AdapterInputError, ConceptAdapter, bind_call, block_input_grabbers, captured_block_input
-from .guidance import batch_halves_identical, guidance_half_slice, is_skip_layer_call, pipeline_guidance_on
+from .guidance import call_latents, guidance_half_slice, is_skip_layer_call, pipeline_guidance_on
 from .processor import AttentionView, ConceptProcessorMixin, captured_qkv, check_captured
 from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
@@ -309,7 +309,7 @@ class SD3Adapter(ConceptAdapter):
         bound = bind_call("SD3Transformer2DModel", _CALL_ARGUMENTS, args, kwargs, required)
         hidden_states = bound["hidden_states"]
         return {
-            "identical_halves": batch_halves_identical(hidden_states),
+            **call_latents(hidden_states),
             "pooled_projections": bound["pooled_projections"],
             "timestep": bound["timestep"],
             "skip_layers": bound.get("skip_layers"),
@@ -335,11 +335,13 @@ class SD3Adapter(ConceptAdapter):
         """The conditional half of a batched ``[uncond, cond]`` call of ``StableDiffusion3Pipeline``.
 
         A call is taken as batched guidance when the pipeline has guidance on (``do_classifier_free_guidance``) and
-        the two halves of the latent batch are identical (the pipeline feeds ``cat([latents] * 2)``). The second
-        test keeps direct transformer calls (the real-image path, whose rows are different noise samples) whole
-        even when the pipeline still carries the guidance scale of an earlier generation.
+        makes the call from its ``__call__`` (it feeds ``cat([latents] * 2)``); a direct transformer call while the
+        pipeline still carries the guidance scale of an earlier generation is halved only when its two latent halves
+        are identical, so that different rows (e.g. noise samples) are kept whole (see :func:`guidance_half_slice`).
         """
-        return guidance_half_slice(batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"))
+        return guidance_half_slice(
+            batch_size, call_inputs, pipeline_guidance_on(pipeline, "do_classifier_free_guidance"), pipeline
+        )
 
     # ----- text ---------------------------------------------------------------------------------------------------
 
