@@ -160,3 +160,34 @@ def test_no_stream_update_after_the_last_selected_block():
     with ConceptAttention(model, concept_embeds=torch.randn(2, model.config.joint_attention_dim), layers=[0, 1]):
         model(**tiny_flux_inputs())
     assert calls == {0: 2, 1: 1}  # block 0: text and concepts; block 1 (last selected): text only
+
+
+def test_two_sessions_in_two_threads_keep_their_own_inputs():
+    """Two models with maps, run at the same time in two threads (e.g. a Gradio app serving two users): each gets
+    the maps it gets alone, and the registry is restored after both."""
+    before = _active_function()
+    models = [tiny_flux_transformer(), tiny_flux_transformer(seed=1)]
+    embeds = [torch.randn(2, 32, generator=torch.Generator().manual_seed(seed)) for seed in (3, 4)]
+
+    def maps_of(index: int) -> torch.Tensor:
+        with ConceptAttention(models[index], concept_embeds=embeds[index]) as ca:
+            for _ in range(5):  # several calls, so that the threads' blocks interleave
+                models[index](**tiny_flux_inputs(seed=index))
+        return ca.maps.tensor
+
+    alone = [maps_of(0), maps_of(1)]
+    results: dict[int, torch.Tensor] = {}
+    barrier = threading.Barrier(2)
+
+    def worker(index: int) -> None:
+        barrier.wait()
+        results[index] = maps_of(index)
+
+    threads = [threading.Thread(target=worker, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert torch.equal(results[0], alone[0]) and torch.equal(results[1], alone[1])
+    assert not torch.equal(alone[0], alone[1])
+    assert _active_function() is before and not attention_inputs._wrapped
