@@ -45,9 +45,9 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
 
     The processor it replaces (diffusers' ``FluxAttnProcessor``, or ``FluxIPAdapterAttnProcessor`` with an
     IP-Adapter loaded) is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
-    module, which hands the concept
-    branch the image keys after QK-norm (RoPE is re-applied to the image rows), the image values and the image
-    attention output before ``to_out[0]``. No diffusers code is copied: the image path is the stock one, so outputs
+    module, which hands the concept branch the image attention output before ``to_out[0]``; the image keys (after
+    QK-norm and RoPE) and values are the image rows of what the processor hands to diffusers' attention dispatcher
+    (:mod:`~conceptattention.adapters.attention_inputs`; while compiling, RoPE is re-applied to the tapped keys). No diffusers code is copied: the image path is the stock one, so outputs
     are bit-identical by construction. Calls in which no concept work is needed (unrecorded steps, single blocks)
     go straight to the original processor.
 

@@ -58,8 +58,9 @@ class Flux2ConceptAttnProcessor(ConceptProcessorMixin):
     beside it.
 
     The stock processor is called on an :class:`~conceptattention.adapters.processor.AttentionView` of the attention
-    module, which hands the concept branch the image queries/keys after QK-norm (RoPE is re-applied to the image
-    rows), the image values and the image attention output before ``to_out[0]``. No diffusers code is copied: the
+    module, which hands the concept branch the image attention output before ``to_out[0]``; the image queries, keys
+    (after QK-norm and RoPE) and values are the image rows of what the processor hands to diffusers' attention
+    dispatcher (:mod:`~conceptattention.adapters.attention_inputs`; while compiling, RoPE is re-applied to the taps). No diffusers code is copied: the
     output is bit-identical by construction. Calls that need no concept work go straight to the stock processor.
 
     Args:
