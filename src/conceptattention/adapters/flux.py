@@ -209,7 +209,7 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
         Eagerly these are the image rows of the joint tensors the attention dispatcher received (views, nothing is
         recomputed); while compiling, RoPE is re-applied to the tapped QK-normed keys (the compiler fuses it)."""
         image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
-        kept = image_rows(sink, num_text)
+        kept = image_rows(sink, *self._image_row_range(num_text, image_output.shape[1]))
         if kept is not None:
             image_query, image_key, image_value = kept  # [B, I, H, D] each, after RoPE
             return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
@@ -223,6 +223,11 @@ class FluxConceptAttnProcessor(ConceptProcessorMixin):
             if self.session.config.space == "cross_attention" and image_query is not None:
                 image_query = apply_rotary_emb(image_query, image_rope, sequence_dim=1)
         return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
+
+    def _image_row_range(self, num_text: int, num_image: int) -> tuple[int | None, int | None]:
+        """``(start, stop)`` of the image rows in the joint tensors the attention dispatcher receives: ``[text,
+        image]`` here; subclasses whose processor orders them otherwise override it (HunyuanImage: ``[image, text]``)."""
+        return num_text, None
 
     def _prompt_rows(
         self,

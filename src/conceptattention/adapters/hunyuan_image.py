@@ -33,7 +33,7 @@ from torch import nn
 
 from ..config import ConceptPooling
 from ..encoding import pool_token_states
-from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows
+from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE
 from .base import (
     AdapterInputError,
     ExplainBatch,
@@ -97,22 +97,9 @@ class HunyuanImageConceptAttnProcessor(FluxLikeConceptAttnProcessor):
         # the rotary tables cover the image rows only (no text rows to skip)
         super()._concept_branch(_HeadDimView(attn), sink, 0, hidden_states, image_rotary_emb)
 
-    def _image_tensors(
-        self,
-        attn: nn.Module,
-        sink: dict[str, torch.Tensor],
-        num_text: int,
-        image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> dict[str, torch.Tensor | None]:
-        """The image queries, keys and values ``[B, I, H, D]`` as the joint attention used them and the image output
-        ``[B, I, H·D]``: eagerly the first ``I`` rows (views) of the ``[image, text]`` joint tensors the attention
-        dispatcher received; while compiling (nothing kept), RoPE re-applied to the tapped QK-normed rows."""
-        image_output = sink["to_out"]  # [B, I, H·D], before to_out[0]
-        kept = image_rows(sink, None, image_output.shape[1])
-        if kept is not None:
-            image_query, image_key, image_value = kept  # [B, I, H, D] each, after QK-norm and RoPE
-            return {"image_key": image_key, "image_value": image_value, "image_query": image_query, "image_output": image_output}
-        return super()._image_tensors(attn, sink, num_text, image_rotary_emb)  # nothing kept: RoPE on the taps
+    def _image_row_range(self, num_text: int, num_image: int) -> tuple[int | None, int | None]:
+        """The image rows come first in this processor's joint tensors: ``[image, text]``."""
+        return None, num_image
 
     def _initial_concepts(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Concept tokens after the token refiner ``[B, C, d]`` (one one-token prompt per concept) and the block's
