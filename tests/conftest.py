@@ -7,6 +7,19 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack, _pop_mode
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_dispatch_mode() -> Iterator[None]:
+    """Fail the test that leaves a ``TorchDispatchMode`` on the stack (e.g. entered in a forward pre-hook whose
+    forward hook never ran because the call raised): a leaked mode slows every later test and silently stops
+    ``torch.compile`` (every later compile counted 0 graphs). The stack is emptied for the next test either way."""
+    yield
+    leaked = _get_current_dispatch_mode_stack()
+    while _get_current_dispatch_mode_stack():
+        _pop_mode()
+    assert not leaked, f"the test left dispatch mode(s) on the stack: {[type(mode).__name__ for mode in leaked]}"
 
 
 @pytest.fixture(scope="module")

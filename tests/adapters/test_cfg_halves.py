@@ -62,7 +62,8 @@ def host_reads_in_transformer_calls(transformer: torch.nn.Module, run: Callable[
 
     handles = [
         transformer.register_forward_pre_hook(enter, prepend=True),
-        transformer.register_forward_hook(lambda *_: reads.__exit__(None, None, None)),
+        # always_call: also when the call raises (the explain path's EarlyExit), else the mode stays on the stack
+        transformer.register_forward_hook(lambda *_: reads.__exit__(None, None, None), always_call=True),
     ]
     try:
         run()

@@ -6,8 +6,6 @@ from __future__ import annotations
 import doctest
 import importlib
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -118,20 +116,10 @@ def test_profile_and_throughput(runs: dict[str, Path]) -> None:
 
 def test_compiled_with_maps_stays_bit_identical(tmp_path: Path) -> None:
     """Regional compilation (per-block torch.compile: diffusers offers no compile_repeated_blocks for CogVideoX) on
-    both sides; the with-maps side runs compiled with the concept processors installed.
-
-    Run as a user runs it, in a fresh process: inside the full test session (after every adapter test's
-    compilations) the same call counted 0 compiled graphs although it calls ``torch._dynamo.reset()`` first, while it
-    counts them when run alone or after any quarter of the adapter tests (cause not found: some process-wide state of
-    dynamo that ``reset`` does not clear)."""
-    output = tmp_path / "compiled.json"
-    command = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--family", "cogvideox-5b", "--size", "tiny",
-               "--repeats", "1", "--warmup", "0", "--compile", "regional", "--compile-backend", "eager", "--cases",
-               "full_plain", "full_maps", "--json", str(output)]  # fmt: skip
-    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    result = json.loads(output.read_text())
+    both sides; the with-maps side runs compiled with the concept processors installed."""
+    result = overhead.main(["--family", "cogvideox-5b", "--size", "tiny", "--repeats", "1", "--warmup", "0",
+                            "--compile", "regional", "--compile-backend", "eager", "--cases", "full_plain",
+                            "full_maps"])  # fmt: skip
     assert result["compiled"] == "torch.compile per block (transformer_blocks)"
     assert result["bit_identical"] is True
     assert set(result["median_seconds"]) == {"full_plain", "full_maps"} and "explain_ratio" not in result
