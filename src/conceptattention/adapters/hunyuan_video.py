@@ -34,6 +34,7 @@ from .attention_inputs import DISPATCH_FINGERPRINTS, DISPATCH_SOURCE, image_rows
 from .base import AdapterInputError, ConceptAdapter, UnsupportedSetupError, bind_call
 from .flux2 import templated_concept_batch
 from .processor import AttentionView, ConceptProcessorMixin, check_captured
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch
 
 
@@ -79,6 +80,7 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
     STOCK_SOURCES = (
         ("diffusers.models.transformers.transformer_hunyuan_video.HunyuanVideoAttnProcessor2_0.__call__", "972a570fdde1d0ee97bb01c0d9b8971e44d62e0e40f8639d1f829c8e83fb02e9"),
         (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),  # the concept QK-norm mirrors it (qk_norm.py)
     )
 
     def __call__(
@@ -154,10 +156,8 @@ class HunyuanVideoConceptAttnProcessor(ConceptProcessorMixin):
         concept_query = attn.add_q_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
         concept_key = attn.add_k_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
         concept_value = attn.add_v_proj(normed).unflatten(2, (attn.heads, -1))  # [B, C, H, D]
-        if attn.norm_added_q is not None:
-            concept_query = attn.norm_added_q(concept_query)
-        if attn.norm_added_k is not None:
-            concept_key = attn.norm_added_k(concept_key)
+        # QK-norm of both in one pass where both are RMSNorm (qk_norm.py), [B, C, H, D] each
+        concept_query, concept_key = paired_rms_norm(attn.norm_added_q, attn.norm_added_k, concept_query, concept_key)
         # HunyuanVideo rotates only the video: text, and so concepts, carry no position
         concept_output = self._attend_and_record(  # [B, C, H·D] (scores [B, C, F·h·w]), or None: nothing later runs
             concept_query, concept_key, concept_value, video_key, video_value, video_output, video_query

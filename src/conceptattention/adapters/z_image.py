@@ -51,6 +51,7 @@ from .base import (
     captured_block_input,
 )
 from .processor import ConceptProcessorMixin
+from .qk_norm import RMS_NORM_FINGERPRINTS, RMS_NORM_SOURCE, paired_rms_norm
 from .real_images import ExplainBatch, ExplainRequest, area_resolution, flow_noised, image_pixels
 
 
@@ -123,6 +124,7 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
             ),
         ),
         (DISPATCH_SOURCE, DISPATCH_FINGERPRINTS),  # where the joint attention inputs are kept
+        (RMS_NORM_SOURCE, RMS_NORM_FINGERPRINTS),  # the concept QK-norm mirrors it (qk_norm.py)
     )
     COPIES_STOCK = False
 
@@ -185,8 +187,13 @@ class ZImageConceptAttnProcessor(ConceptProcessorMixin):
         gate_msa, gate_mlp = gate_msa.tanh(), gate_mlp.tanh()  # [B, 1, d] each
         normed = block.attention_norm1(concepts) * (1.0 + scale_msa)  # [B, C, d]
         # [B, C, H·D] -> [B, C, H, D], QK-normed and rotated at the concepts' position
-        concept_query = rotate(attn.norm_q(attn.to_q(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
-        concept_key = rotate(attn.norm_k(attn.to_k(normed).unflatten(-1, (attn.heads, -1))), concept_freqs)
+        concept_query, concept_key = paired_rms_norm(  # QK-norm of both in one pass (qk_norm.py), [B, C, H, D] each
+            attn.norm_q,
+            attn.norm_k,
+            attn.to_q(normed).unflatten(-1, (attn.heads, -1)),  # [B, C, H·D] -> [B, C, H, D]
+            attn.to_k(normed).unflatten(-1, (attn.heads, -1)),  # [B, C, H·D] -> [B, C, H, D]
+        )
+        concept_query, concept_key = rotate(concept_query, concept_freqs), rotate(concept_key, concept_freqs)
         concept_value = attn.to_v(normed).unflatten(-1, (attn.heads, -1))  # [B, C, H, D]
         # the real image rows (the unified sequence starts with them; its image padding is left out), rotated as the
         # processor rotated them
