@@ -5,6 +5,8 @@
 guidance is on (it feeds ``cat([latents] * 2)`` then), decided on the host with no read of the latents. Only a
 transformer call made from outside that ``__call__`` while the pipeline still has guidance on (a user's direct call,
 after a guided generation) is halved by comparing its two latent halves: the one case with no host-side signal.
+Limit: a transformer call with an even batch that user code makes *inside* the pipeline's ``__call__`` while guidance
+is on (e.g. from a step callback) is taken as a guidance batch too.
 
 **Two calls per step** (no diffusers ``cache_context``):
 
