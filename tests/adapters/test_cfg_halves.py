@@ -85,32 +85,20 @@ def text_to(pipe: Any, **kwargs: Any) -> Any:
     return pipe(**kwargs)
 
 
-#: family -> (tiny pipeline, a guided generation of one image: two transformer calls of [uncond, cond])
+def guided(call: Callable[..., Any], guidance_scale: float, **kwargs: Any) -> Callable[[Any], Any]:
+    """A seeded guided generation of one image in 2 steps, latents out: two transformer calls of [uncond, cond]."""
+    common = {"prompt": "a house", "num_inference_steps": 2, "output_type": "latent"}
+    return seeded(call, guidance_scale=guidance_scale, **common, **kwargs)
+
+
+#: family -> (tiny pipeline, a guided generation of one image)
 GUIDED = {
-    "sd3": (tiny_sd3_pipeline, seeded(
-        text_to, prompt="a house", height=32, width=32, num_inference_steps=2, guidance_scale=5.0,
-        max_sequence_length=16, output_type="latent",
-    )),
-    "cogvideox": (tiny_cogvideox_pipeline, seeded(
-        text_to, prompt="a house", height=16, width=16, num_frames=9, num_inference_steps=2, guidance_scale=6.0,
-        max_sequence_length=16, output_type="latent",
-    )),
-    "bria": (tiny_bria_pipeline, seeded(
-        text_to, prompt="a house", height=32, width=32, num_inference_steps=2, guidance_scale=3.0,
-        max_sequence_length=32, output_type="latent",
-    )),
-    "mochi": (tiny_mochi_pipeline, seeded(
-        text_to, prompt="a house", height=32, width=48, num_frames=7, num_inference_steps=2, guidance_scale=3.0,
-        max_sequence_length=32, output_type="latent",
-    )),
-    "hidream_image": (tiny_hidream_image_pipeline, seeded(
-        text_to, prompt="a house", height=16, width=16, num_inference_steps=2, guidance_scale=3.0,
-        max_sequence_length=32, output_type="latent",
-    )),
-    "joyimage_edit_plus": (tiny_joyimage_edit_plus_pipeline, seeded(
-        edit_plus, prompt="a house", negative_prompt="blurry", num_inference_steps=2, guidance_scale=3.0,
-        output_type="latent",
-    )),
+    "sd3": (tiny_sd3_pipeline, guided(text_to, 5.0, height=32, width=32, max_sequence_length=16)),
+    "cogvideox": (tiny_cogvideox_pipeline, guided(text_to, 6.0, height=16, width=16, num_frames=9, max_sequence_length=16)),
+    "bria": (tiny_bria_pipeline, guided(text_to, 3.0, height=32, width=32, max_sequence_length=32)),
+    "mochi": (tiny_mochi_pipeline, guided(text_to, 3.0, height=32, width=48, num_frames=7, max_sequence_length=32)),
+    "hidream_image": (tiny_hidream_image_pipeline, guided(text_to, 3.0, height=16, width=16, max_sequence_length=32)),
+    "joyimage_edit_plus": (tiny_joyimage_edit_plus_pipeline, guided(edit_plus, 3.0, negative_prompt="blurry")),
 }
 
 

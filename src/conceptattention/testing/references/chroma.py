@@ -17,11 +17,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from .common import (
     Layout,
-    ada_norm_zero,
     blocks_until,
     concept_scores,
-    joint_attention_update,
-    layer_norm,
+    layer_norm_double_block,
     per_sample,
     rotate_rows,
 )
@@ -74,18 +72,9 @@ def naive_chroma_scores(
             concept_rows = text_rows
         else:
             concept_rows = block_rows(concept_modulation_block, 6 * num_blocks)
-        n_img, img_mod = ada_norm_zero(hidden, layer_norm, *block_rows(index, 0))
-        n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_rows)
-        n_con, con_mod = ada_norm_zero(concepts, layer_norm, *concept_rows)
-        attention, (hidden, text, concepts) = joint_attention_update(  # fully masked padding rows give 0
-            block.attn,
-            (hidden, text, concepts),
-            (n_img, n_txt, n_con),
-            (img_mod, txt_mod, con_mod),
-            ((layer_norm, block.ff), (layer_norm, block.ff_context)),
-            layout,
-            allowed,
-            mode,
+        attention, (hidden, text, concepts) = layer_norm_double_block(  # fully masked padding rows give 0
+            block.attn, (hidden, text, concepts), (block_rows(index, 0), text_rows, concept_rows),
+            (block.ff, block.ff_context), layout, allowed, mode,
             lambda x: rotate_rows(x, slice(0, layout.joint), rope),  # concepts keep position 0 (identity), as text
         )
         if index in layers:

@@ -302,6 +302,32 @@ def joint_attention_update(
     return (query, key, value, output), (image, text, concepts)
 
 
+def layer_norm_double_block(
+    attn: Any,
+    streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    modulation_rows: tuple[Sequence[torch.Tensor], Sequence[torch.Tensor], Sequence[torch.Tensor]],
+    feed_forwards: tuple[Callable, Callable],
+    layout: Layout,
+    allowed: torch.Tensor,
+    mode: str,
+    rotate: Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """A double-stream block whose norms are parameter-free LayerNorms modulated by six explicit rows per stream
+    (Chroma, FLUX.2, Qwen-Image): :func:`ada_norm_zero` of ``streams = (image, text, concepts)`` with
+    ``modulation_rows`` (each ``shift, scale, gate, shift2, scale2, gate2``, ``[B, d]``), then
+    :func:`joint_attention_update` with a LayerNorm before ``feed_forwards = (image MLP, text MLP)``.
+
+    Returns:
+        ``(query, key, value, output)`` of the attention (the :func:`concept_scores` inputs) and the advanced streams.
+    """
+    normed, modulations = zip(
+        *(ada_norm_zero(x, layer_norm, *rows) for x, rows in zip(streams, modulation_rows, strict=True)), strict=True
+    )
+    image_ff, text_ff = feed_forwards
+    mlps = ((layer_norm, image_ff), (layer_norm, text_ff))
+    return joint_attention_update(attn, streams, normed, modulations, mlps, layout, allowed, mode, rotate)
+
+
 def double_block(
     block: Any,
     streams: tuple[torch.Tensor, torch.Tensor, torch.Tensor],

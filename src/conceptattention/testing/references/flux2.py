@@ -17,11 +17,9 @@ from diffusers.models.embeddings import apply_rotary_emb
 
 from .common import (
     Layout,
-    ada_norm_zero,
     blocks_until,
     concept_scores,
-    joint_attention_update,
-    layer_norm,
+    layer_norm_double_block,
     per_sample,
 )
 
@@ -64,18 +62,9 @@ def naive_flux2_scores(
 
     scores = []
     for index, block in blocks_until(model.transformer_blocks, layers):
-        n_img, img_mod = ada_norm_zero(hidden, layer_norm, *image_mod)
-        n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_mod)
-        n_con, con_mod = ada_norm_zero(concepts, layer_norm, *text_mod)
-        attention, (hidden, text, concepts) = joint_attention_update(
-            block.attn,
-            (hidden, text, concepts),
-            (n_img, n_txt, n_con),
-            (img_mod, txt_mod, con_mod),
-            ((layer_norm, block.ff), (layer_norm, block.ff_context)),
-            layout,
-            allowed,
-            mode,
+        attention, (hidden, text, concepts) = layer_norm_double_block(  # concepts modulated as text
+            block.attn, (hidden, text, concepts), (image_mod, text_mod, text_mod), (block.ff, block.ff_context),
+            layout, allowed, mode,
             lambda x: apply_rotary_emb(x, (cos, sin), sequence_dim=1),  # every row, the concepts included
         )
         if index in layers:

@@ -16,12 +16,10 @@ import torch
 
 from .common import (
     Layout,
-    ada_norm_zero,
     blocks_until,
     concept_scores,
-    joint_attention_update,
     key_mask,
-    layer_norm,
+    layer_norm_double_block,
     per_sample,
 )
 
@@ -76,19 +74,9 @@ def naive_qwenimage_scores(
     for index, block in blocks_until(model.transformer_blocks, layers):
         image_mod = [*block.img_mod(temb).chunk(6, dim=-1)]  # shift, scale, gate, shift2, scale2, gate2: [B, d]
         text_mod = [*block.txt_mod(temb).chunk(6, dim=-1)]
-        n_img, img_mod = ada_norm_zero(hidden, layer_norm, *image_mod)
-        n_txt, txt_mod = ada_norm_zero(text, layer_norm, *text_mod)
-        n_con, con_mod = ada_norm_zero(concepts, layer_norm, *text_mod)
-        attention, (hidden, text, concepts) = joint_attention_update(
-            block.attn,
-            (hidden, text, concepts),
-            (n_img, n_txt, n_con),
-            (img_mod, txt_mod, con_mod),
-            ((layer_norm, block.img_mlp), (layer_norm, block.txt_mlp)),
-            layout,
-            allowed,
-            mode,
-            lambda x: _rotate(x, freqs),
+        attention, (hidden, text, concepts) = layer_norm_double_block(  # concepts modulated as text
+            block.attn, (hidden, text, concepts), (image_mod, text_mod, text_mod), (block.img_mlp, block.txt_mlp),
+            layout, allowed, mode, lambda x: _rotate(x, freqs),
         )
         if index in layers:
             scores.append(concept_scores(space, *attention, layout))
